@@ -1,0 +1,25 @@
+"""mixir: a compiler for token mixers.
+
+Declare a mixer once as a per-token step (``@mixir.mixer``); ``mixir.compile`` analyses its algebra
+and lowers it to Triton; ``mixir.reference`` executes the declaration literally in float64.
+"""
+from .dsl import (In, Mixer, Param, Scalar, Scale, State, abs, amax, contract, exp, head, l2norm,
+                  log, logsigmoid, maximum, minimum, mixer, outer, rsqrt, sigmoid, silu, softplus,
+                  sqrt, tanh, where)
+from .dsl import sum_ as sum  # noqa: A001 - mixir.sum(x, "K") reduces over a named dim
+from .errors import DeclarationError, InputError, MixirError, TuningError, UnsupportedMixerError
+from .reference import reference
+
+__version__ = "0.1.0"
+
+
+def compile(mixer, **options):  # noqa: A001 - the public verb
+    """Analyse ``mixer``, choose a strategy and return a ``CompiledMixer`` on torch tensors."""
+    from .lowering.runtime import compile_mixer
+    return compile_mixer(mixer, **options)
+
+
+__all__ = ["In", "Param", "State", "Scale", "Scalar", "Mixer", "mixer", "compile", "reference",
+           "abs", "amax", "contract", "exp", "head", "l2norm", "log", "logsigmoid", "maximum",
+           "minimum", "outer", "rsqrt", "sigmoid", "silu", "softplus", "sqrt", "sum", "tanh", "where",
+           "MixirError", "DeclarationError", "InputError", "TuningError", "UnsupportedMixerError"]

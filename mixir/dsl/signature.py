@@ -1,0 +1,129 @@
+"""Binding a call's arrays to a mixer's declaration: shapes, dim sizes and keyword checks.
+
+Shared by the reference (NumPy) and the runtime (torch): it only reads ``.shape`` and ``.ndim``,
+and raises ``InputError`` naming the argument at fault before anything reaches a kernel.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Binding:
+    B: int
+    T: int
+    H: int
+    N: int                    # number of sequences (B, or len(cu_seqlens) - 1)
+    sizes: dict               # dim name -> size
+    scalars: dict             # scalar name -> float
+
+    def state_shape(self, spec):
+        return (self.N, self.H) + tuple(self.sizes[d] for d in spec.dims)
+
+
+def _shape_str(dims):
+    return "[" + ", ".join(("B", "T", "H") + tuple(dims)) + "]"
+
+
+def bind(mixer, arrays, *, cu_seqlens=None, initial_state=None, scalars=None) -> Binding:
+    specs = mixer.inputs
+    if len(arrays) != len(specs):
+        names = ", ".join(s.name for s in specs)
+        raise InputError(f"{mixer.name} takes {len(specs)} positional arrays ({names}); got {len(arrays)}")
+    sizes: dict = {}
+    B = T = H = None
+    for spec, a in zip(specs, arrays):
+        if not hasattr(a, "shape"):
+            raise InputError(f"{mixer.name}: argument {spec.name!r} must be an array/tensor, got "
+                             f"{type(a).__name__}")
+        lead = ("B", "T", "H") if spec.kind == "input" else ("H",)
+        want = len(lead) + len(spec.dims)
+        expected = _shape_str(spec.dims) if spec.kind == "input" else "[" + ", ".join(("H",) + spec.dims) + "]"
+        if a.ndim != want:
+            raise InputError(f"{mixer.name}: argument {spec.name!r} must have rank {want} {expected}, "
+                             f"got shape {tuple(a.shape)}")
+        shape = tuple(int(x) for x in a.shape)
+        named = dict(zip(lead + spec.dims, shape))
+        for d, n in named.items():
+            known = {"B": B, "T": T, "H": H}.get(d) if d in ("B", "T", "H") else sizes.get(d)
+            if known is not None and known != n:
+                raise InputError(
+                    f"{mixer.name}: argument {spec.name!r} has {d} = {n} (shape {shape}, expected "
+                    f"{expected}), but an earlier argument has {d} = {known}")
+            if d == "B":
+                B = n
+            elif d == "T":
+                T = n
+            elif d == "H":
+                H = n
+            else:
+                if n < 1:
+                    raise InputError(f"{mixer.name}: argument {spec.name!r} has an empty dim {d}")
+                sizes[d] = n
+    if B is None:
+        raise InputError(f"{mixer.name} needs at least one per-token input")
+    if H == 0:
+        raise InputError(f"{mixer.name}: H must be at least 1")
+    for s in mixer.states:
+        for d in s.dims:
+            if d not in sizes:
+                raise InputError(f"{mixer.name}: state {s.name!r} has dim {d} that no input fixes")
+    N = B
+    if cu_seqlens is not None:
+        if getattr(cu_seqlens, "ndim", None) != 1 or int(cu_seqlens.shape[0]) < 2:
+            raise InputError("cu_seqlens must be a 1-D integer array [N + 1] of sequence offsets")
+        if str(getattr(cu_seqlens, "dtype", "")).replace("torch.", "") not in (
+                "int32", "int64", "int16", "uint8", "int8"):
+            raise InputError(f"cu_seqlens must have an integer dtype, got {cu_seqlens.dtype}")
+        if B != 1:
+            raise InputError(f"cu_seqlens packs sequences along T and needs B = 1, got B = {B}")
+        offs = [int(x) for x in cu_seqlens.tolist()]
+        if offs[0] != 0:
+            raise InputError(f"cu_seqlens must start at 0, got {offs[0]}")
+        if offs[-1] != T:
+            raise InputError(f"cu_seqlens must end at T = {T}, got {offs[-1]}")
+        if any(b < a for a, b in zip(offs, offs[1:])):
+            raise InputError(f"cu_seqlens must be non-decreasing, got {offs}")
+        N = len(offs) - 1
+    states = _as_tuple(initial_state, len(mixer.states))
+    if states is not None:
+        if len(states) != len(mixer.states):
+            raise InputError(f"initial_state: {mixer.name} has {len(mixer.states)} states, got {len(states)}")
+        for spec, s in zip(mixer.states, states):
+            want = (N, H) + tuple(sizes[d] for d in spec.dims)
+            if s is not None and tuple(int(x) for x in s.shape) != want:
+                raise InputError(
+                    f"initial_state for state {spec.name!r} must have shape [N, H, "
+                    f"{', '.join(spec.dims)}] = {want}, got {tuple(s.shape)}")
+    values = {}
+    scalars = dict(scalars or {})
+    for spec in mixer.scalars:
+        v = scalars.pop(spec.name, None)
+        if v is None:
+            d = spec.default
+            v = sizes[d[1]] ** -0.5 if isinstance(d, tuple) else d
+        try:
+            values[spec.name] = float(v)
+        except (TypeError, ValueError):
+            raise InputError(f"{mixer.name}: keyword {spec.name!r} must be a float, got {v!r}") from None
+    if scalars:
+        raise InputError(f"{mixer.name} got unexpected keyword arguments {sorted(scalars)}")
+    return Binding(B, T, H, N, sizes, values)
+
+
+def _as_tuple(state, n):
+    if state is None:
+        return None
+    if isinstance(state, (tuple, list)):
+        return tuple(state)
+    return (state,) if n == 1 else (state,)
+
+
+def segments(binding: Binding, cu_seqlens):
+    """(batch index, start, end) of every sequence."""
+    if cu_seqlens is None:
+        return [(b, 0, binding.T) for b in range(binding.B)]
+    offs = [int(x) for x in cu_seqlens.tolist()]
+    return [(0, offs[i], offs[i + 1]) for i in range(len(offs) - 1)]

@@ -1,0 +1,117 @@
+"""One kernel, two executors: compiled Triton on CUDA tensors, Triton's interpreter on CPU tensors.
+
+A kernel is written once as a plain (undecorated) Python function in Triton's language. ``Kernel``
+wraps it both as a ``JITFunction`` and as an ``InterpretedFunction`` and picks by the device of the
+tensors it is launched on - never by a process-wide environment switch. Kernels must be
+self-contained (no calls to other ``@triton.jit`` functions), because the interpreter cannot call a
+JIT function.
+
+Every launch can be recorded (``record_launches``) with its argument types, constexprs and launch
+options, so that the ahead-of-time builder compiles exactly the kernels a call ran.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import threading
+
+import torch
+import triton
+from triton.runtime.interpreter import InterpretedFunction
+
+_DTYPE_SIG = {
+    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+    torch.int32: "i32", torch.int64: "i64", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8",
+    torch.bool: "i1",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchRecord:
+    """What one launch needs for an ahead-of-time build: signature, constexprs and options."""
+    kernel: "Kernel"
+    signature: tuple          # ((arg name, triton type or "constexpr"), ...)
+    constexprs: tuple         # ((arg name, value), ...)
+    num_warps: int
+    num_stages: int
+
+    def key(self):
+        return (self.kernel.name, self.signature, self.constexprs, self.num_warps, self.num_stages)
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def record_launches():
+    """Collect a ``LaunchRecord`` for every kernel launched inside the block (deduplicated)."""
+    previous = getattr(_local, "records", None)
+    records: dict = {}
+    _local.records = records
+    try:
+        yield records
+    finally:
+        _local.records = previous
+        if previous is not None:
+            previous.update(records)
+
+
+def _arg_type(value):
+    if isinstance(value, torch.Tensor):
+        return "*" + _DTYPE_SIG[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i64" if abs(value) >= 2**31 else "i32"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"cannot type kernel argument {value!r}")
+
+
+class Kernel:
+    """A Triton kernel usable on CUDA (compiled) and CPU (interpreted) tensors."""
+
+    def __init__(self, fn, name: str | None = None):
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__name__}"
+        self.jit = triton.jit(fn)
+        self.interpreted = InterpretedFunction(fn)
+        params = inspect.signature(fn).parameters
+        self.arg_names = list(params)
+        self.constexpr_names = {n for n, p in params.items()
+                                if p.annotation is not inspect.Parameter.empty
+                                and "constexpr" in str(p.annotation)}
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps: int = 4, num_stages: int = 2, **kwargs):
+            bound = dict(zip(self.arg_names, args))
+            bound.update(kwargs)
+            missing = [n for n in self.arg_names if n not in bound]
+            if missing:
+                raise TypeError(f"kernel {self.name} missing arguments {missing}")
+            device = next((v.device for v in bound.values() if isinstance(v, torch.Tensor)), None)
+            records = getattr(_local, "records", None)
+            if records is not None:
+                self._record(records, bound, num_warps, num_stages)
+            if device is not None and device.type == "cuda":
+                return self.jit[grid](**bound, num_warps=num_warps, num_stages=num_stages)
+            return self.interpreted[grid](**bound)
+        return launch
+
+    def _record(self, records, bound, num_warps, num_stages):
+        signature, constexprs = [], []
+        for name in self.arg_names:
+            value = bound[name]
+            if name in self.constexpr_names or value is None:
+                signature.append((name, "constexpr"))
+                constexprs.append((name, value))
+            else:
+                signature.append((name, _arg_type(value)))
+        rec = LaunchRecord(self, tuple(signature), tuple(constexprs), num_warps, num_stages)
+        records.setdefault(rec.key(), rec)
+
+
+def kernel(fn):
+    """Decorator: turn a plain Triton-language function into a ``Kernel``."""
+    return Kernel(fn)
