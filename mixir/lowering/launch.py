@@ -2,9 +2,11 @@
 
 A kernel is written once as a plain (undecorated) Python function in Triton's language. ``Kernel``
 wraps it both as a ``JITFunction`` and as an ``InterpretedFunction`` and picks by the device of the
-tensors it is launched on - never by a process-wide environment switch. Kernels must be
-self-contained (no calls to other ``@triton.jit`` functions), because the interpreter cannot call a
-JIT function.
+tensors it is launched on - never by a process-wide environment switch. Without
+``TRITON_INTERPRET=1`` Triton's own library functions (``tl.zeros``, ``tl.sum``, ... are
+``@triton.jit`` functions in recent releases) and user helpers are ``JITFunction``s, which refuse to
+be called from interpreted code; while an interpreted kernel runs, ``_interpreting`` routes such
+calls to an interpreted twin of the same function.
 
 Every launch can be recorded (``record_launches``) with its argument types, constexprs and launch
 options, so that the ahead-of-time builder compiles exactly the kernels a call ran.
@@ -19,6 +21,7 @@ import threading
 import torch
 import triton
 from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
 
 _DTYPE_SIG = {
     torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
@@ -41,6 +44,27 @@ class LaunchRecord:
 
 
 _local = threading.local()
+_interpret_lock = threading.RLock()
+_twins: dict = {}
+
+
+def _call_jit_interpreted(self, *args, **kwargs):
+    twin = _twins.get(id(self))
+    if twin is None:
+        twin = _twins[id(self)] = InterpretedFunction(self.fn)
+    return twin(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _interpreting():
+    """While an interpreted kernel runs, calls of ``JITFunction``s run their interpreted twins."""
+    with _interpret_lock:
+        saved = JITFunction.__call__
+        JITFunction.__call__ = _call_jit_interpreted
+        try:
+            yield
+        finally:
+            JITFunction.__call__ = saved
 
 
 @contextlib.contextmanager
@@ -96,7 +120,8 @@ class Kernel:
                 self._record(records, bound, num_warps, num_stages)
             if device is not None and device.type == "cuda":
                 return self.jit[grid](**bound, num_warps=num_warps, num_stages=num_stages)
-            return self.interpreted[grid](**bound)
+            with _interpreting():
+                return self.interpreted[grid](**bound)
         return launch
 
     def _record(self, records, bound, num_warps, num_stages):
