@@ -1,0 +1,47 @@
+"""Shared test configuration: hypothesis profiles and the ``gpu`` marker.
+
+Profiles (choose with ``HYPOTHESIS_PROFILE=ci|dev|nightly``; default ``dev``):
+
+- ``ci``: derandomised (the same examples on every run), few examples, no deadline, no example
+  database, ``print_blob`` so a failure prints ``@reproduce_failure``;
+- ``dev``: random, ~10 examples, no deadline (interpreted kernels are slow and uneven);
+- ``nightly``: 200 examples, no deadline.
+
+Every strategy in ``mixir.testing.strategies`` also ``note()``s the deterministic call that
+rebuilds its example (``mixir.testing.make_case(...)``), printed with a failure.
+"""
+import os
+
+import pytest
+
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # hypothesis is a test extra; tests that need it import it themselves
+    settings = None
+
+if settings is not None:
+    _slow_ok = [HealthCheck.too_slow, HealthCheck.data_too_large]
+    settings.register_profile("ci", derandomize=True, max_examples=6, deadline=None,
+                              print_blob=True, database=None, suppress_health_check=_slow_ok)
+    settings.register_profile("dev", max_examples=10, deadline=None, print_blob=True,
+                              suppress_health_check=_slow_ok)
+    settings.register_profile("nightly", max_examples=200, deadline=None, print_blob=True,
+                              suppress_health_check=_slow_ok)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def _has_cuda():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
