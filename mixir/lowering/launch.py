@@ -20,6 +20,7 @@ import threading
 
 import torch
 import triton
+from triton.runtime import interpreter as _interp
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
 
@@ -52,7 +53,16 @@ def _call_jit_interpreted(self, *args, **kwargs):
     twin = _twins.get(id(self))
     if twin is None:
         twin = _twins[id(self)] = InterpretedFunction(self.fn)
-    return twin(*args, **kwargs)
+    patch = getattr(_interp, "_patch_lang", None)
+    scope = patch(twin.fn) if patch is not None else None
+    if scope is None or not hasattr(scope, "restore"):
+        return twin(*args, **kwargs)
+    # InterpretedFunction.__call__ patches triton.language for the callee and never restores it,
+    # which breaks later real compiles in the same process; restore the callee's patches here
+    try:
+        return twin.rewrite()(*args, **kwargs)
+    finally:
+        scope.restore()
 
 
 @contextlib.contextmanager

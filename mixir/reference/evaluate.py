@@ -18,8 +18,8 @@ class NumpyBackend:
     def asarray(x, like=None):
         return np.asarray(x, dtype=np.float64)
 
-    exp, log, tanh, sqrt, abs = np.exp, np.log, np.tanh, np.sqrt, np.abs
-    maximum, minimum, where = np.maximum, np.minimum, np.where
+    exp, log, tanh, sqrt, abs = (staticmethod(f) for f in (np.exp, np.log, np.tanh, np.sqrt, np.abs))
+    maximum, minimum, where = (staticmethod(f) for f in (np.maximum, np.minimum, np.where))
 
     @staticmethod
     def sigmoid(x):
@@ -58,9 +58,10 @@ class NumpyBackend:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self):
+    def __init__(self, dtype=None):
         import torch
         self.torch = torch
+        self.dtype = dtype or torch.float64   # of constants: float64 for the reference
         self.exp, self.log, self.tanh, self.sqrt, self.abs = (
             torch.exp, torch.log, torch.tanh, torch.sqrt, torch.abs)
         self.maximum, self.minimum, self.where = torch.maximum, torch.minimum, torch.where
@@ -68,7 +69,7 @@ class TorchBackend:
         self.softplus = torch.nn.functional.softplus
 
     def asarray(self, x, like=None):
-        return x if isinstance(x, self.torch.Tensor) else self.torch.as_tensor(x, dtype=self.torch.float64)
+        return x if isinstance(x, self.torch.Tensor) else self.torch.as_tensor(x, dtype=self.dtype)
 
     def transpose(self, x, axes):
         return x.permute(*axes)
@@ -86,7 +87,7 @@ class TorchBackend:
         return self.torch.full((1,) * like.ndim, value, dtype=like.dtype, device=like.device)
 
     def to_float(self, mask):
-        return mask.to(self.torch.get_default_dtype() if mask.dtype == self.torch.bool else mask.dtype)
+        return mask.to(self.dtype) if mask.dtype == self.torch.bool else mask
 
 
 def align(xp, arr, dims, target, nlead):
