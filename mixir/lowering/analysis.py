@@ -189,14 +189,9 @@ def _readout(mixer, out, snew, S):
     return q, k_dim, e, d
 
 
-def analyse(mixer) -> GatedLinearForm:
-    """Classify ``mixer``; return its gated-linear form or raise ``UnsupportedMixerError``."""
-    if len(mixer.states) != 1:
-        raise _unsupported(mixer, f"it has {len(mixer.states)} states; the gated-linear family "
-                                  "compiles mixers with one affine state")
-    spec = mixer.states[0]
-    S = mixer.state_leaf(0)
-    F = mixer.updates[0]
+def analyse_state(mixer, spec, F, output) -> GatedLinearForm:
+    """Classify one state ``spec`` with update ``F`` read out by ``output``."""
+    S = ir.leaf("state", spec.name, spec.dims)
     if len(spec.dims) > 2:
         raise _unsupported(mixer, f"state {spec.name!r} has {len(spec.dims)} dims; at most 2 are supported")
     try:
@@ -210,7 +205,7 @@ def analyse(mixer) -> GatedLinearForm:
                                   f"`{ir.render(A)}` depends on {spec.name}")
     U = ir.substitute(F, {S: ir.const(0.0, S.dims)})
     snew = ir.leaf("state", spec.name + "'", S.dims)
-    out = ir.substitute(mixer.output, {F: snew})
+    out = ir.substitute(output, {F: snew})
     q, k_dim, e, d = _readout(mixer, out, snew, S)
     v_dim = next((x for x in spec.dims if x != k_dim), None)
     # transition factors → scalar / along K / along V
@@ -241,3 +236,79 @@ def analyse(mixer) -> GatedLinearForm:
         state=spec, k_dim=k_dim, v_dim=v_dim, q=q, k=product(kf), v=product(vf),
         g=_decay(mixer, groups[()]), gk=_decay(mixer, groups[(k_dim,)]) if k_dim else None,
         gv=_decay(mixer, groups[(v_dim,)]) if v_dim else None, out_scale=e, out_bias=d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How a mixer is evaluated: auxiliary state scans first, then the main gated-linear state.
+
+    An auxiliary state is one the output does not read directly and whose update depends on no
+    other state (LightNet's running normaliser). It is computed for every token by its own
+    gated-linear scan (its output is the state itself); the main state then sees its old and new
+    values as per-token inputs named ``prev_input(name)`` / ``new_input(name)``.
+    """
+    main_index: int
+    main: GatedLinearForm
+    aux: tuple = ()              # ((state index, GatedLinearForm), ...)
+
+    @property
+    def strategies(self):
+        return self.main.strategies
+
+    @property
+    def family(self):
+        return self.main.family
+
+    @property
+    def transition(self):
+        t = self.main.transition
+        if self.aux:
+            t += "; auxiliary scans: " + ", ".join(f.state.name for _, f in self.aux)
+        return t
+
+    def describe(self) -> str:
+        parts = []
+        for _, f in self.aux:
+            parts.append(f"auxiliary state {f.state.name} (scanned first, fed to the main state as "
+                         f"{prev_input(f.state.name)} / {new_input(f.state.name)}):\n" + f.describe())
+        parts.append(("main state:\n" if self.aux else "") + self.main.describe())
+        return "\n".join(parts)
+
+
+def prev_input(name):
+    return f"{name}__prev"
+
+
+def new_input(name):
+    return f"{name}__new"
+
+
+def analyse(mixer) -> Plan:
+    """Classify ``mixer``; return its evaluation plan or raise ``UnsupportedMixerError``."""
+    leaves = [ir.leaf("state", s.name, s.dims) for s in mixer.states]
+    if len(mixer.states) == 1:
+        return Plan(0, analyse_state(mixer, mixer.states[0], mixer.updates[0], mixer.output))
+    fresh = [ir.leaf("state", s.name + "'", s.dims) for s in mixer.states]
+    direct = ir.substitute(mixer.output, dict(zip(mixer.updates, fresh)))
+    reads = [i for i, (lf, nf) in enumerate(zip(leaves, fresh))
+             if ir.contains(direct, nf) or ir.contains(direct, lf)]
+    if len(reads) != 1:
+        raise _unsupported(mixer, f"the output reads {len(reads)} of its {len(mixer.states)} states "
+                                  f"({', '.join(mixer.states[i].name for i in reads)}); the gated-linear "
+                                  "family reads one main state, fed by auxiliary states")
+    main = reads[0]
+    aux, mapping = [], {}
+    for i, (spec, lf, F) in enumerate(zip(mixer.states, leaves, mixer.updates)):
+        if i == main:
+            continue
+        if others := [mixer.states[j].name for j, o in enumerate(leaves) if j != i and ir.contains(F, o)]:
+            raise _unsupported(mixer, f"the auxiliary state {spec.name!r} depends on state(s) {others}; "
+                                      "auxiliary states may depend only on themselves and the inputs")
+        form = analyse_state(mixer, spec, F, F)
+        aux.append((i, form))
+        mapping[lf] = ir.leaf("input", prev_input(spec.name), spec.dims)
+        mapping[F] = ir.leaf("input", new_input(spec.name), spec.dims)
+    F_main = ir.substitute(mixer.updates[main], mapping)
+    out = ir.substitute(mixer.output, mapping)
+    form = analyse_state(mixer, mixer.states[main], F_main, out)
+    return Plan(main, form, tuple(aux))

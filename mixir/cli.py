@@ -1,0 +1,204 @@
+"""The ``mixir`` command: list, show, verify, compile (AOT resource report), demo and tune."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import sys
+
+from .errors import MixirError
+
+
+def resolve(name: str):
+    """A library mixer by name, or ``module:function`` / ``path/file.py:function`` of a user's."""
+    from .dsl.mixer import Mixer
+    if ":" not in name:
+        from .library import MIXERS
+        if name not in MIXERS:
+            raise MixirError(f"no library mixer {name!r}; known: {', '.join(sorted(MIXERS))} "
+                             "(or give module:function)")
+        return MIXERS[name].mixer
+    module, _, attr = name.rpartition(":")
+    if module.endswith(".py") or os.sep in module:
+        spec = importlib.util.spec_from_file_location(os.path.basename(module)[:-3], module)
+        if spec is None or not os.path.exists(module):
+            raise MixirError(f"cannot find the file {module!r}")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    else:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as e:
+            raise MixirError(f"cannot import module {module!r}: {e}") from e
+    obj = getattr(mod, attr, None)
+    if not isinstance(obj, Mixer):
+        raise MixirError(f"{name} is not a mixer declared with @mixir.mixer (got {type(obj).__name__})")
+    return obj
+
+
+def cmd_list(args):
+    from .library import MIXERS
+    from .lowering.analysis import analyse
+    rows = [("name", "class", "strategies")]
+    for name, entry in sorted(MIXERS.items()):
+        try:
+            form = analyse(entry.mixer)
+            rows.append((name, form.transition, ", ".join(form.strategies)))
+        except MixirError as e:
+            rows.append((name, "unsupported: " + str(e).split("yet: ")[-1][:60], "-"))
+    print(_table(rows))
+
+
+def cmd_show(args):
+    from .dsl import ir
+    from .lowering.analysis import analyse
+    from .lowering.runtime import RECURRENT_MAX_T, compile_mixer
+    m = resolve(args.mixer)
+    print(f"mixer {m.name}  fingerprint {m.fingerprint}")
+    for a in m.args:
+        print(f"  {a.kind:6s} {a.name}{list(a.dims)}" + (f" default {a.default}" if a.kind == "scalar" else ""))
+    for s, u in zip(m.states, m.updates):
+        print(f"  state  {s.name}{list(s.dims)} <- {ir.render(u)}")
+    print(f"  output {ir.render(m.output)}")
+    form = analyse(m)
+    print(form.describe())
+    print(f"default strategy: recurrent for T <= {RECURRENT_MAX_T}, chunked above")
+    compiled = compile_mixer(m)
+    for path in compiled.source_files():
+        print(f"triton source: {path}")
+
+
+def cmd_verify(args):
+    from .verify import verify
+    m = resolve(args.mixer)
+    report = verify(m, dtypes=args.dtype, T=args.T, seed=args.seed)
+    print(report.table())
+    return 0 if report.ok else 1
+
+
+def cmd_compile(args):
+    from .lowering import aot
+    from .verify import record_kernels
+    m = resolve(args.mixer)
+    archs = [aot.parse_arch(a) for a in args.arch]
+    records = record_kernels(m, dtype=args.dtype)
+    resources = aot.build_all(list(records.values()), archs, workers=args.workers)
+    print(aot.format_table(resources))
+    spills = [r for r in resources if r.spills]
+    if spills:
+        print(f"warning: {len(spills)} kernel builds spill registers", file=sys.stderr)
+
+
+def cmd_demo(args):
+    """The end-to-end path on a built-in default: declare → compile → verify → AOT report."""
+    print("== declare: gla from mixir.library (a gated linear recurrence with per-key decay)")
+    ns = argparse.Namespace(mixer=args.mixer)
+    cmd_show(ns)
+    print("\n== verify against the float64 reference (CPU, Triton interpreter)")
+    rc = cmd_verify(argparse.Namespace(mixer=args.mixer, dtype=["float32", "bfloat16"], T=40, seed=0))
+    print("\n== ahead-of-time build for sm_90 (registers, spills, shared memory)")
+    cmd_compile(argparse.Namespace(mixer=args.mixer, arch=["sm_90"], dtype="bfloat16", workers=0))
+    return rc
+
+
+# ---- autotune: `mixir tune` (mixir/autotune) -------------------------------------------------
+def _parse_shapes(text):
+    from .errors import InputError
+    out = {}
+    for part in filter(None, (text or "").split(",")):
+        k, _, v = part.partition("=")
+        if not v or not v.strip().isdigit() or k.strip() not in ("B", "T", "H", "K", "V"):
+            raise InputError(f"--shapes takes B=..,T=..,H=.. (and optionally K=..,V=..), got {part!r}")
+        out[k.strip()] = int(v)
+    return out
+
+
+def cmd_tune(args):
+    from .autotune.pipeline import STANDARD_SHAPES, tune
+    from .library import MIXERS
+    if args.all:
+        names = sorted(MIXERS)
+        shapes = [dict(s) for s in STANDARD_SHAPES]
+    elif args.mixer:
+        names, shapes = [args.mixer], [_parse_shapes(args.shapes)]
+    else:
+        raise MixirError("mixir tune: give a mixer (NAME or module:function) or --all")
+    strategies = None if args.strategy == "all" else [args.strategy]
+
+    def progress(msg):
+        print(f"  .. {msg}", file=sys.stderr, flush=True)
+    rc = 0
+    for name in names:
+        m = resolve(name)
+        for shp in shapes:
+            kw = {k: shp[k] for k in ("B", "T", "H", "K", "V") if k in shp}
+            try:
+                res = tune(m, args.gpu, dtype=args.dtype, strategies=strategies, top_k=args.top_k,
+                           aot=not args.no_aot, timed=args.time, write=not args.dry_run,
+                           directory=args.db, workers=args.workers, progress=progress, **kw)
+            except MixirError as e:
+                if not args.all:
+                    raise
+                print(f"mixir: {name} {kw}: {e}", file=sys.stderr)
+                rc = 1
+                continue
+            print(res.table())
+    return rc
+# ---- end autotune ------------------------------------------------------------------------------
+
+
+def _table(rows):
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="mixir", description="a compiler for token mixers")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="library mixers with their class and strategies").set_defaults(fn=cmd_list)
+    s = sub.add_parser("show", help="traced IR, classification, strategy, generated Triton files")
+    s.add_argument("mixer", help="library name or module:function")
+    s.set_defaults(fn=cmd_show)
+    s = sub.add_parser("verify", help="differential check against the reference on CPU")
+    s.add_argument("mixer")
+    s.add_argument("--dtype", nargs="+", default=["float32", "bfloat16", "float16"])
+    s.add_argument("--T", type=int, default=40)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_verify)
+    s = sub.add_parser("compile", help="ahead-of-time build and resource table")
+    s.add_argument("mixer")
+    s.add_argument("--arch", nargs="+", default=["sm_90"])
+    s.add_argument("--dtype", default="bfloat16")
+    s.add_argument("--workers", type=int, default=0)
+    s.set_defaults(fn=cmd_compile)
+    s = sub.add_parser("demo", help="declare → compile → verify → AOT report on a built-in mixer")
+    s.add_argument("mixer", nargs="?", default="gla")
+    s.set_defaults(fn=cmd_demo)
+    # autotune: `mixir tune` (mixir/autotune)
+    s = sub.add_parser("tune", help="constraint-solver autotuner: solve, rank, AOT-check, (time), write the DB")
+    s.add_argument("mixer", nargs="?", help="library name or module:function")
+    s.add_argument("--all", action="store_true", help="every library mixer on a standard shape set")
+    s.add_argument("--gpu", default="h100", help="GPU name or alias (see docs/autotune.md)")
+    s.add_argument("--shapes", default="B=8,T=4096,H=16", help="B=..,T=..,H=..[,K=..,V=..]")
+    s.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    s.add_argument("--strategy", default="all", choices=["all", "chunked", "recurrent"])
+    s.add_argument("--top-k", type=int, default=4, help="candidates compiled ahead of time")
+    s.add_argument("--time", action="store_true", help="time the survivors (needs a CUDA GPU)")
+    s.add_argument("--no-aot", action="store_true", help="skip the ahead-of-time compile check")
+    s.add_argument("--dry-run", action="store_true", help="do not write the tuning database")
+    s.add_argument("--db", default=None, help="database directory (default: $MIXIR_TUNING_DB or the user dir)")
+    s.add_argument("--workers", type=int, default=None, help="AOT compile worker processes")
+    s.set_defaults(fn=cmd_tune)
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args) or 0
+    except MixirError as e:
+        print(f"mixir: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""``CompiledMixer``: validate a call, evaluate the per-token pieces, run the Triton core.
+
+A call goes: bind and validate the arguments (``InputError`` before any kernel) → evaluate the
+analysed pieces (q, k, v, log-decays, signs, output scale and bias) per token → fold transition
+signs into q/k/v (``S_t = diag(P_t) S̃_t diag(Q_t)`` with P, Q the running products of signs) →
+``mixir::gla_fwd`` (Triton: compiled on CUDA tensors, interpreted on CPU tensors) → output affine
+map. Autograd flows through every step; the core's backward is ``mixir::gla_bwd``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..dsl.signature import bind
+from ..errors import InputError
+from . import core_ops, gla_core
+from .analysis import GatedLinearForm, Plan, analyse, new_input, prev_input
+from .pointwise import PiecesKernel
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+RECURRENT_MAX_T = 16      # default rule: short sequences (decoding) run the recurrent kernel
+
+
+def _is_compiling():
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3
+        return False
+
+
+class CompiledMixer:
+    """A mixer compiled for torch tensors. Call it like the reference, on tensors."""
+
+    def __init__(self, mixer, strategy: str | None = None, config: dict | None = None):
+        self.mixer = mixer
+        self.plan: Plan = analyse(mixer)
+        self.form: GatedLinearForm = self.plan.main
+        self.strategies = self.plan.strategies
+        if strategy is not None and strategy not in self.strategies:
+            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        self.strategy = strategy
+        self.config = dict(config or {})
+        self.__name__ = mixer.name
+        # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
+        specs = list(mixer.inputs)
+        self.pieces_kernels = {}
+        for _, form in self.plan.aux:
+            self.pieces_kernels[form.state.name] = PiecesKernel(mixer.name, form.pieces(), specs)
+        aux_specs = []
+        for _, form in self.plan.aux:
+            name, dims = form.state.name, form.state.dims
+            aux_specs += [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
+        self.pieces_kernels[self.form.state.name] = PiecesKernel(
+            mixer.name, self.form.pieces(), specs + aux_specs)
+
+    def __repr__(self):
+        return f"<mixir.CompiledMixer {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
+
+    def source_files(self):
+        """The Triton source files of this mixer's kernels: the generated pieces kernels (one file
+        per form, in the content-addressed cache) and the core templates."""
+        from .templates import gla_chunked, gla_recurrent
+        return ([pk.source_path for pk in self.pieces_kernels.values()]
+                + [gla_recurrent.__file__, gla_chunked.__file__])
+    # ---- argument checks --------------------------------------------------------------------
+    def _check(self, arrays, initial_state, cu_seqlens, scalars):
+        m = self.mixer
+        if len(arrays) != len(m.inputs):
+            names = ", ".join(s.name for s in m.inputs)
+            raise InputError(f"{m.name} takes {len(m.inputs)} tensors ({names}), got {len(arrays)}")
+        device, dtype = None, None
+        for spec, a in zip(m.inputs, arrays):
+            if not isinstance(a, torch.Tensor):
+                raise InputError(f"{m.name}: argument {spec.name!r} must be a torch.Tensor, got {type(a).__name__}")
+            if a.dtype not in FLOAT_DTYPES:
+                raise InputError(f"{m.name}: argument {spec.name!r} must be float32, float16 or "
+                                 f"bfloat16, got {a.dtype}")
+            if device is None:
+                device = a.device
+            elif a.device != device:
+                raise InputError(f"{m.name}: argument {spec.name!r} is on {a.device}, but earlier "
+                                 f"arguments are on {device}")
+            if spec.kind == "input":
+                if dtype is None:
+                    dtype = a.dtype
+                elif a.dtype != dtype:
+                    raise InputError(f"{m.name}: argument {spec.name!r} has dtype {a.dtype}, but earlier "
+                                     f"per-token inputs have {dtype}; cast them to one dtype")
+        if device.type not in ("cuda", "cpu"):
+            raise InputError(f"{m.name}: tensors must be on a CUDA device or the CPU, got {device}")
+        if cu_seqlens is not None:
+            if not isinstance(cu_seqlens, torch.Tensor):
+                raise InputError("cu_seqlens must be a torch.Tensor of int32/int64 offsets")
+            if cu_seqlens.device != device:
+                raise InputError(f"cu_seqlens is on {cu_seqlens.device}, the inputs on {device}")
+            if cu_seqlens.dtype not in (torch.int32, torch.int64):
+                raise InputError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+        states = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
+        for s in states:
+            if s is not None:
+                if not isinstance(s, torch.Tensor) or not s.is_floating_point():
+                    raise InputError("initial_state must be a floating-point torch.Tensor")
+                if s.device != device:
+                    raise InputError(f"initial_state is on {s.device}, the inputs on {device}")
+        if _is_compiling():   # value checks of cu_seqlens would force a graph break
+            b = bind(m, arrays, cu_seqlens=None, initial_state=None, scalars=scalars)
+            N = b.B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+            return b, N, device, dtype
+        b = bind(m, arrays, cu_seqlens=cu_seqlens, initial_state=initial_state, scalars=scalars)
+        return b, b.N, device, dtype
+
+    # ---- the call ---------------------------------------------------------------------------
+    def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
+                 strategy=None, **scalars):
+        m = self.mixer
+        b, N, device, dtype = self._check(arrays, initial_state, cu_seqlens, scalars)
+        strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")
+        if strategy not in self.strategies:
+            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        inits = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,) * (
+            1 if initial_state is not None else len(m.states))
+        if initial_state is not None and len(m.states) > 1 and not isinstance(initial_state, (tuple, list)):
+            raise InputError(f"initial_state: {m.name} has {len(m.states)} states; pass a tuple")
+        env = {spec.name: a for spec, a in zip(m.inputs, arrays)}
+        finals = [None] * len(m.states)
+        for i, form in self.plan.aux:   # auxiliary scans, kept in fp32
+            o_i, finals[i] = self._run(form, m.states[i].dims, env, b, N, inits[i], cu_seqlens, strategy, torch.float32)
+            spec = m.states[i]
+            env[prev_input(spec.name)] = _shift(o_i, inits[i], cu_seqlens, N)
+            env[new_input(spec.name)] = o_i
+        i = self.plan.main_index
+        o, finals[i] = self._run(self.form, m.output.dims, env, b, N, inits[i], cu_seqlens, strategy, dtype)
+        o = o.to(dtype)
+        if not output_final_state:
+            return o
+        return o, (finals[0] if len(finals) == 1 else tuple(finals))
+
+    def _run(self, f: GatedLinearForm, out_dims, env, b, N, init, cu_seqlens, strategy, dtype):
+        """One gated-linear form: pieces → sign folding → core → output map. Returns (o fp32 in the
+        form's output layout, final state in the declared layout)."""
+        B, T, H = b.B, b.T, b.H
+        K = b.sizes[f.k_dim] if f.k_dim else 1
+        V = b.sizes[f.v_dim] if f.v_dim else 1
+        pk = self.pieces_kernels[f.state.name]
+        p = pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H, b.sizes)
+        full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
+
+        def shaped(name):
+            t = p[name]
+            feat = (t.shape[3] if t.dim() > 3 else 1,) if name in full else ()
+            shape = (B, T, H) + ((full[name],) if name in full else ())
+            return t.reshape(tuple(t.shape[:3]) + feat).expand(shape)
+
+        q, k, v = shaped("q"), shaped("k"), shaped("v")
+        g = shaped("g") if "g" in p else None
+        gk = shaped("gk") if "gk" in p else None
+        gv = shaped("gv") if "gv" in p else None
+        P = Q = None
+        if any(n in p for n in ("g_sign", "gk_sign", "gv_sign")):
+            P, Q = self._sign_products(p, shaped, cu_seqlens, B, T, H, K, V)
+            q, k, v = q * P, k * P, v * Q
+        h0 = None if init is None else self._to_canonical_state(f, init.float())
+        o, hT = core_ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype),
+                                 None if g is None else g.float().contiguous(),
+                                 None if gk is None else gk.float().contiguous(),
+                                 None if gv is None else gv.float().contiguous(),
+                                 None if h0 is None else h0.contiguous(), cu_seqlens, strategy,
+                                 core_ops.encode_config(self._config(strategy, K, V, dtype,
+                                                                     shape=(B, T, H), device=q.device)))
+        if Q is not None:
+            o = o * Q
+        o = shaped("e") * o + shaped("d")
+        o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in out_dims))
+        if P is not None:
+            hT = hT * self._last(P, cu_seqlens, N)[..., :, None] * self._last(Q, cu_seqlens, N)[..., None, :]
+        return o, self._from_canonical_state(f, hT)
+
+    def _config(self, strategy, K, V, dtype, shape=None, device=None):
+        cfg = gla_core.default_config(strategy, K, V, dtype)
+        # ---- autotune (mixir.autotune): on CUDA tensors, the tuning database's config for the
+        # current GPU, else the cost model's best; on CPU (or when nothing applies) the default.
+        # A user's config= still wins. [autotune wiring: the only autotune change in this file,
+        # plus shape=/device= at the one call site in _run]
+        if device is not None and device.type == "cuda" and shape is not None:
+            from ..autotune.select import tuned_config
+            tuned = tuned_config(self.mixer.fingerprint, strategy, K, V, dtype, *shape, device)
+            if tuned:
+                cfg.update(tuned)
+        # ---- end autotune
+        cfg.update(self.config)
+        return cfg
+
+    def _sign_products(self, p, shaped, cu_seqlens, B, T, H, K, V):
+        """Running products of transition signs, restarted at every sequence start."""
+        ones_k = torch.ones((B, T, H, K), device=p["q"].device)
+        ones_v = torch.ones((B, T, H, V), device=p["q"].device)
+        sk = ones_k * (shaped("gk_sign") if "gk_sign" in p else 1.0)
+        if "g_sign" in p:
+            sk = sk * shaped("g_sign")[..., None]
+        sv = ones_v * (shaped("gv_sign") if "gv_sign" in p else 1.0)
+        return _segment_cumprod(sk.detach(), cu_seqlens), _segment_cumprod(sv.detach(), cu_seqlens)
+
+    @staticmethod
+    def _last(P, cu_seqlens, N):
+        """The running sign product at the last token of each sequence (1 for empty ones)."""
+        B, T, H, D = P.shape
+        if cu_seqlens is None:
+            return P[:, -1] if T else torch.ones((B, H, D), device=P.device)
+        ends = cu_seqlens.long()
+        idx = (ends[1:] - 1).clamp(min=0)
+        last = P[0, idx]
+        empty = (ends[1:] == ends[:-1])[:, None, None]
+        return torch.where(empty, torch.ones_like(last), last)
+
+    @staticmethod
+    def _to_canonical_state(f, s):
+        dims = f.state.dims
+        if len(dims) == 2:
+            return s if dims == (f.k_dim, f.v_dim) else s.transpose(-1, -2)
+        if len(dims) == 1:
+            return s[..., :, None] if f.k_dim else s[..., None, :]
+        return s[..., None, None]
+
+    @staticmethod
+    def _from_canonical_state(f, h):
+        dims = f.state.dims
+        if len(dims) == 2:
+            return h if dims == (f.k_dim, f.v_dim) else h.transpose(-1, -2)
+        if len(dims) == 1:
+            return h[..., :, 0] if f.k_dim else h[..., 0, :]
+        return h[..., 0, 0]
+
+
+def _shift(o, init, cu_seqlens, N):
+    """The value *before* each token of a scanned state: o shifted by one token along T, with
+    each sequence's initial state (or 0) at its first token."""
+    B, T = o.shape[:2]
+    shifted = torch.cat([torch.zeros_like(o[:, :1]), o[:, :-1]], dim=1)
+    if cu_seqlens is None:
+        if init is not None:
+            first = init.float().reshape((B, 1) + tuple(o.shape[2:]))
+            mask = torch.zeros(T, dtype=torch.bool, device=o.device)
+            mask[0] = True
+            shifted = torch.where(mask.reshape((1, T) + (1,) * (o.dim() - 2)), first, shifted)
+        return shifted
+    starts = cu_seqlens.long()[:-1]
+    seg = torch.bucketize(torch.arange(T, device=o.device), cu_seqlens.long()[1:], right=True)
+    is_start = torch.arange(T, device=o.device) == starts[seg.clamp(max=N - 1)]
+    first = (init.float()[seg.clamp(max=N - 1)] if init is not None else torch.zeros_like(o[0]))
+    mask = is_start.reshape((T,) + (1,) * (o.dim() - 2))
+    return torch.where(mask, first, shifted[0])[None]
+
+
+def _segment_cumprod(s, cu_seqlens):
+    """cumprod of ±1 values along T, restarting at each sequence of ``cu_seqlens``."""
+    P = torch.cumprod(s, dim=1)
+    if cu_seqlens is None:
+        return P
+    T = s.shape[1]
+    starts = cu_seqlens.long()[:-1]
+    seg = torch.bucketize(torch.arange(T, device=s.device), cu_seqlens.long()[1:], right=True)
+    before = (starts[seg] - 1)
+    prev = torch.where((before >= 0)[:, None, None], P[0, before.clamp(min=0)], torch.ones_like(P[0]))
+    return P * prev[None]   # ±1: dividing by the prefix is multiplying by it
+
+
+def compile_mixer(mixer, *, strategy: str | None = None, config: dict | None = None) -> CompiledMixer:
+    from ..dsl.mixer import Mixer
+    if not isinstance(mixer, Mixer):
+        raise InputError(f"mixir.compile expects a mixer declared with @mixir.mixer, got {type(mixer).__name__}")
+    return CompiledMixer(mixer, strategy=strategy, config=config)
