@@ -26,6 +26,8 @@ import os
 
 import torch
 
+from mixir.lowering.launch import targets_gpu
+
 from mixir.lowering.templates import gla_chunked as _ck
 from mixir.lowering.templates import gla_recurrent as _rc
 
@@ -163,8 +165,10 @@ def _dot_mode(x, cfg, backward=False):
     if x.dtype == torch.float32:
         return True, "ieee"
     want = bool(cfg.get("dot_fp32", 0)) or (backward and bool(cfg.get("bwd_dot_fp32", 0)))
-    if x.device.type != "cuda":
+    if x.device.type != "cuda" and not targets_gpu(x.device):
         return want or x.dtype == torch.bfloat16, "ieee"
+    if x.device.type != "cuda":  # recording on CPU for the AOT build: the GPU's choice
+        return want, "ieee" if want else "tf32"
     if want:
         return True, "ieee" if torch.version.hip else "tf32x3"
     return False, "tf32"

@@ -91,6 +91,13 @@ def record_launches():
             previous.update(records)
 
 
+def targets_gpu(device) -> bool:
+    """Whether launch parameters should be chosen for a GPU: on CUDA tensors, and while launches
+    are being recorded for the ahead-of-time builder (so what is recorded on CPU is what a GPU
+    would run, not the interpreter's convenience sizes)."""
+    return device.type == "cuda" or getattr(_local, "records", None) is not None
+
+
 def _arg_type(value):
     if isinstance(value, torch.Tensor):
         return "*" + _DTYPE_SIG[value.dtype]

@@ -26,6 +26,7 @@ import torch
 import triton
 
 from ..errors import InputError
+from . import launch
 from . import codegen
 
 __all__ = ["PiecesKernel", "get_pieces_kernel", "REGISTRY"]
@@ -138,7 +139,7 @@ class PiecesKernel:
     @staticmethod
     def _grid_rows(info, bd, n_rows, device, direction):
         elems = max([math.prod(bd[d] for d in t) for t in info.tiles] or [1])
-        cap = TILE_ELEMS["cpu"] if device.type != "cuda" else TILE_ELEMS["cuda_" + direction]
+        cap = TILE_ELEMS["cuda_" + direction] if launch.targets_gpu(device) else TILE_ELEMS["cpu"]
         BR = max(1, min(_pow2(n_rows), max(1, cap // elems)))
         return BR, (triton.cdiv(n_rows, BR),)
 
