@@ -65,16 +65,32 @@ def _call_jit_interpreted(self, *args, **kwargs):
         scope.restore()
 
 
+_patch_lang_tensor = getattr(_interp, "_patch_lang_tensor", None)
+
+
+def _patch_lang_tensor_any_numpy(tensor, scope):
+    """Triton 3.6's interpreter turns a scalar into an index with ``int(data)`` on a 1-element 1-D
+    array, which NumPy ≥ 2.4 refuses (``range(n)`` with a runtime ``n`` then fails); index the
+    element instead."""
+    _patch_lang_tensor(tensor, scope)
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+
 @contextlib.contextmanager
 def _interpreting():
-    """While an interpreted kernel runs, calls of ``JITFunction``s run their interpreted twins."""
+    """While an interpreted kernel runs, calls of ``JITFunction``s run their interpreted twins
+    (and the interpreter's scalar-to-index conversion works with any NumPy)."""
     with _interpret_lock:
         saved = JITFunction.__call__
         JITFunction.__call__ = _call_jit_interpreted
+        if _patch_lang_tensor is not None:
+            _interp._patch_lang_tensor = _patch_lang_tensor_any_numpy
         try:
             yield
         finally:
             JITFunction.__call__ = saved
+            if _patch_lang_tensor is not None:
+                _interp._patch_lang_tensor = _patch_lang_tensor
 
 
 @contextlib.contextmanager
