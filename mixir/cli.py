@@ -102,7 +102,7 @@ def cmd_demo(args):
     return rc
 
 
-# ---- autotune: `mixir tune` (mixir/autotune) -------------------------------------------------
+# ---- `mixir tune` (mixir/autotune) ------------------------------------------------------------
 def _parse_shapes(text):
     from .errors import InputError
     out = {}
@@ -145,7 +145,6 @@ def cmd_tune(args):
                 continue
             print(res.table())
     return rc
-# ---- end autotune ------------------------------------------------------------------------------
 
 
 def _table(rows):
@@ -177,7 +176,6 @@ def main(argv=None):
     s = sub.add_parser("demo", help="declare → compile → verify → AOT report on a built-in mixer")
     s.add_argument("mixer", nargs="?", default="gla")
     s.set_defaults(fn=cmd_demo)
-    # autotune: `mixir tune` (mixir/autotune)
     s = sub.add_parser("tune", help="constraint-solver autotuner: solve, rank, AOT-check, (time), write the DB")
     s.add_argument("mixer", nargs="?", help="library name or module:function")
     s.add_argument("--all", action="store_true", help="every library mixer on a standard shape set")

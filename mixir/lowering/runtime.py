@@ -176,16 +176,13 @@ class CompiledMixer:
 
     def _config(self, strategy, K, V, dtype, shape=None, device=None):
         cfg = gla_core.default_config(strategy, K, V, dtype)
-        # ---- autotune (mixir.autotune): on CUDA tensors, the tuning database's config for the
-        # current GPU, else the cost model's best; on CPU (or when nothing applies) the default.
-        # A user's config= still wins. [autotune wiring: the only autotune change in this file,
-        # plus shape=/device= at the one call site in _run]
+        # on CUDA tensors: the tuning database's config for the current GPU, else the cost
+        # model's best; on CPU (or when nothing applies) the default. A user's config= wins.
         if device is not None and device.type == "cuda" and shape is not None:
             from ..autotune.select import tuned_config
             tuned = tuned_config(self.mixer.fingerprint, strategy, K, V, dtype, *shape, device)
             if tuned:
                 cfg.update(tuned)
-        # ---- end autotune
         cfg.update(self.config)
         return cfg
 

@@ -1,0 +1,48 @@
+"""Solver time and number of feasible configs per template and GPU (CPU only).
+
+    python benchmarks/bench_autotune.py [--shape B,T,H,K,V] [--dtype bf16]
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mixir.autotune import cost, hardware, solver, spaces  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="8,4096,16,128,128")
+    p.add_argument("--dtype", default="bf16")
+    a = p.parse_args(argv)
+    B, T, H, K, V = map(int, a.shape.split(","))
+    shape = spaces.Shape(B, T, H, K, V, a.dtype)
+    rows = [("template", "GPU", "space", "feasible", "solver s", "brute s", "rank s", "best predicted config", "pred ms")]
+    for sp_ in spaces.SPACES.values():
+        size = 1
+        for d in sp_.domains(shape).values():
+            size *= len(d)
+        for g in hardware.GPUS.values():
+            t0 = time.perf_counter()
+            feas = solver.enumerate_feasible(sp_, shape, g, explain=False)
+            t1 = time.perf_counter()
+            brute = spaces.feasible_bruteforce(sp_, shape, g)
+            t2 = time.perf_counter()
+            ranked = cost.rank(sp_, shape, g, feas) if feas else []
+            t3 = time.perf_counter()
+            assert len(brute) == len(feas)
+            best = " ".join(f"{k}={v}" for k, v in ranked[0][0].items()) if ranked else "-"
+            rows.append((sp_.name, g.name, str(size), str(len(feas)), f"{t1 - t0:.2f}", f"{t2 - t1:.2f}",
+                         f"{t3 - t2:.2f}", best, f"{ranked[0][1].time_s * 1e3:.3f}" if ranked else "-"))
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    print(f"shape B={B} T={T} H={H} K={K} V={V} {a.dtype}")
+    for i, r in enumerate(rows):
+        print("  ".join(c.ljust(x) for c, x in zip(r, w)))
+        if i == 0:
+            print("  ".join("-" * x for x in w))
+
+
+if __name__ == "__main__":
+    main()
