@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..dsl import ir
 from ..dsl.signature import bind
 from ..errors import InputError
 from . import core_ops, gla_core
@@ -168,7 +169,10 @@ class CompiledMixer:
                                                                      shape=(B, T, H), device=q.device)))
         if Q is not None:
             o = o * Q
-        o = shaped("e") * o + shaped("d")
+        if not ir.is_const(f.out_scale, 1.0):
+            o = shaped("e") * o
+        if not ir.is_const(f.out_bias, 0.0):
+            o = o + shaped("d")
         o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in out_dims))
         if P is not None:
             hT = hT * self._last(P, cu_seqlens, N)[..., :, None] * self._last(Q, cu_seqlens, N)[..., None, :]
