@@ -1,0 +1,48 @@
+"""The same differential checks on a real GPU (compiled Triton, not the interpreter).
+
+Marked ``gpu``: skipped on machines without CUDA (CI has none). On a GPU machine run
+``python -m pytest -q -m gpu`` and record the outcome in docs/benchmarks.md.
+"""
+import pytest
+import torch
+
+import mixir as mx
+from mixir.library import MIXERS
+from mixir.testing.checker import assert_close, check, check_cu_seqlens
+from mixir.verify import example_inputs
+
+pytestmark = pytest.mark.gpu
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
+@pytest.mark.parametrize("strategy", ["recurrent", "chunked"])
+@pytest.mark.parametrize("name", sorted(MIXERS))
+@pytest.mark.parametrize("T, K", [(37, 16), (300, 64), (1000, 128)])
+def test_library_on_cuda(name, strategy, dtype, T, K):
+    m = MIXERS[name].mixer
+    arrays, h0 = example_inputs(m, B=2, T=T, H=2, K=K, V=K, seed=1)
+    assert_close(check(m, mx.compile(m), arrays, dtype=dtype, strategy=strategy, initial_state=h0,
+                       device="cuda"))
+
+
+@pytest.mark.parametrize("strategy", ["recurrent", "chunked"])
+def test_cu_seqlens_on_cuda(strategy):
+    m = MIXERS["gla"].mixer
+    arrays, _ = example_inputs(m, B=1, T=300, H=2, K=64, V=64, seed=2)
+    cu = torch.tensor([0, 100, 100, 257, 300])
+    assert_close(check_cu_seqlens(m, mx.compile(m), arrays, cu, dtype=torch.bfloat16,
+                                  strategy=strategy, device="cuda"))
+
+
+def test_torch_compile_on_cuda():
+    fn = mx.compile(MIXERS["gla"].mixer)
+    q, k, gk = (torch.randn(2, 256, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    v = torch.randn(2, 256, 4, 64, device="cuda", dtype=torch.bfloat16)
+    gk = torch.nn.functional.logsigmoid(gk.float()).to(torch.bfloat16)
+
+    def f(q, k, v, gk):
+        return fn(q, k, v, gk, strategy="chunked").float().square().sum()
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k, v, gk), f(q, k, v, gk),
+                               rtol=2e-2, atol=1e-2)
