@@ -13,6 +13,13 @@ from .reference import reference
 __version__ = "0.1.0"
 
 
+def __getattr__(name):
+    if name in ("attention", "library", "testing", "autotune"):   # sub-packages, imported on use
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'mixir' has no attribute {name!r}")
+
+
 def compile(mixer, **options):  # noqa: A001 - the public verb
     """Analyse ``mixer``, choose a strategy and return a ``CompiledMixer`` on torch tensors."""
     from .lowering.runtime import compile_mixer

@@ -47,6 +47,9 @@ def cmd_list(args):
             rows.append((name, form.transition, ", ".join(form.strategies)))
         except MixirError as e:
             rows.append((name, "unsupported: " + str(e).split("yet: ")[-1][:60], "-"))
+    from .attention.library import MASKS
+    for name in sorted(MASKS):
+        rows.append((f"attention: {name}", "softmax attention, block-sparse mask", "block-sparse tiles"))
     print(_table(rows))
 
 
