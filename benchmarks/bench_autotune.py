@@ -1,6 +1,13 @@
-"""Solver time and number of feasible configs per template and GPU (CPU only).
+"""Solver time and number of feasible configs per template and GPU, and the resource model's
+accuracy against the compiler (CPU only; the AOT step needs Triton's ptxas, no GPU).
 
     python benchmarks/bench_autotune.py [--shape B,T,H,K,V] [--dtype bf16]
+                                        [--aot-mixers gla,hgrn] [--aot-gpus h100] [--aot-k 4]
+
+The accuracy part runs the tuner's AOT loop (``mixir.autotune.tune``, nothing written) per mixer
+and GPU and prints predicted vs compiled shared memory and registers per validated config, the
+share of predicted-feasible configs that compile without spills, and the mismatches fed back as
+constraints. ``--aot-k 0`` skips it.
 """
 import argparse
 import os
@@ -16,6 +23,9 @@ def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="8,4096,16,128,128")
     p.add_argument("--dtype", default="bf16")
+    p.add_argument("--aot-mixers", default="gla", help="library mixers for the accuracy report")
+    p.add_argument("--aot-gpus", default="h100", help="GPUs (their architectures) for the accuracy report")
+    p.add_argument("--aot-k", type=int, default=4, help="candidates compiled per round (0: skip)")
     a = p.parse_args(argv)
     B, T, H, K, V = map(int, a.shape.split(","))
     shape = spaces.Shape(B, T, H, K, V, a.dtype)
@@ -42,6 +52,25 @@ def main(argv=None):
         print("  ".join(c.ljust(x) for c, x in zip(r, w)))
         if i == 0:
             print("  ".join("-" * x for x in w))
+    if a.aot_k > 0:
+        accuracy(a, B, T, H, K, V)
+
+
+def accuracy(a, B, T, H, K, V):
+    from mixir.autotune import tune
+    from mixir.autotune.report import accuracy_text
+    from mixir.library import MIXERS
+    results = []
+    for g in a.aot_gpus.split(","):
+        for name in a.aot_mixers.split(","):
+            t0 = time.perf_counter()
+            res = tune(MIXERS[name].mixer, g, B=B, T=T, H=H, K=K, V=V, dtype=a.dtype, top_k=a.aot_k,
+                       write=False)
+            print()
+            print(res.table())
+            print(f"({name} on {res.gpu.name}: {time.perf_counter() - t0:.1f} s)")
+            results.append(res)
+    print(accuracy_text(results))
 
 
 if __name__ == "__main__":

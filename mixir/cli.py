@@ -70,6 +70,12 @@ def cmd_show(args):
     compiled = compile_mixer(m)
     for path in compiled.source_files():
         print(f"triton source: {path}")
+    from .autotune import spaces
+    from .autotune.report import formulas_text
+    tuned = [s for s in getattr(form, "strategies", ()) if s in spaces.SPACES]
+    if tuned:       # the autotuner's resource formulas for this mixer's strategies
+        f = form.main
+        print(formulas_text(tuned, f.k_dim, f.v_dim))
 
 
 def cmd_verify(args):
@@ -107,46 +113,61 @@ def cmd_demo(args):
 
 # ---- `mixir tune` (mixir/autotune) ------------------------------------------------------------
 def _parse_shapes(text):
+    """``B=..,T=..,H=..[,K=..,V=..]``, several separated by ``;`` → [dict]."""
     from .errors import InputError
-    out = {}
-    for part in filter(None, (text or "").split(",")):
-        k, _, v = part.partition("=")
-        if not v or not v.strip().isdigit() or k.strip() not in ("B", "T", "H", "K", "V"):
-            raise InputError(f"--shapes takes B=..,T=..,H=.. (and optionally K=..,V=..), got {part!r}")
-        out[k.strip()] = int(v)
-    return out
+    shapes = []
+    for one in filter(None, (x.strip() for x in (text or "").split(";"))):
+        out = {}
+        for part in filter(None, one.split(",")):
+            k, _, v = part.partition("=")
+            if not v or not v.strip().isdigit() or k.strip() not in ("B", "T", "H", "K", "V"):
+                raise InputError(f"--shapes takes B=..,T=..,H=.. (and optionally K=..,V=..), several "
+                                 f"separated by ';', got {part!r}")
+            out[k.strip()] = int(v)
+        shapes.append(out)
+    return shapes
 
 
 def cmd_tune(args):
-    from .autotune.pipeline import STANDARD_SHAPES, tune
+    from .autotune.pipeline import STANDARD_SHAPES, require_cuda, tune, tune_all
+    from .autotune.report import accuracy_text
     from .library import MIXERS
-    if args.all:
-        names = sorted(MIXERS)
-        shapes = [dict(s) for s in STANDARD_SHAPES]
-    elif args.mixer:
-        names, shapes = [args.mixer], [_parse_shapes(args.shapes)]
-    else:
+    if args.time:
+        require_cuda()            # TuningError before any work
+    if not args.all and not args.mixer:
         raise MixirError("mixir tune: give a mixer (NAME or module:function) or --all")
+    if args.all and args.mixer:
+        raise MixirError("mixir tune: give a mixer or --all, not both")
+    shapes = _parse_shapes(args.shapes) if args.shapes else (
+        [dict(s) for s in STANDARD_SHAPES] if args.all else [{"B": 8, "T": 4096, "H": 16}])
     strategies = None if args.strategy == "all" else [args.strategy]
 
     def progress(msg):
         print(f"  .. {msg}", file=sys.stderr, flush=True)
+    opts = dict(dtype=args.dtype, strategies=strategies, top_k=args.top_k, aot=not args.no_aot,
+                timed=args.time, write=not args.dry_run, directory=args.db, workers=args.workers,
+                progress=progress)
+    results = []
     rc = 0
-    for name in names:
-        m = resolve(name)
+    if args.all:
+        failures = []
+
+        def on_error(m, shp, e):
+            print(f"mixir: {m.name} {shp}: {e}", file=sys.stderr)
+            failures.append(m.name)
+        mixers = [MIXERS[n].mixer for n in sorted(MIXERS)]
+        results = tune_all(mixers, args.gpu, shapes, share=not args.no_share, on_error=on_error,
+                           on_result=lambda r: print(r.table(), flush=True), **opts)
+        rc = 1 if failures else 0
+    else:
+        m = resolve(args.mixer)
         for shp in shapes:
             kw = {k: shp[k] for k in ("B", "T", "H", "K", "V") if k in shp}
-            try:
-                res = tune(m, args.gpu, dtype=args.dtype, strategies=strategies, top_k=args.top_k,
-                           aot=not args.no_aot, timed=args.time, write=not args.dry_run,
-                           directory=args.db, workers=args.workers, progress=progress, **kw)
-            except MixirError as e:
-                if not args.all:
-                    raise
-                print(f"mixir: {name} {kw}: {e}", file=sys.stderr)
-                rc = 1
-                continue
-            print(res.table())
+            res = tune(m, args.gpu, **kw, **opts)
+            print(res.table(), flush=True)
+            results.append(res)
+    if not args.no_aot:
+        print(accuracy_text(results))
     return rc
 
 
@@ -182,8 +203,13 @@ def main(argv=None):
     s = sub.add_parser("tune", help="constraint-solver autotuner: solve, rank, AOT-check, (time), write the DB")
     s.add_argument("mixer", nargs="?", help="library name or module:function")
     s.add_argument("--all", action="store_true", help="every library mixer on a standard shape set")
+    s.add_argument("--no-share", action="store_true",
+                   help="with --all: AOT-check every mixer, even those whose template kernels are "
+                        "identical to another's")
     s.add_argument("--gpu", default="h100", help="GPU name or alias (see docs/autotune.md)")
-    s.add_argument("--shapes", default="B=8,T=4096,H=16", help="B=..,T=..,H=..[,K=..,V=..]")
+    s.add_argument("--shapes", default=None,
+                   help="B=..,T=..,H=..[,K=..,V=..], several separated by ';' (default B=8,T=4096,H=16; "
+                        "with --all the standard shapes)")
     s.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     s.add_argument("--strategy", default="all", choices=["all", "chunked", "recurrent"])
     s.add_argument("--top-k", type=int, default=4, help="candidates compiled ahead of time")

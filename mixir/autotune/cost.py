@@ -56,13 +56,18 @@ def _blocks_per_sm(gpu, regs, threads, smem):
 _FNS: dict = {}
 
 
+_QUANTITIES = ("grid", "regs", "smem", "tc_flops", "fp32_flops", "bytes_moved", "serial_steps")
+
+
 def _fns(space):
-    """Numeric functions of every kernel formula of ``space`` (compiled once)."""
-    f = _FNS.get(space.name)
+    """Numeric functions of every kernel formula of ``space`` (compiled once), by (kernel name,
+    quantity). (Not by ``id`` of the expression: ``KernelModel.regs`` builds a new one per access,
+    and sympy's cache does not always hand back the same object.)"""
+    key = (space.name, tuple(k.name for k in space.kernels), tuple(map(str, space.params)))
+    f = _FNS.get(key)
     if f is None:
-        f = _FNS[space.name] = {id(e): _sp.compile_expr(e, space) for k in space.kernels
-                                for e in (k.grid, k.regs, k.smem, k.tc_flops, k.fp32_flops,
-                                          k.bytes_moved, k.serial_steps)}
+        f = _FNS[key] = {(k.name, q): _sp.compile_expr(getattr(k, q), space)
+                         for k in space.kernels for q in _QUANTITIES}
     return f
 
 
@@ -70,13 +75,13 @@ def predict(space, shape: "_sp.Shape", gpu, values: dict) -> Cost:
     fns = _fns(space)
     subs = shape.subs()
     args = [subs[x] for x in _sp.SHAPE_SYMBOLS] + [values[str(p)] for p in space.params]
-    ev = lambda e: float(fns[id(e)](*args))  # noqa: E731
+    ev = lambda k, q: float(fns[(k.name, q)](*args))  # noqa: E731
     threads = 32 * int(values["num_warps"])
     kernels, total = [], 0.0
     for k in space.kernels:
-        grid = max(1, int(math.ceil(ev(k.grid) - 1e-9)))
-        regs = min(gpu.regs_per_thread, int(ev(k.regs)))
-        smem = int(ev(k.smem)) + _sp.SMEM_RESERVED
+        grid = max(1, int(math.ceil(ev(k, "grid") - 1e-9)))
+        regs = min(gpu.regs_per_thread, int(ev(k, "regs")))
+        smem = int(ev(k, "smem")) + _sp.SMEM_RESERVED
         bps = max(1, _blocks_per_sm(gpu, regs, threads, smem))
         slots = gpu.sms * bps
         waves = math.ceil(grid / slots)
@@ -87,9 +92,9 @@ def predict(space, shape: "_sp.Shape", gpu, values: dict) -> Cost:
             eff = min(grid, gpu.sms) / gpu.sms
             resident = min(bps, math.ceil(grid / gpu.sms)) * int(values["num_warps"])
         eff *= min(1.0, resident / WARPS_SATURATE)
-        tc = ev(k.tc_flops)
-        fp = ev(k.fp32_flops)
-        mem = ev(k.bytes_moved) / gpu.hbm_bw
+        tc = ev(k, "tc_flops")
+        fp = ev(k, "fp32_flops")
+        mem = ev(k, "bytes_moved") / gpu.hbm_bw
         t_launch = 0.0
         for i in range(k.count):
             if shape.dtype == "fp32":
@@ -100,7 +105,7 @@ def predict(space, shape: "_sp.Shape", gpu, values: dict) -> Cost:
                 peak = gpu.tf32_flops / 3
             comp = tc / peak + fp / gpu.fp32_flops
             roof = max(comp, mem) / max(eff, 1e-4)
-            lat = waves * ev(k.serial_steps) * STEP_LATENCY_S[space.strategy]
+            lat = waves * ev(k, "serial_steps") * STEP_LATENCY_S[space.strategy]
             t = max(roof, lat) + waves * TILE_OVERHEAD_S + LAUNCH_OVERHEAD_S
             bound = "latency" if lat > roof else ("compute" if comp > mem else "memory")
             t_launch += t

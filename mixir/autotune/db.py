@@ -217,11 +217,13 @@ def write(gpu, new_entries: dict, directory=None) -> str:
 
 
 def record(fingerprint, gpu, dtype, B, T, H, K, V, strategy, config, *, source, predicted_s=None,
-           measured_s=None, compiled=None, directory=None) -> str:
+           measured_s=None, compiled=None, directory=None, extra=None) -> str:
+    """Write one entry. ``extra``: more provenance, e.g. ``shared_with`` (the mixer whose AOT
+    results this entry reuses) and ``discrepancies`` (model mismatches the AOT check found)."""
     key = make_key(fingerprint, dtype, strategy, B, T, H, K, V)
     entry = {"config": {k: int(v) for k, v in config.items()}, "strategy": strategy,
              "predicted_s": predicted_s, "measured_s": measured_s, "compiled": compiled,
-             "provenance": provenance(source)}
+             "provenance": {**provenance(source), **(extra or {})}}
     return write(gpu, {key: entry}, directory)
 
 

@@ -168,13 +168,39 @@ def _build(space, shape, gpu, constraints):
     tr = _Translator(m, vars_, bounds)
     subs = shape.subs()
     handles = []
+    by_name = {str(s): x for s, x in vars_.items()}
+    lits = {}
+
+    def lit(p, op, v):
+        """A Boolean literal equivalent to ``param op v`` (cached)."""
+        key = (str(p), op, int(v))
+        if key not in lits:
+            x, b = by_name[str(p)], m.NewBoolVar(f"{p}{'eq' if op == '==' else 'ge'}{v}")
+            if op == "==":
+                m.Add(x == int(v)).OnlyEnforceIf(b)
+                m.Add(x != int(v)).OnlyEnforceIf(b.Not())
+            else:
+                m.Add(x >= int(v)).OnlyEnforceIf(b)
+                m.Add(x < int(v)).OnlyEnforceIf(b.Not())
+            lits[key] = b
+        return lits[key]
+
     for c in constraints:
+        if c.kind == "forbid":
+            unknown = [p for p, _, _ in c.terms if str(p) not in by_name]
+            if unknown:
+                raise TuningError(f"constraint {c.name} names unknown parameters {unknown}")
+            handles.append(m.AddBoolOr([lit(p, op, v).Not() for p, op, v in c.terms]))
+            continue
+        guard = [lit(p, "==", v) for p, v in c.when]
         lhs, _, _ = tr.lin(sp.sympify(c.lhs).subs(subs))
         rhs_e = sp.sympify(c.rhs).subs(subs)
         if c.kind == "mod":
             if not rhs_e.is_Integer:
                 raise TuningError(f"constraint {c.name}: the modulus must be a constant")
             x, _, _ = tr.var(sp.sympify(c.lhs).subs(subs))
+            if c.when:
+                raise TuningError(f"constraint {c.name}: a modulo constraint cannot be guarded")
             if isinstance(x, int):
                 ok = x % int(rhs_e) == 0
                 handles.append(m.Add(0 == (0 if ok else 1)))
@@ -182,7 +208,10 @@ def _build(space, shape, gpu, constraints):
                 handles.append(m.AddModuloEquality(0, x, int(rhs_e)))
             continue
         rhs, _, _ = tr.lin(rhs_e)
-        handles.append(m.Add(lhs <= rhs) if c.kind == "le" else m.Add(lhs >= rhs))
+        h = m.Add(lhs <= rhs) if c.kind == "le" else m.Add(lhs >= rhs)
+        if guard:
+            h.OnlyEnforceIf(guard)
+        handles.append(h)
     return m, vars_, tr
 
 
@@ -264,7 +293,7 @@ def explain_infeasible(space, shape, gpu, constraints) -> str:
     binding = []
     for i, c in enumerate(constraints):
         rest = constraints[:i] + constraints[i + 1:]
-        if c.kind == "mod":
+        if c.kind in ("mod", "forbid") or c.when:
             m, _, _ = _build(space, shape, gpu, rest)
             if cp_model.CpSolver().Solve(m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 binding.append(f"{what}: {c.what} cannot hold")
@@ -275,7 +304,7 @@ def explain_infeasible(space, shape, gpu, constraints) -> str:
     if not binding:
         structural = [c for c in constraints if c.name not in RESOURCE_CONSTRAINTS]
         for c in constraints:
-            if c.name in RESOURCE_CONSTRAINTS:
+            if c.name in RESOURCE_CONSTRAINTS and not c.when:
                 r = _min_gap(space, shape, gpu, c, structural)
                 if r is not None and (r[0] > r[1] if c.kind == "le" else r[0] < r[1]):
                     binding.append(_message(c, what, gpu, *r))

@@ -16,6 +16,7 @@ sum over the launches of one training step (forward + backward).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 from typing import Callable
@@ -64,29 +65,51 @@ class KernelModel:
     serial_steps: sp.Expr    # dependent loop iterations per program (latency chain)
     count: int = 1           # launches per training step (forward + backward)
 
-    @property
+    @functools.cached_property
     def regs(self):
         return sp.ceiling(REG_PER_ELEMENT * self.live_fp32 / (32 * W)) + REG_OVERHEAD
 
 
 @dataclasses.dataclass(frozen=True)
 class Constraint:
-    """lhs <= rhs (kind "le"), lhs >= rhs ("ge") or lhs % rhs == 0 ("mod")."""
+    """lhs <= rhs (kind "le"), lhs >= rhs ("ge"), lhs % rhs == 0 ("mod"), or a forbidden
+    combination of parameter values (kind "forbid": ``terms`` ((param, op, value), ...) with op
+    "==" or ">=", violated when every term holds; lhs / rhs unused).
+
+    ``when`` ((param, value), ...) guards an "le" / "ge" constraint: it applies only to configs
+    whose parameters take those values (the AOT feedback's per-warp-count corrections)."""
     name: str
     lhs: sp.Expr
     kind: str
     rhs: sp.Expr
     what: str                # human-readable, used in errors and docs
+    when: tuple = ()         # ((param name, value), ...): the constraint applies only there
+    terms: tuple = ()        # kind "forbid": ((param name, "==" | ">=", value), ...)
+
+    def guard_holds(self, env: dict) -> bool:
+        return all(int(env[str(p)]) == int(v) for p, v in self.when)
 
     def holds(self, env: dict) -> bool:
+        if self.kind == "forbid":
+            return not all(_term(env, *t) for t in self.terms)
+        if not self.guard_holds(env):
+            return True
         a, b = int(_num(self.lhs, env)), int(_num(self.rhs, env))
         return a <= b if self.kind == "le" else a >= b if self.kind == "ge" else a % b == 0
 
     def render(self) -> str:
-        op = {"le": "<=", "ge": ">=", "mod": "% {} == 0"}[self.kind]
+        if self.kind == "forbid":
+            return "not (" + " and ".join(f"{p} {op} {v}" for p, op, v in self.terms) + ")"
+        guard = "".join(f" if {p} == {v}" for p, v in self.when)
         if self.kind == "mod":
             return f"{sp.sstr(self.lhs)} % {sp.sstr(self.rhs)} == 0"
-        return f"{sp.sstr(self.lhs)} {op} {sp.sstr(self.rhs)}"
+        op = "<=" if self.kind == "le" else ">="
+        return f"{sp.sstr(self.lhs)} {op} {sp.sstr(self.rhs)}{guard}"
+
+
+def _term(env, p, op, v) -> bool:
+    x = int(env[str(p)])
+    return x == int(v) if op == "==" else x >= int(v)
 
 
 @dataclasses.dataclass
@@ -100,16 +123,16 @@ class Space:
     extra: Callable | None = None   # (shape, gpu) -> list[Constraint] specific to the template
     to_config: Callable | None = None
 
-    # ---- derived formulas (max over kernels)
-    @property
+    # ---- derived formulas (max over kernels; built once: sympy's Max is slow to construct)
+    @functools.cached_property
     def smem(self):
         return sp.Max(*[k.smem for k in self.kernels]) + SMEM_RESERVED
 
-    @property
+    @functools.cached_property
     def regs(self):
         return sp.Max(*[k.regs for k in self.kernels])
 
-    @property
+    @functools.cached_property
     def live_fp32(self):
         return sp.Max(*[k.live_fp32 for k in self.kernels])
 
@@ -194,19 +217,23 @@ def _num(expr, env):
 
 # ---- the chunked GLA space -----------------------------------------------------------------------
 NT = _cdiv(T, BT)
-BD = sp.Min(64, PK)               # the cumsum kernels' channel tile (fixed by gla_core)
+# The cumsum kernels run over the decay's channels: K for a per-key decay (gk), V for a per-value
+# decay (gv, e.g. HGRN's), 1 for a scalar one (g). The formulas take the larger head size (an
+# upper bound for every gate combination; K for GLA, V for HGRN, where K = 1).
+DD = sp.Max(K, V)                 # decay channels (bound)
+BD = sp.Min(64, sp.Max(PK, PV))   # the cumsum kernels' channel tile (fixed by gla_core: _tile(D, 64))
 BKD = 16                          # diagonal-block key channels (gla_core default)
 BVD = sp.Min(BV, 32)              # diagonal-block V tile when a V decay is used
 BX = sp.Max(BK, BV)               # the output kernel runs with K and V swapped for dq / dk
 
 _chunk_cumsum = KernelModel(
     "chunk_gla_cumsum",
-    grid=B * NT * H * _cdiv(K, BD),
+    grid=B * NT * H * _cdiv(DD, BD),
     smem=BT * BD * 4,                                   # associative_scan scratch
     live_fp32=3 * BT * BD / 2,
-    bytes_moved=B * T * H * K * 4 * 3,
+    bytes_moved=B * T * H * DD * 4 * 3,
     tc_flops=sp.Integer(0),
-    fp32_flops=B * T * H * K * 4,
+    fp32_flops=B * T * H * DD * 4,
     serial_steps=sp.Integer(1), count=2)
 
 _chunk_states = KernelModel(
@@ -236,12 +263,12 @@ _chunk_output = KernelModel(
 
 _chunk_rev_cumsum = KernelModel(
     "chunk_gla_rev_cumsum",
-    grid=B * H * _cdiv(K, BD),
+    grid=B * H * _cdiv(DD, BD),
     smem=64 * BD * 4,
     live_fp32=96 * BD,
-    bytes_moved=B * T * H * K * 8,
+    bytes_moved=B * T * H * DD * 8,
     tc_flops=sp.Integer(0),
-    fp32_flops=B * T * H * K * 4,
+    fp32_flops=B * T * H * DD * 4,
     serial_steps=T / 64, count=1)
 
 
@@ -344,14 +371,23 @@ def evaluate(expr, space_: Space, shape: Shape, values: dict):
 
 def _checker(c: Constraint, space_, shape):
     """A fast predicate values-tuple -> bool for one constraint under one shape."""
+    names = [str(p) for p in space_.params]
+    if c.kind == "forbid":
+        idx = [(names.index(str(p)), op, int(v)) for p, op, v in c.terms]
+        return lambda vals: not all((vals[i] == v) if op == "==" else (vals[i] >= v) for i, op, v in idx)
     subs = shape.subs()
     head = [subs[x] for x in SHAPE_SYMBOLS]
     fl, fr = compile_expr(c.lhs, space_), compile_expr(c.rhs, space_)
     if c.kind == "le":
-        return lambda vals: fl(*head, *vals) <= fr(*head, *vals) + 1e-9
-    if c.kind == "ge":
-        return lambda vals: fl(*head, *vals) + 1e-9 >= fr(*head, *vals)
-    return lambda vals: int(round(fl(*head, *vals))) % int(round(fr(*head, *vals))) == 0
+        check = lambda vals: fl(*head, *vals) <= fr(*head, *vals) + 1e-9  # noqa: E731
+    elif c.kind == "ge":
+        check = lambda vals: fl(*head, *vals) + 1e-9 >= fr(*head, *vals)  # noqa: E731
+    else:
+        check = lambda vals: int(round(fl(*head, *vals))) % int(round(fr(*head, *vals))) == 0  # noqa: E731
+    if not c.when:
+        return check
+    guard = [(names.index(str(p)), int(v)) for p, v in c.when]
+    return lambda vals: any(vals[i] != v for i, v in guard) or check(vals)
 
 
 def _check(c: Constraint, space_, shape, values) -> bool:

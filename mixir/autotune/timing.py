@@ -1,16 +1,90 @@
-"""GPU timing of candidate configs (do_bench style). Runs only when ``torch.cuda.is_available()``.
+"""GPU timing of candidate configs (``mixir tune --time``). Needs a CUDA device: ``time_configs``
+raises ``TuningError`` without one.
 
-NOTE: written without a GPU at hand; untested on a GPU.
+NOTE: reviewed and unit-tested (the schedule, with a fake timer) without a GPU; it has not run on
+one yet.
 
-For each candidate: the compiled mixer's forward + backward on random CUDA inputs; its output is
-first checked against the recurrent strategy (relative RMS error <= ``tol``), a failing candidate
-gets ``inf``. Timing: ``warmup`` untimed runs each, then ``reps`` rounds in which the candidates run
-interleaved, each run preceded by an L2 flush (zeroing a buffer of twice the L2 size) and timed with
-CUDA events; the result is the median per candidate, in seconds.
+Per candidate: the compiled mixer's forward + backward on random CUDA inputs of the tuned shape.
+
+1. **Check first**: the candidate's forward output is compared with the recurrent strategy's
+   (relative RMS error <= ``tol``); a candidate that fails, or raises, gets ``inf`` and is never
+   timed.
+2. **Warm-up**: ``warmup`` untimed runs per candidate (the first builds the kernels), then a
+   device synchronise.
+3. **Rounds**: ``reps`` rounds; each round runs every candidate once, **interleaved**, in an order
+   rotated by one per round (no candidate always runs first, right after a synchronise). Each
+   run is preceded by an **L2 flush** (writing a 256 MiB buffer, at least twice the L2) and timed
+   with a pair of **CUDA events** recorded on the current stream around the run (the flush is
+   outside them); the end event is synchronised before reading the time.
+4. **Median** of each candidate's times.
+5. **Close contenders**: the candidates whose median is within ``close`` (5 %) of the best get
+   ``extra_reps`` more interleaved rounds among themselves, and their medians are taken over all
+   their samples.
+
+The schedule (3-5) is ``measure``, which takes the per-run timer as an argument: the tests drive it
+with a fake timer on the CPU.
 """
 from __future__ import annotations
 
 import math
+import statistics
+
+from ..errors import TuningError
+
+FLUSH_BYTES = 256 * 2**20
+
+
+def measure(runs, timer, *, warmup=3, reps=10, close=0.05, extra_reps=10, sync=None,
+            progress=None) -> list:
+    """Median seconds per run (``inf`` for a ``None`` run or one that raises).
+
+    ``runs``: callables (or None: skipped); ``timer(run) -> seconds`` times one run (flush
+    included); ``sync()`` is called after the warm-up."""
+    n = len(runs)
+    live = [i for i, r in enumerate(runs) if r is not None]
+    failed = set()
+
+    def attempt(i, timed):
+        if i in failed:
+            return
+        try:
+            if timed:
+                samples[i].append(float(timer(runs[i])))
+            else:
+                runs[i]()
+        except Exception as e:       # a candidate that fails at run time is out, not the tuning
+            failed.add(i)
+            if progress:
+                progress(f"candidate {i + 1} failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}")
+
+    samples = [[] for _ in range(n)]
+    for i in live:
+        for _ in range(warmup):
+            attempt(i, False)
+    if sync:
+        sync()
+
+    def rounds(idx, count, label):
+        for r in range(count):
+            k = r % len(idx) if idx else 0
+            for i in idx[k:] + idx[:k]:          # rotated: every candidate gets every position
+                attempt(i, True)
+            if progress:
+                progress(f"{label} round {r + 1}/{count}")
+
+    rounds(live, reps, "timing")
+
+    def medians():
+        return [statistics.median(samples[i]) if samples[i] and i not in failed else math.inf
+                for i in range(n)]
+    med = medians()
+    best = min(med, default=math.inf)
+    if math.isfinite(best) and extra_reps > 0:
+        contenders = [i for i in live if med[i] <= best * (1 + close) and i not in failed]
+        if len(contenders) > 1:
+            rounds(contenders, extra_reps, f"re-timing {len(contenders)} close contenders:")
+            med = medians()
+    return med
 
 
 def _inputs(mixer, B, T, H, K, V, dtype, seed=0):
@@ -18,65 +92,71 @@ def _inputs(mixer, B, T, H, K, V, dtype, seed=0):
     import torch
 
     from ..verify import example_inputs
-    arrays, h0 = example_inputs(mixer, B=B, T=T, H=H, K=K, V=V, seed=seed)
-    xs = [torch.tensor(np.asarray(a), dtype=dtype if s.kind == "input" else torch.float32,
-                       device="cuda") for s, a in zip(mixer.inputs, arrays)]
-    return xs
+    arrays, _ = example_inputs(mixer, B=B, T=T, H=H, K=K, V=V, seed=seed)
+    return [torch.tensor(np.asarray(a), dtype=dtype if s.kind == "input" else torch.float32, device="cuda")
+            for s, a in zip(mixer.inputs, arrays)]
+
+
+def rel_rms(o, ref) -> float:
+    o, ref = o.float(), ref.float()
+    return float(((o - ref).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30)).sqrt())
 
 
 def time_configs(mixer, strategy, configs, *, B, T, H, K, V, dtype="bf16", warmup=3, reps=10,
-                 tol=2e-2, l2_bytes=50 * 2**20, progress=None) -> list:
+                 tol=2e-2, close=0.05, extra_reps=10, flush_bytes=FLUSH_BYTES, l2_bytes=None,
+                 progress=None) -> list:
+    """Median seconds of one forward + backward per config (``inf``: wrong output or failure).
+    ``K``, ``V``: user-level head sizes."""
     import torch
 
     import mixir
     if not torch.cuda.is_available():
-        raise RuntimeError("time_configs needs a CUDA device")
+        raise TuningError("timing configs needs a CUDA device; torch.cuda.is_available() is False")
+    say = progress or (lambda m: None)
     tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     xs = _inputs(mixer, B, T, H, K, V, tdt)
-    ref = mixir.compile(mixer, strategy="recurrent")(*xs).float()
-    flush = torch.empty(max(1, 2 * l2_bytes // 4), dtype=torch.float32, device="cuda")
+    with torch.no_grad():
+        ref = mixir.compile(mixer, strategy="recurrent")(*xs, strategy="recurrent").float()
+    nbytes = max(int(flush_bytes), 2 * int(l2_bytes or 0))
+    flush = torch.empty(nbytes // 4, dtype=torch.int32, device="cuda")
 
-    def runner(cfg):
+    def make_run(cfg):
         f = mixir.compile(mixer, strategy=strategy, config=dict(cfg))
-        leaves = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in xs]
+        leaves = [x.detach().clone().requires_grad_(True) for x in xs]
 
         def run():
             for t in leaves:
                 t.grad = None
-            o = f(*leaves)
+            o = f(*leaves, strategy=strategy)
             o.float().sum().backward()
-            return o
         return f, run
 
-    runs, ok = [], []
+    runs = []
     for i, cfg in enumerate(configs):
-        f, run = runner(cfg)
-        o = f(*xs).float()
-        err = float(((o - ref).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30)).sqrt())
-        ok.append(math.isfinite(err) and err <= tol)
-        runs.append(run)
-        if progress:
-            progress(f"checked config {i + 1}/{len(configs)}: rel. RMS error {err:.1e}")
-    for run, good in zip(runs, ok):
-        if good:
-            for _ in range(warmup):
-                run()
-    torch.cuda.synchronize()
-    times = [[] for _ in configs]
-    for r in range(reps):
-        for i, (run, good) in enumerate(zip(runs, ok)):
-            if not good:
-                continue
-            flush.zero_()
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            run()
-            b.record()
-            torch.cuda.synchronize()
-            times[i].append(a.elapsed_time(b) / 1e3)
-        if progress:
-            progress(f"timing round {r + 1}/{reps}")
-    out = []
-    for ts, good in zip(times, ok):
-        out.append(sorted(ts)[len(ts) // 2] if good and ts else math.inf)
-    return out
+        try:
+            f, run = make_run(cfg)
+            with torch.no_grad():
+                err = rel_rms(f(*xs, strategy=strategy), ref)
+        except Exception as e:
+            say(f"config {i + 1}/{len(configs)} {cfg}: failed ({type(e).__name__}: {e})")
+            runs.append(None)
+            continue
+        good = math.isfinite(err) and err <= tol
+        say(f"checked config {i + 1}/{len(configs)}: rel. RMS error vs recurrent {err:.1e}"
+            + ("" if good else f" > {tol:.0e}: not timed"))
+        runs.append(run if good else None)
+
+    def timer(run):
+        flush.zero_()                                   # evict L2 (outside the events)
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        run()
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b) / 1e3                   # ms -> s
+
+    return measure(runs, timer, warmup=warmup, reps=reps, close=close, extra_reps=extra_reps,
+                   sync=torch.cuda.synchronize, progress=say)
+
+
+__all__ = ["measure", "time_configs", "rel_rms", "FLUSH_BYTES"]
