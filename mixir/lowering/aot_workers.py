@@ -1,7 +1,7 @@
 """Worker processes for ``aot.build_all``: compile candidates with a hard per-candidate timeout.
 
-Each worker is a fresh Python process in its own process group (``_Worker``), fed pickled tasks on
-stdin and answering pickled results on its original stdout (``_worker_main``); it re-imports each
+Each worker is a fresh Python process in its own process group (``_Worker``), fed tasks as JSON
+lines on stdin and answering JSON lines on its original stdout (``_worker_main``); it re-imports each
 kernel's function by module + qualname, else by source file (``_resolve_fn``), and compiles it with
 ``aot._build_fn``. ``_build_in_workers`` keeps every worker busy, kills a worker (with the ptxas it
 started) whose candidate exceeds the timeout, and replaces one that crashes, so that a hanging or
@@ -14,7 +14,8 @@ import importlib
 import importlib.util
 import inspect
 import os
-import pickle
+import dataclasses
+import json
 import selectors
 import signal
 import subprocess
@@ -35,6 +36,24 @@ def _kernel_spec(record) -> dict:
             "name": record.kernel.name, "signature": tuple(record.signature),
             "constexprs": tuple(record.constexprs), "num_warps": record.num_warps,
             "num_stages": record.num_stages}
+
+
+def _encode(obj) -> bytes:
+    """One JSON line (tasks and results are plain data: names, numbers, lists)."""
+    try:
+        return json.dumps(obj).encode() + b"\n"
+    except TypeError as e:
+        raise MixirError(f"a compile task for a worker process must be plain data: {e}") from None
+
+
+def _pairs(items) -> tuple:
+    """JSON turns ((name, value), ...) into lists; give the tuples back."""
+    return tuple(tuple(x) for x in items)
+
+
+def _resources(d: dict):
+    from .aot import KernelResources
+    return KernelResources(**{**d, "constexprs": _pairs(d["constexprs"])})
 
 
 def _unwrap(obj):
@@ -109,31 +128,34 @@ def _run_spec(spec, arch, align_pointers, timeout_s):
     import triton
     from .aot import _build_fn          # not at the top: aot imports this module
     fn = _resolve_fn(spec)
-    return _build_fn(triton.jit(fn), spec["name"], spec["signature"], spec["constexprs"],
+    return _build_fn(triton.jit(fn), spec["name"], _pairs(spec["signature"]), _pairs(spec["constexprs"]),
                      spec["num_warps"], spec["num_stages"], arch, align_pointers=align_pointers,
                      timeout_s=timeout_s)
 
 
 def _worker_main():  # pragma: no cover - runs in the worker processes
-    """Loop: read a pickled task from stdin, write a pickled result to the original stdout."""
+    """Loop: read a task line from stdin, write a result line to the original stdout."""
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)                       # anything printed goes to the worker's stderr file
     sys.stdout = sys.stderr
     inp = sys.stdin.buffer
     while True:
         try:
-            task = pickle.load(inp)
+            line = inp.readline()
         except EOFError:
             return
+        if not line:
+            return
+        task = json.loads(line)
         if task is None:
             return
         index, spec, arch, align_pointers, timeout_s = task
         try:
-            result = (index, True, _run_spec(spec, arch, align_pointers, timeout_s))
+            result = (index, True, dataclasses.asdict(_run_spec(spec, arch, align_pointers, timeout_s)))
         except BaseException as e:  # report, keep serving
             result = (index, False, f"{type(e).__name__}: {e}" if not isinstance(e, MixirError)
                       else str(e))
-        pickle.dump(result, out)
+        out.write(_encode(result))
         out.flush()
 
 
@@ -156,7 +178,7 @@ class _Worker:
     def send(self, task, timeout_s):
         self.task = task
         self.deadline = time.monotonic() + timeout_s if timeout_s else None
-        pickle.dump(task, self.proc.stdin)
+        self.proc.stdin.write(_encode(task))
         self.proc.stdin.flush()
 
     def stderr_tail(self, n=15) -> str:
@@ -237,7 +259,7 @@ def _build_in_workers(pairs, n_workers, timeout_s, errors, align_pointers):
             for key, _ in sel.select(timeout=wait if wait is None else min(wait, 60.0)):
                 w = key.data
                 try:
-                    index, ok, payload = pickle.load(w.proc.stdout)
+                    index, ok, payload = json.loads(w.proc.stdout.readline())
                 except Exception:
                     task = w.task
                     w.kill()
@@ -253,7 +275,7 @@ def _build_in_workers(pairs, n_workers, timeout_s, errors, align_pointers):
                     results[task[0]] = err
                     done += 1
                     continue
-                results[index] = payload if ok else MixirError(payload)
+                results[index] = _resources(payload) if ok else MixirError(payload)
                 done += 1
                 w.task, w.deadline = None, None
             now = time.monotonic()
