@@ -7,7 +7,6 @@ import dataclasses
 import numpy as np
 import torch
 
-from .dsl import ir
 from .lowering.analysis import analyse
 from .lowering.launch import record_launches
 
@@ -120,4 +119,4 @@ def record_kernels(mixer, *, dtype="bfloat16", T=40, seed=0):
     return records
 
 
-__all__ = ["verify", "record_kernels", "example_inputs", "input_ranges", "VerifyReport", "ir"]
+__all__ = ["verify", "record_kernels", "example_inputs", "input_ranges", "VerifyReport"]

@@ -45,3 +45,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def fresh_triton_cache(tmp_path_factory):
+    """Compile into a fresh Triton cache (TRITON_CACHE_DIR) for one module: the real compile path
+    runs, and ~/.triton is untouched."""
+    path = str(tmp_path_factory.mktemp("triton-cache"))
+    old = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = path
+    yield path
+    if old is None:
+        os.environ.pop("TRITON_CACHE_DIR", None)
+    else:
+        os.environ["TRITON_CACHE_DIR"] = old

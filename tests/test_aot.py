@@ -1,6 +1,5 @@
 """Ahead-of-time builds: real Triton compiles for sm_80 / sm_90 on a machine without a GPU."""
 import importlib.util
-import os
 import sys
 import textwrap
 
@@ -39,16 +38,9 @@ def _record(bm, bn, bk, num_warps, num_stages, kern=aot_matmul):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def triton_cache(tmp_path_factory):
-    """Compile into a fresh cache: every run exercises the real compile path, ~/.triton untouched."""
-    path = str(tmp_path_factory.mktemp("triton-cache"))
-    old = os.environ.get("TRITON_CACHE_DIR")
-    os.environ["TRITON_CACHE_DIR"] = path
-    yield path
-    if old is None:
-        os.environ.pop("TRITON_CACHE_DIR", None)
-    else:
-        os.environ["TRITON_CACHE_DIR"] = old
+def _fresh_cache(fresh_triton_cache):
+    """Every run of this module exercises the real compile path."""
+    return fresh_triton_cache
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,4 @@
 """Every attention kernel the library launches builds ahead of time for sm_80 and sm_90."""
-import os
 
 import pytest
 import torch
@@ -11,15 +10,9 @@ from mixir.lowering.launch import record_launches
 
 
 @pytest.fixture(scope="module", autouse=True)
-def triton_cache(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("triton-cache"))
-    old = os.environ.get("TRITON_CACHE_DIR")
-    os.environ["TRITON_CACHE_DIR"] = path
-    yield path
-    if old is None:
-        os.environ.pop("TRITON_CACHE_DIR", None)
-    else:
-        os.environ["TRITON_CACHE_DIR"] = old
+def _fresh_cache(fresh_triton_cache):
+    """Every run of this module exercises the real compile path."""
+    return fresh_triton_cache
 
 
 @A.score_mod

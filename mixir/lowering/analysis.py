@@ -13,6 +13,7 @@ are kept as ``log|a|`` plus a sign, which the runtime folds into q, k (or v) and
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from ..dsl import ir
 from ..dsl.grad import NotPointwise, tangent
@@ -110,7 +111,7 @@ def _log_of(f: ir.Node):
     if f.op == "const":
         if f.arg == 0:
             return None, None
-        return ir.const(__import__("math").log(abs(f.arg))), (ir.const(-1.0) if f.arg < 0 else None)
+        return ir.const(math.log(abs(f.arg))), (ir.const(-1.0) if f.arg < 0 else None)
     if f.op == "pow" and f.src[1].op == "const":
         lg, s = _log_of(f.src[0])
         if lg is None:
@@ -167,17 +168,14 @@ def _readout(mixer, out, snew, S):
             raise _unsupported(mixer, f"the read-out `{ir.render(R)}` must contract exactly one state dim")
         k_dim = contracted[0]
         qf = [f for f in others if k_dim in f.dims or not f.dims]
-        outside = [f for f in others if f not in qf]
-        for f in outside:
-            if any(d in S.dims for d in f.dims) or f.dims:
-                pass
+        outside = [f for f in others if f not in qf]   # value-side factors move to the output
         q = product(qf)
         rleaf = ir.leaf("input", "__readout__", R.dims)
         moved = product(outside)
         rest = ir.substitute(out, {R: ir.binary("mul", moved, rleaf)})
         if bad := [d for d in q.dims if d != k_dim]:
             raise _unsupported(mixer, f"the query `{ir.render(q)}` has dims {bad} outside the state")
-    if ir.contains(rest, snew) and rleaf is not snew:
+    if rleaf is not snew and ir.contains(rest, snew):
         raise _unsupported(mixer, f"the output `{ir.render(out)}` uses the state outside its read-out")
     try:
         e = tangent(rest, rleaf)

@@ -22,10 +22,6 @@ def decode_config(text: str) -> dict:
     return {k: int(v) for k, v in (item.split("=") for item in text.split(";") if item)}
 
 
-def _none(t):
-    return None if t is None or t.numel() == 0 and t.dim() == 1 else t
-
-
 def _num_seqs(q, cu_seqlens):
     return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 

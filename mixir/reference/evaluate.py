@@ -47,10 +47,6 @@ class NumpyBackend:
         return np.max(x, axis=axes)
 
     @staticmethod
-    def full(value, like):
-        return np.full((1,) * np.ndim(like), value, dtype=np.float64)
-
-    @staticmethod
     def to_float(mask):
         return mask.astype(np.float64)
 
@@ -82,9 +78,6 @@ class TorchBackend:
 
     def amax(self, x, axes):
         return x.amax(dim=axes)
-
-    def full(self, value, like):
-        return self.torch.full((1,) * like.ndim, value, dtype=like.dtype, device=like.device)
 
     def to_float(self, mask):
         return mask.to(self.dtype) if mask.dtype == self.torch.bool else mask
@@ -122,9 +115,7 @@ def evaluate(roots, env: dict, xp, nlead: int, sizes: dict | None = None):
 
 
 def _expand(xp, arr, dims, nlead, sizes):
-    if not hasattr(arr, "shape") or arr.ndim < nlead + len(dims):
-        arr = xp.reshape(xp.asarray(arr) * xp.full(1.0, arr if hasattr(arr, "shape") else xp.asarray(0.0)),
-                         (1,) * (nlead + len(dims)))
+    """Broadcast a value (every value has rank nlead + len(dims), size-1 where broadcast)."""
     shape = tuple(arr.shape[:nlead]) + tuple(sizes[d] for d in dims)
     if hasattr(arr, "expand"):
         return arr.expand(*shape)
