@@ -39,7 +39,7 @@ def resolve(name: str):
 
 def cmd_list(args):
     from .library import MIXERS
-    from .lowering.analysis import analyse
+    from .lowering.families import analyse
     rows = [("name", "class", "strategies")]
     for name, entry in sorted(MIXERS.items()):
         try:
@@ -55,8 +55,8 @@ def cmd_list(args):
 
 def cmd_show(args):
     from .dsl import ir
-    from .lowering.analysis import analyse
-    from .lowering.runtime import RECURRENT_MAX_T, compile_mixer
+    from .lowering.families import analyse, compile_mixer
+    from .lowering.runtime import RECURRENT_MAX_T
     m = resolve(args.mixer)
     print(f"mixer {m.name}  fingerprint {m.fingerprint}")
     for a in m.args:
@@ -66,14 +66,15 @@ def cmd_show(args):
     print(f"  output {ir.render(m.output)}")
     form = analyse(m)
     print(form.describe())
-    print(f"default strategy: recurrent for T <= {RECURRENT_MAX_T}, chunked above")
+    if form.family == "gated_linear":
+        print(f"default strategy: recurrent for T <= {RECURRENT_MAX_T}, chunked above")
     compiled = compile_mixer(m)
     for path in compiled.source_files():
         print(f"triton source: {path}")
     from .autotune import spaces
     from .autotune.report import formulas_text
     tuned = [s for s in getattr(form, "strategies", ()) if s in spaces.SPACES]
-    if tuned:       # the autotuner's resource formulas for this mixer's strategies
+    if tuned and form.family == "gated_linear":   # the autotuner's formulas for its strategies
         f = form.main
         print(formulas_text(tuned, f.k_dim, f.v_dim))
 

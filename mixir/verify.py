@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .lowering.analysis import analyse
+from .lowering.families import analyse
 from .lowering.launch import record_launches
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -26,8 +26,12 @@ def parse_dtype(name):
 def input_ranges(mixer) -> dict:
     """Value ranges that keep a user's mixer stable, read off its analysis: an input used directly
     as a log-decay is drawn from (-3, 0); an input used as a (possibly negative) transition from
-    (-1, 1); everything else N(0, 1)."""
+    (-1, 1); everything else N(0, 1). A family's plan may give its own ranges (``input_ranges()``)."""
     plan = analyse(mixer)
+    if hasattr(plan, "input_ranges"):
+        return dict(plan.input_ranges())
+    if plan.family != "gated_linear":
+        return {}
     ranges = {}
     for _, form in list(plan.aux) + [(None, plan.main)]:
         for d in (form.g, form.gk, form.gv):
@@ -53,7 +57,10 @@ def example_inputs(mixer, *, B=2, T=40, H=2, K=16, V=16, seed=0):
         return list(arrays), h0
     from .testing.strategies import Shape, make_inputs
     plan = analyse(mixer)
-    key_dims = {f.k_dim for _, f in list(plan.aux) + [(None, plan.main)] if f.k_dim}
+    if plan.family == "gated_linear":
+        key_dims = {f.k_dim for _, f in list(plan.aux) + [(None, plan.main)] if f.k_dim}
+    else:
+        key_dims = set(getattr(plan, "key_dims", ()))
     sizes = {d: (K if d in key_dims else V) for d in mixer.feature_dims()}
     shape = Shape(B, T, H, sizes)
     arrays = make_inputs(mixer, shape, seed, ranges=input_ranges(mixer))

@@ -31,9 +31,10 @@ def _is_compiling():
 class CompiledMixer:
     """A mixer compiled for torch tensors. Call it like the reference, on tensors."""
 
-    def __init__(self, mixer, strategy: str | None = None, config: dict | None = None):
+    def __init__(self, mixer, strategy: str | None = None, config: dict | None = None,
+                 plan: Plan | None = None):
         self.mixer = mixer
-        self.plan: Plan = analyse(mixer)
+        self.plan: Plan = plan if plan is not None else analyse(mixer)
         self.form: GatedLinearForm = self.plan.main
         self.strategies = self.plan.strategies
         if strategy is not None and strategy not in self.strategies:
@@ -264,8 +265,7 @@ def _segment_cumprod(s, cu_seqlens):
     return P * prev[None]   # ±1: dividing by the prefix is multiplying by it
 
 
-def compile_mixer(mixer, *, strategy: str | None = None, config: dict | None = None) -> CompiledMixer:
-    from ..dsl.mixer import Mixer
-    if not isinstance(mixer, Mixer):
-        raise InputError(f"mixir.compile expects a mixer declared with @mixir.mixer, got {type(mixer).__name__}")
-    return CompiledMixer(mixer, strategy=strategy, config=config)
+def compile_mixer(mixer, *, strategy: str | None = None, config: dict | None = None):
+    """``mixir.compile``: classify ``mixer`` into a family (see ``families``) and compile it."""
+    from .families import compile_mixer as compile_any
+    return compile_any(mixer, strategy=strategy, config=config)
