@@ -1,0 +1,190 @@
+"""Torch-level entry points of the Householder (delta-rule) core, both strategies.
+
+Per sequence and head, state S ∈ R^{K×V} (fp32):
+    S_t = exp(g_t) S_{t−1} + k_t (v_t − β_t exp(g_t) S_{t−1}ᵀ k_t)ᵀ,    o_t = S_tᵀ q_t
+(fla's delta rule has v_t = β_t v_fla). Layouts: q, k [B, T, H, K]; v [B, T, H, V]; beta, g
+[B, T, H]; h0 / hT [N, H, K, V] with N = B, or N = len(cu_seqlens) − 1 (then B == 1).
+
+``delta_forward`` → (o fp32 [B, T, H, V], hT fp32 [N, H, K, V]);
+``delta_backward`` → fp32 (dq, dk, dv, dbeta, dg or None, dh0 or None).
+
+Strategies: "recurrent" (templates/delta_recurrent.py: a fused token loop, also the decode path)
+and "chunked" (templates/delta_chunked.py: the WY/UT representation, docs/delta_rule.md). The
+chunked backward recomputes the forward's chunk states instead of keeping them from the forward
+(one extra pass of the two forward kernels; no K×V-per-chunk tensor lives between the passes).
+"""
+from __future__ import annotations
+
+import torch
+
+from .gla_core import _cdiv, _empty, _Plan, _tile
+from .launch import targets_gpu
+from .templates import delta_chunked as _ck
+from .templates import delta_recurrent as _rc
+
+STRATEGIES = ("recurrent", "chunked")
+LOG_FLOOR = -100.0       # as in the gated-linear core: exp(-100) is 0 in fp32 terms
+MAX_HEAD_K = 256         # the chunked kernels hold the whole K extent in one register tile
+
+
+def default_config(strategy, K, V, dtype) -> dict:
+    """Launch parameters: chunked — BT (chunk), BK (whole K, power of two), BV (V-tile); recurrent —
+    the recurrent template's own defaults."""
+    if strategy == "chunked":
+        BK = _tile(K, MAX_HEAD_K)
+        BV = _tile(V, 32 if BK >= 128 else 64)
+        return {"BT": 32, "BK": BK, "BV": BV, "num_warps": 4, "num_stages": 1}
+    if strategy == "recurrent":
+        return dict(_rc.default_config(K, V, dtype))
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
+def _prec(x) -> str:
+    """tl.dot input precision: exact fp32 for fp32 inputs (and always off the GPU), tf32x3 for
+    16-bit inputs on NVIDIA GPUs (fp32-like accuracy on tensor cores: the triangular inverse of
+    the WY form is sensitive to operand rounding)."""
+    if x.dtype == torch.float32 or (x.device.type != "cuda" and not targets_gpu(x.device)):
+        return "ieee"
+    return "ieee" if torch.version.hip else "tf32x3"
+
+
+def _packed(x, dtype=None):
+    if x is None:
+        return None
+    x = x.contiguous() if dtype is None else x.to(dtype).contiguous()
+    return x.view(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+class _Call:
+    """The bookkeeping of one chunked call: packed tensors, chunk tables, launch parameters."""
+
+    def __init__(self, q, k, v, beta, g, cu_seqlens, config):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
+        if K > MAX_HEAD_K:
+            raise ValueError(f"the chunked delta kernels hold K in one tile: K = {K} > {MAX_HEAD_K}")
+        self.cfg = dict(default_config("chunked", K, V, q.dtype), **(config or {}))
+        self.plan = _Plan(q, cu_seqlens, self.cfg["BT"])
+        self.q, self.k, self.v = _packed(q), _packed(k), _packed(v)
+        self.beta = _packed(beta, torch.float32)
+        self.g = _packed(g, torch.float32)
+        self.prec = _prec(q)
+        self.device = q.device
+
+    def launch_opts(self):
+        c = self.cfg
+        return dict(USE_G=self.g is not None, LOG_FLOOR=LOG_FLOOR, BT=c["BT"], BK=_tile(self.K, c["BK"]),
+                    BV=_tile(self.V, c["BV"]), PREC=self.prec, num_warps=c["num_warps"],
+                    num_stages=c["num_stages"])
+
+    def forward_states(self, h0, store_ht):
+        """prep + states: (HS [NT, H, K, V], u [T_total, H, V], hT or None, W [T_total, H, K])."""
+        p, H, K, V, dev = self.plan, self.H, self.K, self.V, self.device
+        opts = self.launch_opts()
+        W = _empty(p.T_total, H, K, device=dev)
+        U = _empty(p.T_total, H, V, device=dev)
+        if p.NT > 0:
+            _ck.delta_chunk_prep[(p.NT, H)](self.k, self.v, self.beta, self.g, W, U, p.cu, p.chunk_tbl,
+                                           H, K, V, **opts)
+        HS = _empty(max(p.NT, 1), H, K, V, device=dev)
+        Unew = _empty(p.T_total, H, V, device=dev)
+        hT = _empty(p.N, H, K, V, device=dev) if store_ht else None
+        if p.N > 0:
+            _ck.delta_chunk_states[(p.N * H, _cdiv(V, opts["BV"]))](
+                self.k, W, U, self.g, h0, hT, HS, Unew, p.cu, p.chunk_off, H, K, V,
+                USE_H0=h0 is not None, STORE_HT=store_ht, **opts)
+        return HS, Unew, hT, W
+
+
+def _state_arg(x, N, H, K, V, name):
+    if x is None:
+        return None
+    if tuple(x.shape) != (N, H, K, V):
+        raise ValueError(f"{name} must have shape {(N, H, K, V)}, got {tuple(x.shape)}")
+    return x.to(torch.float32).contiguous()
+
+
+def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None):
+    c = _Call(q, k, v, beta, g, cu_seqlens, config)
+    p, H, K, V = c.plan, c.H, c.K, c.V
+    h0 = _state_arg(h0, p.N, H, K, V, "h0")
+    HS, Unew, hT, _ = c.forward_states(h0, True)
+    O = _empty(p.T_total, H, V, device=c.device)
+    opts = c.launch_opts()
+    if p.NT > 0:
+        _ck.delta_chunk_output[(p.NT, _cdiv(V, opts["BV"]), H)](
+            c.q, c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, **opts)
+    return O.view(c.B, c.T, H, V), hT
+
+
+def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
+    c = _Call(q, k, v, beta, g, cu_seqlens, config)
+    p, H, K, V, dev = c.plan, c.H, c.K, c.V, c.device
+    h0 = _state_arg(h0, p.N, H, K, V, "h0")
+    dhT = _state_arg(dhT, p.N, H, K, V, "dhT")
+    HS, Unew, _, W = c.forward_states(h0, False)
+    opts = c.launch_opts()
+    dO = _packed(do, torch.float32)
+    DHS = _empty(max(p.NT, 1), H, K, V, device=dev)
+    DU = _empty(p.T_total, H, V, device=dev)
+    dh0 = _empty(p.N, H, K, V, device=dev) if h0 is not None else None
+    if p.N > 0:
+        _ck.delta_chunk_dstates[(p.N * H, _cdiv(V, opts["BV"]))](
+            c.q, c.k, W, c.g, dO, dhT, DHS, DU, dh0, p.cu, p.chunk_off, H, K, V,
+            USE_DHT=dhT is not None, STORE_DH0=h0 is not None, **opts)
+    dq = _empty(p.T_total, H, K, device=dev)
+    dk = _empty(p.T_total, H, K, device=dev)
+    dv = _empty(p.T_total, H, V, device=dev)
+    db = _empty(p.T_total, H, device=dev)
+    dg = _empty(p.T_total, H, device=dev) if g is not None else None
+    if p.NT > 0:
+        _ck.delta_chunk_grads[(p.NT, H)](
+            c.q, c.k, c.v, c.beta, c.g, HS, DHS, Unew, DU, dO, dq, dk, dv, db, dg,
+            p.cu, p.chunk_tbl, H, K, V, **opts)
+    B, T = c.B, c.T
+    return (dq.view(B, T, H, K), dk.view(B, T, H, K), dv.view(B, T, H, V), db.view(B, T, H),
+            None if dg is None else dg.view(B, T, H), dh0)
+
+
+def _as_packed_call(q, cu_seqlens):
+    """The recurrent template takes one packed row and explicit offsets."""
+    B, T = q.shape[:2]
+    if cu_seqlens is None:
+        return torch.arange(0, B * T + 1, T, device=q.device, dtype=torch.int32) if T else \
+            torch.zeros(B + 1, device=q.device, dtype=torch.int32)
+    return cu_seqlens
+
+
+def _flat(x):
+    return None if x is None else x.reshape((1, x.shape[0] * x.shape[1]) + tuple(x.shape[2:]))
+
+
+def delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy="chunked", config=None):
+    if strategy == "chunked":
+        return chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config)
+    if strategy == "recurrent":
+        B, T, H, _ = q.shape
+        cu = _as_packed_call(q, cu_seqlens)
+        cfg = dict(default_config("recurrent", q.shape[-1], v.shape[-1], q.dtype), **(config or {}))
+        o, hT, _ = _rc.delta_recurrent_forward(_flat(q), _flat(k), _flat(v), _flat(beta), _flat(g),
+                                               h0, cu, config=cfg, output_final_state=True)
+        return o.reshape(B, T, H, v.shape[-1]), hT
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
+def delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy="chunked", config=None):
+    if strategy == "chunked":
+        return chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config)
+    if strategy == "recurrent":
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        cu = _as_packed_call(q, cu_seqlens)
+        cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
+        _, _, saved = _rc.delta_recurrent_forward(_flat(q), _flat(k), _flat(v), _flat(beta), _flat(g),
+                                                  h0, cu, config=cfg, output_final_state=False)
+        dq, dk, dv, db, dg, dh0 = _rc.delta_recurrent_backward(
+            _flat(q), _flat(k), _flat(v), _flat(beta), _flat(g), h0, cu, _flat(do), dhT, saved, config=cfg)
+        return (dq.reshape(B, T, H, K), dk.reshape(B, T, H, K), dv.reshape(B, T, H, V),
+                db.reshape(B, T, H), None if dg is None else dg.reshape(B, T, H), dh0)
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")

@@ -1,0 +1,305 @@
+"""Chunked kernels of the Householder (delta-rule) family through the WY/UT representation.
+
+Canonical recurrence per (sequence, head), state S ∈ R^{K×V} (docs/delta_rule.md):
+    S_t = α_t S_{t−1} + k_t (v_t − β_t α_t S_{t−1}ᵀ k_t)ᵀ,   α_t = exp(g_t),   o_t = S_tᵀ q_t.
+Within a chunk (tokens i = 0 … L−1, G the chunk-local inclusive cumsum of g, γ = exp(G),
+D_ij = exp(G_i − G_j), h the state before the chunk):
+    A   = I + tril(diag(β) (K Kᵀ ⊙ D), −1)            (unit lower triangular)
+    Ũ   = A⁻¹ V,    W = A⁻¹ diag(β γ) K              (the UT transform)
+    u   = Ũ − W h                                    (the per-token "delta" writes)
+    O   = (Q ⊙ γ) h + (tril(Q Kᵀ ⊙ D)) u
+    h'  = γ_L h + (K ⊙ γ_L/γ)ᵀ u
+A⁻¹ is computed inside the kernels by forward substitution on the BT × BT register tile
+(``unit_lower_inverse``); nothing dense leaves the chip.
+
+Layout: packed [T_total, H, D] contiguous tensors; chunk tables as in gla_chunked.py.
+Kernels (launched from ``mixir.lowering.delta_core``):
+  delta_chunk_prep     parallel over chunks: G, W, Ũ
+  delta_chunk_states   sequential over chunks per (sequence, head, V-tile): h per chunk, u, hT
+  delta_chunk_output   parallel over chunks: O
+  delta_chunk_dstates  sequential, reverse: dh per chunk end, du, dh0
+  delta_chunk_grads    parallel over chunks: dq, dk, dv, dβ, dg (chunk-local reverse cumsum)
+"""
+import triton
+import triton.language as tl
+
+from mixir.lowering.launch import kernel
+
+
+@triton.jit
+def _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT: tl.constexpr):
+    i_n = tl.load(chunk_tbl + i_c * 2)
+    i_tc = tl.load(chunk_tbl + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    cs = bos + i_tc * BT
+    L = tl.minimum(eos - cs, BT)
+    return cs, L
+
+
+@triton.jit
+def _load_rows(X, cs, L, i_h, H, D, o_t, o_d):
+    """[BT, BD] fp32 tile of a packed [T_total, H, D] tensor (zeros outside)."""
+    m = (o_t < L)[:, None] & (o_d < D)[None, :]
+    offs = ((cs + o_t)[:, None] * H + i_h) * D + o_d[None, :]
+    return tl.load(X + offs, mask=m, other=0.).to(tl.float32)
+
+
+@triton.jit
+def _store_rows(X, val, cs, L, i_h, H, D, o_t, o_d):
+    m = (o_t < L)[:, None] & (o_d < D)[None, :]
+    offs = ((cs + o_t)[:, None] * H + i_h) * D + o_d[None, :]
+    tl.store(X + offs, val, mask=m)
+
+
+@triton.jit
+def _load_scalars(X, cs, L, i_h, H, o_t):
+    return tl.load(X + (cs + o_t) * H + i_h, mask=o_t < L, other=0.).to(tl.float32)
+
+
+@triton.jit
+def _gates(Gin, cs, L, i_h, H, o_t, USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr):
+    """Chunk-local inclusive cumsum G of the log-gates (0 without gates); rows ≥ L repeat G_{L−1}."""
+    if USE_G:
+        g = tl.maximum(_load_scalars(Gin, cs, L, i_h, H, o_t), LOG_FLOOR)
+        g = tl.where(o_t < L, g, 0.)
+        G = tl.cumsum(g, 0)
+    else:
+        G = tl.zeros([o_t.shape[0]], dtype=tl.float32)
+    G_last = tl.sum(tl.where(o_t == L - 1, G, 0.), 0)
+    return G, G_last
+
+
+@triton.jit
+def unit_lower_inverse(Nmat, BT: tl.constexpr):
+    """(I + N)⁻¹ for a strictly lower triangular [BT, BT] tile N, by forward substitution:
+    row i of the inverse is e_i − Σ_{j<i} N_ij (row j of the inverse)."""
+    rows = tl.arange(0, BT)
+    inv = tl.where(rows[:, None] == rows[None, :], 1., 0.)
+    for i in range(1, BT):
+        n_i = tl.sum(tl.where(rows[:, None] == i, Nmat, 0.), 0)               # row i of N
+        r = -tl.sum(n_i[:, None] * inv, 0)                                  # −Σ_j N_ij inv_j
+        r = tl.where(rows == i, 1., r)
+        inv = tl.where(rows[:, None] == i, r[None, :], inv)
+    return inv
+
+
+@triton.jit
+def _wy_matrix(Kt, beta, G, o_t, PREC: tl.constexpr):
+    """(KKᵀ ⊙ D masked strictly lower, D masked lower incl. diagonal, A⁻¹)."""
+    causal = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    Dm = tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf")))
+    KK = tl.dot(Kt, tl.trans(Kt), input_precision=PREC)
+    KKD = tl.where(strict, KK * Dm, 0.)
+    Ainv = unit_lower_inverse(beta[:, None] * KKD, o_t.shape[0])
+    return KKD, Dm, Ainv
+
+
+@kernel
+def delta_chunk_prep(K_, V_, B_, Gin, W, U, cu_seqlens, chunk_tbl, H, DK, DV,
+                     USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
+                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    # grid: (num chunks, H). W = A⁻¹ diag(βγ) K [T, H, DK], U = A⁻¹ V [T, H, DV] (fp32)
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
+    beta = _load_scalars(B_, cs, L, i_h, H, o_t)
+    G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
+    KKD, Dm, Ainv = _wy_matrix(Kt, beta, G, o_t, PREC)
+    Wt = tl.dot(Ainv, Kt * (beta * tl.exp(G))[:, None], input_precision=PREC)
+    _store_rows(W, Wt, cs, L, i_h, H, DK, o_t, o_k)
+    for v0 in range(0, DV, BV):
+        o_v = v0 + tl.arange(0, BV)
+        Vt = _load_rows(V_, cs, L, i_h, H, DV, o_t, o_v)
+        _store_rows(U, tl.dot(Ainv, Vt, input_precision=PREC), cs, L, i_h, H, DV, o_t, o_v)
+
+
+@kernel
+def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H, DK, DV,
+                       USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                       LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                       BV: tl.constexpr, PREC: tl.constexpr):
+    # grid: (N * H, cdiv(DV, BV)). For each chunk: HS[c] = h; u = U − W h; h = γ_L h + (K γ_L/γ)ᵀ u
+    i_nh = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    co = tl.load(chunk_off + i_n).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_kv = (o_k < DK)[:, None] & (o_v < DV)[None, :]
+    o_kv = o_k[:, None] * DV + o_v[None, :]
+    h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        h += tl.load(H0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.)
+    nt = (eos - bos + BT - 1) // BT
+    for c in range(0, nt):
+        cs = bos + c * BT
+        L = tl.minimum(eos - cs, BT)
+        tl.store(HS + ((co + c) * H + i_h) * DK * DV + o_kv, h, mask=m_kv)
+        Wt = _load_rows(W, cs, L, i_h, H, DK, o_t, o_k)
+        u = _load_rows(U, cs, L, i_h, H, DV, o_t, o_v) - tl.dot(Wt, h, input_precision=PREC)
+        _store_rows(Unew, u, cs, L, i_h, H, DV, o_t, o_v)
+        G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
+        Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
+        Kd = Kt * tl.where(o_t < L, tl.exp(G_last - G), 0.)[:, None]
+        h = tl.exp(G_last) * h + tl.dot(tl.trans(Kd), u, input_precision=PREC)
+    if STORE_HT:
+        tl.store(HT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, h, mask=m_kv)
+
+
+@kernel
+def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK, DV,
+                       USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
+                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    # grid: (num chunks, cdiv(DV, BV), H). O = (Q ⊙ γ) h + tril(QKᵀ ⊙ D) u
+    i_c = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_h = tl.program_id(2)
+    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    Qt = _load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
+    Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
+    G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
+    causal = o_t[:, None] >= o_t[None, :]
+    P = tl.where(causal, tl.dot(Qt, tl.trans(Kt), input_precision=PREC)
+                 * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
+    m_kv = (o_k < DK)[:, None] & (o_v < DV)[None, :]
+    h = tl.load(HS + (i_c * H + i_h).to(tl.int64) * DK * DV + o_k[:, None] * DV + o_v[None, :],
+                mask=m_kv, other=0.)
+    u = _load_rows(Unew, cs, L, i_h, H, DV, o_t, o_v)
+    o = tl.dot(Qt * tl.exp(G)[:, None], h, input_precision=PREC) + tl.dot(P, u, input_precision=PREC)
+    _store_rows(O, o, cs, L, i_h, H, DV, o_t, o_v)
+
+
+@kernel
+def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_off, H, DK, DV,
+                        USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                        LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                        BV: tl.constexpr, PREC: tl.constexpr):
+    # grid: (N * H, cdiv(DV, BV)). Reverse over chunks, dh = adjoint of the chunk-end state:
+    #   DHS[c] = dh;  du = tril(QKᵀ⊙D)ᵀ dO + (K γ_L/γ) dh;  dh ← γ_L dh + (Q γ)ᵀ dO − Wᵀ du
+    i_nh = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    co = tl.load(chunk_off + i_n).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_kv = (o_k < DK)[:, None] & (o_v < DV)[None, :]
+    o_kv = o_k[:, None] * DV + o_v[None, :]
+    dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        dh += tl.load(DHT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.)
+    nt = (eos - bos + BT - 1) // BT
+    causal = o_t[:, None] >= o_t[None, :]
+    for cr in range(0, nt):
+        c = nt - 1 - cr
+        cs = bos + c * BT
+        L = tl.minimum(eos - cs, BT)
+        tl.store(DHS + ((co + c) * H + i_h) * DK * DV + o_kv, dh, mask=m_kv)
+        Qt = _load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
+        Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
+        dO = _load_rows(DO, cs, L, i_h, H, DV, o_t, o_v)
+        G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
+        P = tl.where(causal, tl.dot(Qt, tl.trans(Kt), input_precision=PREC)
+                     * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
+        Kd = Kt * tl.where(o_t < L, tl.exp(G_last - G), 0.)[:, None]
+        du = tl.dot(tl.trans(P), dO, input_precision=PREC) + tl.dot(Kd, dh, input_precision=PREC)
+        _store_rows(DU, du, cs, L, i_h, H, DV, o_t, o_v)
+        Wt = _load_rows(W, cs, L, i_h, H, DK, o_t, o_k)
+        dh = (tl.exp(G_last) * dh + tl.dot(tl.trans(Qt * tl.exp(G)[:, None]), dO, input_precision=PREC)
+              - tl.dot(tl.trans(Wt), du, input_precision=PREC))
+    if STORE_DH0:
+        tl.store(DH0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, dh, mask=m_kv)
+
+
+@kernel
+def delta_chunk_grads(Q, K_, V_, B_, Gin, HS, DHS, Unew, DU, DO, DQ, DK, DV, DB, DG,
+                      cu_seqlens, chunk_tbl, H, DK_, DV_,
+                      USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    # grid: (num chunks, H). Local gradients of one chunk given h (before), dh (after), u, du.
+    # The V-sums run as a loop over V-tiles; the rest is K-sized (docs/delta_rule.md, backward).
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    Qt = _load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k)
+    Kt = _load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k)
+    beta = _load_scalars(B_, cs, L, i_h, H, o_t)
+    G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
+    KKD, Dm, Ainv = _wy_matrix(Kt, beta, G, o_t, PREC)
+    gam = tl.exp(G)
+    Wt = tl.dot(Ainv, Kt * (beta * gam)[:, None], input_precision=PREC)
+    dQa = tl.zeros([BT, BK], dtype=tl.float32)
+    dWa = tl.zeros([BT, BK], dtype=tl.float32)
+    dKb = tl.zeros([BT, BK], dtype=tl.float32)
+    dP = tl.zeros([BT, BT], dtype=tl.float32)
+    dAv = tl.zeros([BT, BT], dtype=tl.float32)
+    hdh = tl.zeros([BK], dtype=tl.float32)
+    base_h = (i_c * H + i_h).to(tl.int64) * DK_ * DV_
+    for v0 in range(0, DV_, BV):
+        o_v = v0 + tl.arange(0, BV)
+        m_kv = (o_k < DK_)[:, None] & (o_v < DV_)[None, :]
+        o_kv = o_k[:, None] * DV_ + o_v[None, :]
+        h = tl.load(HS + base_h + o_kv, mask=m_kv, other=0.)
+        dh = tl.load(DHS + base_h + o_kv, mask=m_kv, other=0.)
+        u = _load_rows(Unew, cs, L, i_h, H, DV_, o_t, o_v)
+        du = _load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v)
+        dO = _load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v)
+        Ut = tl.dot(Ainv, _load_rows(V_, cs, L, i_h, H, DV_, o_t, o_v), input_precision=PREC)
+        dQa += tl.dot(dO, tl.trans(h), input_precision=PREC)
+        dWa -= tl.dot(du, tl.trans(h), input_precision=PREC)
+        dKb += tl.dot(u, tl.trans(dh), input_precision=PREC)
+        dP += tl.dot(dO, tl.trans(u), input_precision=PREC)
+        dv = tl.dot(tl.trans(Ainv), du, input_precision=PREC)
+        _store_rows(DV, dv, cs, L, i_h, H, DV_, o_t, o_v)
+        dAv += tl.dot(dv, tl.trans(Ut), input_precision=PREC)
+        hdh += tl.sum(h * dh, 1)
+    causal = o_t[:, None] >= o_t[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    valid = o_t < L
+    P = tl.where(causal, tl.dot(Qt, tl.trans(Kt), input_precision=PREC) * Dm, 0.)
+    dPm = tl.where(causal, dP * Dm, 0.)
+    ratio = tl.where(valid, tl.exp(G_last - G), 0.)
+    dQ = dQa * gam[:, None] + tl.dot(dPm, Kt, input_precision=PREC)
+    dK = tl.dot(tl.trans(dPm), Qt, input_precision=PREC) + dKb * ratio[:, None]
+    dX = tl.dot(tl.trans(Ainv), dWa, input_precision=PREC)
+    dA = tl.where(strict, -(dAv + tl.dot(dX, tl.trans(Wt), input_precision=PREC)), 0.)
+    kdx = tl.sum(dX * Kt, 1)
+    dK += (beta * gam)[:, None] * dX
+    dbeta = gam * kdx + tl.sum(dA * KKD, 1)
+    Fm = dA * beta[:, None] * Dm
+    dK += tl.dot(Fm, Kt, input_precision=PREC) + tl.dot(tl.trans(Fm), Kt, input_precision=PREC)
+    # decay gradient per token (w.r.t. the chunk-local cumsum G), then dg = reverse cumsum
+    T1 = dP * P
+    T2 = dA * beta[:, None] * KKD
+    cend = ratio * tl.sum(dKb * Kt, 1)
+    dG = (gam * tl.sum(dQa * Qt, 1) + tl.sum(T1, 1) - tl.sum(T1, 0) - cend + beta * gam * kdx
+          + tl.sum(T2, 1) - tl.sum(T2, 0))
+    dG_L = tl.sum(cend, 0) + tl.exp(G_last) * tl.sum(hdh, 0)
+    dG = tl.where(o_t == L - 1, dG + dG_L, dG)
+    dG = tl.where(valid, dG, 0.)
+    dg = tl.sum(dG, 0) - tl.cumsum(dG, 0) + dG
+    if USE_G:
+        graw = _load_scalars(Gin, cs, L, i_h, H, o_t)
+        dg = tl.where(graw >= LOG_FLOOR, dg, 0.)
+    _store_rows(DQ, dQ, cs, L, i_h, H, DK_, o_t, o_k)
+    _store_rows(DK, dK, cs, L, i_h, H, DK_, o_t, o_k)
+    tl.store(DB + (cs + o_t) * H + i_h, dbeta, mask=valid)
+    if USE_G:
+        tl.store(DG + (cs + o_t) * H + i_h, dg, mask=valid)
