@@ -8,6 +8,7 @@ The exact function of each mixer is written down in docs/library.md.
 from .gated_linear import gla, hgrn, lightnet, linear_attention, retention, simple_gla
 from .registry import MIXERS, SAMPLERS, LibraryEntry, clear_cache
 from .ssm import mamba, mamba2
+from .delta import delta_rule, gated_delta_product, gated_delta_rule  # noqa: F401 - Householder (docs/delta_rule.md)
 
 __all__ = ["MIXERS", "SAMPLERS", "LibraryEntry", "clear_cache", "gla", "hgrn", "lightnet",
            "linear_attention", "mamba", "mamba2", "retention", "simple_gla"]

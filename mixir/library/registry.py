@@ -37,6 +37,8 @@ SAMPLERS: dict = {
     "time_step": lambda rng, shape: rng.uniform(0.02, 0.5, shape),
     # a strictly positive quantity of either size (LightNet's running normaliser)
     "positive": lambda rng, shape: np.exp(rng.standard_normal(shape)),
+    # a Householder β over its whole useful range: eigenvalues 1 − β of (I − β k kᵀ) in [−1, 1]
+    "beta_neg": lambda rng, shape: rng.uniform(0.0, 2.0, shape),
     # bounded values, for biases that go through a softplus
     "uniform": lambda rng, shape: rng.uniform(-1.0, 1.0, shape),
 }

@@ -63,52 +63,8 @@ class CompiledMixer:
         from .templates import gla_chunked, gla_recurrent
         return ([pk.source_path for pk in self.pieces_kernels.values()]
                 + [gla_recurrent.__file__, gla_chunked.__file__])
-    # ---- argument checks --------------------------------------------------------------------
     def _check(self, arrays, initial_state, cu_seqlens, scalars):
-        m = self.mixer
-        if len(arrays) != len(m.inputs):
-            names = ", ".join(s.name for s in m.inputs)
-            raise InputError(f"{m.name} takes {len(m.inputs)} tensors ({names}), got {len(arrays)}")
-        device, dtype = None, None
-        for spec, a in zip(m.inputs, arrays):
-            if not isinstance(a, torch.Tensor):
-                raise InputError(f"{m.name}: argument {spec.name!r} must be a torch.Tensor, got {type(a).__name__}")
-            if a.dtype not in FLOAT_DTYPES:
-                raise InputError(f"{m.name}: argument {spec.name!r} must be float32, float16 or "
-                                 f"bfloat16, got {a.dtype}")
-            if device is None:
-                device = a.device
-            elif a.device != device:
-                raise InputError(f"{m.name}: argument {spec.name!r} is on {a.device}, but earlier "
-                                 f"arguments are on {device}")
-            if spec.kind == "input":
-                if dtype is None:
-                    dtype = a.dtype
-                elif a.dtype != dtype:
-                    raise InputError(f"{m.name}: argument {spec.name!r} has dtype {a.dtype}, but earlier "
-                                     f"per-token inputs have {dtype}; cast them to one dtype")
-        if device.type not in ("cuda", "cpu"):
-            raise InputError(f"{m.name}: tensors must be on a CUDA device or the CPU, got {device}")
-        if cu_seqlens is not None:
-            if not isinstance(cu_seqlens, torch.Tensor):
-                raise InputError("cu_seqlens must be a torch.Tensor of int32/int64 offsets")
-            if cu_seqlens.device != device:
-                raise InputError(f"cu_seqlens is on {cu_seqlens.device}, the inputs on {device}")
-            if cu_seqlens.dtype not in (torch.int32, torch.int64):
-                raise InputError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
-        states = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
-        for s in states:
-            if s is not None:
-                if not isinstance(s, torch.Tensor) or not s.is_floating_point():
-                    raise InputError("initial_state must be a floating-point torch.Tensor")
-                if s.device != device:
-                    raise InputError(f"initial_state is on {s.device}, the inputs on {device}")
-        if _is_compiling():   # value checks of cu_seqlens would force a graph break
-            b = bind(m, arrays, cu_seqlens=None, initial_state=None, scalars=scalars)
-            N = b.B if cu_seqlens is None else cu_seqlens.shape[0] - 1
-            return b, N, device, dtype
-        b = bind(m, arrays, cu_seqlens=cu_seqlens, initial_state=initial_state, scalars=scalars)
-        return b, b.N, device, dtype
+        return check_call(self.mixer, arrays, initial_state, cu_seqlens, scalars)
 
     # ---- the call ---------------------------------------------------------------------------
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
@@ -230,6 +186,53 @@ class CompiledMixer:
         if len(dims) == 1:
             return h[..., :, 0] if f.k_dim else h[..., 0, :]
         return h[..., 0, 0]
+
+
+def check_call(m, arrays, initial_state, cu_seqlens, scalars):
+    """Validate a call of mixer ``m`` on torch tensors (any family); ``(bound, N, device, dtype)``."""
+    if len(arrays) != len(m.inputs):
+        names = ", ".join(s.name for s in m.inputs)
+        raise InputError(f"{m.name} takes {len(m.inputs)} tensors ({names}), got {len(arrays)}")
+    device, dtype = None, None
+    for spec, a in zip(m.inputs, arrays):
+        if not isinstance(a, torch.Tensor):
+            raise InputError(f"{m.name}: argument {spec.name!r} must be a torch.Tensor, got {type(a).__name__}")
+        if a.dtype not in FLOAT_DTYPES:
+            raise InputError(f"{m.name}: argument {spec.name!r} must be float32, float16 or "
+                             f"bfloat16, got {a.dtype}")
+        if device is None:
+            device = a.device
+        elif a.device != device:
+            raise InputError(f"{m.name}: argument {spec.name!r} is on {a.device}, but earlier "
+                             f"arguments are on {device}")
+        if spec.kind == "input":
+            if dtype is None:
+                dtype = a.dtype
+            elif a.dtype != dtype:
+                raise InputError(f"{m.name}: argument {spec.name!r} has dtype {a.dtype}, but earlier "
+                                 f"per-token inputs have {dtype}; cast them to one dtype")
+    if device.type not in ("cuda", "cpu"):
+        raise InputError(f"{m.name}: tensors must be on a CUDA device or the CPU, got {device}")
+    if cu_seqlens is not None:
+        if not isinstance(cu_seqlens, torch.Tensor):
+            raise InputError("cu_seqlens must be a torch.Tensor of int32/int64 offsets")
+        if cu_seqlens.device != device:
+            raise InputError(f"cu_seqlens is on {cu_seqlens.device}, the inputs on {device}")
+        if cu_seqlens.dtype not in (torch.int32, torch.int64):
+            raise InputError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    states = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
+    for s in states:
+        if s is not None:
+            if not isinstance(s, torch.Tensor) or not s.is_floating_point():
+                raise InputError("initial_state must be a floating-point torch.Tensor")
+            if s.device != device:
+                raise InputError(f"initial_state is on {s.device}, the inputs on {device}")
+    if _is_compiling():   # value checks of cu_seqlens would force a graph break
+        b = bind(m, arrays, cu_seqlens=None, initial_state=None, scalars=scalars)
+        N = b.B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+        return b, N, device, dtype
+    b = bind(m, arrays, cu_seqlens=cu_seqlens, initial_state=initial_state, scalars=scalars)
+    return b, b.N, device, dtype
 
 
 def _shift(o, init, cu_seqlens, N):

@@ -1,0 +1,109 @@
+"""The Householder family (DeltaNet, Gated DeltaNet, DeltaProduct) in the lowering registry, and its
+compiled mixer: pieces kernel → sub-steps interleaved into a sequence of length T·n_h → delta core
+(recurrent or chunked WY) → read-out at each token's last sub-step → output affine map."""
+from __future__ import annotations
+
+import torch
+
+from ..dsl import ir
+from ..errors import InputError
+from . import delta_core, delta_ops
+from .families import register_family
+from .householder_analysis import HouseholderPlan, analyse
+from .pointwise import PiecesKernel
+from .runtime import RECURRENT_MAX_T, check_call
+
+
+@register_family("householder", priority=30)
+class HouseholderFamily:
+    @staticmethod
+    def analyse(mixer):
+        return analyse(mixer)
+
+    @staticmethod
+    def compile(mixer, plan, *, strategy=None, config=None):
+        return CompiledHouseholder(mixer, plan, strategy=strategy, config=config)
+
+
+class CompiledHouseholder:
+    """A Householder-transition mixer compiled for torch tensors (call it like the reference)."""
+
+    def __init__(self, mixer, plan: HouseholderPlan, strategy=None, config=None):
+        self.mixer, self.plan = mixer, plan
+        self.strategies = plan.strategies
+        if strategy is not None and strategy not in self.strategies:
+            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        self.strategy = strategy
+        self.config = dict(config or {})
+        self.__name__ = mixer.name
+        self.pieces_kernel = PiecesKernel(mixer.name, plan.pieces(), list(mixer.inputs))
+
+    def __repr__(self):
+        return f"<mixir.CompiledMixer {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
+
+    def source_files(self):
+        from .templates import delta_chunked, delta_recurrent
+        return [self.pieces_kernel.source_path, delta_recurrent.__file__, delta_chunked.__file__]
+
+    def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
+                 strategy=None, **scalars):
+        m, p = self.mixer, self.plan
+        b, N, device, dtype = check_call(m, arrays, initial_state, cu_seqlens, scalars)
+        strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")
+        if strategy not in self.strategies:
+            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        if isinstance(initial_state, (tuple, list)):
+            raise InputError(f"initial_state: {m.name} has one state; pass a tensor")
+        B, T, H = b.B, b.T, b.H
+        K, V = b.sizes[p.k_dim], b.sizes[p.v_dim]
+        if strategy == "chunked" and K > delta_core.MAX_HEAD_K:
+            raise InputError(f"{m.name}: the chunked strategy holds the key dim in one tile: "
+                             f"{p.k_dim} = {K} > {delta_core.MAX_HEAD_K}; use strategy='recurrent'")
+        pieces = self.pieces_kernel(list(arrays), b.scalars, B, T, H, b.sizes)
+
+        def shaped(name, size=None):
+            t = pieces[name]
+            if size is None:
+                return t.reshape(tuple(t.shape[:3])).expand(B, T, H)
+            return t.reshape(tuple(t.shape[:3]) + (t.shape[3] if t.dim() > 3 else 1,)).expand(B, T, H, size)
+
+        n = p.num_householder
+        ks = [shaped(f"k{j}", K) for j in range(n)]
+        vs = [shaped(f"v{j}", V) for j in range(n)]
+        betas = [shaped(f"beta{j}") for j in range(n)]
+        has_g = [f"g{j}" in pieces for j in range(n)]
+        q = shaped("q", K)
+        if n == 1:
+            qs, k, v, beta = q, ks[0], vs[0], betas[0]
+            g = shaped("g0") if has_g[0] else None
+        else:      # DeltaProduct: the delta rule on a sequence of length T·n_h
+            def inter(xs):
+                return torch.stack(xs, dim=2).reshape((B, T * n) + tuple(xs[0].shape[2:]))
+            qs = inter([torch.zeros_like(q)] * (n - 1) + [q])
+            k, v, beta = inter(ks), inter(vs), inter(betas)
+            zero = torch.zeros((B, T, H), device=device)
+            g = inter([shaped(f"g{j}") if has_g[j] else zero for j in range(n)]) if any(has_g) else None
+        cu = None if cu_seqlens is None else cu_seqlens * n
+        h0 = None
+        if initial_state is not None:
+            h0 = initial_state.float()
+            if m.states[0].dims != (p.k_dim, p.v_dim):
+                h0 = h0.transpose(-1, -2)
+            h0 = h0.contiguous()
+        cfg = dict(delta_core.default_config(strategy, K, V, dtype), **self.config)
+        o, hT = torch.ops.mixir.delta_fwd(qs.to(dtype).contiguous(), k.to(dtype).contiguous(),
+                                          v.to(dtype).contiguous(), beta.float().contiguous(),
+                                          None if g is None else g.float().contiguous(), h0, cu,
+                                          strategy, delta_ops.encode_config(cfg))
+        if n > 1:
+            o = o.reshape(B, T, n, H, V)[:, :, n - 1]
+        if not ir.is_const(p.out_scale, 1.0):
+            o = shaped("e", V) * o
+        if not ir.is_const(p.out_bias, 0.0):
+            o = o + shaped("d", V)
+        o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in m.output.dims)).to(dtype)
+        if not output_final_state:
+            return o
+        if m.states[0].dims != (p.k_dim, p.v_dim):
+            hT = hT.transpose(-1, -2)
+        return o, hT
