@@ -49,6 +49,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import mixir.attention as mxa  # noqa: E402
 from mixir.attention.mask import evaluate  # noqa: E402
+from mixir.attention.tiles import choose  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 1e-1}
@@ -260,7 +261,11 @@ def main(argv=None):
         for c in make_cases(T, args.families, q.detach(), k.detach(), dev):
             r = dict(mask=c.name, family=c.family, T=T)
             r["density"] = density(c.mask, B, H, T, c.data, dev)
-            bm = mxa.create_block_mask(c.mask, B, H, T, T, block_size=c.block_size, data=c.data,
+            tile = c.block_size
+            if tile is None:   # the tiles the runtime would choose (the tuner's on a GPU)
+                cfg = choose(q, (c.mask or mxa.FULL).key, T)
+                tile = (cfg["BM"], cfg["BN"])
+            bm = mxa.create_block_mask(c.mask, B, H, T, T, block_size=tile, data=c.data,
                                        device=dev)
             r["visited"] = bm.visited_fraction()
             bwd = not args.no_backward

@@ -145,6 +145,8 @@ def cmd_tune(args):
 
     def progress(msg):
         print(f"  .. {msg}", file=sys.stderr, flush=True)
+    if args.mixer and args.mixer.startswith("attention:"):
+        return _tune_attention(args, shapes, progress)
     opts = dict(dtype=args.dtype, strategies=strategies, top_k=args.top_k, aot=not args.no_aot,
                 timed=args.time, write=not args.dry_run, directory=args.db, workers=args.workers,
                 progress=progress)
@@ -170,6 +172,24 @@ def cmd_tune(args):
     if not args.no_aot:
         print(accuracy_text(results))
     return rc
+
+
+def _tune_attention(args, shapes, progress):
+    """``mixir tune attention:NAME[:ARG,...]``: a library attention mask (mixir/attention/tuning.py);
+    K of --shapes is the head dim (default 128); --strategy does not apply."""
+    from .attention.tuning import tune_library_mask
+    from .autotune.report import accuracy_text
+    results = []
+    for shp in shapes:
+        res = tune_library_mask(args.mixer.split(":", 1)[1], args.gpu, B=shp["B"], T=shp["T"],
+                                H=shp["H"], D=shp.get("K", 128), dtype=args.dtype, top_k=args.top_k,
+                                aot=not args.no_aot, write=not args.dry_run, directory=args.db,
+                                workers=args.workers, progress=progress)
+        print(res.table(), flush=True)
+        results.append(res)
+    if not args.no_aot:
+        print(accuracy_text(results))
+    return 0
 
 
 def _table(rows):
@@ -202,7 +222,8 @@ def main(argv=None):
     s.add_argument("mixer", nargs="?", default="gla")
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("tune", help="constraint-solver autotuner: solve, rank, AOT-check, (time), write the DB")
-    s.add_argument("mixer", nargs="?", help="library name or module:function")
+    s.add_argument("mixer", nargs="?", help="library name or module:function, or attention:MASK[:ARG,..] "
+                                            "(a library attention mask; K = head dim)")
     s.add_argument("--all", action="store_true", help="every library mixer on a standard shape set")
     s.add_argument("--no-share", action="store_true",
                    help="with --all: AOT-check every mixer, even those whose template kernels are "

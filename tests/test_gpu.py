@@ -15,9 +15,18 @@ pytestmark = pytest.mark.gpu
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 
+def _name_strategy():
+    """(library mixer, strategy) for every mixer mixir compiles, each with its family's strategies."""
+    from mixir.lowering.families import classify
+    out = []
+    for name, e in sorted(MIXERS.items()):
+        if not e.requires:
+            out += [(name, s) for s in classify(e.mixer)[1].strategies]
+    return out
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("strategy", ["recurrent", "chunked"])
-@pytest.mark.parametrize("name", sorted(MIXERS))
+@pytest.mark.parametrize("name, strategy", _name_strategy())
 @pytest.mark.parametrize("T, K", [(37, 16), (300, 64), (1000, 128)])
 def test_library_on_cuda(name, strategy, dtype, T, K):
     m = MIXERS[name].mixer

@@ -17,14 +17,35 @@ import math
 import torch
 
 from ..errors import InputError
-from .block_mask import create_block_mask
-from .mask import Mask, abs_, mask
+from .mask import REGISTRY, Mask, abs_, mask
 from .ops import attention
+from .tiles import assume_constant, is_compiling
 
 __all__ = ["causal_mask", "sliding_window_mask", "document_mask", "prefix_lm_mask", "dilated_mask",
            "global_local_mask", "moba_mask", "moba_selection", "doc_ids_from_cu_seqlens",
            "causal_attention", "sliding_window_attention", "document_attention",
-           "prefix_lm_attention", "dilated_attention", "global_local_attention", "moba", "MASKS"]
+           "prefix_lm_attention", "dilated_attention", "global_local_attention", "moba", "MASKS",
+           "example_data"]
+
+
+def _declaration(factory):
+    """A cached mask factory (the same arguments give the same ``Mask``) that ``torch.compile``
+    traces without a graph break: Dynamo calls the declaration eagerly at trace time and keeps
+    only the mask's key, a string constant (``assume_constant``), then looks the ``Mask`` up in
+    ``mask.REGISTRY`` - instead of tracing the ``@mask`` declaration (``inspect.signature`` and
+    the IR building, which it cannot trace)."""
+    cached = functools.lru_cache(maxsize=None)(factory)
+
+    def key(*args, **kwargs) -> str:
+        return cached(*args, **kwargs).key
+    key.__name__ = key.__qualname__ = f"{factory.__name__}_key"
+    key = assume_constant(key)
+
+    @functools.wraps(factory)
+    def get(*args, **kwargs):
+        return REGISTRY[key(*args, **kwargs)]
+    get.cache_clear = cached.cache_clear
+    return get
 
 
 def _pos_int(x, name):
@@ -35,7 +56,7 @@ def _pos_int(x, name):
 
 # ---------------------------------------------------------------------------------------- masks
 
-@functools.lru_cache(maxsize=None)
+@_declaration
 def causal_mask() -> Mask:
     """kv <= q."""
     @mask
@@ -44,7 +65,7 @@ def causal_mask() -> Mask:
     return causal
 
 
-@functools.lru_cache(maxsize=None)
+@_declaration
 def sliding_window_mask(window: int, causal: bool = True) -> Mask:
     """Causal: 0 <= q - kv < window. Non-causal: |q - kv| < window."""
     _pos_int(window, "window")
@@ -59,7 +80,7 @@ def sliding_window_mask(window: int, causal: bool = True) -> Mask:
     return sliding_window
 
 
-@functools.lru_cache(maxsize=None)
+@_declaration
 def document_mask(causal: bool = True) -> Mask:
     """Packed sequences: doc[b, q] == doc[b, kv] (and kv <= q if causal); tokens with a negative
     document id (padding past the last sequence) attend to nothing. Data: ``doc`` [B, T] ints."""
@@ -74,7 +95,7 @@ def document_mask(causal: bool = True) -> Mask:
     return document
 
 
-@functools.lru_cache(maxsize=None)
+@_declaration
 def prefix_lm_mask() -> Mask:
     """Bidirectional over the prefix, causal after it: kv <= q or kv < prefix[b].
     Data: ``prefix`` [B] ints."""
@@ -84,7 +105,7 @@ def prefix_lm_mask() -> Mask:
     return prefix_lm
 
 
-@functools.lru_cache(maxsize=None)
+@_declaration
 def dilated_mask(stride: int, causal: bool = True) -> Mask:
     """Every ``stride``-th key: (q - kv) % stride == 0 (and kv <= q if causal)."""
     _pos_int(stride, "stride")
@@ -99,7 +120,7 @@ def dilated_mask(stride: int, causal: bool = True) -> Mask:
     return dilated
 
 
-@functools.lru_cache(maxsize=None)
+@_declaration
 def global_local_mask(globals: int, window: int, causal: bool = False) -> Mask:  # noqa: A002
     """Longformer-style: the first ``globals`` tokens attend to and are attended by every token;
     the others see a local window |q - kv| < window (and only kv <= q if causal)."""
@@ -115,7 +136,7 @@ def global_local_mask(globals: int, window: int, causal: bool = False) -> Mask: 
     return global_local
 
 
-@functools.lru_cache(maxsize=None)
+@_declaration
 def moba_mask(block_size: int) -> Mask:
     """MoBA: kv <= q and key block kv // block_size selected for (b, h, q).
     Data: ``sel`` [B, H, Tq, NB] bool (``moba_selection``)."""
@@ -132,7 +153,9 @@ def moba_mask(block_size: int) -> Mask:
 def doc_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
     """[1, T] int32 document ids of a packed batch (-1 past the last sequence)."""
     cu = cu_seqlens.to(torch.int64).flatten()
-    if cu.numel() < 1 or int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()) or int(cu[-1]) > T:
+    if is_compiling():   # value checks would break the graph; the eager call checks them
+        pass
+    elif cu.numel() < 1 or int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()) or int(cu[-1]) > T:
         raise InputError(f"cu_seqlens must start at 0, be non-decreasing and end <= T={T}, "
                          f"got {cu.tolist()}")
     t = torch.arange(T, device=cu.device)
@@ -172,23 +195,22 @@ def moba_selection(q: torch.Tensor, k: torch.Tensor, block_size: int, topk: int)
 
 # ---------------------------------------------------------------------------------------- calls
 
-def _run(q, k, v, m, data, scale, block_size, return_lse):
-    B, Tq, H, _ = q.shape
-    bm = create_block_mask(m, B, H, Tq, k.shape[1], block_size=block_size, data=data, device=q.device)
-    return attention(q, k, v, bm, scale=scale, return_lse=return_lse)
+def _run(q, k, v, m, data, scale, block_size, return_lse, config=None):
+    return attention(q, k, v, mask=m, data=data, scale=scale, block_size=block_size,
+                     config=config, return_lse=return_lse)
 
 
-def causal_attention(q, k, v, *, scale=None, block_size=None, return_lse=False):
-    return _run(q, k, v, causal_mask(), {}, scale, block_size, return_lse)
+def causal_attention(q, k, v, *, scale=None, block_size=None, config=None, return_lse=False):
+    return _run(q, k, v, causal_mask(), {}, scale, block_size, return_lse, config)
 
 
 def sliding_window_attention(q, k, v, window: int, *, causal=True, scale=None, block_size=None,
-                             return_lse=False):
-    return _run(q, k, v, sliding_window_mask(window, causal), {}, scale, block_size, return_lse)
+                             config=None, return_lse=False):
+    return _run(q, k, v, sliding_window_mask(window, causal), {}, scale, block_size, return_lse, config)
 
 
 def document_attention(q, k, v, doc_ids=None, *, cu_seqlens=None, causal=True, scale=None,
-                       block_size=None, return_lse=False):
+                       block_size=None, config=None, return_lse=False):
     """Packed sequences given by ``doc_ids`` [B, T] (ints; negative = padding) or by
     ``cu_seqlens`` (then B == 1, fla's convention)."""
     if (doc_ids is None) == (cu_seqlens is None):
@@ -201,31 +223,32 @@ def document_attention(q, k, v, doc_ids=None, *, cu_seqlens=None, causal=True, s
         doc_ids = doc_ids_from_cu_seqlens(cu_seqlens, q.shape[1])
     if doc_ids.dim() != 2 or doc_ids.shape[0] != q.shape[0] or doc_ids.shape[1] < max(q.shape[1], k.shape[1]):
         raise InputError(f"doc_ids must be [B, T], got {tuple(doc_ids.shape)}")
-    return _run(q, k, v, document_mask(causal), {"doc": doc_ids}, scale, block_size, return_lse)
+    return _run(q, k, v, document_mask(causal), {"doc": doc_ids}, scale, block_size, return_lse, config)
 
 
-def prefix_lm_attention(q, k, v, prefix, *, scale=None, block_size=None, return_lse=False):
+def prefix_lm_attention(q, k, v, prefix, *, scale=None, block_size=None, config=None, return_lse=False):
     """``prefix``: an int or a [B] tensor of prefix lengths."""
     B = q.shape[0]
     prefix = (torch.full((B,), int(prefix), dtype=torch.int32) if not isinstance(prefix, torch.Tensor)
               else prefix.reshape(-1))
     if prefix.numel() != B:
         raise InputError(f"prefix must be an int or have B={B} entries, got {tuple(prefix.shape)}")
-    return _run(q, k, v, prefix_lm_mask(), {"prefix": prefix}, scale, block_size, return_lse)
+    return _run(q, k, v, prefix_lm_mask(), {"prefix": prefix}, scale, block_size, return_lse, config)
 
 
 def dilated_attention(q, k, v, stride: int, *, causal=True, scale=None, block_size=None,
-                      return_lse=False):
-    return _run(q, k, v, dilated_mask(stride, causal), {}, scale, block_size, return_lse)
+                      config=None, return_lse=False):
+    return _run(q, k, v, dilated_mask(stride, causal), {}, scale, block_size, return_lse, config)
 
 
 def global_local_attention(q, k, v, globals: int, window: int, *, causal=False,  # noqa: A002
-                           scale=None, block_size=None, return_lse=False):
+                           scale=None, block_size=None, config=None, return_lse=False):
     return _run(q, k, v, global_local_mask(globals, window, causal), {}, scale, block_size,
-                return_lse)
+                return_lse, config)
 
 
-def moba(q, k, v, block_size: int, topk: int, *, scale=None, tile_size=None, return_lse=False):
+def moba(q, k, v, block_size: int, topk: int, *, scale=None, tile_size=None, config=None,
+         return_lse=False):
     """Mixture of Block Attention: each query attends causally within its own key block and to
     the ``topk`` past key blocks ranked by q . mean-pooled keys (``moba_selection``). ``tile_size``
     is the block-mask tile (default: the largest power of two <= block_size, >= 16, <= 64)."""
@@ -237,7 +260,25 @@ def moba(q, k, v, block_size: int, topk: int, *, scale=None, tile_size=None, ret
     sel = moba_selection(q, k, block_size, topk)
     if tile_size is None:
         tile_size = max(16, min(64, 1 << (block_size.bit_length() - 1)))
-    return _run(q, k, v, moba_mask(block_size), {"sel": sel}, scale, tile_size, return_lse)
+    return _run(q, k, v, moba_mask(block_size), {"sel": sel}, scale, tile_size, return_lse, config)
+
+
+def example_data(name: str, B: int, H: int, T: int, args=(), seed: int = 0) -> dict:
+    """Representative data of a library mask (for tuning: the mask's tile profile, and recording
+    its kernels): ``document`` four documents per sequence at random cuts; ``prefix_lm`` a prefix
+    of T / 4; ``moba`` the selection of random q, k (``args`` = (block_size, topk=3))."""
+    g = torch.Generator().manual_seed(seed)
+    if name == "document":
+        cuts = torch.sort(torch.randint(1, max(2, T), (B, 3), generator=g), dim=1).values
+        return {"doc": torch.stack([torch.bucketize(torch.arange(T), c, right=True) for c in cuts])
+                .to(torch.int32)}
+    if name == "prefix_lm":
+        return {"prefix": torch.full((B,), max(1, T // 4), dtype=torch.int32)}
+    if name == "moba":
+        block, topk = (tuple(args) + (32, 3)[len(args):])[:2]
+        q, k = torch.randn(B, T, H, 16, generator=g), torch.randn(B, T, H, 16, generator=g)
+        return {"sel": moba_selection(q, k, int(block), int(topk))}
+    return {}
 
 
 #: name -> (mask factory, example arguments)

@@ -45,7 +45,7 @@ BOOL_OPS = ("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not")
 
 __all__ = ["Mask", "ScoreMod", "mask", "score_mod", "Expr", "Data", "MaskNode", "where", "exp",
            "log", "tanh", "sigmoid", "sqrt", "abs_", "maximum", "minimum", "and_masks", "or_masks",
-           "FULL", "evaluate", "derivative", "infer_types"]
+           "FULL", "evaluate", "derivative", "infer_types", "REGISTRY"]
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -215,10 +215,6 @@ def _trace(fn, lead: tuple, kind: str):
     return out, data_names
 
 
-def _uses(root, name) -> bool:
-    return any(n.op == "input" and n.arg == name for n in ir.toposort(root))
-
-
 def _data_used(root) -> tuple:
     seen = []
     for n in ir.toposort(root):
@@ -227,16 +223,29 @@ def _data_used(root) -> tuple:
     return tuple(seen)
 
 
+#: key -> Mask / ScoreMod: every declared mask and score modification, by content. The kernels
+#: are looked up by these keys inside the custom ops (``ops.py``), so a compiled call (dynamo) only
+#: carries strings and never traces hashing or code generation.
+REGISTRY: dict = {}
+
+
 class _Traced:
     kind = "?"
 
+    def _register(self):
+        """Compute what the call path reads (eagerly, at declaration: nothing of it is traced by
+        ``torch.compile``): the content key and the index dependencies."""
+        self.key = ir.fingerprint(self.node, extra=f"{self.kind}:{','.join(self.data_names)}")
+        self._deps = frozenset(n.arg for n in ir.toposort(self.node) if n.op == "input")
+        REGISTRY.setdefault(self.key, self)
+
     def depends_on(self, name: str) -> bool:
         """Whether the expression uses index ``name`` ("b", "h", "q", "kv") directly."""
-        return _uses(self.node, name)
+        return name in self._deps
 
     @property
     def fingerprint(self) -> str:
-        return ir.fingerprint(self.node, extra=f"{self.kind}:{','.join(self.data_names)}")
+        return self.key
 
     def __repr__(self):
         return f"{type(self).__name__}({self.name}: {ir.render(self.node)})"
@@ -260,10 +269,8 @@ class Mask(_Traced):
         unknown = used - set(self.data_names)
         if unknown:  # pragma: no cover - Data objects only come from the signature
             raise DeclarationError(f"mask {name} reads undeclared data {sorted(unknown)}")
-
-    @property
-    def is_full(self) -> bool:
-        return self.node.op == "const" and self.node.arg != 0.0
+        self.is_full = self.node.op == "const" and self.node.arg != 0.0
+        self._register()
 
     def depends_on_batch(self) -> bool:
         return self.depends_on("b")
@@ -288,6 +295,7 @@ class ScoreMod(_Traced):
     def __init__(self, node: ir.Node, data_names=(), name="score_mod"):
         self.node, self.data_names, self.name = node, tuple(data_names), name
         self.dnode = derivative(node, ir.leaf("input", SCORE_NAME))
+        self._register()
 
 
 def mask(fn) -> Mask:

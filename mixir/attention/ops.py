@@ -14,7 +14,8 @@ import torch
 from ..errors import InputError
 from . import kernels
 from .block_mask import BlockMask, create_block_mask
-from .mask import Mask, ScoreMod
+from .mask import FULL, Mask, ScoreMod
+from .tiles import choose
 
 _Geo = collections.namedtuple("_Geo", "shape block_m block_n kv_len")
 
@@ -23,16 +24,19 @@ def _geo(meta, block_m, block_n, kv_len):
     return _Geo(tuple(meta[1].shape), block_m, block_n, kv_len)
 
 
+# The mask and score modification travel as the string key of their program (``kernels.program_key``);
+# the kernels are generated, imported and launched inside the op, never under tracing.
 @torch.library.custom_op("mixir::attention_fwd", mutates_args=())
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: list[torch.Tensor],
                   data: list[torch.Tensor], program: str, block_m: int, block_n: int,
-                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    prog = kernels._programs[program]
-    return kernels.forward(prog, q, k, v, meta, _geo(meta, block_m, block_n, k.shape[1]), data, scale)
+                  scale: float, num_warps: int, num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    prog = kernels.program(program)
+    return kernels.forward(prog, q, k, v, meta, _geo(meta, block_m, block_n, k.shape[1]), data, scale,
+                           num_warps, num_stages)
 
 
 @attention_fwd.register_fake
-def _(q, k, v, meta, data, program, block_m, block_n, scale):
+def _(q, k, v, meta, data, program, block_m, block_n, scale, num_warps, num_stages):
     B, T, H, _ = q.shape
     return torch.empty_like(q), q.new_empty((B, H, T), dtype=torch.float32)
 
@@ -41,24 +45,27 @@ def _(q, k, v, meta, data, program, block_m, block_n, scale):
 def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                   lse: torch.Tensor, do: torch.Tensor, meta: list[torch.Tensor],
                   data: list[torch.Tensor], program: str, block_m: int, block_n: int,
-                  scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    prog = kernels._programs[program]
+                  scale: float, num_warps: int, num_stages: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    prog = kernels.program(program)
     return kernels.backward(prog, q, k, v, o, lse, do, meta,
-                            _geo(meta, block_m, block_n, k.shape[1]), data, scale)
+                            _geo(meta, block_m, block_n, k.shape[1]), data, scale, num_warps,
+                            num_stages)
 
 
 @attention_bwd.register_fake
-def _(q, k, v, o, lse, do, meta, data, program, block_m, block_n, scale):
+def _(q, k, v, o, lse, do, meta, data, program, block_m, block_n, scale, num_warps, num_stages):
     f = torch.float32
     return q.new_empty(q.shape, dtype=f), k.new_empty(k.shape, dtype=f), v.new_empty(v.shape, dtype=f)
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, meta, data, program, block_m, block_n, scale = inputs
+    q, k, v, meta, data, program, block_m, block_n, scale, num_warps, num_stages = inputs
     o, lse = output
     ctx.n_meta = len(meta)
     ctx.save_for_backward(q, k, v, o, lse, *meta, *data)
     ctx.program, ctx.block_m, ctx.block_n, ctx.scale = program, block_m, block_n, scale
+    ctx.num_warps, ctx.num_stages = num_warps, num_stages
     ctx.mark_non_differentiable(lse)
 
 
@@ -67,9 +74,9 @@ def _backward(ctx, do, dlse):
     meta, data = rest[:ctx.n_meta], rest[ctx.n_meta:]
     dq, dk, dv = torch.ops.mixir.attention_bwd(q, k, v, o, lse, do.contiguous(), list(meta),
                                                list(data), ctx.program, ctx.block_m, ctx.block_n,
-                                               ctx.scale)
+                                               ctx.scale, ctx.num_warps, ctx.num_stages)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), [None] * len(meta), [None] * len(data),
-            None, None, None, None)
+            None, None, None, None, None, None)
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup)
@@ -101,25 +108,37 @@ def _check(q, k, v):
 
 def attention(q, k, v, block_mask: BlockMask | None = None, *, mask: Mask | None = None,
               score_mod: ScoreMod | None = None, scale: float | None = None, data=None,
-              block_size=None, return_lse: bool = False):
+              block_size=None, config: dict | None = None, return_lse: bool = False):
     """Softmax attention under a block-sparse mask.
 
     q [B, Tq, H, D], k and v [B, Tkv, Hkv, D] (``H % Hkv == 0``: GQA/MQA), one of fp32, fp16,
     bf16; returns o [B, Tq, H, D] (q's dtype) and, with ``return_lse``, lse [B, H, Tq] (fp32,
     natural log, -inf for a row with nothing to attend to; such a row has o = 0).
     ``block_mask``: prebuilt metadata (``create_block_mask``); else it is built here from ``mask``
-    (None: full attention) and ``data``. ``score_mod``: an optional ``@score_mod``; its data
-    arguments come from ``data`` too. ``scale`` defaults to D ** -0.5."""
+    (None: full attention) and ``data``, with tiles from ``block_size`` or ``config`` or the
+    tuner (``tiles.choose``). ``score_mod``: an optional ``@score_mod``; its data arguments come
+    from ``data`` too. ``scale`` defaults to D ** -0.5. ``config``: any of ``BM``, ``BN``,
+    ``num_warps``, ``num_stages`` (see ``mixir.attention.tiles``)."""
     _check(q, k, v)
     B, Tq, H, D = q.shape
     Tkv = k.shape[1]
     data = dict(data or {})
-    if block_mask is None:
-        block_mask = create_block_mask(mask, B, H, Tq, Tkv, block_size=block_size,
-                                       data={n: data[n] for n in (mask.data_names if mask else ()) if n in data},
-                                       device=q.device)
-    elif mask is not None and mask is not block_mask.mask:
+    if block_mask is not None and mask is not None and mask is not block_mask.mask:
         raise InputError("pass either block_mask or mask, not both")
+    if block_mask is not None:
+        block = (block_mask.block_m, block_mask.block_n)
+    elif block_size is not None:
+        block = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    else:
+        block = None
+    the_mask = block_mask.mask if block_mask is not None else (mask if mask is not None else FULL)
+    if not isinstance(the_mask, Mask):
+        raise InputError(f"mask must be a mixir.attention Mask (use @mixir.attention.mask), got {the_mask!r}")
+    cfg = choose(q, the_mask.key, max(Tq, Tkv), config=config, block=block)
+    if block_mask is None:
+        block_mask = create_block_mask(the_mask, B, H, Tq, Tkv, block_size=(cfg["BM"], cfg["BN"]),
+                                       data={n: data[n] for n in the_mask.data_names if n in data},
+                                       device=q.device)
     bm = block_mask
     Bm, Hm, NM, NN = bm.shape
     if (bm.q_len, bm.kv_len) != (Tq, Tkv) or Bm not in (1, B) or Hm not in (1, H):
@@ -137,9 +156,10 @@ def attention(q, k, v, block_mask: BlockMask | None = None, *, mask: Mask | None
     if missing:
         raise InputError(f"missing data {missing} (pass data={{name: tensor}})")
     specs, tensors = kernels.prepare_data(names, all_data, q.device)
-    prog = kernels.get_program(bm.mask, score_mod, specs)
+    key = kernels.program_key(bm.mask, score_mod, specs)
     scale = D ** -0.5 if scale is None else float(scale)
     o, lse = torch.ops.mixir.attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
                                            [t.contiguous() for t in bm.tensors()], tensors,
-                                           prog.key, bm.block_m, bm.block_n, scale)
+                                           key, bm.block_m, bm.block_n, scale,
+                                           int(cfg["num_warps"]), int(cfg["num_stages"]))
     return (o, lse) if return_lse else o

@@ -56,3 +56,27 @@ def tuned_config(fingerprint, strategy, K, V, dtype, B, T, H, device) -> dict | 
             _warned.add(key)
             warnings.warn(f"mixir autotune: config lookup failed ({e}); using the default config")
         return None
+
+
+def tuned_attention_config(mask_key, D, dtype, B, T, H, device_index, fixed=None) -> dict | None:
+    """The attention kernels' config on CUDA device ``device_index`` (``mixir.attention.tiles``):
+    the tuning database's entry for the mask (strategy ``"attention"``, K = V = head dim; used
+    when its tiles agree with ``fixed``) → the attention space's cost-model best
+    (``attention_space.model_best``) → None. Never raises; cached like ``tuned_config``."""
+    try:
+        gpu = _gpu_for(device_index)
+        if gpu is None:
+            return None
+        dt = db.dtype_name(dtype)
+        cfg = db.lookup(mask_key, gpu, dt, B, T, H, K=D, V=D, strategy="attention")
+        if cfg is not None and all(cfg.get(k) == v for k, v in (fixed or {}).items()):
+            return cfg
+        from . import attention_space
+        return attention_space.model_best(gpu, dt, D, B, T, H, fixed)
+    except Exception as e:   # tuning must never break a call
+        key = "attention:" + type(e).__name__
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"mixir autotune: attention config lookup failed ({e}); using the "
+                          f"default config")
+        return None

@@ -342,6 +342,9 @@ SPACES = {"chunked": CHUNKED, "recurrent": RECURRENT}
 
 
 def space(strategy: str) -> Space:
+    if strategy == "attention":   # block-sparse softmax attention: attention_space.py (kept out of
+        from .attention_space import ATTENTION   # SPACES, which the gated-linear reports iterate)
+        return ATTENTION
     if strategy not in SPACES:
         raise TuningError(f"no tuning space for strategy {strategy!r}; known: {', '.join(SPACES)}")
     return SPACES[strategy]

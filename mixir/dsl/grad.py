@@ -48,6 +48,10 @@ def _rules(n, a, da, b=None, db=None, c=None, dc=None):
     if op == "silu":
         s = U("sigmoid", a)
         return _mul(B("add", s, _mul(a, _mul(s, B("sub", const(1.0), s)))), da)
+    if op == "cos":
+        return _mul(U("neg", U("sin", a)), da)
+    if op == "sin":
+        return _mul(U("cos", a), da)
     if op == "tanh":
         return _mul(B("sub", const(1.0), _mul(n, n)), da)
     if op == "sqrt":

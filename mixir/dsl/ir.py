@@ -12,9 +12,11 @@ import math
 from typing import Any
 
 # leaves
-LEAVES = ("input", "param", "state", "scalar", "const", "head")
+LEAVES = ("input", "param", "state", "scalar", "const", "head", "delta")
+# "delta": the Kronecker delta over two named dims (dims (a, b), value [i == j]); ``rename`` in the
+# DSL is a contraction with it, so a renamed value stays an ordinary sum-of-products tree
 UNARY = ("neg", "exp", "log", "sigmoid", "softplus", "logsigmoid", "silu", "tanh", "sqrt",
-         "rsqrt", "abs", "recip")
+         "rsqrt", "abs", "recip", "cos", "sin")   # cos/sin: rotations of complex (re, im) pairs
 BINARY = ("add", "sub", "mul", "div", "max", "min", "pow")
 COMPARE = ("lt", "le", "gt", "ge", "eq", "ne", "and", "or")
 OPS = LEAVES + UNARY + BINARY + COMPARE + ("where", "sum", "amax")
@@ -59,6 +61,16 @@ def leaf(op: str, name: str, dims=()) -> Node:
     return Node(op, tuple(dims), (), name)
 
 
+def delta(a: str, b: str) -> Node:
+    """The Kronecker delta ``[i == j]`` over dims ``(a, b)`` (see ``rename``)."""
+    return Node("delta", (a, b), (), "delta")
+
+
+def rename(x: Node, old: str, new: str) -> Node:
+    """``x`` with its dim ``old`` called ``new``: ``sum(x * delta[old, new], old)``."""
+    return reduce("sum", binary("mul", x, delta(old, new)), (old,))
+
+
 def is_const(n: Node, value=None) -> bool:
     return n.op == "const" and (value is None or n.arg == value)
 
@@ -66,7 +78,7 @@ def is_const(n: Node, value=None) -> bool:
 _FOLD = {
     "neg": lambda a: -a, "exp": math.exp, "log": lambda a: math.log(a) if a > 0 else float("nan"),
     "sigmoid": lambda a: 1 / (1 + math.exp(-a)), "tanh": math.tanh, "abs": abs,
-    "sqrt": math.sqrt, "recip": lambda a: 1 / a,
+    "sqrt": math.sqrt, "recip": lambda a: 1 / a, "cos": math.cos, "sin": math.sin,
     "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
     "div": lambda a, b: a / b, "max": max, "min": min, "pow": lambda a, b: a ** b,
 }
@@ -198,6 +210,8 @@ def render(root: Node) -> str:
             memo[n] = repr(n.arg)
         elif n.op == "head":
             memo[n] = "head"
+        elif n.op == "delta":
+            memo[n] = f"delta[{', '.join(n.dims)}]"
         elif n.op in LEAVES:
             memo[n] = str(n.arg)
         elif n.op in _INFIX:

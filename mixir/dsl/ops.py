@@ -81,6 +81,8 @@ exp, log, sigmoid, softplus, logsigmoid, silu, tanh, sqrt, rsqrt = (
     _unary(o) for o in ("exp", "log", "sigmoid", "softplus", "logsigmoid", "silu", "tanh",
                         "sqrt", "rsqrt"))
 abs = _unary("abs")  # noqa: A001 - mirrors the math name
+# cos/sin: the rotation part of a complex exponential exp(dt·(a + ib)) kept as a (re, im) pair
+cos, sin = _unary("cos"), _unary("sin")
 
 
 def maximum(a, b) -> Value:
@@ -137,6 +139,23 @@ def l2norm(x, dim, eps: float = 1e-6) -> Value:
     """``x / sqrt(sum(x*x, dim) + eps)`` (fla's l2norm convention)."""
     x = Value(as_node(x))
     return x * rsqrt(sum_(x * x, dim) + eps)
+
+
+def rename(x, **mapping) -> Value:
+    """``x`` with dims renamed, ``rename(h, D="E")``: the same values along a new dim name, so
+    that ``rename(h, D="E") @ R`` with ``R: Param["E", "D"]`` gives a vector along ``D`` again
+    (a recurrent matmul). It is a contraction with the Kronecker delta over (old, new); the two
+    dims must have the same size at call time."""
+    x = Value(as_node(x))
+    for old, new in mapping.items():
+        if old not in x.dims:
+            raise DeclarationError(f"mixir.rename: dim {old!r} not in the operand's dims {x.dims}")
+        if new in x.dims:
+            raise DeclarationError(f"mixir.rename: the operand already has a dim {new!r}")
+    node = x.node
+    for old, new in mapping.items():
+        node = ir.rename(node, old, new)
+    return Value(node)
 
 
 def head() -> Value:

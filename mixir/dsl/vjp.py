@@ -100,6 +100,10 @@ def _partials(n: ir.Node, g: ir.Node, live) -> list:
     elif op == "silu":
         s = U("sigmoid", a)
         put(a, B("mul", g, B("add", s, B("mul", a, B("mul", s, B("sub", one, s))))))
+    elif op == "cos":
+        put(a, U("neg", B("mul", g, U("sin", a))))
+    elif op == "sin":
+        put(a, B("mul", g, U("cos", a)))
     elif op == "tanh":
         put(a, B("mul", g, B("sub", one, B("mul", n, n))))
     elif op == "sqrt":

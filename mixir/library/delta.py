@@ -174,15 +174,16 @@ _PAPER = ("Schlag et al. 2021 (arXiv:2102.11174); Yang et al. 2024, Parallelizin
           "with the Delta Rule (arXiv:2406.06484)")
 
 register(delta_mixer("delta_rule"), delta_rule, dims=_KV, family="householder",
-         samplers={"beta": "beta_neg"},
+         samplers={"beta": "beta_neg", "k": "key"},
          description="DeltaNet: S = (I − β k kᵀ) S + β k vᵀ, β ∈ [0, 2]", paper=_PAPER)
 register(delta_mixer("gated_delta_rule"), gated_delta_rule, dims=_KV, family="householder",
-         samplers={"beta": "beta_neg", "g": "log_decay"},
+         samplers={"beta": "beta_neg", "g": "log_decay", "k": "key"},
          description="Gated DeltaNet: S = exp(g)(I − β k kᵀ) S + β k vᵀ",
          paper="Yang, Kautz, Hatamizadeh 2024, Gated Delta Networks (arXiv:2412.06464)")
 for _n in (2, 3):
     register(delta_mixer("gated_delta_product", False, _n),
              gated_delta_product, dims=_KV, family="householder",
-             samplers={"g": "log_decay", **{f"beta{j}": "beta_neg" for j in range(_n)}},
+             samplers={"g": "log_decay", **{f"beta{j}": "beta_neg" for j in range(_n)},
+                       **{f"k{j}": "key" for j in range(_n)}},
              description=f"Gated DeltaProduct, n_h = {_n} Householder factors per token",
              paper="Siems et al. 2025, DeltaProduct (arXiv:2502.10297)")

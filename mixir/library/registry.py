@@ -37,10 +37,15 @@ SAMPLERS: dict = {
     "time_step": lambda rng, shape: rng.uniform(0.02, 0.5, shape),
     # a strictly positive quantity of either size (LightNet's running normaliser)
     "positive": lambda rng, shape: np.exp(rng.standard_normal(shape)),
+    # a key of a Householder transition, not normalised but with |k|² ≈ 0.5 (so that β ∈ [0, 2]
+    # keeps the eigenvalue 1 − β|k|² of (I − β k kᵀ) about within [−1, 1]: a stable state)
+    "key": lambda rng, shape: 0.7 * rng.standard_normal(shape) / np.sqrt(shape[-1]),
     # a Householder β over its whole useful range: eigenvalues 1 − β of (I − β k kᵀ) in [−1, 1]
     "beta_neg": lambda rng, shape: rng.uniform(0.0, 2.0, shape),
     # bounded values, for biases that go through a softplus
     "uniform": lambda rng, shape: rng.uniform(-1.0, 1.0, shape),
+    # log of an S4-style time step Δ ~ U[1e-3, 1e-1] (S4D's log_dt initialisation range)
+    "log_time_step": lambda rng, shape: np.log(rng.uniform(1e-3, 1e-1, shape)),
 }
 
 
@@ -52,7 +57,8 @@ class LibraryEntry:
     - ``mixer``: the traced declaration (``mixir.reference(entry.mixer)``, ``mixir.compile(...)``);
     - ``wrapper``: the public fla-style function that calls the compiled mixer (several entries may
       share one wrapper, e.g. the Mamba-1 variants);
-    - ``family``: the class the analysis should find (``"gated_linear"``);
+    - ``family``: the family the analysis should find (``"gated_linear"``, ``"householder"``,
+      ``"lti"``, ``"rnn"``);
     - ``description``, ``paper``: one line each (docs/library.md has the full formulas);
     - ``dims``: each named feature dim → ``"K"`` or ``"V"``, the size it takes in ``make_inputs``;
     - ``samplers``: argument or state name → a key of ``SAMPLERS`` (default ``"normal"``);
@@ -114,6 +120,22 @@ def register(mixer: Mixer, wrapper: Callable, *, description: str, paper: str, d
                          dict(samplers or {}), tuple(requires))
     MIXERS[mixer.name] = entry
     return entry
+
+
+def register_entry(entry: LibraryEntry) -> LibraryEntry:
+    """Add an entry built elsewhere (the RNN and LTI modules build theirs directly)."""
+    if entry.name in MIXERS:
+        raise ValueError(f"library mixer {entry.name!r} is registered twice")
+    MIXERS[entry.name] = entry
+    return entry
+
+
+def families() -> dict:
+    """family name → sorted names of the library mixers the analysis puts in it."""
+    out: dict = {}
+    for name, e in MIXERS.items():
+        out.setdefault(e.family, []).append(name)
+    return {k: sorted(v) for k, v in sorted(out.items())}
 
 
 # ---- calling the compiled mixer ----------------------------------------------------------------

@@ -242,7 +242,7 @@ class _Body:
         e = self.emit
         if op == "neg":
             e(f"{t} = -{x}")
-        elif op in ("exp", "log", "sqrt", "abs"):
+        elif op in ("exp", "log", "sqrt", "abs", "cos", "sin"):
             e(f"{t} = tl.{op}({x})")
         elif op == "rsqrt":
             e(f"{t} = 1.0 / tl.sqrt({x})")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .gla_core import _cdiv, _empty, _Plan, _tile
+from .gla_core import _cdiv, _empty, _Plan, _pow2, _tile
 from .launch import targets_gpu
 from .templates import delta_chunked as _ck
 from .templates import delta_recurrent as _rc
@@ -28,24 +28,36 @@ MAX_HEAD_K = 256         # the chunked kernels hold the whole K extent in one re
 
 
 def default_config(strategy, K, V, dtype) -> dict:
-    """Launch parameters: chunked — BT (chunk), BK (whole K, power of two), BV (V-tile); recurrent —
-    the recurrent template's own defaults."""
+    """Launch parameters: chunked — BT (chunk), BK (whole K, power of two), BV (V-tile), BKT (the
+    K-tile of the backward's K-sized sums); recurrent — the recurrent template's own defaults.
+
+    The chunked defaults are the largest tiles that build without register spills for sm_80 and
+    sm_90 (checked with ptxas in tests/test_householder_aot.py): the dots of 16-bit inputs run as
+    tf32 (one tensor-core pass), those of fp32 inputs as tf32x3 (three passes, about fp32
+    accuracy), which needs twice the operand registers, hence smaller tiles."""
     if strategy == "chunked":
         BK = _tile(K, MAX_HEAD_K)
-        BV = _tile(V, 32 if BK >= 128 else 64)
-        return {"BT": 32, "BK": BK, "BV": BV, "num_warps": 4, "num_stages": 1}
+        if dtype == torch.float32:
+            BT, BV = 16, (32 if BK <= 64 else 16)
+        else:
+            BT, BV = (32 if BK <= 64 else 16), 32
+        return {"BT": BT, "BK": BK, "BV": _tile(V, BV), "BKT": 32, "num_warps": 8, "num_stages": 1}
     if strategy == "recurrent":
         return dict(_rc.default_config(K, V, dtype))
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
 def _prec(x) -> str:
-    """tl.dot input precision: exact fp32 for fp32 inputs (and always off the GPU), tf32x3 for
-    16-bit inputs on NVIDIA GPUs (fp32-like accuracy on tensor cores: the triangular inverse of
-    the WY form is sensitive to operand rounding)."""
-    if x.dtype == torch.float32 or (x.device.type != "cuda" and not targets_gpu(x.device)):
+    """tl.dot input precision. Every dot takes fp32 operands (the triangular inverse of the WY form
+    is sensitive to operand rounding). Off the GPU: exact ("ieee"). On NVIDIA GPUs: "tf32" for
+    16-bit inputs (a 10-bit mantissa: finer than the bf16 operands fla's kernels use) and "tf32x3"
+    for fp32 inputs (three tf32 passes, about fp32 accuracy). An "ieee" dot would run on FMA units
+    with operand layouts that need far more registers."""
+    if x.device.type != "cuda" and not targets_gpu(x.device):
         return "ieee"
-    return "ieee" if torch.version.hip else "tf32x3"
+    if torch.version.hip:
+        return "ieee"
+    return "tf32x3" if x.dtype == torch.float32 else "tf32"
 
 
 def _packed(x, dtype=None):
@@ -138,10 +150,26 @@ def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
     dv = _empty(p.T_total, H, V, device=dev)
     db = _empty(p.T_total, H, device=dev)
     dg = _empty(p.T_total, H, device=dev) if g is not None else None
+    BT = opts["BT"]
+    dQa, dWa, dKb = (_empty(p.T_total, H, K, device=dev) for _ in range(3))
+    dP, dM, Ainv = (_empty(p.T_total, H, BT, device=dev) for _ in range(3))
+    BKT = min(opts["BK"], c.cfg.get("BKT", 32))
+    NK = _cdiv(K, BKT)
+    hdh = _empty(NK, max(p.NT, 1), H, device=dev)
     if p.NT > 0:
-        _ck.delta_chunk_grads[(p.NT, H)](
-            c.q, c.k, c.v, c.beta, c.g, HS, DHS, Unew, DU, dO, dq, dk, dv, db, dg,
-            p.cu, p.chunk_tbl, H, K, V, **opts)
+        small = dict(PREC=opts["PREC"], num_warps=opts["num_warps"], num_stages=opts["num_stages"])
+        _ck.delta_chunk_grads_v[(p.NT, H, NK)](
+            HS, DHS, Unew, DU, dO, dQa, dWa, dKb, hdh, p.cu, p.chunk_tbl, H, p.NT, K, V,
+            BT=BT, BKT=BKT, BV=opts["BV"], **small)
+        _ck.delta_chunk_grads_p[(p.NT, H)](
+            c.v, Unew, DU, dO, dP, dM, p.cu, p.chunk_tbl, H, V, BT=BT, BV=opts["BV"], **small)
+        kopts = {k_: v_ for k_, v_ in opts.items() if k_ != "BV"}
+        _ck.delta_chunk_grads_k[(p.NT, H)](
+            c.q, c.k, c.beta, c.g, dQa, dWa, dKb, dP, dM, hdh, Ainv, dq, dk, db, dg,
+            p.cu, p.chunk_tbl, H, p.NT, NK, K, NKP=_tile(NK, 1 << 20) if NK > 16 else _pow2(NK), **kopts)
+        _ck.delta_chunk_dv[(p.NT, _cdiv(V, opts["BV"]), H)](
+            Ainv, DU, dv, p.cu, p.chunk_tbl, H, V, BT=BT, BV=opts["BV"], PREC=opts["PREC"],
+            num_warps=opts["num_warps"], num_stages=opts["num_stages"])
     B, T = c.B, c.T
     return (dq.view(B, T, H, K), dk.view(B, T, H, K), dv.view(B, T, H, V), db.view(B, T, H),
             None if dg is None else dg.view(B, T, H), dh0)
@@ -168,7 +196,8 @@ def delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy="chunked", config=N
         cu = _as_packed_call(q, cu_seqlens)
         cfg = dict(default_config("recurrent", q.shape[-1], v.shape[-1], q.dtype), **(config or {}))
         o, hT, _ = _rc.delta_recurrent_forward(_flat(q), _flat(k), _flat(v), _flat(beta), _flat(g),
-                                               h0, cu, config=cfg, output_final_state=True)
+                                               h0, cu, config=cfg, output_final_state=True,
+                                               save_for_backward=False)
         return o.reshape(B, T, H, v.shape[-1]), hT
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
@@ -181,10 +210,9 @@ def delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy="chunked"
         V = v.shape[-1]
         cu = _as_packed_call(q, cu_seqlens)
         cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
-        _, _, saved = _rc.delta_recurrent_forward(_flat(q), _flat(k), _flat(v), _flat(beta), _flat(g),
-                                                  h0, cu, config=cfg, output_final_state=False)
+        # saved=None: the template recomputes its state checkpoints (a forward pass without o)
         dq, dk, dv, db, dg, dh0 = _rc.delta_recurrent_backward(
-            _flat(q), _flat(k), _flat(v), _flat(beta), _flat(g), h0, cu, _flat(do), dhT, saved, config=cfg)
+            _flat(q), _flat(k), _flat(v), _flat(beta), _flat(g), h0, cu, _flat(do), dhT, None, config=cfg)
         return (dq.reshape(B, T, H, K), dk.reshape(B, T, H, K), dv.reshape(B, T, H, V),
                 db.reshape(B, T, H), None if dg is None else dg.reshape(B, T, H), dh0)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")

@@ -19,6 +19,7 @@ class NumpyBackend:
         return np.asarray(x, dtype=np.float64)
 
     exp, log, tanh, sqrt, abs = (staticmethod(f) for f in (np.exp, np.log, np.tanh, np.sqrt, np.abs))
+    cos, sin = staticmethod(np.cos), staticmethod(np.sin)
     maximum, minimum, where = (staticmethod(f) for f in (np.maximum, np.minimum, np.where))
 
     @staticmethod
@@ -60,6 +61,7 @@ class TorchBackend:
         self.dtype = dtype or torch.float64   # of constants: float64 for the reference
         self.exp, self.log, self.tanh, self.sqrt, self.abs = (
             torch.exp, torch.log, torch.tanh, torch.sqrt, torch.abs)
+        self.cos, self.sin = torch.cos, torch.sin
         self.maximum, self.minimum, self.where = torch.maximum, torch.minimum, torch.where
         self.sigmoid = torch.sigmoid
         self.softplus = torch.nn.functional.softplus
@@ -130,6 +132,15 @@ def _eval(n, memo, env, xp, nlead, sizes):
             if n.dims and sizes is not None:  # a broadcast constant is summed over its full dims
                 v = v * xp.asarray(np.ones((1,) * nlead + tuple(sizes[d] for d in n.dims)))
             return v
+        if op == "delta":   # Kronecker delta over (a, b): needs the dims' sizes
+            if sizes is None:
+                raise KeyError("delta[...] (mixir.rename) needs the dims' sizes")
+            a, b = (sizes[d] for d in n.dims)
+            if a != b:
+                raise ValueError(f"mixir.rename: dims {n.dims} must have the same size, got {a} and {b}")
+            v = xp.asarray(np.eye(a).reshape((1,) * nlead + (a, b)))
+            like = next((x for x in env.values() if hasattr(x, "device")), None)
+            return v.to(like.device) if like is not None and xp.name == "torch" else v
         if n not in env:
             raise KeyError(f"no value bound for leaf {n.op} {n.arg!r}")
         v = env[n]
@@ -155,7 +166,7 @@ def _eval(n, memo, env, xp, nlead, sizes):
         return a * xp.sigmoid(a)
     if op == "logsigmoid":
         return -xp.softplus(-a)
-    if op in ("exp", "log", "tanh", "sqrt", "abs", "sigmoid", "softplus"):
+    if op in ("exp", "log", "tanh", "sqrt", "abs", "sigmoid", "softplus", "cos", "sin"):
         return getattr(xp, op)(a)
     b = src[1] if len(src) > 1 else None
     if op == "add":

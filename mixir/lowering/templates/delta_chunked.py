@@ -97,7 +97,7 @@ def _wy_matrix(Kt, beta, G, o_t, PREC: tl.constexpr):
 
 
 @kernel
-def delta_chunk_prep(K_, V_, B_, Gin, W, U, cu_seqlens, chunk_tbl, H, DK, DV,
+def delta_chunk_prep(K_, V_, B_, Gin, W, U, cu_seqlens, chunk_tbl, H, DK: tl.constexpr, DV: tl.constexpr,
                      USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     # grid: (num chunks, H). W = A⁻¹ diag(βγ) K [T, H, DK], U = A⁻¹ V [T, H, DV] (fp32)
@@ -119,7 +119,7 @@ def delta_chunk_prep(K_, V_, B_, Gin, W, U, cu_seqlens, chunk_tbl, H, DK, DV,
 
 
 @kernel
-def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H, DK, DV,
+def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H, DK: tl.constexpr, DV: tl.constexpr,
                        USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
                        LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, PREC: tl.constexpr):
@@ -156,7 +156,7 @@ def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H
 
 
 @kernel
-def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK, DV,
+def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl.constexpr, DV: tl.constexpr,
                        USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     # grid: (num chunks, cdiv(DV, BV), H). O = (Q ⊙ γ) h + tril(QKᵀ ⊙ D) u
@@ -182,7 +182,7 @@ def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK, DV
 
 
 @kernel
-def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_off, H, DK, DV,
+def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_off, H, DK: tl.constexpr, DV: tl.constexpr,
                         USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                         LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                         BV: tl.constexpr, PREC: tl.constexpr):
@@ -227,30 +227,22 @@ def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_
 
 
 @kernel
-def delta_chunk_grads(Q, K_, V_, B_, Gin, HS, DHS, Unew, DU, DO, DQ, DK, DV, DB, DG,
-                      cu_seqlens, chunk_tbl, H, DK_, DV_,
-                      USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    # grid: (num chunks, H). Local gradients of one chunk given h (before), dh (after), u, du.
-    # The V-sums run as a loop over V-tiles; the rest is K-sized (docs/delta_rule.md, backward).
+def delta_chunk_grads_v(HS, DHS, Unew, DU, DO, DQA, DWA, DKB, HDH,
+                        cu_seqlens, chunk_tbl, H, NT, DK_: tl.constexpr, DV_: tl.constexpr,
+                        BT: tl.constexpr, BKT: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    # grid: (num chunks, H, cdiv(DK, BKT)). The K-sized sums over V of the chunk's backward, one
+    # K-tile per program (exact: no sum over K), a loop over V-tiles, written to fp32 scratch:
+    #   dQa = dO hᵀ;  dWa = −du hᵀ;  dKb = u dhᵀ;  HDH[i_k] = ⟨h, dh⟩ over the K-tile.
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
+    i_k = tl.program_id(2)
     cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    Qt = _load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k)
-    Kt = _load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k)
-    beta = _load_scalars(B_, cs, L, i_h, H, o_t)
-    G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
-    KKD, Dm, Ainv = _wy_matrix(Kt, beta, G, o_t, PREC)
-    gam = tl.exp(G)
-    Wt = tl.dot(Ainv, Kt * (beta * gam)[:, None], input_precision=PREC)
-    dQa = tl.zeros([BT, BK], dtype=tl.float32)
-    dWa = tl.zeros([BT, BK], dtype=tl.float32)
-    dKb = tl.zeros([BT, BK], dtype=tl.float32)
-    dP = tl.zeros([BT, BT], dtype=tl.float32)
-    dAv = tl.zeros([BT, BT], dtype=tl.float32)
-    hdh = tl.zeros([BK], dtype=tl.float32)
+    o_k = i_k * BKT + tl.arange(0, BKT)
+    dQa = tl.zeros([BT, BKT], dtype=tl.float32)
+    dWa = tl.zeros([BT, BKT], dtype=tl.float32)
+    dKb = tl.zeros([BT, BKT], dtype=tl.float32)
+    hdh = tl.zeros([BKT], dtype=tl.float32)
     base_h = (i_c * H + i_h).to(tl.int64) * DK_ * DV_
     for v0 in range(0, DV_, BV):
         o_v = v0 + tl.arange(0, BV)
@@ -258,48 +250,115 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, HS, DHS, Unew, DU, DO, DQ, DK, DV, DB,
         o_kv = o_k[:, None] * DV_ + o_v[None, :]
         h = tl.load(HS + base_h + o_kv, mask=m_kv, other=0.)
         dh = tl.load(DHS + base_h + o_kv, mask=m_kv, other=0.)
-        u = _load_rows(Unew, cs, L, i_h, H, DV_, o_t, o_v)
-        du = _load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v)
-        dO = _load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v)
-        Ut = tl.dot(Ainv, _load_rows(V_, cs, L, i_h, H, DV_, o_t, o_v), input_precision=PREC)
-        dQa += tl.dot(dO, tl.trans(h), input_precision=PREC)
-        dWa -= tl.dot(du, tl.trans(h), input_precision=PREC)
-        dKb += tl.dot(u, tl.trans(dh), input_precision=PREC)
-        dP += tl.dot(dO, tl.trans(u), input_precision=PREC)
-        dv = tl.dot(tl.trans(Ainv), du, input_precision=PREC)
-        _store_rows(DV, dv, cs, L, i_h, H, DV_, o_t, o_v)
-        dAv += tl.dot(dv, tl.trans(Ut), input_precision=PREC)
+        dQa += tl.dot(_load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(h), input_precision=PREC)
+        dWa -= tl.dot(_load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(h), input_precision=PREC)
+        dKb += tl.dot(_load_rows(Unew, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(dh), input_precision=PREC)
         hdh += tl.sum(h * dh, 1)
+    _store_rows(DQA, dQa, cs, L, i_h, H, DK_, o_t, o_k)
+    _store_rows(DWA, dWa, cs, L, i_h, H, DK_, o_t, o_k)
+    _store_rows(DKB, dKb, cs, L, i_h, H, DK_, o_t, o_k)
+    tl.store(HDH + (i_k * NT + i_c) * H + i_h, tl.sum(hdh, 0))
+
+
+@kernel
+def delta_chunk_grads_p(V_, Unew, DU, DO, DP, DM, cu_seqlens, chunk_tbl, H, DV_: tl.constexpr,
+                        BT: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    # grid: (num chunks, H). The [BT, BT] sums over V: dP = dO uᵀ, M = du Vᵀ (fp32 scratch).
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
+    o_t = tl.arange(0, BT)
+    dP = tl.zeros([BT, BT], dtype=tl.float32)
+    dM = tl.zeros([BT, BT], dtype=tl.float32)
+    for v0 in range(0, DV_, BV):
+        o_v = v0 + tl.arange(0, BV)
+        du = _load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v)
+        dP += tl.dot(_load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v),
+                     tl.trans(_load_rows(Unew, cs, L, i_h, H, DV_, o_t, o_v)), input_precision=PREC)
+        dM += tl.dot(du, tl.trans(_load_rows(V_, cs, L, i_h, H, DV_, o_t, o_v)), input_precision=PREC)
+    _store_rows(DP, dP, cs, L, i_h, H, BT, o_t, o_t)
+    _store_rows(DM, dM, cs, L, i_h, H, BT, o_t, o_t)
+
+
+@kernel
+def delta_chunk_dv(AINV, DU, DV, cu_seqlens, chunk_tbl, H, DV_: tl.constexpr, BT: tl.constexpr,
+                   BV: tl.constexpr, PREC: tl.constexpr):
+    # grid: (num chunks, cdiv(DV, BV), H). dv = A⁻ᵀ du (A⁻¹ from delta_chunk_grads_k's scratch)
+    i_c = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_h = tl.program_id(2)
+    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
+    o_t = tl.arange(0, BT)
+    o_v = i_v * BV + tl.arange(0, BV)
+    Ainv = _load_rows(AINV, cs, L, i_h, H, BT, o_t, o_t)
+    du = _load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v)
+    _store_rows(DV, tl.dot(tl.trans(Ainv), du, input_precision=PREC), cs, L, i_h, H, DV_, o_t, o_v)
+
+
+@kernel
+def delta_chunk_grads_k(Q, K_, B_, Gin, DQA, DWA, DKB, DP, DM, HDH, AINV, DQ, DK, DB, DG,
+                        cu_seqlens, chunk_tbl, H, NT, NK, DK_: tl.constexpr, NKP: tl.constexpr,
+                        USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
+                        BK: tl.constexpr, PREC: tl.constexpr):
+    # grid: (num chunks, H). The K-sized rest of the chunk's backward (docs/delta_rule.md).
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    # ordered so that each loaded or computed tile dies early (fewer live registers)
     causal = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     valid = o_t < L
-    P = tl.where(causal, tl.dot(Qt, tl.trans(Kt), input_precision=PREC) * Dm, 0.)
-    dPm = tl.where(causal, dP * Dm, 0.)
+    Kt = _load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k)
+    beta = _load_scalars(B_, cs, L, i_h, H, o_t)
+    G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
+    KKD, Dm, Ainv = _wy_matrix(Kt, beta, G, o_t, PREC)
+    _store_rows(AINV, Ainv, cs, L, i_h, H, BT, o_t, o_t)
+    gam = tl.exp(G)
     ratio = tl.where(valid, tl.exp(G_last - G), 0.)
+    # the output's intra-chunk term P = tril(QKᵀ ⊙ D) and the inter-chunk term (Q ⊙ γ) h
+    Qt = _load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k)
+    dP = _load_rows(DP, cs, L, i_h, H, BT, o_t, o_t)
+    T1 = dP * tl.where(causal, tl.dot(Qt, tl.trans(Kt), input_precision=PREC) * Dm, 0.)
+    dG = tl.sum(T1, 1) - tl.sum(T1, 0)
+    dPm = tl.where(causal, dP * Dm, 0.)
+    dQa = _load_rows(DQA, cs, L, i_h, H, DK_, o_t, o_k)
+    dG += gam * tl.sum(dQa * Qt, 1)
     dQ = dQa * gam[:, None] + tl.dot(dPm, Kt, input_precision=PREC)
-    dK = tl.dot(tl.trans(dPm), Qt, input_precision=PREC) + dKb * ratio[:, None]
-    dX = tl.dot(tl.trans(Ainv), dWa, input_precision=PREC)
+    _store_rows(DQ, dQ, cs, L, i_h, H, DK_, o_t, o_k)
+    dK = tl.dot(tl.trans(dPm), Qt, input_precision=PREC)
+    # the chunk-end state h' = γ_L h + (K γ_L/γ)ᵀ u
+    dKb = _load_rows(DKB, cs, L, i_h, H, DK_, o_t, o_k)
+    dK += dKb * ratio[:, None]
+    cend = ratio * tl.sum(dKb * Kt, 1)
+    dG -= cend
+    # u = Ũ − W h with Ũ = A⁻¹ V, W = A⁻¹ diag(βγ) K
+    AinvT = tl.trans(Ainv)
+    dX = tl.dot(AinvT, _load_rows(DWA, cs, L, i_h, H, DK_, o_t, o_k), input_precision=PREC)
+    Wt = tl.dot(Ainv, Kt * (beta * gam)[:, None], input_precision=PREC)
+    dAv = tl.dot(tl.dot(AinvT, _load_rows(DM, cs, L, i_h, H, BT, o_t, o_t), input_precision=PREC),
+                 AinvT, input_precision=PREC)                                         # dv Ũᵀ
     dA = tl.where(strict, -(dAv + tl.dot(dX, tl.trans(Wt), input_precision=PREC)), 0.)
     kdx = tl.sum(dX * Kt, 1)
     dK += (beta * gam)[:, None] * dX
+    dG += beta * gam * kdx
+    # A = I + tril(diag(β) (K Kᵀ ⊙ D), −1)
     dbeta = gam * kdx + tl.sum(dA * KKD, 1)
     Fm = dA * beta[:, None] * Dm
     dK += tl.dot(Fm, Kt, input_precision=PREC) + tl.dot(tl.trans(Fm), Kt, input_precision=PREC)
-    # decay gradient per token (w.r.t. the chunk-local cumsum G), then dg = reverse cumsum
-    T1 = dP * P
+    _store_rows(DK, dK, cs, L, i_h, H, DK_, o_t, o_k)
     T2 = dA * beta[:, None] * KKD
-    cend = ratio * tl.sum(dKb * Kt, 1)
-    dG = (gam * tl.sum(dQa * Qt, 1) + tl.sum(T1, 1) - tl.sum(T1, 0) - cend + beta * gam * kdx
-          + tl.sum(T2, 1) - tl.sum(T2, 0))
-    dG_L = tl.sum(cend, 0) + tl.exp(G_last) * tl.sum(hdh, 0)
+    dG += tl.sum(T2, 1) - tl.sum(T2, 0)
+    o_nk = tl.arange(0, NKP)
+    hdh = tl.sum(tl.load(HDH + (o_nk * NT + i_c) * H + i_h, mask=o_nk < NK, other=0.), 0)
+    dG_L = tl.sum(cend, 0) + tl.exp(G_last) * hdh
     dG = tl.where(o_t == L - 1, dG + dG_L, dG)
     dG = tl.where(valid, dG, 0.)
     dg = tl.sum(dG, 0) - tl.cumsum(dG, 0) + dG
     if USE_G:
         graw = _load_scalars(Gin, cs, L, i_h, H, o_t)
         dg = tl.where(graw >= LOG_FLOOR, dg, 0.)
-    _store_rows(DQ, dQ, cs, L, i_h, H, DK_, o_t, o_k)
-    _store_rows(DK, dK, cs, L, i_h, H, DK_, o_t, o_k)
     tl.store(DB + (cs + o_t) * H + i_h, dbeta, mask=valid)
     if USE_G:
         tl.store(DG + (cs + o_t) * H + i_h, dg, mask=valid)

@@ -2,17 +2,19 @@
 
 Canonical recurrence per packed sequence n and head h, state S in R^{K x V} (fp32):
 
-    S_t = a_t S_{t-1} + k_t (v_t - b_t a_t S_{t-1}^T k_t)^T        (a_t = exp(g_t), b_t = beta_t)
-        = a_t (I - b_t k_t k_t^T) S_{t-1} + k_t v_t^T,               o_t = S_t^T q_t.
+    S_t = alpha_t S_{t-1} + k_t (v_t - beta_t alpha_t S_{t-1}^T k_t)^T,      alpha_t = exp(g_t)
+        = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + k_t v_t^T,                o_t = S_t^T q_t.
 
 (fla's delta rule is this with v_t = beta_t * v_fla,t.) Nothing is assumed about k (not
 normalised), beta (any real; [0, 2] gives transition eigenvalues in [-1, 1]) or g (any real;
-absent means a_t = 1).
+absent means alpha_t = 1).
 
 Layout: packed [T_total, H, D] contiguous tensors, sequences given by ``cu_seqlens`` (N + 1
 offsets, int32 or int64; length-0 sequences allowed: hT = h0 and dh0 = dhT for them). One program
-per (n * H + h, V-tile); the whole K extent is one register tile [BK, BV]. Since a_t's read-out
-S^T k only reduces over K, every V-tile evolves independently: V-tiling is exact for the state.
+per (n * H + h, V-tile); the whole K extent is one register tile [BK, BV]. The read-out S^T k
+only reduces over K, so every V-tile evolves independently: V-tiling is exact for the state.
+DK and DV are compile-time constants (one specialisation per head size: constant strides let the
+compiler vectorise the tile loads and keep the register count down).
 
 Forward (``delta_recurrent_fwd``), per token: a = S^T k [BV]; S <- alpha S + k (v - alpha beta a)^T;
 o = S^T q. Optionally stores a checkpoint of the state every C tokens of a sequence (before
@@ -36,14 +38,18 @@ after one checkpoint): the program reloads the segment's checkpoint, recomputes 
 forward (writing dq_t on the way) into a per-program scratch slab SCRATCH[n * H + h] of shape
 [C, K, V], then walks the segment backwards reading S_{t-1} from the slab.
 
-Cost (per head, T tokens, N sequences, 4-byte floats):
-* forward: one state update per token; checkpoints (T / C + N) * K * V * 4 bytes (the buffer is
-  allocated for the bound floor((T + N (C - 1)) / C) checkpoints, so no host sync is needed);
-* backward: two state updates per token (recompute + reverse step) plus one K x V store and one
-  K x V load per token through the scratch (L2-resident when C * K * V * 4 bytes per program is
-  small); scratch N * C * K * V * 4 bytes.
+Cost (per head, T tokens in N sequences, 4-byte floats):
+* forward: one state update per token (two K x V multiply-adds and a K-reduction, plus the
+  read-out); checkpoints (T / C + N) * K * V * 4 bytes, allocated for the bound
+  floor((T + N (C - 1)) / C) so that no host sync is needed (``save_for_backward=False``: none);
+* backward: the recompute (one state update) and the reverse step (about three K x V passes) per
+  token, plus one K x V store and one K x V load through the scratch slab (written and re-read
+  within C tokens, so mostly L2 traffic); scratch N * C * K * V * 4 bytes. No O(C) recomputation
+  per token;
 * K-side quantities (dq, dk, dbeta, dg) reduce over V, so with NV = cdiv(V, BV) V-tiles the
-  kernel writes per-tile partial sums ([NV, T, H, K] / [NV, T, H]) that the launcher sums in torch.
+  kernel writes per-tile partial sums ([NV, T, H, K] / [NV, T, H] fp32) that the launcher sums in
+  torch: NV times the memory of dq and dk (NV = 4 at K = V = 64 and 8 at K = V = 128 with the
+  default backward tile).
 """
 import dataclasses
 import os
@@ -52,14 +58,16 @@ import torch
 import triton
 import triton.language as tl
 
+from mixir.errors import InputError
 from mixir.lowering.launch import kernel
 
 _SUM = tl.standard._sum_combine    # tl.reduce(x, axis, _SUM): tl.sum is slow in the interpreter
 
 
 @kernel
-def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens, H, DK: tl.constexpr, DV: tl.constexpr,
-                        C: tl.constexpr, USE_G: tl.constexpr, USE_H0: tl.constexpr,
+def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens, H,
+                        DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
+                        USE_G: tl.constexpr, USE_H0: tl.constexpr,
                         STORE_O: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV))
@@ -75,9 +83,10 @@ def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens,
     m_v = o_v < DV
     m_kv = m_k[:, None] & m_v[None, :]
     o_kv = o_k[:, None] * DV + o_v[None, :]
+    o_state = (i_n * H + i_h).to(tl.int64) * DK * DV
     S = tl.full([BK, BV], 0., tl.float32)
     if USE_H0:
-        S += tl.load(H0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.).to(tl.float32)
+        S += tl.load(H0 + o_state + o_kv, mask=m_kv, other=0.).to(tl.float32)
     ck_base = 0
     if STORE_CKPT:
         ck_base = tl.load(CK_OFF + i_n).to(tl.int64)
@@ -98,15 +107,17 @@ def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens,
             S = alpha * S + k[:, None] * (v - alpha * beta * a)[None, :]
             if STORE_O:
                 q = tl.load(Q + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32)
-                tl.store(O + (t * H + i_h) * DV + o_v, tl.reduce(S * q[:, None], 0, _SUM), mask=m_v)
+                o = tl.reduce(S * q[:, None], 0, _SUM)
+                tl.store(O + (t * H + i_h) * DV + o_v, o, mask=m_v)
     if STORE_HT:
-        tl.store(HT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, S, mask=m_kv)
+        tl.store(HT + o_state + o_kv, S, mask=m_kv)
 
 
 @kernel
 def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
-                        DQ, DK_, DV_, DBETA, DG, DH0, cu_seqlens, T_total, H, DK: tl.constexpr, DV: tl.constexpr,
-                        C: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
+                        DQ, DK_, DV_, DBETA, DG, DH0, cu_seqlens, T_total, H,
+                        DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
+                        USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                         STORE_DH0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV)). DQ, DK_: [NV, T_total, H, DK] and DBETA, DG: [NV, T_total, H]
     # per-V-tile partial sums; DV_ [T_total, H, DV] is exact per tile. SCRATCH: [N * H, C, DK, DV].
@@ -127,9 +138,10 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
     scratch = SCRATCH + i_nh.to(tl.int64) * C * DK * DV
     ck_base = tl.load(CK_OFF + i_n).to(tl.int64)
 
+    o_state = (i_n * H + i_h).to(tl.int64) * DK * DV
     dS = tl.full([BK, BV], 0., tl.float32)
     if USE_DHT:
-        dS += tl.load(DHT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.).to(tl.float32)
+        dS += tl.load(DHT + o_state + o_kv, mask=m_kv, other=0.).to(tl.float32)
     n_seg = (eos - bos + C - 1) // C
     for jr in range(0, n_seg):
         j = n_seg - 1 - jr
@@ -149,7 +161,8 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
             a = tl.reduce(S * k[:, None], 0, _SUM)
             S = alpha * S + k[:, None] * (v - alpha * beta * a)[None, :]
             do = tl.load(DO + (t * H + i_h) * DV + o_v, mask=m_v, other=0.).to(tl.float32)
-            tl.store(DQ + part_k + (t * H + i_h) * DK + o_k, tl.reduce(S * do[None, :], 1, _SUM), mask=m_k)
+            dq = tl.reduce(S * do[None, :], 1, _SUM)                  # dq_t = S_t do_t
+            tl.store(DQ + part_k + (t * H + i_h) * DK + o_k, dq, mask=m_k)
         tl.debug_barrier()  # the slab was written by other threads of this program
         # walk the segment backwards
         for tr in range(s0, s1):
@@ -178,7 +191,7 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
             dS = alpha * (dS - beta * k[:, None] * b[None, :])
         tl.debug_barrier()  # the next segment overwrites the slab
     if STORE_DH0:
-        tl.store(DH0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, dS, mask=m_kv)
+        tl.store(DH0 + o_state + o_kv, dS, mask=m_kv)
 
 
 KERNELS = (delta_recurrent_fwd, delta_recurrent_bwd)
@@ -218,15 +231,16 @@ def default_config(K, V, dtype) -> dict:
     tokens between saved states, also the depth of the backward's scratch slab).
 
     The forward keeps one state tile of BK * BV <= 4096 fp32 live (32 per thread at 4 warps); the
-    backward keeps two (dS and S_{t-1}) plus temporaries, so its tile is halved (<= 2048). Checked
-    with ptxas for K = V = 64 and 128 (fp32 and bf16 inputs, sm_80 and sm_90): 96..128 registers
-    forward, 115..170 backward, no spills (tests/test_delta_recurrent_core.py). ``dtype`` does not
-    matter: inputs are converted to fp32 on load.
+    backward keeps two (dS and S_{t-1}) plus temporaries, so its tile is <= 1024 fp32 where BV = 16
+    allows (2048 at K = 128). A 2048 tile at K = 64 left ptxas spilling 40 bytes on sm_80 with bf16
+    inputs. Checked with ptxas for K = V = 64 and 128 (fp32 and bf16 inputs, sm_80 and sm_90), see
+    tests/test_delta_recurrent_core.py: no spills. ``dtype`` does not matter: inputs are converted
+    to fp32 on load.
     """
     del dtype
     BK = _tile(K, 1 << 30)
     BV = _tile(V, max(16, min(64, 4096 // BK)))
-    bwd_BV = _tile(V, max(16, min(64, 2048 // BK)))
+    bwd_BV = _tile(V, max(16, min(64, 1024 // BK)))
     return {"BK": BK, "BV": BV, "bwd_BV": bwd_BV, "num_warps": 4 if BK * BV >= 2048 else 2,
             "num_stages": 1, "checkpoint_every": 16}
 
@@ -252,31 +266,31 @@ def _packed(x):
 
 def _check(q, k, v, beta, g, h0, cu_seqlens):
     if q.dim() != 4 or q.shape[0] != 1:
-        raise ValueError(f"q must be [1, T, H, K] (packed), got {tuple(q.shape)}")
+        raise InputError(f"q must be [1, T, H, K] (packed), got {tuple(q.shape)}")
     _, T, H, K = q.shape
     if k.shape != q.shape:
-        raise ValueError(f"k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
+        raise InputError(f"k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
     if v.dim() != 4 or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"v must be [1, {T}, {H}, V], got {tuple(v.shape)}")
+        raise InputError(f"v must be [1, {T}, {H}, V], got {tuple(v.shape)}")
     if q.dtype not in _FLOAT_INPUTS or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"q, k, v must share one of {_FLOAT_INPUTS}, got "
+        raise InputError(f"q, k, v must share one of {_FLOAT_INPUTS}, got "
                          f"{q.dtype}, {k.dtype}, {v.dtype}")
     for name, x in (("beta", beta), ("g", g)):
         if x is not None and (tuple(x.shape) != (1, T, H) or not x.is_floating_point()):
-            raise ValueError(f"{name} must be a float tensor [1, {T}, {H}], got "
+            raise InputError(f"{name} must be a float tensor [1, {T}, {H}], got "
                              f"{tuple(x.shape)} {x.dtype}")
     if beta is None:
-        raise ValueError("beta is required")
+        raise InputError("beta is required")
     if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
             or cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise ValueError("cu_seqlens must be an int32/int64 tensor [N + 1]")
+        raise InputError("cu_seqlens must be an int32/int64 tensor [N + 1]")
     if cu_seqlens.device.type == "cpu":      # checked where it costs no device sync
         c = cu_seqlens.to(torch.int64)
         if int(c[0]) != 0 or int(c[-1]) != T or bool((c[1:] < c[:-1]).any()):
-            raise ValueError(f"cu_seqlens must rise from 0 to T = {T}, got {c.tolist()}")
+            raise InputError(f"cu_seqlens must rise from 0 to T = {T}, got {c.tolist()}")
     N, V = cu_seqlens.numel() - 1, v.shape[-1]
     if h0 is not None and tuple(h0.shape) != (N, H, K, V):
-        raise ValueError(f"h0 must be [{N}, {H}, {K}, {V}], got {tuple(h0.shape)}")
+        raise InputError(f"h0 must be [{N}, {H}, {K}, {V}], got {tuple(h0.shape)}")
     return T, H, K, V, N
 
 
@@ -291,7 +305,7 @@ def _config(K, V, dtype, config):
     BV, bwd_BV = _tile(V, cfg["BV"]), _tile(V, cfg["bwd_BV"])
     C = int(cfg["checkpoint_every"])
     if C < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {C}")
+        raise InputError(f"checkpoint_every must be >= 1, got {C}")
     return cfg, BK, BV, bwd_BV, C
 
 
@@ -335,13 +349,14 @@ def delta_recurrent_forward(q, k, v, beta, g, h0, cu_seqlens, config=None,
 def delta_recurrent_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, saved, config=None):
     """do [1, T, H, V] (any float dtype); dhT [N, H, K, V] or None; ``saved`` from the forward (or
     None: the checkpoints are recomputed). Returns fp32 (dq, dk, dv, dbeta, dg, dh0), dg None
-    without g and dh0 None without h0. The checkpoint interval is the one ``saved`` was made with."""
+    without g and dh0 None without h0. The checkpoint interval is the one ``saved`` was made
+    with."""
     T, H, K, V, N = _check(q, k, v, beta, g, h0, cu_seqlens)
     cfg, BK, fwd_BV, BV, C = _config(K, V, q.dtype, config)
     if dhT is not None and tuple(dhT.shape) != (N, H, K, V):
-        raise ValueError(f"dhT must be [{N}, {H}, {K}, {V}], got {tuple(dhT.shape)}")
+        raise InputError(f"dhT must be [{N}, {H}, {K}, {V}], got {tuple(dhT.shape)}")
     if tuple(do.shape) != (1, T, H, V):
-        raise ValueError(f"do must be [1, {T}, {H}, {V}], got {tuple(do.shape)}")
+        raise InputError(f"do must be [1, {T}, {H}, {V}], got {tuple(do.shape)}")
     device = q.device
     qp, kp, vp, bp, gp = _packed(q), _packed(k), _packed(v), _packed(beta), _packed(g)
     h0, dhT, cu = _state(h0), _state(dhT), cu_seqlens.contiguous()

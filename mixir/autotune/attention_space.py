@@ -1,0 +1,342 @@
+"""The tuning space of block-sparse softmax attention (``mixir.attention``): parameters
+``BM`` x ``BN`` (query x key tile of the block mask), ``num_warps``, ``num_stages``; one config
+drives the three kernels (forward, dQ, dK/dV), so the resource constraints hold for the maximum
+over them and the cost is the sum of one training step (forward + backward).
+
+Resource formulas (sympy, shape symbols of ``spaces.py``: B, T, H; K = head dim D, PK = padded D
+= max(16, next_pow2(D)); db bytes per input element; ob bytes per dot operand: 4 for fp32 inputs
+("ieee" fp32 dots), else 2). Self-attention (Tq = Tkv = T); ``NM = ceil(T/BM)``, ``NN =
+ceil(T/BN)`` tile rows / columns; ``RHO`` the fraction of tiles the mask makes the kernels visit
+(``tile_profile``: 1 for a dense mask, ~1/2 for causal, per (BM, BN) for a given mask):
+
+* shared memory per CTA: ``num_stages`` x (the two streamed operand tiles of the loop) + the
+  resident tiles, e.g. the forward ``(S * (BN*PK K-tile + BN*PK V-tile) + BM*PK Q-tile) * ob``;
+* registers per thread: ``ceil(live / (32 * min(num_warps, WARP_CAP))) + REG_OVERHEAD`` with ``live`` the
+  32-bit values of the CTA's register tiles: fp32 accumulators (BM x PK), score tiles
+  (BM x BN, several live in the backward), the resident operand tiles (ob / 4 registers per
+  element) and, for fp32 "ieee" dots (CUDA-core FMA, operands in registers), the streamed K/V
+  (Q/dO) tiles. Fitted as an upper bound to ptxas on sm_80 and sm_90 (docs/attention.md); for
+  16-bit inputs more than 4 warps is not counted as relieving registers (WARP_CAP 4: the MMA
+  kernels mostly do not get cheaper per thread with 8 warps on sm_80), for fp32 every warp is
+  (WARP_CAP 16), and fp32 runs with 8 warps (``FP32_WARPS``) and >= 2 stages (measured AOT
+  exclusions, like the gated-linear spaces' AOT feedback);
+* FLOPs only over visited tiles: ``RHO * NM * NN`` tiles per (batch, head), 4 (forward),
+  6 (dQ), 8 (dK/dV) x BM*BN*D per tile, plus ``_SMEM_OPS`` FLOP-equivalents per byte of dot
+  operands read from shared memory ((BM + BN) x PK x ob per dot: small tiles are bound by
+  shared memory bandwidth, not by the tensor cores);
+* HBM bytes: Q/O (forward), Q/dO/dQ (dQ), K/V/dK/dV (dK/dV) once, plus the streamed operands
+  (K/V, or Q/dO and the row statistics) once per (batch, head) times RHO: the query-tile programs
+  of one (batch, head) run together and re-read the same K/V tiles from L2, not from HBM;
+* fp32 (CUDA-core) FLOPs: the softmax (~8 per score) and the rescaling of the accumulator by the
+  running maximum (2 per accumulator element per tile: small BN costs more).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+
+import sympy as sp
+
+from ..errors import TuningError
+from . import cost, hardware, spaces
+from .spaces import B, Constraint, H, K, KernelModel, PK, S, Shape, Space, T, W, db, ob
+
+BM, BN = sp.symbols("BM BN", integer=True, positive=True)
+NM = sp.ceiling(T / BM)
+NN = sp.ceiling(T / BN)
+
+#: fixed registers per thread (addresses, loop counters, row statistics, mask code)
+REG_OVERHEAD = 48
+#: the GPU whose model-best config a recording (no GPU: AOT builds) and the CPU-less fallback use:
+#: sm_80, the smaller shared memory of the two AOT targets
+REFERENCE_GPU = hardware.get("A100-80GB")
+STRATEGY = "attention"
+# per serial tile step of a program (one BM x BN x D step of the online softmax); the cost model
+# looks it up by the space's strategy
+cost.STEP_LATENCY_S.setdefault(STRATEGY, 0.1e-6)
+
+
+# warps that relieve registers: 4 for 16-bit inputs (the MMA kernels do not get cheaper per
+# thread with 8 warps on sm_80, measured), all of them for fp32 (the FMA dots spread their
+# operand tiles over the threads: fp32 D=256 16x16 needs 255+ registers with 4 warps, 108 with 8)
+_WARP_CAP = 4 + 12 * sp.floor(ob / 4)
+#: fp32 inputs run with exactly this many warps (measured on sm_80: with 4 warps the fp32 dK/dV
+#: kernel spills even at 80-130 registers per thread, e.g. D=64 with 32x16 tiles; with 16 it is
+#: held to 64 registers and spills)
+FP32_WARPS = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionKernel(KernelModel):
+    """A ``KernelModel`` whose ``live_fp32`` counts 32-bit registers of the CTA (not fp32 tile
+    elements): regs = ceil(live / (32 * min(num_warps, WARP_CAP))) + REG_OVERHEAD, WARP_CAP 4
+    for 16-bit inputs and 16 for fp32."""
+
+    @functools.cached_property
+    def regs(self):
+        return sp.ceiling(self.live_fp32 / (32 * sp.Min(W, _WARP_CAP))) + REG_OVERHEAD
+
+
+# fp32 "ieee" dots run as FMA on the CUDA cores with both operands in registers: the streamed
+# tiles count in full (1 for fp32 inputs, 0 for 16-bit inputs, whose MMA operands stream from
+# shared memory)
+_FMA = sp.floor(ob / 4)
+# registers per element of the resident (BM or BN) x PK tiles: the fp32 accumulators, the
+# resident operand tiles (ob / 4 per element) and their pipelined copies; fitted to ptxas (an
+# upper bound of the measured 16-bit points; docs/attention.md)
+_RES_FWD = 3 + ob / 2          # o accumulator, q tile
+_RES_DQ = 2 + ob / 2           # dq accumulator, q and dO tiles
+_RES_DKDV = 3 + ob / 2         # dk, dv accumulators, k and v tiles
+_SCORE_FWD, _SCORE_BWD = 2, 5  # live BM x BN fp32 score tiles: s, p (forward); s, p, dp, ds, +1
+# an FMA dot of a BM x BN x PK tile: each thread holds its rows of A and columns of B in the dot
+# operand layout; modelled as BM*BN*PK/4 per CTA (fitted: fp32 64x64 tiles at D=64 spill with 8
+# warps, 16x16 tiles at D=256 do not)
+_DOT_FMA = BM * BN * PK / 4
+# FLOP-equivalents per byte of dot operands read from shared memory (tensor peak / shared-memory
+# bandwidth: ~30 on H100, ~16 on A100): a BM x BN x D tile dot reads (BM + BN) x D operands for
+# 2 BM BN D FLOPs, so small tiles are bound by shared memory, not by the tensor cores
+_SMEM_OPS = 24
+
+
+def _kernels(rho):
+    tiles = rho * NM * NN                                # visited tiles per (batch, head)
+    fwd = AttentionKernel(
+        "attn_fwd",
+        grid=B * H * NM,
+        smem=(S * 2 * BN * PK + BM * PK) * ob,
+        live_fp32=_RES_FWD * BM * PK + _SCORE_FWD * BM * BN + _FMA * (2 * BN * PK + _DOT_FMA),
+        bytes_moved=B * H * (2 * T * K * db + 4 * T + rho * 2 * T * K * db),
+        tc_flops=B * H * tiles * (4 * BM * BN * K + 2 * _SMEM_OPS * (BM + BN) * PK * ob),
+        fp32_flops=B * H * tiles * (8 * BM * BN + 2 * BM * PK),
+        serial_steps=rho * NN)
+    dq = AttentionKernel(
+        "attn_bwd_dq",
+        grid=B * H * NM,
+        smem=(S * 2 * BN * PK + 2 * BM * PK) * ob,
+        live_fp32=_RES_DQ * BM * PK + _SCORE_BWD * BM * BN + _FMA * (2 * BN * PK + _DOT_FMA),
+        bytes_moved=B * H * (T * K * (2 * db + 4) + 8 * T + rho * 2 * T * K * db),
+        tc_flops=B * H * tiles * (6 * BM * BN * K + 3 * _SMEM_OPS * (BM + BN) * PK * ob),
+        fp32_flops=6 * B * H * tiles * BM * BN,
+        serial_steps=rho * NN)
+    dkdv = AttentionKernel(
+        "attn_bwd_dkdv",
+        grid=B * H * NN,
+        smem=(S * 2 * BM * PK + 2 * BN * PK) * ob,
+        live_fp32=_RES_DKDV * BN * PK + _SCORE_BWD * BM * BN + _FMA * (2 * BM * PK + _DOT_FMA),
+        bytes_moved=B * H * (T * K * (2 * db + 8) + rho * T * (2 * K * db + 8)),
+        tc_flops=B * H * tiles * (8 * BM * BN * K + 4 * _SMEM_OPS * (BM + BN) * PK * ob),
+        fp32_flops=6 * B * H * tiles * BM * BN,
+        serial_steps=rho * NM)
+    return fwd, dq, dkdv
+
+
+def _extra(shape, gpu):
+    pt = max(16, spaces.pow2(shape.T))
+    cs = [Constraint("bm_le_padded_t", BM, "le", sp.Integer(pt), f"BM <= padded T = {pt}"),
+          Constraint("bn_le_padded_t", BN, "le", sp.Integer(pt), f"BN <= padded T = {pt}")]
+    if shape.dtype == "fp32":
+        cs += [Constraint("fp32_warps_ge", W, "ge", sp.Integer(FP32_WARPS),
+                          f"fp32 'ieee' dots: num_warps = {FP32_WARPS} (with 4 the dK/dV kernel "
+                          f"spills on sm_80, measured)"),
+               Constraint("fp32_warps_le", W, "le", sp.Integer(FP32_WARPS),
+                          f"fp32 'ieee' dots: num_warps = {FP32_WARPS} (with 16 ptxas caps the "
+                          f"dK/dV kernel at 64 registers on sm_80 and spills, measured)"),
+               Constraint("fp32_stages_ge", S, "ge", sp.Integer(2),
+                          "fp32 'ieee' dots: num_stages >= 2 (with 1, ptxas spills 16-48 B in the "
+                          "dK/dV kernel at 48-80 registers, measured for D=64 on sm_80 and sm_90)")]
+    return cs
+
+
+def to_config(values: dict, shape=None) -> dict:
+    return {k: int(values[k]) for k in ("BM", "BN", "num_warps", "num_stages")}
+
+
+PARAMS = {BM: (16, 32, 64, 128), BN: (16, 32, 64, 128), W: (4, 8, 16), S: (1, 2, 3, 4)}
+
+
+def _rho_expr(profile):
+    """RHO as a sympy expression of BM, BN: 1 (dense) or a Piecewise over the profiled tiles."""
+    if not profile:
+        return sp.Integer(1)
+    pieces = [(sp.Rational(int(round(f * 10**6)), 10**6), sp.And(sp.Eq(BM, bm), sp.Eq(BN, bn)))
+              for (bm, bn), f in sorted(profile.items())]
+    return sp.Piecewise(*pieces, (sp.Integer(1), True))
+
+
+def make_space(profile: dict | None = None) -> Space:
+    """The attention space; ``profile`` {(BM, BN): visited fraction} (``tile_profile``) makes the
+    cost the mask's (None: dense). Each profile is its own space (name ``attention:<digest>``)."""
+    name = "attention"
+    if profile:
+        text = ";".join(f"{a},{b}:{f:.6f}" for (a, b), f in sorted(profile.items()))
+        name += ":" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return Space(name=name, strategy=STRATEGY, params=dict(PARAMS), kernels=_kernels(_rho_expr(profile)),
+                 dot_dims=(BM, BN, PK), arange_dims=(BM, BN, PK), extra=_extra, to_config=to_config)
+
+
+ATTENTION = make_space()
+
+
+def shape(B_: int, T_: int, H_: int, D: int, dtype: str) -> Shape:
+    """The ``spaces.Shape`` of attention (K = V = head dim; 16-bit dots take 16-bit operands)."""
+    return Shape(int(B_), int(T_), int(H_), int(D), int(D), dtype, fp32_dots=False)
+
+
+def resources(space: Space, shape_: Shape, values: dict) -> dict:
+    return spaces.resources(space, shape_, values)
+
+
+# ---- the mask's tile profile ------------------------------------------------------------------
+def tile_profile(mask, B_: int, H_: int, T_: int, data=None, tiles=(16, 32, 64, 128)) -> dict:
+    """{(BM, BN): fraction of tiles visited} for every tile shape of the space: the mask is
+    classified once at 16 x 16 (``block_mask.classify_tiles``) and a BM x BN tile is visited iff
+    one of its 16 x 16 sub-tiles is (max-pooling)."""
+    import torch
+
+    from ..attention.block_mask import EMPTY, classify_tiles
+    vis = (classify_tiles(mask, B_, H_, T_, T_, 16, 16, data) != EMPTY).float()
+    out = {}
+    for bm in tiles:
+        for bn in tiles:
+            pooled = torch.nn.functional.max_pool2d(vis, (bm // 16, bn // 16), ceil_mode=True)
+            out[(bm, bn)] = float(pooled.mean())
+    return out
+
+
+# ---- feasibility, explanation, default config ------------------------------------------------
+def _fix(constraints, fixed):
+    """Constraints pinning parameters (``fixed`` {"BM": 64, ...}) to values."""
+    syms = {str(s): s for s in PARAMS}
+    out = list(constraints)
+    for k, v in (fixed or {}).items():
+        out += [Constraint(f"fixed_{k}_le", syms[k], "le", sp.Integer(v), f"{k} = {v} (given)"),
+                Constraint(f"fixed_{k}_ge", syms[k], "ge", sp.Integer(v), f"{k} = {v} (given)")]
+    return out
+
+
+def _what(shape_, gpu):
+    return (f"attention with head dim D={shape_.K} in {shape_.dtype} (B={shape_.B}, T={shape_.T}, "
+            f"H={shape_.H}) on {gpu.name}")
+
+
+def explain(space: Space, shape_: Shape, gpu, constraints) -> str:
+    """Why nothing is feasible, naming the binding constraint(s) with the smallest value any
+    config reaches (pure Python over the small space; the CP-SAT explanation of ``solver`` gives
+    the same answer when ortools is installed)."""
+    from .solver import _message
+    checks = [(c, spaces._checker(c, space, shape_)) for c in constraints]
+    doms = space.domains(shape_)
+    combos = [dict(zip([str(p) for p in doms], v)) for v in _product(doms)]
+    names = [str(p) for p in space.params]
+    vals = [tuple(c[n] for n in names) for c in combos]
+    what = _what(shape_, gpu)
+    binding = []
+    for c, _ in checks:
+        if c.kind not in ("le", "ge"):
+            continue
+        rest = [ch for d, ch in checks if d is not c]
+        ok = [(cfg, v) for cfg, v in zip(combos, vals) if all(ch(v) for ch in rest)]
+        if ok:
+            lhs = [_ev(c.lhs, space, shape_, cfg) for cfg, _ in ok]
+            rv = _ev(c.rhs, space, shape_, ok[0][0])
+            binding.append(_message(c, what, gpu, min(lhs) if c.kind == "le" else max(lhs), rv))
+    if not binding:   # several bind at once: each resource no structurally valid config meets
+        from .solver import RESOURCE_CONSTRAINTS
+        structural = [ch for c, ch in checks if c.name not in RESOURCE_CONSTRAINTS]
+        ok = [cfg for cfg, v in zip(combos, vals) if all(ch(v) for ch in structural)]
+        for c, _ in checks:
+            if c.name in RESOURCE_CONSTRAINTS and c.kind == "le" and ok:
+                lv = min(_ev(c.lhs, space, shape_, cfg) for cfg in ok)
+                rv = _ev(c.rhs, space, shape_, ok[0])
+                if lv > rv:
+                    binding.append(_message(c, what, gpu, lv, rv))
+    if binding:
+        return "no feasible config: " + "; and ".join(binding)
+    return (f"no feasible config for {what}: several constraints bind at once "
+            f"({', '.join(c.name for c in constraints)})")
+
+
+def _ev(expr, space, shape_, cfg) -> int:
+    return int(round(spaces.evaluate(sp.sympify(expr), space, shape_, cfg)))
+
+
+def _product(doms):
+    import itertools
+    return itertools.product(*doms.values())
+
+
+def feasible(space: Space, shape_: Shape, gpu, fixed=None) -> list:
+    """Every feasible config (dicts of parameter values); ``TuningError`` naming the binding
+    constraint when there is none."""
+    cs = _fix(space.constraints(shape_, gpu), fixed)
+    out = spaces.feasible_bruteforce(space, shape_, gpu, constraints=cs)
+    if not out:
+        raise TuningError(explain(space, shape_, gpu, cs))
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _best(gpu_name, dtype, D, BH, T_, fixed):
+    gpu = hardware.get(gpu_name)
+    shp = shape(1, T_, BH, D, dtype)
+    try:
+        feas = feasible(ATTENTION, shp, gpu, dict(fixed))
+    except TuningError as e:
+        if not fixed:
+            raise
+        return _least_bad(gpu, shp, dict(fixed), e)
+    return to_config(cost.rank(ATTENTION, shp, gpu, feas)[0][0])
+
+
+def _least_bad(gpu, shp, fixed, err):
+    """Tiles given by the caller (``block_size``, a prebuilt block mask) that no config makes
+    feasible: the config with those tiles violating the fewest constraints (most warps, fewest
+    stages), with a warning - unless it cannot launch (shared memory), then ``err``."""
+    import warnings
+    cands = [c for c in spaces.all_configs(ATTENTION, shp) if all(c[k] == v for k, v in fixed.items())]
+    scored = sorted(cands, key=lambda c: (len(spaces.violated(ATTENTION, shp, gpu, c)),
+                                          -c["num_warps"], c["num_stages"]))
+    if not scored:
+        raise err
+    best = scored[0]
+    bad = spaces.violated(ATTENTION, shp, gpu, best)
+    if any(c.name == "shared_memory" for c in bad):
+        raise err
+    warnings.warn(f"mixir attention: tiles {fixed} are predicted to spill for D={shp.K} {shp.dtype} "
+                  f"on {gpu.name} ({'; '.join(c.what for c in bad)}); using {to_config(best)}")
+    return to_config(best)
+
+
+def default_config(gpu=None, dtype="bf16", D=64, *, B=8, T=4096, H=16, fixed=None) -> dict:
+    """The cost model's best feasible config (dense profile) for ``gpu`` (default
+    ``REFERENCE_GPU``); T and B*H are bucketed to powers of two. ``fixed`` pins BM / BN.
+    ``TuningError`` naming the binding constraint when nothing fits (e.g. shared memory)."""
+    from .db import bucket
+    gpu = REFERENCE_GPU if gpu is None else hardware.get(gpu)
+    return dict(_best(gpu.name, dtype, int(D), bucket(int(B) * int(H)), bucket(int(T)),
+                      tuple(sorted((fixed or {}).items()))))
+
+
+def model_best(gpu, dtype, D, B, T, H, fixed=None) -> dict | None:
+    """``default_config`` or None when nothing is feasible."""
+    try:
+        return default_config(gpu, dtype, D, B=B, T=T, H=H, fixed=fixed)
+    except TuningError:
+        return None
+
+
+def formulas_markdown(D_name="D") -> str:
+    """The formulas of the space as markdown (docs/attention.md)."""
+    out = []
+    for k in ATTENTION.kernels:
+        out.append(f"**{k.name}**\n\n| quantity | formula |\n|---|---|")
+        for name, e in spaces.formulas(ATTENTION)[k.name].items():
+            if name != "launches per step":
+                out.append(f"| {name} | `{sp.sstr(sp.sympify(e))}` |")
+        out.append("")
+    return "\n".join(out)
+
+
+__all__ = ["ATTENTION", "make_space", "shape", "tile_profile", "feasible", "explain",
+           "default_config", "model_best", "to_config", "resources", "REFERENCE_GPU", "STRATEGY"]

@@ -1,0 +1,393 @@
+"""The compiled LTI mixer: the system from the parameters, then convolution or recurrence.
+
+A call goes: bind and validate the arguments (``InputError`` before any kernel) → evaluate the
+plan's parameter-only IR trees per head (torch, differentiable) into the complex system
+
+    Λ [H, N], B̄ [H, N], U, V [H, r, N], c [H, N], D' [H]      (half basis, see lti_analysis)
+
+→ one of two strategies, both exact for the declared recurrence:
+
+- ``conv``: the kernel ``K_0 = D'``, ``K_l = c̃ Ā^{l−1} B̄̃`` (full conjugate-symmetric basis, real)
+  by the Vandermonde kernel (r = 0: ``K_l = 2 Re Σ_n c_n B̄_n λ_n^{l−1}``) or by the Cauchy kernel
+  at the roots of unity with the Woodbury identity (r > 0), then ``y = K * u`` by real FFTs of
+  length 2T. An initial state adds ``c Ā^t x_0`` (the same kernel generation with x_0 in place of
+  B̄, per sequence); the final state is ``λ^T x_0 + B̄ Σ_j λ^j u_{T−1−j}`` (the Vandermonde
+  reduction) for r = 0, and the recurrence for r > 0.
+- ``recurrent``: token by token, ``y_t = 2 Re(c·z_{t−1}) + D' u_t``,
+  ``z_t = Λ z_{t−1} + Σ_k U_k · 2 Re(V_k·z_{t−1}) + B̄ u_t`` (decoding, and any T).
+
+Autograd flows through everything: the Triton kernels have their backward kernels
+(``lti_kernels``), the rest is torch. Compute is fp32 (complex64) for fp32/bf16/fp16 inputs and
+fp64 for fp64 inputs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..dsl import ir
+from ..dsl.signature import bind
+from ..errors import InputError
+from . import lti_kernels
+from .lti_analysis import LTIPlan
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+RECURRENT_MAX_T = 16          # default rule: short sequences (decoding) run the recurrence
+
+
+# --------------------------------------------------------------------------- parameter trees
+
+def _align(x, dims, target):
+    """``x`` [H|1, *dims] → [H|1, *target] (transposed, size-1 where broadcast)."""
+    order = [d for d in target if d in dims]
+    if order != list(dims):
+        x = x.permute(0, *[1 + dims.index(d) for d in order])
+    shape = list(x.shape[:1])
+    it = iter(x.shape[1:])
+    for d in target:
+        shape.append(next(it) if d in dims else 1)
+    return x.reshape(shape)
+
+
+_UNARY = {"neg": torch.neg, "exp": torch.exp, "log": torch.log, "sigmoid": torch.sigmoid,
+          "softplus": torch.nn.functional.softplus, "tanh": torch.tanh, "sqrt": torch.sqrt,
+          "rsqrt": torch.rsqrt, "abs": torch.abs, "recip": torch.reciprocal, "cos": torch.cos,
+          "sin": torch.sin, "silu": torch.nn.functional.silu,
+          "logsigmoid": torch.nn.functional.logsigmoid}
+_BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
+           "max": torch.maximum, "min": torch.minimum, "pow": torch.pow}
+_CMP = {"lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne}
+
+
+def eval_param_trees(roots, env: dict, H: int, sizes: dict, dtype, device):
+    """Evaluate parameter-only IR trees per head: each result is ``[H, *root.dims]`` (expanded).
+    ``env`` maps leaf nodes (params, scalars) to tensors ``[H, *dims]`` or floats."""
+    memo: dict = {}
+    for root in roots:
+        for n in ir.toposort(root):
+            if n in memo:
+                continue
+            memo[n] = _eval_node(n, memo, env, H, sizes, dtype, device)
+    return [memo[r].expand((H,) + tuple(sizes[d] for d in r.dims)) for r in roots]
+
+
+def _eval_node(n, memo, env, H, sizes, dtype, device):
+    op = n.op
+    if op == "const":
+        return torch.full((1,) + tuple(sizes[d] for d in n.dims), n.arg, dtype=dtype, device=device)
+    if op == "head":
+        return torch.arange(H, dtype=dtype, device=device)
+    if op == "delta":
+        a, b = (sizes[d] for d in n.dims)
+        return torch.eye(a, b, dtype=dtype, device=device)[None]
+    if op in ("param", "scalar"):
+        v = env[n]
+        if not isinstance(v, torch.Tensor):
+            return torch.full((1,) * (1 + len(n.dims)), float(v), dtype=dtype, device=device)
+        return v.to(dtype)
+    if op == "input" or op == "state":
+        raise AssertionError(f"a parameter tree reads {op} {n.arg!r}")
+    if op in ("sum", "amax"):
+        x = memo[n.src[0]]
+        full = x.expand((x.shape[0],) + tuple(sizes[d] for d in n.src[0].dims))
+        axes = tuple(1 + n.src[0].dims.index(d) for d in n.arg)
+        return full.sum(axes) if op == "sum" else full.amax(axes)
+    src = [_align(memo[s], s.dims, n.dims) for s in n.src]
+    if op in _UNARY:
+        return _UNARY[op](src[0])
+    if op in _BINARY:
+        return _BINARY[op](src[0], src[1])
+    if op in _CMP:
+        return _CMP[op](src[0], src[1]).to(dtype)
+    if op == "and":
+        return ((src[0] != 0) & (src[1] != 0)).to(dtype)
+    if op == "or":
+        return ((src[0] != 0) | (src[1] != 0)).to(dtype)
+    if op == "where":
+        return torch.where(src[0] != 0, src[1], src[2])
+    raise AssertionError(op)
+
+
+# --------------------------------------------------------------------------- the system
+
+class System:
+    """The complex half-basis system of one call (every tensor per head, differentiable)."""
+
+    def __init__(self, lam, beta, U, V, c, feed):
+        self.lam, self.beta, self.U, self.V, self.c, self.feed = lam, beta, U, V, c, feed
+
+    @property
+    def rank(self):
+        return self.U.shape[1]
+
+    def full_transition(self):
+        """Ā in the full (z, z̄) basis: [H, 2N, 2N] (materialised: O(N²) per head)."""
+        lam = torch.cat([self.lam, self.lam.conj()], -1)
+        A = torch.diag_embed(lam)
+        if self.rank:
+            Uf = torch.cat([self.U, self.U.conj()], -1)
+            Vf = torch.cat([self.V, self.V.conj()], -1)
+            A = A + torch.einsum("hkn,hkm->hnm", Uf, Vf)
+        return A
+
+
+def _full(x):
+    return torch.cat([x, x.conj()], -1)
+
+
+def kernel_powers(system: System, b, M: int, groups: int = 1):
+    """``k[r, m] = c_full Ā^m b_full`` for m < M (real), rows r = g·H + h; ``b`` [G·H, N] complex."""
+    H, N = system.lam.shape
+    R = b.shape[0]
+    rdtype = system.lam.real.dtype
+    if M == 0:
+        return torch.zeros((R, 0), dtype=rdtype, device=b.device)
+    rep = lambda x: x.repeat((groups,) + (1,) * (x.dim() - 1))      # noqa: E731
+    if system.rank == 0:
+        lam = rep(system.lam)
+        v = 2 * rep(system.c) * b
+        return lti_kernels.vandermonde(torch.log(lam.abs()).clamp(min=-1e4), torch.angle(lam),
+                                       v.real, v.imag, M)
+    # Cauchy + Woodbury at the M-th roots of unity: Σ_m k_m ω^m = c̃ (I − ωĀ)^{-1} b,
+    # c̃ = c (I − Ā^M) (ω^M = 1); R(ω) = (I − ωΛ)^{-1} = z/(z − Λ), z = 1/ω
+    A = system.full_transition()
+    cf = _full(system.c)
+    ct = cf - torch.einsum("hn,hnm->hm", cf, torch.linalg.matrix_power(A, M))
+    Uf, Vf, poles = _full(system.U), _full(system.V), _full(system.lam)            # [H, r, 2N]
+    j = torch.arange(M, device=b.device, dtype=rdtype)
+    z = torch.polar(torch.ones_like(j), 2 * math.pi * j / M)                        # [M]
+    r_ = system.rank
+    # per head: c̃ R Ũ_k, Ṽ_k R Ũ_k'
+    a_vecs = torch.cat([ct[:, None], Vf], 1)                                        # [H, 1+r, 2N]
+    num_h = (a_vecs[:, :, None, :] * Uf[:, None, :, :]).reshape(H, (1 + r_) * r_, -1)
+    kh = lti_kernels.cauchy(num_h, poles, z).reshape(H, 1 + r_, r_, M) * z          # [H, 1+r, r, M]
+    # per row: c̃ R b, Ṽ_k R b
+    bf = _full(b)
+    num_b = rep(a_vecs) * bf[:, None, :]                                            # [R, 1+r, 2N]
+    kb = lti_kernels.cauchy(num_b, rep(poles), z) * z                               # [R, 1+r, M]
+    kh = rep(kh)
+    k00, k10 = kb[:, 0], kb[:, 1:]                                                  # [R, M], [R, r, M]
+    k01, k11 = kh[:, 0], kh[:, 1:]                                                  # [R, r, M], [R, r, r, M]
+    cap = z[:, None, None] * torch.eye(r_, dtype=z.dtype, device=z.device) - k11.permute(0, 3, 1, 2)
+    sol = torch.linalg.solve(cap, k10.permute(0, 2, 1)[..., None])[..., 0]          # [R, M, r]
+    khat = k00 + (k01.permute(0, 2, 1) * sol).sum(-1)
+    return torch.fft.ifft(khat, dim=-1).real
+
+
+def kernel_materialised(system: System, b, M: int, groups: int = 1):
+    """The naive kernel ``c_full Ā^m b_full`` by powers of the dense Ā: O(N·M) memory (tests,
+    benchmarks)."""
+    A = system.full_transition()
+    rep = lambda x: x.repeat((groups,) + (1,) * (x.dim() - 1))      # noqa: E731
+    A, cf, x = rep(A), rep(_full(system.c)), _full(b)
+    out = []
+    for _ in range(M):
+        out.append((cf * x).sum(-1).real)
+        x = torch.einsum("rnm,rm->rn", A, x)
+    return torch.stack(out, -1) if out else torch.zeros((b.shape[0], 0), dtype=A.real.dtype)
+
+
+def fft_conv(u, K):
+    """Causal convolution ``y[.., t] = Σ_{s≤t} K[.., t−s] u[.., s]`` by real FFTs of length 2T."""
+    T = u.shape[-1]
+    n = 2 * T
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :T]
+
+
+# --------------------------------------------------------------------------- the compiled mixer
+
+class CompiledLTIMixer:
+    """An LTI mixer compiled for torch tensors: ``strategies = ("conv", "recurrent")``."""
+
+    def __init__(self, mixer, plan: LTIPlan, strategy: str | None = None, config: dict | None = None):
+        self.mixer = mixer
+        self.plan = plan
+        self.strategies = plan.strategies
+        if strategy is not None and strategy not in self.strategies:
+            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        self.strategy = strategy
+        self.config = dict(config or {})
+        self.__name__ = mixer.name
+        p = plan
+        self._roots = [p.lam_re, p.lam_im, p.beta_re, p.beta_im, p.feed]
+        for t in p.lowrank:
+            self._roots += [t.u_re, t.u_im, t.weight]
+        for r in p.readout:
+            self._roots += [r.coef, r.weight]
+        self._lam_args = sorted({n.arg for n in ir.toposort(p.lam_re) + ir.toposort(p.lam_im)
+                                 if n.op in ("param", "scalar")})
+
+    def __repr__(self):
+        return f"<mixir.CompiledLTIMixer {self.mixer.name} ({self.plan.transition})>"
+
+    def source_files(self):
+        return [lti_kernels.__file__]
+
+    # ---- the system of one call -------------------------------------------------------------
+    def system(self, params: dict, H: int, sizes: dict, scalars: dict, rdtype, device) -> System:
+        p, m = self.plan, self.mixer
+        env = {}
+        for spec in m.inputs:
+            if spec.kind == "param":
+                env[ir.leaf("param", spec.name, spec.dims)] = params[spec.name]
+        for name, v in scalars.items():
+            env[ir.leaf("scalar", name)] = v
+        dims = lambda node: node.dims                                   # noqa: E731
+        vals = eval_param_trees(self._roots, env, H, sizes, rdtype, device)
+        N = sizes[p.dim]
+
+        def vec(x, node):
+            return x if dims(node) else x[:, None].expand(H, N)
+
+        lam = torch.complex(vec(vals[0], p.lam_re), vec(vals[1], p.lam_im))
+        beta = torch.complex(vec(vals[2], p.beta_re), vec(vals[3], p.beta_im))
+        feed = vals[4]
+        i = 5
+        Us, Vs = [], []
+        half = torch.tensor(0.5, dtype=rdtype, device=device)
+        for t in p.lowrank:
+            u_re, u_im, w = vals[i:i + 3]
+            i += 3
+            Us.append(torch.complex(vec(u_re, t.u_re), vec(u_im, t.u_im)))
+            Vs.append(self._weight(vec(w, t.weight) * half, t.part))
+        c = torch.zeros((H, N), dtype=lam.dtype, device=device)
+        for r in p.readout:
+            coef, w = vals[i:i + 2]
+            i += 2
+            c = c + coef[:, None] * self._weight(vec(w, r.weight) * half, r.part)
+        shape = (H, 0, N)
+        U = torch.stack(Us, 1) if Us else torch.zeros(shape, dtype=lam.dtype, device=device)
+        V = torch.stack(Vs, 1) if Vs else torch.zeros(shape, dtype=lam.dtype, device=device)
+        with torch.no_grad():
+            mag = lam.abs()
+            bad = ~(mag <= 1 + 1e-6)
+            if bool(bad.any()):
+                h, n = (int(x) for x in bad.nonzero()[0])
+                raise InputError(
+                    f"{m.name}: unstable transition: |λ| = {float(mag[h, n]):.6g} ≥ 1 (head {h}, "
+                    f"{p.dim} = {n}); λ depends on {', '.join(self._lam_args)} — for a continuous-time "
+                    f"A its real part must be < 0 and the step Δ > 0")
+        return System(lam, beta, U, V, c, feed)
+
+    @staticmethod
+    def _weight(w, part):
+        zero = torch.zeros_like(w)
+        return torch.complex(w, zero) if part == "re" else torch.complex(zero, -w)
+
+    # ---- the call ---------------------------------------------------------------------------
+    def _check(self, arrays, initial_state, cu_seqlens, scalars):
+        m = self.mixer
+        if len(arrays) != len(m.inputs):
+            names = ", ".join(s.name for s in m.inputs)
+            raise InputError(f"{m.name} takes {len(m.inputs)} tensors ({names}), got {len(arrays)}")
+        device = None
+        for spec, a in zip(m.inputs, arrays):
+            if not isinstance(a, torch.Tensor):
+                raise InputError(f"{m.name}: argument {spec.name!r} must be a torch.Tensor, got "
+                                 f"{type(a).__name__}")
+            if a.dtype not in FLOAT_DTYPES:
+                raise InputError(f"{m.name}: argument {spec.name!r} must be a float tensor, got {a.dtype}")
+            if device is None:
+                device = a.device
+            elif a.device != device:
+                raise InputError(f"{m.name}: argument {spec.name!r} is on {a.device}, but earlier "
+                                 f"arguments are on {device}")
+        if cu_seqlens is not None:
+            if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+                raise InputError("cu_seqlens must be an int32/int64 torch.Tensor of offsets")
+        states = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
+        for s in states:
+            if s is not None and (not isinstance(s, torch.Tensor) or not s.is_floating_point()):
+                raise InputError("initial_state must be a floating-point torch.Tensor (a tuple for "
+                                 "a (re, im) pair of states)")
+        b = bind(m, arrays, cu_seqlens=cu_seqlens, initial_state=initial_state, scalars=scalars)
+        return b, device
+
+    def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
+                 strategy=None, **scalars):
+        m, p = self.mixer, self.plan
+        b, device = self._check(arrays, initial_state, cu_seqlens, scalars)
+        strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "conv")
+        if strategy not in self.strategies:
+            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        u_idx = [s.name for s in m.inputs].index(p.u)
+        u = arrays[u_idx]
+        rdtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+        params = {s.name: a for s, a in zip(m.inputs, arrays) if s.kind == "param"}
+        sysm = self.system(params, b.H, b.sizes, b.scalars, rdtype, device)
+        N = b.sizes[p.dim]
+        z0 = self._initial(initial_state, b.N, b.H, N, rdtype, device)
+        uf = u.to(rdtype).transpose(1, 2)                                   # [B, H, T]
+        if cu_seqlens is None:
+            y, zT = self._run(sysm, uf, z0, strategy, output_final_state)
+        else:
+            offs = [int(x) for x in cu_seqlens.tolist()]
+            ys, zs = [], []
+            for n, (s, e) in enumerate(zip(offs[:-1], offs[1:])):
+                y_n, z_n = self._run(sysm, uf[:, :, s:e], None if z0 is None else z0[n:n + 1],
+                                     strategy, output_final_state)
+                ys.append(y_n)
+                zs.append(z_n)
+            y = torch.cat(ys, -1) if ys else uf[:, :, :0]
+            zT = torch.cat(zs, 0) if output_final_state else None
+        o = y.transpose(1, 2).to(u.dtype)
+        if not output_final_state:
+            return o
+        sdtype = torch.float64 if rdtype == torch.float64 else torch.float32
+        if p.x_im is None:
+            return o, zT.real.to(sdtype)
+        return o, (zT.real.to(sdtype), zT.imag.to(sdtype))
+
+    def _initial(self, initial_state, Nseq, H, N, rdtype, device):
+        if initial_state is None:
+            return None
+        st = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
+        re = st[0].to(device=device, dtype=rdtype) if st[0] is not None else torch.zeros(
+            (Nseq, H, N), dtype=rdtype, device=device)
+        im = (st[1].to(device=device, dtype=rdtype) if len(st) > 1 and st[1] is not None
+              else torch.zeros_like(re))
+        return torch.complex(re, im)
+
+    def _run(self, s: System, u, z0, strategy, want_state):
+        """u [B, H, T] real, z0 [B, H, N] complex or None → (y [B, H, T], z_T [B, H, N] or None)."""
+        B, H, T = u.shape
+        N = s.lam.shape[1]
+        if T == 0:
+            zT = z0 if z0 is not None else torch.zeros((B, H, N), dtype=s.lam.dtype, device=u.device)
+            return u, (zT if want_state else None)
+        if strategy == "recurrent":
+            return self._recurrent(s, u, z0, want_state)
+        K = torch.cat([s.feed[:, None], kernel_powers(s, s.beta, T - 1)], -1)      # [H, T]
+        y = fft_conv(u, K)
+        if z0 is not None:
+            y = y + kernel_powers(s, z0.reshape(B * H, N), T, groups=B).reshape(B, H, T)
+        zT = None
+        if want_state:
+            if s.rank == 0:
+                lam = s.lam.repeat(B, 1)
+                w = u.flip(-1).reshape(B * H, T)
+                sr, si = lti_kernels.vandermonde_reduce(torch.log(lam.abs()).clamp(min=-1e4),
+                                                        torch.angle(lam), w)
+                zT = s.beta * torch.complex(sr, si).reshape(B, H, N)
+                if z0 is not None:
+                    zT = zT + s.lam ** T * z0
+            else:   # diagonal plus low rank: the state by the recurrence
+                zT = self._recurrent(s, u, z0, True)[1]
+        return y, zT
+
+    @staticmethod
+    def _recurrent(s: System, u, z0, want_state):
+        B, H, T = u.shape
+        z = z0 if z0 is not None else torch.zeros((B, H) + s.lam.shape[1:], dtype=s.lam.dtype,
+                                                  device=u.device)
+        ys = []
+        for t in range(T):
+            ut = u[:, :, t]
+            ys.append(2 * (s.c * z).sum(-1).real + s.feed * ut)
+            znew = s.lam * z + s.beta * ut[..., None]
+            if s.rank:
+                F = 2 * torch.einsum("hkn,bhn->bhk", s.V, z).real
+                znew = znew + torch.einsum("hkn,bhk->bhn", s.U, F.to(s.U.dtype))
+            z = znew
+        return torch.stack(ys, -1), (z if want_state else None)

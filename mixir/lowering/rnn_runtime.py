@@ -1,0 +1,323 @@
+"""``CompiledRNN``: run a nonlinear head-wise RNN cell (``RNNForm``) forward and backward.
+
+Strategies (both agree with the reference, forward and backward):
+
+* ``fused``: one Triton kernel loops over all T steps with each head's recurrent weights resident
+  on chip (``rnn_codegen``: ``tl.dot`` per gate and step, the cell spliced in); the backward is one
+  reverse-time kernel (BPTT) with ``dR`` accumulated on chip.
+* ``alternating``: per step, the recurrent matmuls in torch (cuBLAS / CPU BLAS) and the generated
+  pointwise cell kernel; the backward alternates the same way in reverse time. The fallback when
+  R does not fit on chip (``autotune.rnn_space.choose``).
+
+Layouts follow fla/FlashRNN: pre-activations ``[B, T, H, D]`` (or ``[B, T, H]``), per-head
+params ``[H, ...]``, recurrent weights ``[H, E, D]`` (``a_d = Σ_e h_e R[e, d]``), states
+``[N, H, D]`` fp32, output in the input dtype.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+
+from ..errors import InputError
+from .kernel_cache import import_source
+from .launch import Kernel, targets_gpu
+from .rnn_analysis import RNNForm
+from .rnn_codegen import generate
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+class CompiledRNN:
+    """A nonlinear RNN mixer compiled for torch tensors; call it like the reference."""
+
+    def __init__(self, mixer, plan: RNNForm, strategy: str | None = None, config: dict | None = None):
+        self.mixer = mixer
+        self.plan = plan
+        self.strategies = plan.strategies
+        if strategy is not None and strategy not in self.strategies:
+            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        self.strategy = strategy
+        self.config = dict(config or {})
+        self.__name__ = mixer.name
+        self.generated = g = generate(plan)
+        self.source_path, module = import_source(g.source, g.sha)
+        tag = f"mixir.rnn.{mixer.name}.{g.sha[:12]}"
+        self.kernels = {role: Kernel(getattr(module, fn), name=f"{tag}.{role}")
+                        for role, fn in g.names.items()}
+
+    def __repr__(self):
+        return f"<mixir.CompiledRNN {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
+
+    def source_files(self):
+        return [self.source_path]
+
+    # ---- the call -----------------------------------------------------------------------------
+    def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
+                 strategy=None, **scalars):
+        from .runtime import CompiledMixer
+        m, f = self.mixer, self.plan
+        b, N, device, dtype = CompiledMixer._check(self, arrays, initial_state, cu_seqlens, scalars)
+        D = b.sizes[f.dim]
+        if b.sizes.get(f.rdim, D) != D:
+            raise InputError(f"{m.name}: the recurrent weights' dim {f.rdim!r} (size "
+                             f"{b.sizes[f.rdim]}) must equal the hidden dim {f.dim!r} (size {D})")
+        backward = torch.is_grad_enabled() and any(
+            isinstance(a, torch.Tensor) and a.requires_grad for a in list(arrays) + list(
+                initial_state if isinstance(initial_state, (tuple, list)) else [initial_state]))
+        strategy = strategy or self.strategy or self._choose(D, dtype, device, backward)
+        if strategy not in self.strategies:
+            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        S = len(f.states)
+        if initial_state is not None and S > 1 and not isinstance(initial_state, (tuple, list)):
+            raise InputError(f"initial_state: {m.name} has {S} states ({', '.join(f.states)}); pass a tuple")
+        inits = tuple(initial_state) if isinstance(initial_state, (tuple, list)) else (initial_state,) * S \
+            if initial_state is not None else (None,) * S
+        if cu_seqlens is None:
+            row_b = torch.arange(b.B, device=device, dtype=torch.int32)
+            row_t0 = torch.zeros(b.B, device=device, dtype=torch.int32)
+            row_len = torch.full((b.B,), b.T, device=device, dtype=torch.int32)
+            T_steps = b.T
+        else:
+            cu = cu_seqlens.long()
+            row_b = torch.zeros(N, device=device, dtype=torch.int32)
+            row_t0 = cu[:-1].to(torch.int32)
+            row_len = (cu[1:] - cu[:-1]).to(torch.int32)
+            T_steps = int(row_len.max()) if N else 0
+        env = {spec.name: a for spec, a in zip(m.inputs, arrays)}
+        run = _Run(self, b, N, D, dtype, device, strategy, (row_b, row_t0, row_len), T_steps, backward)
+        cell = [env[name] for name, *_ in self.generated.cell_inputs]
+        weights = [env[w] for w in f.weights]
+        has_init = any(s is not None for s in inits)
+        init_t = [None if not has_init else (s.float() if s is not None else
+                  torch.zeros((N, b.H, D), device=device)) for s in inits]
+        res = _RNNFunction.apply(run, len(cell), len(weights), *cell, *weights, *init_t)
+        o, finals = res[0], res[1:]
+        if not output_final_state:
+            return o
+        return o, (finals[0] if S == 1 else tuple(finals))
+
+    def _choose(self, D, dtype, device, backward=True):
+        if device.type != "cuda" and not targets_gpu(device):
+            return "fused"       # the interpreter has no on-chip limit
+        from ..autotune.rnn_space import choose_strategy
+        return choose_strategy(len(self.plan.gates), D, dtype, device, len(self.plan.states), backward)
+
+    def launch_config(self, D, device, dtype, B=16, strategy="fused", backward=True):
+        """BR (rows per program) and num_warps: the tuning space's best config on CUDA (its
+        resource formulas, rnn_space), a fixed default elsewhere; ``config=`` overrides."""
+        BD = max(16, _pow2(D))
+        cfg = {"BR": 16, "num_warps": 4 if BD <= 32 else 8, "num_stages": 1}
+        if device.type == "cuda":
+            from ..autotune import hardware, rnn_space
+            gpu = hardware.detect()
+            name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+            best = gpu and rnn_space.best_config(strategy, len(self.plan.gates), len(self.plan.states),
+                                                 rnn_space.shape_of(B, 1024, 1, D, name), gpu, backward)
+            if best:
+                cfg.update(BR=best["BR"], num_warps=best["num_warps"])
+        cfg.update({k: v for k, v in self.config.items() if k in cfg})
+        cfg["BD"] = BD
+        return cfg
+
+
+class _Run:
+    """Everything one call needs besides the tensors (shared by forward and backward)."""
+
+    def __init__(self, c: CompiledRNN, b, N, D, dtype, device, strategy, rows, T_steps, backward):
+        self.c, self.b, self.N, self.D, self.dtype, self.device = c, b, N, D, dtype, device
+        self.strategy, self.rows, self.T_steps = strategy, rows, T_steps
+        self.cfg = c.launch_config(D, device, dtype, max(N, 1), strategy, backward)
+        gpu = device.type == "cuda" or targets_gpu(device)
+        self.dot16 = {torch.float16: 1, torch.bfloat16: 2}.get(dtype, 0) if gpu else \
+            (1 if dtype == torch.float16 else 0)
+        self.prec = "ieee" if (dtype == torch.float32 or not gpu) else "tf32"
+        self.grid = (triton.cdiv(max(N, 1), self.cfg["BR"]), b.H)
+
+    # -- argument dicts ----------------------------------------------------------------------
+    def common(self, cell):
+        g = self.c.generated
+        kw = {}
+        for (name, kind, dims, arg, strides), x in zip(g.cell_inputs, cell):
+            kw[arg] = x
+            for s, v in zip(strides, x.stride()):
+                kw[s] = v
+        for name, arg in g.scalars:
+            kw[arg] = float(self.b.scalars[name])
+        row_b, row_t0, row_len = self.rows
+        kw.update(row_b=row_b, row_t0=row_t0, row_len=row_len, N=self.N, T=self.b.T, H=self.b.H)
+        kw[f"n_{g.dim_name}"] = self.D
+        kw["BR"] = self.cfg["BR"]
+        kw[f"BD_{g.dim_name}"] = self.cfg["BD"]
+        return kw
+
+    def weights(self, weights):
+        kw = {}
+        f = self.c.plan
+        by = dict(zip(f.weights, weights))
+        for i, gate in enumerate(f.gates):
+            R = by[gate.weight]
+            kw[f"w{i}"] = R
+            kw[f"w{i}_sh"] = R.stride(0)
+            kw[f"w{i}_si"] = R.stride(1 + gate.in_axis)
+            kw[f"w{i}_so"] = R.stride(2 - gate.in_axis)
+        return kw
+
+    def matrices(self, weights):
+        """R_g as [H, in, out] fp32 (for the torch matmuls of the alternating strategy)."""
+        f = self.c.plan
+        by = dict(zip(f.weights, weights))
+        return [by[g.weight].float() if g.in_axis == 0 else by[g.weight].float().transpose(1, 2)
+                for g in f.gates]
+
+    def opts(self):
+        return {"num_warps": self.cfg["num_warps"], "num_stages": self.cfg["num_stages"]}
+
+    def matmul(self, h, R):
+        """a[n, h, d] = Σ_e h[n, h, e] R[h, e, d], with 16-bit operands where the kernel has them."""
+        if self.dot16 and self.device.type == "cuda":
+            h, R = h.to(self.dtype), R.to(self.dtype)
+        return torch.matmul(h.transpose(0, 1), R).transpose(0, 1).float().contiguous()
+
+
+class _RNNFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, run: _Run, n_cell, n_w, *tensors):
+        cell = list(tensors[:n_cell])
+        weights = list(tensors[n_cell:n_cell + n_w])
+        inits = list(tensors[n_cell + n_w:])
+        c, b, f = run.c, run.b, run.c.plan
+        S, H, D, N = len(f.states), b.H, run.D, run.N
+        dev = run.device
+        has_init = inits[0] is not None
+        out = torch.empty((b.B, b.T, H, D), device=dev, dtype=run.dtype)
+        finals = [torch.empty((N, H, D), device=dev, dtype=torch.float32) for _ in range(S)]
+        kw = run.common(cell)
+        if run.strategy == "fused":
+            saves = [torch.empty((b.B, b.T, H, D), device=dev, dtype=torch.float32) for _ in range(S)]
+            kw.update(run.weights(weights))
+            for i in range(S):
+                kw[f"init{i}"] = inits[i] if has_init else finals[i]
+                kw[f"save{i}"] = saves[i]
+                kw[f"final{i}"] = finals[i]
+            kw.update(out=out, T_steps=run.T_steps, HAS_INIT=has_init, SAVE=True,
+                      DOT16=run.dot16, PREC=run.prec)
+            if N and run.T_steps:
+                c.kernels["fwd_fused"][run.grid](**kw, **run.opts())
+            elif N:
+                for i in range(S):
+                    finals[i].copy_(inits[i] if has_init else torch.zeros_like(finals[i]))
+            hist = saves
+        else:
+            mats = run.matrices(weights)
+            prev = [inits[i] if has_init else torch.zeros((N, H, D), device=dev) for i in range(S)]
+            hist = []
+            for t in range(run.T_steps):
+                a = [run.matmul(prev[f.hidden_index], R) for R in mats]
+                nxt = [torch.empty((N, H, D), device=dev, dtype=torch.float32) for _ in range(S)]
+                step = dict(kw, out=out, t=t)
+                for i in range(S):
+                    step[f"prev{i}"], step[f"next{i}"] = prev[i], nxt[i]
+                for g in range(len(a)):
+                    step[f"a{g}_in"] = a[g]
+                c.kernels["fwd_step"][run.grid](**step, **run.opts())
+                hist.append(nxt)
+                prev = nxt
+            for i in range(S):
+                finals[i].copy_(prev[i])
+        ctx.run, ctx.n_cell, ctx.n_w, ctx.has_init = run, n_cell, n_w, has_init
+        ctx.hist = hist
+        ctx.save_for_backward(*cell, *weights, *[x for x in inits if x is not None])
+        return (out, *finals)
+
+    @staticmethod
+    def backward(ctx, dout, *dfinals):
+        run = ctx.run
+        c, b, f = run.c, run.b, run.c.plan
+        saved = ctx.saved_tensors
+        cell = list(saved[:ctx.n_cell])
+        weights = list(saved[ctx.n_cell:ctx.n_cell + ctx.n_w])
+        inits = list(saved[ctx.n_cell + ctx.n_w:]) if ctx.has_init else None
+        S, H, D, N, dev = len(f.states), b.H, run.D, run.N, run.device
+        g = c.generated
+        dout = (torch.zeros((b.B, b.T, H, D), device=dev, dtype=run.dtype) if dout is None
+                else dout.contiguous())
+        dfin = [torch.zeros((N, H, D), device=dev) if d is None else d.float().contiguous()
+                for d in dfinals]
+        din_bufs = {name: torch.zeros((b.B, b.T, H) + tuple(run.D for _ in dims), device=dev)
+                    for name, dims, _ in g.grads["din"]}
+        kw = run.common(cell)
+        arg_of = {name: arg for name, _, arg in g.grads["din"] + g.grads["dpar"]}
+        for name, buf in din_bufs.items():
+            kw[arg_of[name]] = buf
+        dpar_sum = {}
+        dW = [None] * len(f.gates)
+        if run.strategy == "fused":
+            dpar_bufs = {name: torch.zeros((N, H) + tuple(D for _ in dims), device=dev)
+                         for name, dims, _ in g.grads["dpar"]}
+            for name, buf in dpar_bufs.items():
+                kw[arg_of[name]] = buf
+            dWp = [torch.zeros((run.grid[0], H, D, D), device=dev) for _ in f.gates]
+            dinit = [torch.empty((N, H, D), device=dev) for _ in range(S)]
+            kw.update(run.weights(weights))
+            for i in range(S):
+                kw[f"init{i}"] = inits[i] if inits is not None else dfin[i]
+                kw[f"save{i}"] = ctx.hist[i]
+                kw[f"dfinal{i}"] = dfin[i]
+                kw[f"dinit{i}"] = dinit[i]
+            for j in range(len(f.gates)):
+                kw[f"dw{j}"] = dWp[j]
+            kw.update(dout_p=dout, T_steps=run.T_steps, HAS_INIT=inits is not None, DOT16=0, PREC="ieee")
+            if N and run.T_steps:
+                c.kernels["bwd_fused"][run.grid](**kw, **run.opts())
+            else:
+                dinit = dfin
+            dW = [x.sum(0) for x in dWp]
+            dpar_sum = {name: buf.sum(0) for name, buf in dpar_bufs.items()}
+        else:
+            mats = run.matrices(weights)
+            zeros = [torch.zeros((N, H, D), device=dev) for _ in range(S)]
+            dc = dfin
+            dW = [torch.zeros((H, D, D), device=dev) for _ in f.gates]
+            dpar_sum = {name: torch.zeros((H,) + tuple(D for _ in dims), device=dev)
+                        for name, dims, _ in g.grads["dpar"]}
+            for t in reversed(range(run.T_steps)):
+                prev = ctx.hist[t - 1] if t > 0 else (inits if inits is not None else zeros)
+                hp = prev[f.hidden_index]
+                a = [torch.matmul(hp.transpose(0, 1), R).transpose(0, 1).contiguous() for R in mats]
+                step = dict(kw, dout_p=dout, t=t)
+                dprev = [torch.empty((N, H, D), device=dev) for _ in range(S)]
+                da = [torch.empty((N, H, D), device=dev) for _ in f.gates]
+                bufs = {name: torch.zeros((N, H) + tuple(D for _ in dims), device=dev)
+                        for name, dims, _ in g.grads["dpar"]}
+                for name, buf in bufs.items():
+                    step[arg_of[name]] = buf
+                for i in range(S):
+                    step[f"prev{i}"], step[f"dnext{i}"], step[f"dprev{i}"] = prev[i], dc[i], dprev[i]
+                for j in range(len(a)):
+                    step[f"a{j}_in"], step[f"da{j}_out"] = a[j], da[j]
+                c.kernels["bwd_step"][run.grid](**step, **run.opts())
+                for name, buf in bufs.items():
+                    dpar_sum[name] += buf.sum(0)
+                for j, R in enumerate(mats):
+                    dprev[f.hidden_index] = dprev[f.hidden_index] + torch.matmul(
+                        da[j].transpose(0, 1), R.transpose(1, 2)).transpose(0, 1)
+                    dW[j] += torch.matmul(hp.permute(1, 2, 0), da[j].transpose(0, 1))
+                dc = [x.contiguous() for x in dprev]
+            dinit = dc
+        # gradients in the order of the Function's inputs
+        grads = []
+        for (name, kind, dims, _, _), x in zip(g.cell_inputs, cell):
+            gx = din_bufs.get(name) if kind == "input" else dpar_sum.get(name)
+            grads.append(None if gx is None else gx.to(x.dtype))
+        by = {}
+        for j, gate in enumerate(f.gates):
+            d = dW[j] if gate.in_axis == 0 else dW[j].transpose(1, 2)
+            by[gate.weight] = d if gate.weight not in by else by[gate.weight] + d
+        grads += [by[w].to(x.dtype) for w, x in zip(f.weights, weights)]
+        if inits is not None:
+            grads += [d for d in dinit]
+        else:
+            grads += [None] * S
+        return (None, None, None, *grads)

@@ -1,0 +1,62 @@
+"""The RNN tuning space: its sympy resource formulas decide fused vs alternating (does R fit on
+chip?), and the compiled kernels' real resources confirm the prediction."""
+import pytest
+import sympy as sp
+import torch
+
+import mixir as mx
+from mixir.autotune import hardware, rnn_space, spaces
+from mixir.library.rnn import RNN_MIXERS
+from mixir.lowering import aot
+from mixir.lowering.launch import record_launches
+
+from test_rnn import inputs
+
+H100 = hardware.get("H100-SXM")
+
+
+def test_formulas_are_sympy_and_name_the_on_chip_weights():
+    sp_ = rnn_space.rnn_space("fused", 4, 2)
+    fwd, bwd = sp_.kernels
+    assert fwd.name == "rnn_fwd_fused" and bwd.name == "rnn_bwd_fused"
+    assert isinstance(fwd.live_fp32, sp.Expr) and spaces.PK in fwd.live_fp32.free_symbols
+    # four gates of [PK, PK] in 16-bit: PK**2 * db elements' worth of registers
+    assert sp.simplify(fwd.smem.subs({rnn_space.BR: 16}) - (4 * spaces.PK ** 2 + 16 * spaces.PK) * spaces.db) == 0
+
+
+@pytest.mark.parametrize("gpu", ["H100-SXM", "A100-80GB", "L4"])
+def test_fused_when_r_fits_else_alternating(gpu):
+    g = hardware.get(gpu)
+    assert rnn_space.fits_on_chip(4, 2, 32, "bf16", g)                      # LSTM, training
+    assert not rnn_space.fits_on_chip(4, 2, 128, "bf16", g)                 # too big for registers
+    assert rnn_space.fits_on_chip(4, 2, 64, "bf16", g, backward=False)     # inference only
+    assert not rnn_space.fits_on_chip(4, 2, 64, "fp32", g, backward=False)  # fp32 R is twice as big
+    for D in (32, 128, 256):                                                # the fallback runs
+        assert rnn_space.feasible("alternating", 4, 2, rnn_space.shape_of(16, 1024, 1, D, "bf16"), g)
+    assert rnn_space.choose_strategy(3, 32, torch.bfloat16, None, states=1) == "fused"
+    assert rnn_space.choose_strategy(4, 256, torch.bfloat16, None) == "alternating"
+
+
+def _build(name, D, dtype, config, backward):
+    m = RNN_MIXERS[name].mixer
+    fn = mx.compile(m, strategy="fused", config=config)
+    arrays, h0 = inputs(name, B=2, T=2, H=1, D=D)
+    with record_launches() as recs:
+        xs = [torch.tensor(a, dtype=dtype).requires_grad_(backward) for a in arrays]
+        o = fn(*xs)
+        if backward:
+            o.float().sum().backward()
+    return aot.build_all(list(recs.values()), ["sm_90"], workers=0)
+
+
+def test_prediction_confirmed_by_the_compiled_kernel(fresh_triton_cache):
+    shape = rnn_space.shape_of(16, 1024, 1, 64, "bf16")
+    cfg = rnn_space.best_config("fused", 4, 2, shape, H100, backward=False)
+    pred = rnn_space.predicted("fused", 4, 2, shape, cfg, backward=False)
+    assert pred["regs"] <= 255
+    res = _build("lstm", 64, torch.bfloat16, cfg, backward=False)
+    (fwd,) = [r for r in res if r.kernel.endswith("fwd_fused")]
+    assert fwd.spills == 0 and fwd.fits, aot.format_table(res)
+    assert fwd.total_shared_bytes <= pred["smem"] + 2048, (fwd.total_shared_bytes, pred)
+    print(f"\npredicted {pred}; compiled: {fwd.registers} regs, {fwd.spills} B spills, "
+          f"{fwd.total_shared_bytes} B shared")
