@@ -47,6 +47,13 @@ def default_config(strategy, K, V, dtype) -> dict:
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
+def _inverse_prec(x) -> str:
+    """The triangular inverse's dots: fp32-like for every input dtype (its error compounds)."""
+    if x.device.type != "cuda" and not targets_gpu(x.device):
+        return "ieee"
+    return "ieee" if torch.version.hip else "tf32x3"
+
+
 def _prec(x) -> str:
     """tl.dot input precision. Every dot takes fp32 operands (the triangular inverse of the WY form
     is sensitive to operand rounding). Off the GPU: exact ("ieee"). On NVIDIA GPUs: "tf32" for
@@ -81,14 +88,19 @@ class _Call:
         self.q, self.k, self.v = _packed(q), _packed(k), _packed(v)
         self.beta = _packed(beta, torch.float32)
         self.g = _packed(g, torch.float32)
-        self.prec = _prec(q)
+        self.prec, self.iprec = _prec(q), _inverse_prec(q)
         self.device = q.device
 
     def launch_opts(self):
         c = self.cfg
-        return dict(USE_G=self.g is not None, LOG_FLOOR=LOG_FLOOR, BT=c["BT"], BK=_tile(self.K, c["BK"]),
+        BK = _tile(self.K, c["BK"])
+        return dict(USE_G=self.g is not None, LOG_FLOOR=LOG_FLOOR, BT=c["BT"], BK=BK,
                     BV=_tile(self.V, c["BV"]), PREC=self.prec, num_warps=c["num_warps"],
                     num_stages=c["num_stages"])
+
+    def bkt(self):
+        """The K-tile of the K-sums that run as loops (at most BK, at least 16)."""
+        return min(_tile(self.K, self.cfg["BK"]), _tile(self.K, self.cfg.get("BKT", 32)))
 
     def forward_states(self, h0, store_ht):
         """prep + states: (HS [NT, H, K, V], u [T_total, H, V], hT or None, W [T_total, H, K])."""
@@ -98,7 +110,7 @@ class _Call:
         U = _empty(p.T_total, H, V, device=dev)
         if p.NT > 0:
             _ck.delta_chunk_prep[(p.NT, H)](self.k, self.v, self.beta, self.g, W, U, p.cu, p.chunk_tbl,
-                                           H, K, V, **opts)
+                                           H, K, V, BKT=self.bkt(), IPREC=self.iprec, **opts)
         HS = _empty(max(p.NT, 1), H, K, V, device=dev)
         Unew = _empty(p.T_total, H, V, device=dev)
         hT = _empty(p.N, H, K, V, device=dev) if store_ht else None
@@ -126,7 +138,7 @@ def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None):
     opts = c.launch_opts()
     if p.NT > 0:
         _ck.delta_chunk_output[(p.NT, _cdiv(V, opts["BV"]), H)](
-            c.q, c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, **opts)
+            c.q, c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, BKT=c.bkt(), **opts)
     return O.view(c.B, c.T, H, V), hT
 
 
@@ -144,7 +156,7 @@ def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
     if p.N > 0:
         _ck.delta_chunk_dstates[(p.N * H, _cdiv(V, opts["BV"]))](
             c.q, c.k, W, c.g, dO, dhT, DHS, DU, dh0, p.cu, p.chunk_off, H, K, V,
-            USE_DHT=dhT is not None, STORE_DH0=h0 is not None, **opts)
+            USE_DHT=dhT is not None, STORE_DH0=h0 is not None, BKT=c.bkt(), **opts)
     dq = _empty(p.T_total, H, K, device=dev)
     dk = _empty(p.T_total, H, K, device=dev)
     dv = _empty(p.T_total, H, V, device=dev)
@@ -153,7 +165,7 @@ def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
     BT = opts["BT"]
     dQa, dWa, dKb = (_empty(p.T_total, H, K, device=dev) for _ in range(3))
     dP, dM, Ainv = (_empty(p.T_total, H, BT, device=dev) for _ in range(3))
-    BKT = min(opts["BK"], c.cfg.get("BKT", 32))
+    BKT = c.bkt()
     NK = _cdiv(K, BKT)
     hdh = _empty(NK, max(p.NT, 1), H, device=dev)
     if p.NT > 0:
@@ -166,7 +178,7 @@ def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
         kopts = {k_: v_ for k_, v_ in opts.items() if k_ != "BV"}
         _ck.delta_chunk_grads_k[(p.NT, H)](
             c.q, c.k, c.beta, c.g, dQa, dWa, dKb, dP, dM, hdh, Ainv, dq, dk, db, dg,
-            p.cu, p.chunk_tbl, H, p.NT, NK, K, NKP=_tile(NK, 1 << 20) if NK > 16 else _pow2(NK), **kopts)
+            p.cu, p.chunk_tbl, H, p.NT, NK, K, NKP=_pow2(NK), BKT=BKT, IPREC=c.iprec, **kopts)
         _ck.delta_chunk_dv[(p.NT, _cdiv(V, opts["BV"]), H)](
             Ainv, DU, dv, p.cu, p.chunk_tbl, H, V, BT=BT, BV=opts["BV"], PREC=opts["PREC"],
             num_warps=opts["num_warps"], num_stages=opts["num_stages"])

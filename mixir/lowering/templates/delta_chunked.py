@@ -71,45 +71,72 @@ def _gates(Gin, cs, L, i_h, H, o_t, USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr
 
 
 @triton.jit
-def unit_lower_inverse(Nmat, BT: tl.constexpr):
-    """(I + N)⁻¹ for a strictly lower triangular [BT, BT] tile N, by forward substitution:
-    row i of the inverse is e_i − Σ_{j<i} N_ij (row j of the inverse)."""
+def unit_lower_inverse(Nmat, BT: tl.constexpr, BB: tl.constexpr, PREC: tl.constexpr):
+    """(I + N)⁻¹ for a strictly lower triangular [BT, BT] tile N, blockwise with BB × BB blocks:
+
+    1. the diagonal blocks by forward substitution, all blocks at once — step i sets row i of
+       every block: inv_r = e_r − Σ_{j<r} N_rj inv_j (BB − 1 steps, one [BT, BT] dot each);
+    2. the off-diagonal blocks O: (I + N)⁻¹ = (I + X)⁻¹ D⁻¹ with X = D⁻¹ O strictly block-lower,
+       so X^(BT/BB) = 0 and (I + X)⁻¹ = Σ_{p < BT/BB} (−X)^p (BT/BB − 1 more dots each way).
+    """
     rows = tl.arange(0, BT)
-    inv = tl.where(rows[:, None] == rows[None, :], 1., 0.)
-    for i in range(1, BT):
-        n_i = tl.sum(tl.where(rows[:, None] == i, Nmat, 0.), 0)               # row i of N
-        r = -tl.sum(n_i[:, None] * inv, 0)                                  # −Σ_j N_ij inv_j
-        r = tl.where(rows == i, 1., r)
-        inv = tl.where(rows[:, None] == i, r[None, :], inv)
+    eye = tl.where(rows[:, None] == rows[None, :], 1., 0.)
+    same = (rows[:, None] // BB) == (rows[None, :] // BB)
+    Nd = tl.where(same, Nmat, 0.)
+    inv = eye
+    for i in range(1, BB):
+        sel = (rows % BB) == i
+        R = tl.dot(tl.where(sel[:, None], Nd, 0.), inv, input_precision=PREC)
+        inv = tl.where(sel[:, None], eye - R, inv)
+    if BT > BB:
+        X = tl.dot(inv, tl.where(same, 0., Nmat), input_precision=PREC)
+        term = inv
+        acc = inv
+        for _ in tl.static_range(1, BT // BB):
+            term = -tl.dot(X, term, input_precision=PREC)
+            acc += term
+        inv = acc
     return inv
 
 
 @triton.jit
-def _wy_matrix(Kt, beta, G, o_t, PREC: tl.constexpr):
-    """(KKᵀ ⊙ D masked strictly lower, D masked lower incl. diagonal, A⁻¹)."""
+def _gram(X, Y, cs, L, i_h, H, D: tl.constexpr, o_t, BKT: tl.constexpr, PREC: tl.constexpr):
+    """X Yᵀ [BT, BT] of two packed [T, H, D] tensors' chunk rows, as a loop over K-tiles of loads
+    (no full-D operand tile in registers: what keeps the fp32 kernels free of spills)."""
+    acc = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
+    for k0 in range(0, D, BKT):
+        o_k = k0 + tl.arange(0, BKT)
+        acc += tl.dot(_load_rows(X, cs, L, i_h, H, D, o_t, o_k),
+                      tl.trans(_load_rows(Y, cs, L, i_h, H, D, o_t, o_k)), input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _wy_matrix(KK, beta, G, o_t, IPREC: tl.constexpr):
+    """(KKᵀ ⊙ D masked strictly lower, D masked lower incl. diagonal, A⁻¹) from KK = K Kᵀ; the
+    inverse's dots run at IPREC (fp32-like: "ieee" off the GPU, "tf32x3" on it)."""
     causal = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     Dm = tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf")))
-    KK = tl.dot(Kt, tl.trans(Kt), input_precision=PREC)
     KKD = tl.where(strict, KK * Dm, 0.)
-    Ainv = unit_lower_inverse(beta[:, None] * KKD, o_t.shape[0])
+    Ainv = unit_lower_inverse(beta[:, None] * KKD, o_t.shape[0], 16, IPREC)
     return KKD, Dm, Ainv
 
 
 @kernel
 def delta_chunk_prep(K_, V_, B_, Gin, W, U, cu_seqlens, chunk_tbl, H, DK: tl.constexpr, DV: tl.constexpr,
                      USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
-                     BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                     BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr, IPREC: tl.constexpr):
     # grid: (num chunks, H). W = A⁻¹ diag(βγ) K [T, H, DK], U = A⁻¹ V [T, H, DV] (fp32)
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
     cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
-    Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
     beta = _load_scalars(B_, cs, L, i_h, H, o_t)
     G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
-    KKD, Dm, Ainv = _wy_matrix(Kt, beta, G, o_t, PREC)
+    KKD, Dm, Ainv = _wy_matrix(_gram(K_, K_, cs, L, i_h, H, DK, o_t, BKT, PREC), beta, G, o_t, IPREC)
+    Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
     Wt = tl.dot(Ainv, Kt * (beta * tl.exp(G))[:, None], input_precision=PREC)
     _store_rows(W, Wt, cs, L, i_h, H, DK, o_t, o_k)
     for v0 in range(0, DV, BV):
@@ -158,34 +185,38 @@ def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H
 @kernel
 def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl.constexpr, DV: tl.constexpr,
                        USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
-    # grid: (num chunks, cdiv(DV, BV), H). O = (Q ⊙ γ) h + tril(QKᵀ ⊙ D) u
+                       BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr):
+    # grid: (num chunks, cdiv(DV, BV), H). O = (Q ⊙ γ) h + tril(QKᵀ ⊙ D) u, the K-sums as a loop
+    # over K-tiles of BKT (no full-K operand tile in registers)
     i_c = tl.program_id(0)
     i_v = tl.program_id(1)
     i_h = tl.program_id(2)
     cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    Qt = _load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
-    Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
     G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
+    base_h = (i_c * H + i_h).to(tl.int64) * DK * DV
+    QK = tl.zeros([BT, BT], dtype=tl.float32)
+    o = tl.zeros([BT, BV], dtype=tl.float32)
+    for k0 in range(0, DK, BKT):
+        o_k = k0 + tl.arange(0, BKT)
+        Qt = _load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
+        QK += tl.dot(Qt, tl.trans(_load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)), input_precision=PREC)
+        h = tl.load(HS + base_h + o_k[:, None] * DV + o_v[None, :],
+                    mask=(o_k < DK)[:, None] & (o_v < DV)[None, :], other=0.)
+        o += tl.dot(Qt, h, input_precision=PREC)
     causal = o_t[:, None] >= o_t[None, :]
-    P = tl.where(causal, tl.dot(Qt, tl.trans(Kt), input_precision=PREC)
-                 * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
-    m_kv = (o_k < DK)[:, None] & (o_v < DV)[None, :]
-    h = tl.load(HS + (i_c * H + i_h).to(tl.int64) * DK * DV + o_k[:, None] * DV + o_v[None, :],
-                mask=m_kv, other=0.)
+    P = tl.where(causal, QK * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
     u = _load_rows(Unew, cs, L, i_h, H, DV, o_t, o_v)
-    o = tl.dot(Qt * tl.exp(G)[:, None], h, input_precision=PREC) + tl.dot(P, u, input_precision=PREC)
+    o = o * tl.exp(G)[:, None] + tl.dot(P, u, input_precision=PREC)
     _store_rows(O, o, cs, L, i_h, H, DV, o_t, o_v)
 
 
 @kernel
-def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_off, H, DK: tl.constexpr, DV: tl.constexpr,
-                        USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                        LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                        BV: tl.constexpr, PREC: tl.constexpr):
+def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_off, H, DK: tl.constexpr,
+                        DV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
+                        STORE_DH0: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
+                        BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV)). Reverse over chunks, dh = adjoint of the chunk-end state:
     #   DHS[c] = dh;  du = tril(QKᵀ⊙D)ᵀ dO + (K γ_L/γ) dh;  dh ← γ_L dh + (Q γ)ᵀ dO − Wᵀ du
     i_nh = tl.program_id(0)
@@ -209,19 +240,29 @@ def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_
         c = nt - 1 - cr
         cs = bos + c * BT
         L = tl.minimum(eos - cs, BT)
-        tl.store(DHS + ((co + c) * H + i_h) * DK * DV + o_kv, dh, mask=m_kv)
-        Qt = _load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
-        Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
-        dO = _load_rows(DO, cs, L, i_h, H, DV, o_t, o_v)
+        base_c = ((co + c) * H + i_h) * DK * DV
+        tl.store(DHS + base_c + o_kv, dh, mask=m_kv)
+        tl.debug_barrier()          # DHS[c] is read back below by other threads, K-tile by K-tile
         G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
-        P = tl.where(causal, tl.dot(Qt, tl.trans(Kt), input_precision=PREC)
-                     * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
-        Kd = Kt * tl.where(o_t < L, tl.exp(G_last - G), 0.)[:, None]
-        du = tl.dot(tl.trans(P), dO, input_precision=PREC) + tl.dot(Kd, dh, input_precision=PREC)
+        ratio = tl.where(o_t < L, tl.exp(G_last - G), 0.)
+        QK = tl.zeros([BT, BT], dtype=tl.float32)
+        Kdh = tl.zeros([BT, BV], dtype=tl.float32)
+        for k0 in range(0, DK, BKT):
+            o_kt = k0 + tl.arange(0, BKT)
+            Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_kt)
+            QK += tl.dot(_load_rows(Q, cs, L, i_h, H, DK, o_t, o_kt), tl.trans(Kt), input_precision=PREC)
+            dh_t = tl.load(DHS + base_c + o_kt[:, None] * DV + o_v[None, :],
+                           mask=(o_kt < DK)[:, None] & (o_v < DV)[None, :], other=0.)
+            Kdh += tl.dot(Kt, dh_t, input_precision=PREC)
+        P = tl.where(causal, QK * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
+        dO = _load_rows(DO, cs, L, i_h, H, DV, o_t, o_v)
+        du = tl.dot(tl.trans(P), dO, input_precision=PREC) + Kdh * ratio[:, None]
         _store_rows(DU, du, cs, L, i_h, H, DV, o_t, o_v)
+        Qt = _load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
         Wt = _load_rows(W, cs, L, i_h, H, DK, o_t, o_k)
         dh = (tl.exp(G_last) * dh + tl.dot(tl.trans(Qt * tl.exp(G)[:, None]), dO, input_precision=PREC)
               - tl.dot(tl.trans(Wt), du, input_precision=PREC))
+        tl.debug_barrier()          # every read of DHS[c] is done before the next chunk's store
     if STORE_DH0:
         tl.store(DH0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, dh, mask=m_kv)
 
@@ -299,7 +340,8 @@ def delta_chunk_dv(AINV, DU, DV, cu_seqlens, chunk_tbl, H, DV_: tl.constexpr, BT
 def delta_chunk_grads_k(Q, K_, B_, Gin, DQA, DWA, DKB, DP, DM, HDH, AINV, DQ, DK, DB, DG,
                         cu_seqlens, chunk_tbl, H, NT, NK, DK_: tl.constexpr, NKP: tl.constexpr,
                         USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
-                        BK: tl.constexpr, PREC: tl.constexpr):
+                        BK: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr,
+                        IPREC: tl.constexpr):
     # grid: (num chunks, H). The K-sized rest of the chunk's backward (docs/delta_rule.md).
     i_c = tl.program_id(0)
     i_h = tl.program_id(1)
@@ -310,19 +352,19 @@ def delta_chunk_grads_k(Q, K_, B_, Gin, DQA, DWA, DKB, DP, DM, HDH, AINV, DQ, DK
     causal = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     valid = o_t < L
-    Kt = _load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k)
     beta = _load_scalars(B_, cs, L, i_h, H, o_t)
     G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
-    KKD, Dm, Ainv = _wy_matrix(Kt, beta, G, o_t, PREC)
+    KKD, Dm, Ainv = _wy_matrix(_gram(K_, K_, cs, L, i_h, H, DK_, o_t, BKT, PREC), beta, G, o_t, IPREC)
     _store_rows(AINV, Ainv, cs, L, i_h, H, BT, o_t, o_t)
     gam = tl.exp(G)
     ratio = tl.where(valid, tl.exp(G_last - G), 0.)
     # the output's intra-chunk term P = tril(QKᵀ ⊙ D) and the inter-chunk term (Q ⊙ γ) h
-    Qt = _load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k)
     dP = _load_rows(DP, cs, L, i_h, H, BT, o_t, o_t)
-    T1 = dP * tl.where(causal, tl.dot(Qt, tl.trans(Kt), input_precision=PREC) * Dm, 0.)
+    T1 = dP * tl.where(causal, _gram(Q, K_, cs, L, i_h, H, DK_, o_t, BKT, PREC) * Dm, 0.)
     dG = tl.sum(T1, 1) - tl.sum(T1, 0)
     dPm = tl.where(causal, dP * Dm, 0.)
+    Kt = _load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k)
+    Qt = _load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k)
     dQa = _load_rows(DQA, cs, L, i_h, H, DK_, o_t, o_k)
     dG += gam * tl.sum(dQa * Qt, 1)
     dQ = dQa * gam[:, None] + tl.dot(dPm, Kt, input_precision=PREC)
@@ -336,10 +378,10 @@ def delta_chunk_grads_k(Q, K_, B_, Gin, DQA, DWA, DKB, DP, DM, HDH, AINV, DQ, DK
     # u = Ũ − W h with Ũ = A⁻¹ V, W = A⁻¹ diag(βγ) K
     AinvT = tl.trans(Ainv)
     dX = tl.dot(AinvT, _load_rows(DWA, cs, L, i_h, H, DK_, o_t, o_k), input_precision=PREC)
-    Wt = tl.dot(Ainv, Kt * (beta * gam)[:, None], input_precision=PREC)
-    dAv = tl.dot(tl.dot(AinvT, _load_rows(DM, cs, L, i_h, H, BT, o_t, o_t), input_precision=PREC),
-                 AinvT, input_precision=PREC)                                         # dv Ũᵀ
-    dA = tl.where(strict, -(dAv + tl.dot(dX, tl.trans(Wt), input_precision=PREC)), 0.)
+    # dv Ũᵀ + dX Wᵀ = A⁻ᵀ (M + (dWa Kᵀ) diag(βγ)) A⁻ᵀ with M = du Vᵀ (both from scratch)
+    Mx = (_load_rows(DM, cs, L, i_h, H, BT, o_t, o_t)
+          + _gram(DWA, K_, cs, L, i_h, H, DK_, o_t, BKT, PREC) * (beta * gam)[None, :])
+    dA = tl.where(strict, -tl.dot(tl.dot(AinvT, Mx, input_precision=PREC), AinvT, input_precision=PREC), 0.)
     kdx = tl.sum(dX * Kt, 1)
     dK += (beta * gam)[:, None] * dX
     dG += beta * gam * kdx
