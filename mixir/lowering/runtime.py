@@ -14,7 +14,7 @@ from ..dsl import ir
 from ..dsl.signature import bind
 from ..errors import InputError
 from . import core_ops, gla_core
-from .analysis import GatedLinearForm, Plan, analyse, new_input, prev_input
+from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
 from .pointwise import PiecesKernel
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -43,12 +43,12 @@ class CompiledMixer:
         self.config = dict(config or {})
         self.__name__ = mixer.name
         # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
+        # (an auxiliary state's pieces may read the auxiliary states scanned before it)
         specs = list(mixer.inputs)
         self.pieces_kernels = {}
-        for _, form in self.plan.aux:
-            self.pieces_kernels[form.state.name] = PiecesKernel(mixer.name, form.pieces(), specs)
         aux_specs = []
         for _, form in self.plan.aux:
+            self.pieces_kernels[form.state.name] = PiecesKernel(mixer.name, form.pieces(), specs + aux_specs)
             name, dims = form.state.name, form.state.dims
             aux_specs += [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
         self.pieces_kernels[self.form.state.name] = PiecesKernel(
@@ -80,8 +80,12 @@ class CompiledMixer:
             raise InputError(f"initial_state: {m.name} has {len(m.states)} states; pass a tuple")
         env = {spec.name: a for spec, a in zip(m.inputs, arrays)}
         finals = [None] * len(m.states)
-        for i, form in self.plan.aux:   # auxiliary scans, kept in fp32
-            o_i, finals[i] = self._run(form, m.states[i].dims, env, b, N, inits[i], cu_seqlens, strategy, torch.float32)
+        for i, form in self.plan.aux:   # auxiliary scans in dependency order, kept in fp32
+            if isinstance(form, MaxPlusForm):
+                o_i, finals[i] = self._run_maxplus(form, env, b, N, inits[i], cu_seqlens)
+            else:
+                o_i, finals[i] = self._run(form, m.states[i].dims, env, b, N, inits[i], cu_seqlens,
+                                           strategy, torch.float32)
             spec = m.states[i]
             env[prev_input(spec.name)] = _shift(o_i, inits[i], cu_seqlens, N)
             env[new_input(spec.name)] = o_i
@@ -134,6 +138,20 @@ class CompiledMixer:
         if P is not None:
             hT = hT * self._last(P, cu_seqlens, N)[..., :, None] * self._last(Q, cu_seqlens, N)[..., None, :]
         return o, self._from_canonical_state(f, hT)
+
+    def _run_maxplus(self, f: MaxPlusForm, env, b, N, init, cu_seqlens):
+        """A stabiliser state (``MaxPlusForm``): pieces a, b → ``maxplus_scan``. Returns (m fp32
+        ``[B, T, H, *dims]``, final state ``[N, H, *dims]``). Differentiable by autograd
+        (the subgradient of max: the adjoint goes to the branch that attains it)."""
+        B, T, H = b.B, b.T, b.H
+        dims = f.state.dims
+        pk = self.pieces_kernels[f.state.name]
+        p = pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H, b.sizes)
+        full = (B, T, H) + tuple(b.sizes[d] for d in dims)
+        a, c = (_align(p[n], pk.pieces[n].dims, dims).expand(full) for n in ("a", "b"))
+        m0 = (torch.zeros((N, H) + full[3:], device=a.device) if init is None
+              else init.float().reshape((N, H) + full[3:]))
+        return maxplus_scan(a, c, m0, cu_seqlens)
 
     def _config(self, strategy, K, V, dtype, shape=None, device=None):
         cfg = gla_core.default_config(strategy, K, V, dtype)
@@ -208,9 +226,9 @@ def check_call(m, arrays, initial_state, cu_seqlens, scalars):
         if spec.kind == "input":
             if dtype is None:
                 dtype = a.dtype
-            elif a.dtype != dtype:
+            elif a.dtype not in (dtype, torch.float32):   # fla keeps gates and β in fp32
                 raise InputError(f"{m.name}: argument {spec.name!r} has dtype {a.dtype}, but earlier "
-                                 f"per-token inputs have {dtype}; cast them to one dtype")
+                                 f"per-token inputs have {dtype}; pass it as {dtype} or float32")
     if device.type not in ("cuda", "cpu"):
         raise InputError(f"{m.name}: tensors must be on a CUDA device or the CPU, got {device}")
     if cu_seqlens is not None:
@@ -253,6 +271,56 @@ def _shift(o, init, cu_seqlens, N):
     first = (init.float()[seg.clamp(max=N - 1)] if init is not None else torch.zeros_like(o[0]))
     mask = is_start.reshape((T,) + (1,) * (o.dim() - 2))
     return torch.where(mask, first, shifted[0])[None]
+
+
+def _align(t, node_dims, dims):
+    """A piece ``[B, T, H, *node_dims]`` viewed as ``[B, T, H, *dims]`` (size 1 where it does not
+    vary; ``node_dims`` ⊆ ``dims``)."""
+    t = t.reshape(tuple(t.shape[:3]) + tuple(t.shape[3:3 + len(node_dims)]))
+    order = [node_dims.index(d) for d in dims if d in node_dims]
+    t = t.permute(0, 1, 2, *(3 + i for i in order))
+    shape = list(t.shape[:3])
+    it = iter(t.shape[3:])
+    for d in dims:
+        shape.append(next(it) if d in node_dims else 1)
+    return t.reshape(shape)
+
+
+def maxplus_scan(a, b, m0, cu_seqlens=None):
+    """The max-plus recurrence ``m_t = max(m_{t-1} + a_t, b_t)`` of every sequence, from ``m0``.
+
+    Closed form (no sequential loop): ``m_t = F_t + max(m_0, max_{s≤t}(b_s - F_s))`` with
+    ``F_t = Σ_{r≤t} a_r`` - a cumulative sum and a cumulative max along T. ``a, b``:
+    ``[B, T, H, ...]`` fp32; ``m0``: ``[N, H, ...]``. With ``cu_seqlens`` (B = 1, sequences packed
+    along T) each sequence is gathered into a padded row ``[N, L_max, H, ...]`` so that the sums
+    restart at its start (no cancellation against earlier sequences). Returns (m like ``a``,
+    final ``[N, H, ...]``: the last ``m`` of each sequence, ``m0`` for an empty one).
+
+    Rounding: ``F`` grows like ``t``, so ``m`` carries an absolute error of about ``eps·|F_t|``;
+    a stabiliser's error cancels in mLSTM's output (``C`` and ``n`` are scaled by ``exp(-m)``
+    consistently, the read-out's ratio does not depend on it)."""
+    def scan(a, b, m0):                      # a, b [R, L, ...], m0 [R, ...]
+        F = torch.cumsum(a, dim=1)
+        best = torch.cummax(b - F, dim=1).values if a.shape[1] else b
+        return F + torch.maximum(best, m0[:, None])
+
+    if cu_seqlens is None:
+        m = scan(a, b, m0)
+        return m, (m[:, -1] if m.shape[1] else m0)
+    cu = cu_seqlens.long()
+    starts, lens = cu[:-1], cu[1:] - cu[:-1]
+    N, T = lens.shape[0], a.shape[1]
+    L = int(lens.max()) if N else 0
+    if L == 0 or T == 0:
+        return a * 0.0 + b * 0.0, m0
+    j = torch.arange(L, device=a.device)
+    idx = (starts[:, None] + torch.minimum(j[None, :], (lens[:, None] - 1).clamp(min=0))).clamp(max=T - 1)
+    mp = scan(a[0][idx], b[0][idx], m0)                           # [N, L, H, ...]
+    seg = torch.bucketize(torch.arange(T, device=a.device), cu[1:], right=True).clamp(max=N - 1)
+    m = mp[seg, torch.arange(T, device=a.device) - starts[seg]][None]
+    last = mp[torch.arange(N, device=a.device), (lens - 1).clamp(min=0)]
+    empty = (lens == 0).reshape((N,) + (1,) * (m0.dim() - 1))
+    return m, torch.where(empty, m0, last)
 
 
 def _segment_cumprod(s, cu_seqlens):

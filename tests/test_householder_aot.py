@@ -1,0 +1,58 @@
+"""Every kernel of the Householder family builds ahead of time for sm_80 and sm_90 with no register
+spills at its default configuration: the generated pieces kernels of the library mixers, and the
+core's recurrent and chunked kernels (forward and backward) at the benchmark's head size K = V = 128
+in bf16; the slow test covers K = V = 64/128 × fp32/bf16 × both strategies."""
+import pytest
+import torch
+
+from mixir.library import MIXERS
+from mixir.lowering import aot
+from mixir.lowering import delta_core as dc
+from mixir.lowering.launch import record_launches
+from mixir.verify import record_kernels
+
+
+def _core_records(K, V, dtype, strategies=("chunked", "recurrent"), T=40):
+    torch.manual_seed(0)
+    q, k = (torch.randn(1, T, 1, K).to(dtype) for _ in range(2))
+    v = torch.randn(1, T, 1, V).to(dtype)
+    beta, g, h0 = torch.rand(1, T, 1), -torch.rand(1, T, 1), torch.randn(1, 1, K, V)
+    with record_launches() as recs:
+        for s in strategies:
+            dc.delta_forward(q, k, v, beta, g, h0, None, s)
+            dc.delta_backward(q, k, v, beta, g, h0, None, torch.randn(1, T, 1, V), torch.randn(1, 1, K, V), s)
+    return recs
+
+
+def _assert_clean(results, n):
+    assert len(results) == n
+    for r in results:
+        assert isinstance(r, aot.KernelResources), r
+        assert r.fits, f"{r.kernel} on {r.arch} needs {r.total_shared_bytes} B of shared memory"
+    spilled = [r for r in results if r.spills]
+    assert not spilled, "\n" + aot.format_table(spilled)
+
+
+def test_core_kernels_build_without_spills_at_the_benchmark_size():
+    recs = _core_records(128, 128, torch.bfloat16, strategies=("chunked",))
+    names = {r.kernel.name.rsplit(".", 1)[-1] for r in recs.values()}
+    assert {"delta_chunk_prep", "delta_chunk_states", "delta_chunk_output", "delta_chunk_dstates",
+            "delta_chunk_grads_v", "delta_chunk_grads_p", "delta_chunk_grads_k", "delta_chunk_dv"} <= names
+    _assert_clean(aot.build_all(list(recs.values()), ["sm_80", "sm_90"], workers=2), 2 * len(recs))
+
+
+def test_pieces_kernels_of_the_library_build():
+    recs = {}
+    for name in ("gated_delta_rule", "gated_delta_product2"):
+        recs.update(record_kernels(MIXERS[name].mixer, dtype="bfloat16", T=20))
+    pieces = [r for r in recs.values() if r.kernel.name.startswith("mixir.pointwise.")]
+    assert pieces
+    _assert_clean(aot.build_all(pieces, ["sm_80", "sm_90"], workers=2), 2 * len(pieces))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("K", [64, 128])
+def test_every_default_config_builds_without_spills(K, dtype):
+    recs = _core_records(K, K, dtype)
+    _assert_clean(aot.build_all(list(recs.values()), ["sm_80", "sm_90"], workers=2), 2 * len(recs))
