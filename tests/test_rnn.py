@@ -11,7 +11,7 @@ import mixir as mx
 from mixir import In, Param, State
 from mixir.dsl.ops import rename
 from mixir.errors import InputError, UnsupportedMixerError
-from mixir.library.rnn import RNN_MIXERS, gru, lstm, mlstm_mixer, mlstm_nonorm_mixer
+from mixir.library.rnn import RNN_MIXERS, gru, lstm, mlstm_nonorm_mixer
 from mixir.lowering.families import classify
 from mixir.testing.checker import assert_close, check, check_cu_seqlens
 
@@ -137,11 +137,4 @@ def test_mlstm_without_normaliser_is_gated_linear():
               rng.standard_normal((B, T, H))]
     assert_close(check(m, mx.compile(m), arrays, dtype=torch.float32, strategy="chunked"))
 
-
-@pytest.mark.xfail(strict=True, raises=UnsupportedMixerError,
-                   reason="gated_linear analysis lacks (1) a stabiliser state m (max-plus recurrence) "
-                          "on which the transitions of C and n depend, (2) a read-out over several "
-                          "states (C q / max(|n q|, exp(-m)))")
-def test_mlstm_compiles_through_gated_linear():
-    fam, _ = classify(mlstm_mixer)
-    assert fam.name == "gated_linear"
+# mLSTM (with normaliser and stabiliser) compiles through the gated-linear family: tests/test_rnn_mlstm.py

@@ -28,6 +28,8 @@ def test_formulas_are_sympy_and_name_the_on_chip_weights():
 def test_fused_when_r_fits_else_alternating(gpu):
     g = hardware.get(gpu)
     assert rnn_space.fits_on_chip(4, 2, 32, "bf16", g)                      # LSTM, training
+    assert rnn_space.fits_on_chip(4, 2, 64, "bf16", g)                      # dR outside the loop
+    assert not rnn_space.fits_on_chip(4, 4, 64, "bf16", g)                  # sLSTM: 4 states
     assert not rnn_space.fits_on_chip(4, 2, 128, "bf16", g)                 # too big for registers
     assert rnn_space.fits_on_chip(4, 2, 64, "bf16", g, backward=False)     # inference only
     assert not rnn_space.fits_on_chip(4, 2, 64, "fp32", g, backward=False)  # fp32 R is twice as big
@@ -60,3 +62,20 @@ def test_prediction_confirmed_by_the_compiled_kernel(fresh_triton_cache):
     assert fwd.total_shared_bytes <= pred["smem"] + 2048, (fwd.total_shared_bytes, pred)
     print(f"\npredicted {pred}; compiled: {fwd.registers} regs, {fwd.spills} B spills, "
           f"{fwd.total_shared_bytes} B shared")
+
+
+def test_training_at_head_size_64_is_confirmed_by_the_compiled_backward(fresh_triton_cache):
+    """The fused backward keeps only R_gᵀ on chip (dR is one GEMM after the loop): LSTM D = 64 bf16
+    trains fused; the space's best config compiles for sm_90 without spills."""
+    shape = rnn_space.shape_of(16, 1024, 1, 64, "bf16")
+    cfg = rnn_space.best_config("fused", 4, 2, shape, H100, backward=True)
+    assert cfg is not None
+    pred = rnn_space.predicted("fused", 4, 2, shape, cfg, backward=True)
+    res = _build("lstm", 64, torch.bfloat16, cfg, backward=True)
+    for r in res:
+        if "fused" in r.kernel:
+            assert r.spills == 0 and r.fits and r.registers <= pred["regs"] + 16, aot.format_table(res)
+    (bwd,) = [r for r in res if r.kernel.endswith("bwd_fused")]
+    assert bwd.total_shared_bytes <= pred["smem"] + 2048, (bwd.total_shared_bytes, pred)
+    print(f"\npredicted {pred}; compiled backward: {bwd.registers} regs, {bwd.spills} B spills, "
+          f"{bwd.total_shared_bytes} B shared")

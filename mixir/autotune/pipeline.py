@@ -191,9 +191,12 @@ def _candidate(sp_, shape, cfg, c, rnd):
 
 
 def _tune_strategy(mixer, strategy, gpu, B, T, H, K, V, fK, fV, dtype, top_k, aot, workers, say,
-                   store, max_rounds):
-    sp_ = spaces.space(strategy)
-    shape = spaces.Shape(B, T, H, fK, fV, dtype)
+                   store, max_rounds, *, space_=None, shape=None, compile_fn=None):
+    # space_, shape, compile_fn: another family's space, core shape and AOT compiler
+    # (delta_space.tune); default: the gated-linear spaces and aot_check
+    sp_ = space_ if space_ is not None else spaces.space(strategy)
+    if shape is None:
+        shape = spaces.Shape(B, T, H, fK, fV, dtype)
     base = sp_.constraints(shape, gpu)
     say(f"[{strategy}] solving {sp_.name} for {gpu.name}")
     feas = feasible(sp_, shape, gpu, base)
@@ -231,9 +234,9 @@ def _tune_strategy(mixer, strategy, gpu, B, T, H, K, V, fK, fV, dtype, top_k, ao
         rounds = rnd
         say(f"[{strategy}] AOT round {rnd}: compiling {len(todo)} configs for {gpu.arch}")
         # the recording takes user-level head sizes (K, V), not the form's
-        comp = aot_check.compile_configs(mixer, strategy, [c.config for c in todo], gpu.arch,
-                                         dtype=dtype, K=K, V=V, workers=workers,
-                                         progress=lambda m: say(f"[{strategy}]   {m}"))
+        comp = (compile_fn or aot_check.compile_configs)(
+            mixer, strategy, [c.config for c in todo], gpu.arch, dtype=dtype, K=K, V=V,
+            workers=workers, progress=lambda m: say(f"[{strategy}]   {m}"))
         for c, cc in zip(todo, comp):
             c.compiled = cc
             if not cc.ok:
@@ -308,6 +311,12 @@ def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=DEFAULT_HEAD, V=DEFAULT_HEAD
     other shapes); ``timed`` needs a CUDA device (``TuningError`` otherwise, before any work)."""
     if timed:
         require_cuda()
+    if _family(mixer) == "householder":      # the delta-rule templates: delta_space.py
+        from .delta_space import tune as tune_delta
+        return tune_delta(mixer, gpu, B=B, T=T, H=H, K=K, V=V, dtype=dtype, strategies=strategies,
+                          top_k=top_k, aot=aot, timed=timed, write=write, directory=directory,
+                          workers=workers, progress=progress, feedback=feedback,
+                          max_rounds=max_rounds)
     say = progress or (lambda msg: None)
     gpu = hardware.get(gpu)
     dtype = db.dtype_name(dtype)
@@ -324,6 +333,15 @@ def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=DEFAULT_HEAD, V=DEFAULT_HEAD
             r.db_path = _write(mixer, gpu, dtype, B, T, H, r, directory)
         results.append(r)
     return TuneResult(mixer.name, gpu, results)
+
+
+def _family(mixer) -> str | None:
+    """The lowering family that accepts ``mixer`` (None when none does)."""
+    from ..lowering.families import analyse
+    try:
+        return analyse(mixer).family
+    except MixirError:
+        return None
 
 
 # ---- several mixers (mixir tune --all) ---------------------------------------------------------

@@ -161,9 +161,10 @@ def slstm(x, R, b, *, initial_state=None, output_final_state=False, cu_seqlens=N
 def mlstm(q, k, v, i, f, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
           strategy=None):
     """xLSTM's mLSTM, fla layout: ``q, k [B, T, H, K]``, ``v [B, T, H, V]``, gate pre-activations
-    ``i, f [B, T, H]``; states ``(C [N, H, K, V], n [N, H, K], m [N, H])``. Not compiled yet: the
-    gated-linear analysis has no stabiliser state (docs/rnn.md), so this raises
-    ``UnsupportedMixerError`` naming the missing piece; ``mixir.reference(mlstm_mixer)`` runs it."""
+    ``i, f [B, T, H]``; states ``(C [N, H, K, V], n [N, H, K], m [N, H])`` (zeros by default).
+    Compiled through the gated-linear family (docs/gated_linear.md, "Stabiliser states"): the
+    stabiliser ``m`` is a max-plus scan, ``n`` a gated-linear vector scan, ``C`` the main state
+    (strategies ``recurrent`` and ``chunked``)."""
     return call(mlstm_mixer, [q, k, v, i, f], initial_state=initial_state,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy,
                 scale=scale)
@@ -185,7 +186,7 @@ RNN_MIXERS: dict = {
     "mlstm": LibraryEntry("mlstm", mlstm_mixer, mlstm, "gated_linear",
                           "xLSTM's mLSTM: matrix memory with normaliser and stabiliser",
                           "xLSTM (Beck et al., 2024)", {"K": "K", "V": "V"},
-                          samplers={"n": "positive"}, requires=("stabiliser_state",)),
+                          samplers={"n": "positive"}),
 }
 
 for _entry in RNN_MIXERS.values():      # the shared registry holds every family

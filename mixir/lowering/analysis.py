@@ -237,17 +237,100 @@ def analyse_state(mixer, spec, F, output) -> GatedLinearForm:
 
 
 @dataclasses.dataclass(frozen=True)
+class MaxPlusForm:
+    """A stabiliser state: a max-plus linear recurrence, elementwise over the state's dims,
+
+        m_t = max(m_{t-1} + a_t, b_t)
+
+    (xLSTM's ``m_t = max(log f_t + m_{t-1}, log i_t)``), with ``a`` and ``b`` per-token
+    expressions of the inputs (and of earlier auxiliary states). It is not affine, but it is a
+    scan over the (max, +) semiring with the closed form
+
+        m_t = F_t + max(m_0, max_{s≤t} (b_s - F_s)),     F_t = Σ_{r≤t} a_r
+
+    (a cumulative sum and a cumulative max per sequence), which the runtime evaluates in torch.
+    The attributes ``k_dim, v_dim, g, gk, gv`` are None: it has no gated-linear pieces.
+    """
+    state: object              # StateSpec
+    a: ir.Node                 # the additive log-decay of the carried branch
+    b: ir.Node                 # the floor (the branch free of the state)
+    family: str = "gated_linear"
+    strategies: tuple = STRATEGIES
+    k_dim = None
+    v_dim = None
+    g = gk = gv = None
+
+    def pieces(self):
+        return {"a": self.a, "b": self.b}
+
+    @property
+    def transition(self) -> str:
+        return "max-plus (stabiliser)"
+
+    def describe(self) -> str:
+        lines = [f"class: max-plus stabiliser {self.state.name}' = max({self.state.name} + a, b), "
+                 f"state {self.state.name}{list(self.state.dims)}"]
+        for name, node in self.pieces().items():
+            lines.append(f"  {name:8s} = {ir.render(node)}")
+        return "\n".join(lines)
+
+
+def _max_terms(n: ir.Node) -> list:
+    """The operands of a (nested) ``max``."""
+    if n.op == "max":
+        return _max_terms(n.src[0]) + _max_terms(n.src[1])
+    return [n]
+
+
+def analyse_maxplus(mixer, spec, F) -> MaxPlusForm | None:
+    """``F = max(S + a, b)`` (any nesting of ``max``; several carried branches ``S + a_i`` give
+    ``a = max a_i``, several floors ``b = max b_j``) → ``MaxPlusForm``; None when ``F`` is not of
+    that form (the caller reports why the state is not gated-linear)."""
+    if F.op != "max":
+        return None
+    S = ir.leaf("state", spec.name, spec.dims)
+    carried, floors = [], []
+    for term in _max_terms(F):
+        if not ir.contains(term, S):
+            floors.append(term)
+            continue
+        try:
+            slope = tangent(term, S)
+        except NotPointwise:
+            return None
+        a = ir.substitute(term, {S: ir.const(0.0, S.dims)})
+        if not ir.is_const(slope, 1.0) or ir.contains(a, S):
+            return None
+        carried.append(a)
+    if not carried or not floors:
+        return None
+    a, b = carried[0], floors[0]
+    for x in carried[1:]:
+        a = ir.binary("max", a, x)
+    for x in floors[1:]:
+        b = ir.binary("max", b, x)
+    for name, node in (("a", a), ("b", b)):
+        if bad := [x for x in node.dims if x not in spec.dims]:
+            raise _unsupported(mixer, f"the stabiliser {spec.name!r}'s {name} `{ir.render(node)}` has "
+                                      f"dims {bad} outside the state")
+    return MaxPlusForm(spec, a, b)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     """How a mixer is evaluated: auxiliary state scans first, then the main gated-linear state.
 
-    An auxiliary state is one the output does not read directly and whose update depends on no
-    other state (LightNet's running normaliser). It is computed for every token by its own
-    gated-linear scan (its output is the state itself); the main state then sees its old and new
-    values as per-token inputs named ``prev_input(name)`` / ``new_input(name)``.
+    An auxiliary state is one whose update depends on no state but itself and the auxiliary
+    states before it (LightNet's running normaliser; mLSTM's stabiliser m and normaliser n). Each
+    is computed for every token by its own scan, in dependency order: a gated-linear scan whose
+    output is the state itself (``GatedLinearForm``), or a max-plus scan (``MaxPlusForm``, a
+    stabiliser). Later states see its old and new values as per-token inputs named
+    ``prev_input(name)`` / ``new_input(name)``. The output may read auxiliary states (their new
+    values, as inputs) besides its one read-out of the main state.
     """
     main_index: int
     main: GatedLinearForm
-    aux: tuple = ()              # ((state index, GatedLinearForm), ...)
+    aux: tuple = ()              # ((state index, GatedLinearForm | MaxPlusForm), ...) in scan order
 
     @property
     def strategies(self):
@@ -261,14 +344,16 @@ class Plan:
     def transition(self):
         t = self.main.transition
         if self.aux:
-            t += "; auxiliary scans: " + ", ".join(f.state.name for _, f in self.aux)
+            t += "; auxiliary scans: " + ", ".join(
+                f.state.name + (" (max-plus)" if isinstance(f, MaxPlusForm) else "") for _, f in self.aux)
         return t
 
     def describe(self) -> str:
         parts = []
         for _, f in self.aux:
-            parts.append(f"auxiliary state {f.state.name} (scanned first, fed to the main state as "
-                         f"{prev_input(f.state.name)} / {new_input(f.state.name)}):\n" + f.describe())
+            parts.append(f"auxiliary state {f.state.name} (scanned first, fed to later states and the "
+                         f"output as {prev_input(f.state.name)} / {new_input(f.state.name)}):\n"
+                         + f.describe())
         parts.append(("main state:\n" if self.aux else "") + self.main.describe())
         return "\n".join(parts)
 
@@ -281,6 +366,38 @@ def new_input(name):
     return f"{name}__new"
 
 
+def _main_state(mixer, reads, deps):
+    """The main state among the states the output reads: one no other state depends on, the one
+    with the most dims (a matrix memory before its vector normaliser), first declared on ties."""
+    if len(reads) == 1:
+        return reads[0]
+    free = [i for i in reads if not any(i in deps[j] for j in deps if j != i)]
+    if not free:
+        raise _unsupported(mixer, "the output reads states " + ", ".join(
+            mixer.states[i].name for i in reads) + " that all feed other states; no main state")
+    return min(free, key=lambda i: (-len(mixer.states[i].dims), i))
+
+
+def _scan_order(mixer, main, deps):
+    """The auxiliary states in dependency order (each after the states its update reads)."""
+    order, done = [], set()
+    pending = [i for i in range(len(mixer.states)) if i != main]
+    for i in pending:
+        if main in deps[i]:
+            raise _unsupported(mixer, f"the auxiliary state {mixer.states[i].name!r} depends on the "
+                                      f"main state {mixer.states[main].name!r}; auxiliary states may "
+                                      "depend only on themselves, other auxiliary states and the inputs")
+    while pending:
+        ready = [i for i in pending if deps[i] <= done]
+        if not ready:
+            names = sorted(mixer.states[i].name for i in pending)
+            raise _unsupported(mixer, f"the auxiliary states {names} depend on each other in a cycle")
+        order += ready
+        done |= set(ready)
+        pending = [i for i in pending if i not in done]
+    return order
+
+
 def analyse(mixer) -> Plan:
     """Classify ``mixer``; return its evaluation plan or raise ``UnsupportedMixerError``."""
     leaves = [ir.leaf("state", s.name, s.dims) for s in mixer.states]
@@ -290,22 +407,19 @@ def analyse(mixer) -> Plan:
     direct = ir.substitute(mixer.output, dict(zip(mixer.updates, fresh)))
     reads = [i for i, (lf, nf) in enumerate(zip(leaves, fresh))
              if ir.contains(direct, nf) or ir.contains(direct, lf)]
-    if len(reads) != 1:
-        raise _unsupported(mixer, f"the output reads {len(reads)} of its {len(mixer.states)} states "
-                                  f"({', '.join(mixer.states[i].name for i in reads)}); the gated-linear "
-                                  "family reads one main state, fed by auxiliary states")
-    main = reads[0]
+    if not reads:
+        raise _unsupported(mixer, f"the output reads none of its {len(mixer.states)} states")
+    deps = {i: {j for j, o in enumerate(leaves) if j != i and ir.contains(F, o)}
+            for i, F in enumerate(mixer.updates)}
+    main = _main_state(mixer, reads, deps)
     aux, mapping = [], {}
-    for i, (spec, lf, F) in enumerate(zip(mixer.states, leaves, mixer.updates)):
-        if i == main:
-            continue
-        if others := [mixer.states[j].name for j, o in enumerate(leaves) if j != i and ir.contains(F, o)]:
-            raise _unsupported(mixer, f"the auxiliary state {spec.name!r} depends on state(s) {others}; "
-                                      "auxiliary states may depend only on themselves and the inputs")
-        form = analyse_state(mixer, spec, F, F)
+    for i in _scan_order(mixer, main, deps):
+        spec, lf = mixer.states[i], leaves[i]
+        F = ir.substitute(mixer.updates[i], mapping)
+        form = analyse_maxplus(mixer, spec, F) or analyse_state(mixer, spec, F, F)
         aux.append((i, form))
         mapping[lf] = ir.leaf("input", prev_input(spec.name), spec.dims)
-        mapping[F] = ir.leaf("input", new_input(spec.name), spec.dims)
+        mapping[mixer.updates[i]] = ir.leaf("input", new_input(spec.name), spec.dims)
     F_main = ir.substitute(mixer.updates[main], mapping)
     out = ir.substitute(mixer.output, mapping)
     form = analyse_state(mixer, mixer.states[main], F_main, out)

@@ -41,6 +41,20 @@ class CompiledHouseholder:
     def __repr__(self):
         return f"<mixir.CompiledMixer {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
 
+    def _config(self, strategy, K, V, dtype, shape, device):
+        """The core's launch parameters: on CUDA tensors the tuning database's config for the
+        current GPU, else the delta space's cost-model best (``autotune.select.tuned_delta_config``);
+        on CPU (or when nothing applies) ``delta_core.default_config``. A user's config= wins."""
+        cfg = delta_core.default_config(strategy, K, V, dtype)
+        if device is not None and torch.device(device).type == "cuda":
+            from ..autotune.select import tuned_delta_config
+            tuned = tuned_delta_config(self.mixer.fingerprint, strategy, K, V, dtype, *shape,
+                                       torch.device(device), self.plan.num_householder)
+            if tuned:
+                cfg.update(tuned)
+        cfg.update(self.config)
+        return cfg
+
     def source_files(self):
         from .templates import delta_chunked, delta_recurrent
         return [self.pieces_kernel.source_path, delta_recurrent.__file__, delta_chunked.__file__]
@@ -90,7 +104,7 @@ class CompiledHouseholder:
             if m.states[0].dims != (p.k_dim, p.v_dim):
                 h0 = h0.transpose(-1, -2)
             h0 = h0.contiguous()
-        cfg = dict(delta_core.default_config(strategy, K, V, dtype), **self.config)
+        cfg = self._config(strategy, K, V, dtype, (B, T, H), device)
         o, hT = torch.ops.mixir.delta_fwd(qs.to(dtype).contiguous(), k.to(dtype).contiguous(),
                                           v.to(dtype).contiguous(), beta.float().contiguous(),
                                           None if g is None else g.float().contiguous(), h0, cu,

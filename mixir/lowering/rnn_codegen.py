@@ -30,7 +30,7 @@ from ..dsl.vjp import vjp
 from .codegen_expr import ROW, _Body, _Names, _Val
 from .rnn_analysis import RNNForm
 
-CODEGEN_VERSION = "1"
+CODEGEN_VERSION = "2"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,11 +100,19 @@ class _Gen:
         return [
             "pid = tl.program_id(0)",
             "hid = tl.program_id(1)",
-            "rows = pid.to(tl.int64) * BR + tl.arange(0, BR)",
+            # 32-bit offsets unless a tensor has 2^31 elements (I64): 64-bit index tiles cost
+            # registers the resident R needs (LSTM D = 64 backward: 255 + spills → 216 registers)
+            "if I64:",
+            "    rows = pid.to(tl.int64) * BR + tl.arange(0, BR)",
+            "    bb = tl.load(row_b + rows, mask=rows < N, other=0).to(tl.int64)",
+            "    tstart = tl.load(row_t0 + rows, mask=rows < N, other=0).to(tl.int64)",
+            "    ln = tl.load(row_len + rows, mask=rows < N, other=0).to(tl.int64)",
+            "else:",
+            "    rows = pid * BR + tl.arange(0, BR)",
+            "    bb = tl.load(row_b + rows, mask=rows < N, other=0)",
+            "    tstart = tl.load(row_t0 + rows, mask=rows < N, other=0)",
+            "    ln = tl.load(row_len + rows, mask=rows < N, other=0)",
             "rvalid = rows < N",
-            "bb = tl.load(row_b + rows, mask=rvalid, other=0).to(tl.int64)",
-            "tstart = tl.load(row_t0 + rows, mask=rvalid, other=0).to(tl.int64)",
-            "ln = tl.load(row_len + rows, mask=rvalid, other=0).to(tl.int64)",
             "h = rows * 0 + hid",
             f"o_{D} = tl.arange(0, {BD})",
             f"m_{D} = o_{D} < {self.nD}",
@@ -112,16 +120,24 @@ class _Gen:
             f"smask = rvalid[:, None] & m_{D}[None, :]",
         ]
 
-    def load_weights(self, transposed_too=False):
+    def load_weights(self, transposed=False):
+        """``R_g`` [in, out] (forward: ``a = h @ R``), or with ``transposed`` ``RT_g = R_gᵀ``
+        [out, in] loaded straight from memory (backward: ``dh = da @ Rᵀ``, no in-register
+        transpose), in the dot dtype (``DOT16``)."""
         D, BD = self.dn, self.BD
         lines = [f"o_in = tl.arange(0, {BD})", "o_out = tl.arange(0, BD_" + D + ")",
                  f"wmask = (o_in[:, None] < {self.nD}) & (o_out[None, :] < {self.nD})"]
+        name = "RT" if transposed else "R"
         for g in range(self.G):
-            lines.append(f"R{g} = tl.load(w{g} + hid * w{g}_sh + o_in[:, None] * w{g}_si + "
-                         f"o_out[None, :] * w{g}_so, mask=wmask, other=0.0)")
-            lines += [f"if DOT16 == 1:", f"    R{g} = R{g}.to(tl.float16)",
-                      f"elif DOT16 == 2:", f"    R{g} = R{g}.to(tl.bfloat16)",
-                      f"else:", f"    R{g} = R{g}.to(tl.float32)"]
+            if transposed:   # RT[o, i] = R[i, o]
+                lines.append(f"RT{g} = tl.load(w{g} + hid * w{g}_sh + o_out[:, None] * w{g}_so + "
+                             f"o_in[None, :] * w{g}_si, mask=wmask, other=0.0)")
+            else:
+                lines.append(f"R{g} = tl.load(w{g} + hid * w{g}_sh + o_in[:, None] * w{g}_si + "
+                             f"o_out[None, :] * w{g}_so, mask=wmask, other=0.0)")
+            lines += [f"if DOT16 == 1:", f"    {name}{g} = {name}{g}.to(tl.float16)",
+                      f"elif DOT16 == 2:", f"    {name}{g} = {name}{g}.to(tl.bfloat16)",
+                      f"else:", f"    {name}{g} = {name}{g}.to(tl.float32)"]
         return lines
 
     def matmuls(self, hname):
@@ -155,14 +171,14 @@ class _Gen:
         if fused:
             args += self.weight_args()
             args += [f"init{i}" for i in range(self.S)] + ["out"] + [f"save{i}" for i in range(self.S)]
-            args += [f"final{i}" for i in range(self.S)]
+            args += [f"asave{g}" for g in range(self.G)] + [f"final{i}" for i in range(self.S)]
             args += ["row_b", "row_t0", "row_len", "N", "T", "H", self.nD, "T_steps"]
-            cons = ["BR", self.BD, "HAS_INIT", "SAVE", "DOT16", "PREC"]
+            cons = ["BR", self.BD, "HAS_INIT", "SAVE", "DOT16", "PREC", "I64"]
         else:
             args += [f"prev{i}" for i in range(self.S)] + [f"a{g}_in" for g in range(self.G)]
             args += ["out"] + [f"next{i}" for i in range(self.S)]
             args += ["row_b", "row_t0", "row_len", "N", "T", "H", self.nD, "t"]
-            cons = ["BR", self.BD]
+            cons = ["BR", self.BD, "I64"]
         sig = ", ".join(args) + "".join(f", {c}: tl.constexpr" for c in cons)
         L = [f"def {fn}({sig}):"]
         ind = "    "
@@ -199,6 +215,8 @@ class _Gen:
             L.append(ind2 + "if SAVE:")
             for i in range(self.S):
                 L.append(ind2 + f"    tl.store(save{i} + {self.tok_idx()}, st{i}, mask=upd)")
+            for g in range(self.G):
+                L.append(ind2 + f"    tl.store(asave{g} + {self.tok_idx()}, a{g}, mask=upd)")
             for i in range(self.S):
                 L.append(ind + f"tl.store(final{i} + sidx, st{i}, mask=smask)")
         else:
@@ -241,27 +259,26 @@ class _Gen:
         if fused:
             args += self.weight_args()
             args += [f"init{i}" for i in range(self.S)] + [f"save{i}" for i in range(self.S)]
+            args += [f"asave{g}" for g in range(self.G)]
             args += ["dout_p"] + [f"dfinal{i}" for i in range(self.S)]
             args += [dname[lf] for lf, _ in din] + [dname[lf] for lf, _ in dpar]
-            args += [f"dw{g}" for g in range(self.G)] + [f"dinit{i}" for i in range(self.S)]
+            args += [f"da{g}_out" for g in range(self.G)] + [f"dinit{i}" for i in range(self.S)]
             args += ["row_b", "row_t0", "row_len", "N", "T", "H", self.nD, "T_steps"]
-            cons = ["BR", BD, "HAS_INIT", "DOT16", "PREC"]
+            cons = ["BR", BD, "HAS_INIT", "DOT16", "PREC", "I64"]
         else:
             args += [f"prev{i}" for i in range(self.S)] + [f"a{g}_in" for g in range(self.G)]
             args += ["dout_p"] + [f"dnext{i}" for i in range(self.S)]
             args += [dname[lf] for lf, _ in din] + [dname[lf] for lf, _ in dpar]
             args += [f"da{g}_out" for g in range(self.G)] + [f"dprev{i}" for i in range(self.S)]
             args += ["row_b", "row_t0", "row_len", "N", "T", "H", self.nD, "t"]
-            cons = ["BR", BD]
+            cons = ["BR", BD, "I64"]
         sig = ", ".join(args) + "".join(f", {c}: tl.constexpr" for c in cons)
         L = [f"def {fn}({sig}):"]
         ind = "    "
         L += [ind + x for x in self.prologue()]
         pidx = f"(rows[:, None] * H + hid) * {self.nD} + o_{D}[None, :]"   # per-row param partials
         if fused:
-            L += [ind + x for x in self.load_weights()]
-            for g in range(self.G):
-                L.append(ind + f"dw{g}_acc = tl.full([{BD}, {BD}], 0.0, tl.float32)")
+            L += [ind + x for x in self.load_weights(transposed=True)]
             for lf, _ in dpar:
                 L.append(ind + f"{dname[lf]}_acc = tl.full([BR, {BD if lf.dims else 1}], 0.0, tl.float32)")
             for i in range(self.S):
@@ -278,8 +295,8 @@ class _Gen:
                 L.append(ind2 + f"st{i} = tl.load(save{i} + prev_idx, mask=pm, other=0.0)")
                 L += [ind2 + "if HAS_INIT:",
                       ind2 + f"    st{i} += tl.load(init{i} + sidx, mask=upd & (tt == tstart)[:, None], other=0.0)"]
-            for g in range(self.G):
-                L.append(ind2 + f"a{g} = tl.dot(st{f.hidden_index}, R{g}.to(tl.float32), input_precision=PREC)")
+            for g in range(self.G):      # the forward's pre-activations (not recomputed: no R @)
+                L.append(ind2 + f"a{g} = tl.load(asave{g} + {self.tok_idx()}, mask=upd, other=0.0)")
         else:
             ind2 = ind
             L += [ind2 + "ti = t", ind2 + "tt = tstart + t", ind2 + "rmask = rvalid & (t < ln)",
@@ -291,8 +308,12 @@ class _Gen:
                 L.append(ind2 + f"a{g} = tl.load(a{g}_in + sidx, mask=smask, other=0.0)")
         L.append(ind2 + f"dout = tl.load(dout_p + {self.tok_idx()}, mask=upd, other=0.0).to(tl.float32)")
         L += [ind2 + line[4:] for line in body.lines]
+        hi = f.hidden_index
         for g in range(self.G):
             L.append(ind2 + f"da{g} = tl.where(upd, {val(ggate[g])}, 0.0)")
+        if fused:
+            for g in range(self.G):   # dR_g = Σ_t h_{t-1}ᵀ da_g: one batched matmul after the kernel
+                L.append(ind2 + f"tl.store(da{g}_out + {self.tok_idx()}, da{g}, mask=upd)")
         def rowval(node):   # a per-row scalar as a [BR, 1] tile
             v = body.vals[node]
             x = body.f(v)
@@ -317,20 +338,21 @@ class _Gen:
                          f"mask={'smask' if lf.dims else 'rvalid[:, None]'})")
         for i in range(self.S):
             dprev = val(gstate[i])
-            if fused and i == f.hidden_index:
+            if fused and i == hi:     # dh_{t-1} = ∂cell/∂h + Σ_g da_g R_gᵀ (tensor cores)
                 for g in range(self.G):
-                    dprev = f"{dprev} + tl.dot(da{g}, tl.trans(R{g}.to(tl.float32)), input_precision=PREC)"
+                    L += [ind2 + "if DOT16 == 1:",
+                          ind2 + f"    dh{g} = tl.dot(da{g}.to(tl.float16), RT{g})",
+                          ind2 + "elif DOT16 == 2:",
+                          ind2 + f"    dh{g} = tl.dot(da{g}.to(tl.bfloat16), RT{g})",
+                          ind2 + "else:",
+                          ind2 + f"    dh{g} = tl.dot(da{g}, RT{g}, input_precision=PREC)"]
+                    dprev = f"{dprev} + dh{g}"
             L.append(ind2 + f"dn{i} = {dprev}")
         if fused:
-            for g in range(self.G):
-                L.append(ind2 + f"dw{g}_acc += tl.dot(tl.trans(st{f.hidden_index}), da{g}, input_precision=PREC)")
             for i in range(self.S):
                 L.append(ind2 + f"dc{i} = tl.where(upd, dn{i}, dc{i})")
             for i in range(self.S):
                 L.append(ind + f"tl.store(dinit{i} + sidx, dc{i}, mask=smask)")
-            wi = f"((pid * H + hid) * {self.nD} + o_in[:, None]) * {self.nD} + o_out[None, :]"
-            for g in range(self.G):
-                L.append(ind + f"tl.store(dw{g} + {wi}, dw{g}_acc, mask=wmask)")
             for lf, _ in dpar:
                 L.append(ind + f"tl.store({dname[lf]} + {pidx if lf.dims else '(rows * H + hid)[:, None]'}, "
                          f"{dname[lf]}_acc, mask={'smask' if lf.dims else 'rvalid[:, None]'})")

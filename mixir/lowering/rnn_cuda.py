@@ -8,9 +8,11 @@ unit ``d``; blocks of ``D`` threads, D ≤ 1024). Per step: ``a_g[d] = Σ_e h[e]
 (fp32 accumulation), then the user's pointwise cell, emitted as C from the IR.
 
 In CI the source is compiled with ``nvcc -arch=sm_80|sm_90 -c`` when nvcc is present
-(tests/test_rnn_cuda.py). Not yet done: the ``torch.utils.cpp_extension.load_inline`` wrapper
-that launches it from ``CompiledRNN`` on a GPU (no GPU was available to validate it), a
-split-R cooperative variant for G·D² beyond one block's shared memory, and a CUDA backward.
+(tests/test_rnn_cuda.py, which also compiles the ``load_inline`` launcher source against torch's
+headers). ``run_forward`` builds it with ``torch.utils.cpp_extension.load_inline`` and launches it;
+``CompiledRNN`` uses it for ``strategy="fused_cuda"`` on CUDA tensors (inference: there is no CUDA
+backward). Not yet done: a CUDA backward, tensor-core MMA, a split-R cooperative variant for G·D²
+beyond one block's shared memory, ``cu_seqlens`` in the CUDA kernel.
 """
 from __future__ import annotations
 
@@ -108,8 +110,8 @@ def generate(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> str:
                                 + [f"float* __restrict__ state{i}" for i in range(S)]
                                 + ["float* __restrict__ out", "int T", "int H", "int D"]) + ") {",
          "  extern __shared__ unsigned char smem_raw[];",
-         "  rtype* Rs = reinterpret_cast<rtype*>(smem_raw);                 // [G, D, D]",
-         "  float* hs = reinterpret_cast<float*>(Rs + (size_t)" + str(G) + " * D * D);  // [D]",
+         "  float* hs = reinterpret_cast<float*>(smem_raw);                          // [D] first: aligned",
+         "  rtype* Rs = reinterpret_cast<rtype*>(smem_raw + 4 * (size_t)D);            // [G, D, D]",
          "  const int b = blockIdx.x, hh = blockIdx.y, d = threadIdx.x;",
          f"  for (int k = d; k < {G} * D * D; k += blockDim.x) {{   // R resident for all T",
          "    const int g = k / (D * D), r = k % (D * D);"]
@@ -132,6 +134,78 @@ def generate(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> str:
         L.append(f"  if (d < D) state{i}[((size_t)b * H + hh) * D + d] = s{i};")
     L += ["}", ""]
     return "\n".join(L)
+
+
+R_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+
+
+def launcher_source(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> tuple:
+    """(C++ declaration, CUDA source) for ``torch.utils.cpp_extension.load_inline``: the kernel of
+    ``generate`` plus ``void launch(xs, Rs, states, out, B, T, H, D)`` that launches it on the
+    current stream, grid ``(B, H)``, ``ceil32(D)`` threads, ``G·D²·sizeof(R) + 4·D`` bytes of
+    dynamic shared memory (opted in above 48 KiB). ``xs``: the cell's inputs in ``inputs`` order,
+    contiguous fp32; ``Rs``: ``[H, D, D]`` (``R[h, e, d]``) in the R type; ``states``: ``[B, H, D]``
+    fp32, the initial states on entry and the final states on return; ``out``: fp32 ``[B, T, H, D]``."""
+    S, G = len(form.states), len(form.gates)
+    kernel = generate(form, inputs, r_type)
+    fn = "rnn_fwd_" + _IDENT.sub("_", form.mixer_name)
+    decl = ("void launch(std::vector<at::Tensor> xs, std::vector<at::Tensor> Rs, "
+            "std::vector<at::Tensor> states, at::Tensor out, int64_t B, int64_t T, int64_t H, int64_t D);")
+    args = ([f"xs[{i}].data_ptr<float>()" for i in range(len(inputs))]
+            + [f"reinterpret_cast<const rtype*>(Rs[{g}].data_ptr())" for g in range(G)]
+            + [f"states[{i}].data_ptr<float>()" for i in range(S)]
+            + ["out.data_ptr<float>()", "(int)T", "(int)H", "(int)D"])
+    L = ["#include <vector>", "#include <ATen/core/Tensor.h>", "#include <c10/cuda/CUDAStream.h>",
+         "#include <c10/cuda/CUDAException.h>", kernel,
+         decl[:-1] + " {",
+         f"  TORCH_CHECK((int64_t)xs.size() == {len(inputs)} && (int64_t)Rs.size() == {G} && "
+         f"(int64_t)states.size() == {S}, \"{fn}: wrong number of tensors\");",
+         f"  TORCH_CHECK(D >= 1 && D <= 1024, \"{fn}: the head size must be in [1, 1024]\");",
+         "  const int threads = (int)((D + 31) / 32 * 32);",
+         f"  const size_t smem = (size_t){G} * D * D * sizeof(rtype) + 4 * (size_t)D + 16;",
+         "  if (smem > 48 * 1024) {",
+         f"    C10_CUDA_CHECK(cudaFuncSetAttribute({fn}, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));",
+         "  }",
+         "  if (B == 0 || H == 0) return;",
+         "  const dim3 grid((unsigned)B, (unsigned)H);",
+         f"  {fn}<<<grid, threads, smem, c10::cuda::getCurrentCUDAStream()>>>(",
+         "      " + ",\n      ".join(args) + ");",
+         "  C10_CUDA_KERNEL_LAUNCH_CHECK();", "}", ""]
+    return decl, "\n".join(L)
+
+
+_LOADED: dict = {}
+
+
+def load_launcher(form: RNNForm, inputs, r_type: str):
+    """The compiled extension module (``load_inline``, cached per source) with ``launch``."""
+    import hashlib
+    decl, src = launcher_source(form, inputs, r_type)
+    key = hashlib.sha256(src.encode()).hexdigest()[:20]
+    if key not in _LOADED:
+        from torch.utils.cpp_extension import load_inline
+        _LOADED[key] = load_inline(name=f"mixir_rnn_{_IDENT.sub('_', form.mixer_name)}_{key}",
+                                   cpp_sources=["#include <torch/extension.h>\n" + decl],
+                                   cuda_sources=[src], functions=["launch"],
+                                   extra_cuda_cflags=["-O3", "--use_fast_math"], verbose=False)
+    return _LOADED[key]
+
+
+def run_forward(form: RNNForm, cell_specs, cell, weights_by_gate, inits, B, T, H, D, dtype):
+    """The fused CUDA C forward on CUDA tensors: (out fp32 [B, T, H, D], final states [B, H, D]).
+    ``weights_by_gate``: ``R_g`` as ``[H, D_in, D_out]``; ``inits``: fp32 ``[B, H, D]`` or None."""
+    import torch
+    r_type = R_TYPES[str(dtype).split(".")[-1]]
+    rt = {"float": torch.float32, "__half": torch.float16, "__nv_bfloat16": torch.bfloat16}[r_type]
+    mod = load_launcher(form, cell_specs, r_type)
+    dev = cell[0].device
+    xs = [x.float().contiguous() for x in cell]
+    Rs = [R.to(rt).contiguous() for R in weights_by_gate]
+    states = [(s.float().clone() if s is not None else torch.zeros((B, H, D), device=dev)).contiguous()
+              for s in inits]
+    out = torch.empty((B, T, H, D), device=dev, dtype=torch.float32)
+    mod.launch(xs, Rs, states, out, B, T, H, D)
+    return out, states
 
 
 def shared_bytes(gates: int, D: int, r_bytes: int) -> int:

@@ -25,6 +25,9 @@ from .rnn_analysis import RNNForm
 from .rnn_codegen import generate
 
 
+CUDA_STRATEGIES = ("fused_cuda",)    # accepted on CUDA tensors, not in ``strategies`` (no backward)
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -67,8 +70,8 @@ class CompiledRNN:
             isinstance(a, torch.Tensor) and a.requires_grad for a in list(arrays) + list(
                 initial_state if isinstance(initial_state, (tuple, list)) else [initial_state]))
         strategy = strategy or self.strategy or self._choose(D, dtype, device, backward)
-        if strategy not in self.strategies:
-            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        if strategy not in self.strategies + CUDA_STRATEGIES:
+            raise InputError(f"strategy must be one of {self.strategies + CUDA_STRATEGIES}, got {strategy!r}")
         S = len(f.states)
         if initial_state is not None and S > 1 and not isinstance(initial_state, (tuple, list)):
             raise InputError(f"initial_state: {m.name} has {S} states ({', '.join(f.states)}); pass a tuple")
@@ -86,9 +89,13 @@ class CompiledRNN:
             row_len = (cu[1:] - cu[:-1]).to(torch.int32)
             T_steps = int(row_len.max()) if N else 0
         env = {spec.name: a for spec, a in zip(m.inputs, arrays)}
-        run = _Run(self, b, N, D, dtype, device, strategy, (row_b, row_t0, row_len), T_steps, backward)
+        run = _Run(self, b, N, D, dtype, device, strategy, (row_b, row_t0, row_len), T_steps, backward,
+                   cu_seqlens)
         cell = [env[name] for name, *_ in self.generated.cell_inputs]
         weights = [env[w] for w in f.weights]
+        if strategy == "fused_cuda":
+            return self._fused_cuda(b, D, dtype, device, backward, cu_seqlens, cell, weights, inits,
+                                    output_final_state)
         has_init = any(s is not None for s in inits)
         init_t = [None if not has_init else (s.float() if s is not None else
                   torch.zeros((N, b.H, D), device=device)) for s in inits]
@@ -97,6 +104,28 @@ class CompiledRNN:
         if not output_final_state:
             return o
         return o, (finals[0] if S == 1 else tuple(finals))
+
+    def _fused_cuda(self, b, D, dtype, device, backward, cu_seqlens, cell, weights, inits, final):
+        """``strategy="fused_cuda"``: the generated CUDA C forward (``rnn_cuda``, R in shared
+        memory), built with ``load_inline``. Forward only (no CUDA backward yet), no cu_seqlens."""
+        from . import rnn_cuda
+        if device.type != "cuda":
+            raise InputError(f"{self.mixer.name}: strategy 'fused_cuda' runs the CUDA C kernel and needs "
+                             f"CUDA tensors, got {device}; use 'fused' or 'alternating'")
+        if backward:
+            raise InputError(f"{self.mixer.name}: strategy 'fused_cuda' has no backward yet; call it under "
+                             "torch.no_grad() or use 'fused' / 'alternating' for training")
+        if cu_seqlens is not None:
+            raise InputError(f"{self.mixer.name}: strategy 'fused_cuda' does not take cu_seqlens yet")
+        f = self.plan
+        by = dict(zip(f.weights, weights))
+        mats = [by[g.weight] if g.in_axis == 0 else by[g.weight].transpose(1, 2) for g in f.gates]
+        specs = [(name, kind, dims) for name, kind, dims, *_ in self.generated.cell_inputs]
+        out, finals = rnn_cuda.run_forward(f, specs, cell, mats, inits, b.B, b.T, b.H, D, dtype)
+        o = out.to(dtype)
+        if not final:
+            return o
+        return o, (finals[0] if len(finals) == 1 else tuple(finals))
 
     def _choose(self, D, dtype, device, backward=True):
         if device.type != "cuda" and not targets_gpu(device):
@@ -122,12 +151,21 @@ class CompiledRNN:
         return cfg
 
 
+def _previous(saved, init, cu_seqlens, N):
+    """The hidden state before every token (``saved`` [B, T, H, D] shifted by one step, each
+    sequence's initial state or 0 at its first token)."""
+    from .runtime import _shift
+    return _shift(saved, init, cu_seqlens, N)
+
+
 class _Run:
     """Everything one call needs besides the tensors (shared by forward and backward)."""
 
-    def __init__(self, c: CompiledRNN, b, N, D, dtype, device, strategy, rows, T_steps, backward):
+    def __init__(self, c: CompiledRNN, b, N, D, dtype, device, strategy, rows, T_steps, backward,
+                 cu_seqlens=None):
         self.c, self.b, self.N, self.D, self.dtype, self.device = c, b, N, D, dtype, device
         self.strategy, self.rows, self.T_steps = strategy, rows, T_steps
+        self.backward, self.cu_seqlens = backward, cu_seqlens
         self.cfg = c.launch_config(D, device, dtype, max(N, 1), strategy, backward)
         gpu = device.type == "cuda" or targets_gpu(device)
         self.dot16 = {torch.float16: 1, torch.bfloat16: 2}.get(dtype, 0) if gpu else \
@@ -149,6 +187,12 @@ class _Run:
         kw.update(row_b=row_b, row_t0=row_t0, row_len=row_len, N=self.N, T=self.b.T, H=self.b.H)
         kw[f"n_{g.dim_name}"] = self.D
         kw["BR"] = self.cfg["BR"]
+        # 64-bit offsets only when some offset can reach 2^31 (tokens × units, or a strided view
+        # into a larger storage); the 32-bit index tiles leave registers to the resident R
+        b, big = self.b, 2 ** 31 - 1
+        extent = max([b.B * b.T * b.H * self.D, self.N * b.H * self.D]
+                     + [x.untyped_storage().nbytes() // x.element_size() for x in cell])
+        kw["I64"] = extent >= big
         kw[f"BD_{g.dim_name}"] = self.cfg["BD"]
         return kw
 
@@ -195,20 +239,25 @@ class _RNNFunction(torch.autograd.Function):
         finals = [torch.empty((N, H, D), device=dev, dtype=torch.float32) for _ in range(S)]
         kw = run.common(cell)
         if run.strategy == "fused":
-            saves = [torch.empty((b.B, b.T, H, D), device=dev, dtype=torch.float32) for _ in range(S)]
+            # for the backward: every step's states and gate pre-activations a_g (fp32)
+            shape = (b.B, b.T, H, D) if run.backward else (1, 1, 1, 1)
+            saves = [torch.empty(shape, device=dev, dtype=torch.float32) for _ in range(S)]
+            asaves = [torch.empty(shape, device=dev, dtype=torch.float32) for _ in f.gates]
             kw.update(run.weights(weights))
             for i in range(S):
                 kw[f"init{i}"] = inits[i] if has_init else finals[i]
                 kw[f"save{i}"] = saves[i]
                 kw[f"final{i}"] = finals[i]
-            kw.update(out=out, T_steps=run.T_steps, HAS_INIT=has_init, SAVE=True,
+            for g in range(len(f.gates)):
+                kw[f"asave{g}"] = asaves[g]
+            kw.update(out=out, T_steps=run.T_steps, HAS_INIT=has_init, SAVE=run.backward,
                       DOT16=run.dot16, PREC=run.prec)
             if N and run.T_steps:
                 c.kernels["fwd_fused"][run.grid](**kw, **run.opts())
             elif N:
                 for i in range(S):
                     finals[i].copy_(inits[i] if has_init else torch.zeros_like(finals[i]))
-            hist = saves
+            hist = (saves, asaves)
         else:
             mats = run.matrices(weights)
             prev = [inits[i] if has_init else torch.zeros((N, H, D), device=dev) for i in range(S)]
@@ -258,22 +307,27 @@ class _RNNFunction(torch.autograd.Function):
                          for name, dims, _ in g.grads["dpar"]}
             for name, buf in dpar_bufs.items():
                 kw[arg_of[name]] = buf
-            dWp = [torch.zeros((run.grid[0], H, D, D), device=dev) for _ in f.gates]
+            saves, asaves = ctx.hist
+            das = [torch.zeros((b.B, b.T, H, D), device=dev) for _ in f.gates]
             dinit = [torch.empty((N, H, D), device=dev) for _ in range(S)]
             kw.update(run.weights(weights))
             for i in range(S):
                 kw[f"init{i}"] = inits[i] if inits is not None else dfin[i]
-                kw[f"save{i}"] = ctx.hist[i]
+                kw[f"save{i}"] = saves[i]
                 kw[f"dfinal{i}"] = dfin[i]
                 kw[f"dinit{i}"] = dinit[i]
             for j in range(len(f.gates)):
-                kw[f"dw{j}"] = dWp[j]
-            kw.update(dout_p=dout, T_steps=run.T_steps, HAS_INIT=inits is not None, DOT16=0, PREC="ieee")
+                kw[f"asave{j}"], kw[f"da{j}_out"] = asaves[j], das[j]
+            kw.update(dout_p=dout, T_steps=run.T_steps, HAS_INIT=inits is not None, DOT16=run.dot16,
+                      PREC=run.prec)
             if N and run.T_steps:
                 c.kernels["bwd_fused"][run.grid](**kw, **run.opts())
             else:
                 dinit = dfin
-            dW = [x.sum(0) for x in dWp]
+            # dR_g[h] = Σ_{b,t} h_{t-1}ᵀ da_g: one batched GEMM over all tokens, outside the loop
+            hprev = _previous(saves[f.hidden_index], None if inits is None else inits[f.hidden_index],
+                              run.cu_seqlens, N)
+            dW = [torch.einsum("bthe,bthd->hed", hprev, da) for da in das]
             dpar_sum = {name: buf.sum(0) for name, buf in dpar_bufs.items()}
         else:
             mats = run.matrices(weights)

@@ -71,6 +71,35 @@ def _gates(Gin, cs, L, i_h, H, o_t, USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr
 
 
 @triton.jit
+def _sequence_program(cu_seqlens, chunk_off, H, DK: tl.constexpr, DV: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr):
+    """The (sequence × head, V-tile) program of a sequential pass: its sequence bounds, first chunk
+    and the offsets / mask of its [BK, BV] state tile."""
+    i_nh = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    co = tl.load(chunk_off + i_n).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_kv = (o_k < DK)[:, None] & (o_v < DV)[None, :]
+    o_kv = o_k[:, None] * DV + o_v[None, :]
+    return i_n, i_h, bos, eos, co, o_k, o_v, m_kv, o_kv
+
+
+@triton.jit
+def _state_tile(P, i_n, i_h, H, DK: tl.constexpr, DV: tl.constexpr, o_kv, m_kv,
+                BK: tl.constexpr, BV: tl.constexpr, USE: tl.constexpr):
+    """The program's [BK, BV] tile of an [N, H, DK, DV] state (zeros when USE is false)."""
+    h = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE:
+        h += tl.load(P + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.)
+    return h
+
+
+@triton.jit
 def unit_lower_inverse(Nmat, BT: tl.constexpr, BB: tl.constexpr, PREC: tl.constexpr):
     """(I + N)⁻¹ for a strictly lower triangular [BT, BT] tile N, blockwise with BB × BB blocks:
 
@@ -151,21 +180,9 @@ def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H
                        LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, PREC: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV)). For each chunk: HS[c] = h; u = U − W h; h = γ_L h + (K γ_L/γ)ᵀ u
-    i_nh = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    co = tl.load(chunk_off + i_n).to(tl.int64)
+    i_n, i_h, bos, eos, co, o_k, o_v, m_kv, o_kv = _sequence_program(cu_seqlens, chunk_off, H, DK, DV, BK, BV)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (o_k < DK)[:, None] & (o_v < DV)[None, :]
-    o_kv = o_k[:, None] * DV + o_v[None, :]
-    h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        h += tl.load(H0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.)
+    h = _state_tile(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
     nt = (eos - bos + BT - 1) // BT
     for c in range(0, nt):
         cs = bos + c * BT
@@ -219,21 +236,9 @@ def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_
                         BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV)). Reverse over chunks, dh = adjoint of the chunk-end state:
     #   DHS[c] = dh;  du = tril(QKᵀ⊙D)ᵀ dO + (K γ_L/γ) dh;  dh ← γ_L dh + (Q γ)ᵀ dO − Wᵀ du
-    i_nh = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    co = tl.load(chunk_off + i_n).to(tl.int64)
+    i_n, i_h, bos, eos, co, o_k, o_v, m_kv, o_kv = _sequence_program(cu_seqlens, chunk_off, H, DK, DV, BK, BV)
     o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (o_k < DK)[:, None] & (o_v < DV)[None, :]
-    o_kv = o_k[:, None] * DV + o_v[None, :]
-    dh = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        dh += tl.load(DHT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.)
+    dh = _state_tile(DHT, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_DHT)
     nt = (eos - bos + BT - 1) // BT
     causal = o_t[:, None] >= o_t[None, :]
     for cr in range(0, nt):
