@@ -296,3 +296,23 @@ def test_permutation_composition_with_two_householders():
     _, hT1 = gated_delta_product(q, ks, v, None, beta.clamp(max=1.0), num_householder=n, scale=1.0,
                                  initial_state=h0, output_final_state=True, strategy="chunked")
     assert not torch.allclose(hT1[0, 0, :3, :3].double(), torch.tensor(composed), atol=0.1)
+
+
+def test_gated_delta_rule_fla_options():
+    """fla 0.6's extra options: β through a sigmoid (×2 with allow_neg_eigval), grouped value heads
+    (HV = 2H: value head j reads q/k head j // 2), and the V-first state layout."""
+    torch.manual_seed(2)
+    B, T, H, HV, K, V = 1, 9, 1, 2, 16, 8
+    q, k = torch.randn(B, T, H, K), torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1)
+    v, b, g = torch.randn(B, T, HV, V), torch.randn(B, T, HV), -torch.rand(B, T, HV)
+    h0 = torch.randn(B, HV, V, K)
+    o, hT = gated_delta_rule(q, k, v, g, b, use_beta_sigmoid_in_kernel=True, allow_neg_eigval=True,
+                             state_v_first=True, initial_state=h0, output_final_state=True,
+                             strategy="chunked")
+    qr, kr = q.repeat_interleave(2, 2), k.repeat_interleave(2, 2)
+    o_ref, hT_ref = _delta_oracle(qr, kr, v, 2 * torch.sigmoid(b), g, h0.transpose(-1, -2), K ** -0.5)
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(hT.double(), hT_ref.transpose(-1, -2), rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="not a multiple"):
+        gated_delta_rule(q.expand(B, T, 2, K), k.expand(B, T, 2, K), torch.randn(B, T, 3, V), g[..., :1].expand(B, T, 3),
+                         b[..., :1].expand(B, T, 3))

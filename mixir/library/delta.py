@@ -24,9 +24,20 @@ def _key(k, l2norm):
     return mx.l2norm(k, "K") if l2norm else k
 
 
-def _delta_mixer(name, gated, l2norm):
+def _beta(b, beta_act):
+    """β from the β input: as given, ``sigmoid(b)``, or ``2 sigmoid(b)`` (fla's
+    use_beta_sigmoid_in_kernel / allow_neg_eigval)."""
+    if beta_act == "sigmoid":
+        return mx.sigmoid(b)
+    if beta_act == "2sigmoid":
+        return 2.0 * mx.sigmoid(b)
+    return b
+
+
+def _delta_mixer(name, gated, l2norm, beta_act=""):
     def step(q, k, v, beta, *rest):
         *g, S, scale = rest
+        beta = _beta(beta, beta_act)
         kn = _key(k, l2norm)
         S = S - beta * mx.outer(kn, kn @ S)
         if gated:
@@ -81,16 +92,17 @@ def _declare(name, step, params, doc):
 _VARIANTS = {}
 
 
-def delta_mixer(kind: str, l2norm: bool = False, num_householder: int = 1):
+def delta_mixer(kind: str, l2norm: bool = False, num_householder: int = 1, beta_act: str = ""):
     """The declared mixer of one variant: ``kind`` ∈ {"delta_rule", "gated_delta_rule",
-    "gated_delta_product"}; ``l2norm`` normalises q and k inside (fla's use_qk_l2norm_in_kernel)."""
-    key = (kind, bool(l2norm), int(num_householder))
+    "gated_delta_product"}; ``l2norm`` normalises q and k inside (fla's use_qk_l2norm_in_kernel);
+    ``beta_act`` ∈ {"", "sigmoid", "2sigmoid"} applies to the β input (gated_delta_rule only)."""
+    key = (kind, bool(l2norm), int(num_householder), beta_act)
     if key not in _VARIANTS:
-        suffix = "_l2norm" if l2norm else ""
+        suffix = ("_l2norm" if l2norm else "") + (f"_beta_{beta_act}" if beta_act else "")
         if kind == "delta_rule":
             _VARIANTS[key] = _delta_mixer("delta_rule" + suffix, False, l2norm)
         elif kind == "gated_delta_rule":
-            _VARIANTS[key] = _delta_mixer("gated_delta_rule" + suffix, True, l2norm)
+            _VARIANTS[key] = _delta_mixer("gated_delta_rule" + suffix, True, l2norm, beta_act)
         elif kind == "gated_delta_product":
             _VARIANTS[key] = _product_mixer(f"gated_delta_product{num_householder}" + suffix,
                                             num_householder, l2norm)
@@ -110,7 +122,7 @@ def _common(name, q, beta, initial_state, cu_seqlens):
 
 
 def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_state=False,
-               cu_seqlens=None, use_qk_l2norm_in_kernel=False, strategy=None):
+               cu_seqlens=None, use_qk_l2norm_in_kernel=False, cu_seqlens_cpu=None, strategy=None):
     """fla's ``chunk_delta_rule``: S_t = (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = (scale·q_t)ᵀ S_t.
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; beta: ``[B, T, H]``; ``initial_state``: ``[N, H, K, V]``;
@@ -123,20 +135,37 @@ def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_st
 
 
 def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
-                     cu_seqlens=None, use_qk_l2norm_in_kernel=False, strategy=None):
+                     use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+                     allow_neg_eigval=False, state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None,
+                     strategy=None):
     """fla's ``chunk_gated_delta_rule``: S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ.
 
-    g: ``[B, T, H]`` log-gates (≤ 0); other shapes as ``delta_rule``.
+    q, k: ``[B, T, H, K]``; v: ``[B, T, HV, V]`` with HV a multiple of H (grouped values: value head
+    j reads query/key head j // (HV / H)); g: ``[B, T, HV]`` log-gates (≤ 0); beta: ``[B, T, HV]``
+    (``use_beta_sigmoid_in_kernel``: β = sigmoid(beta), or 2·sigmoid(beta) with
+    ``allow_neg_eigval``); states ``[N, HV, K, V]`` (``[N, HV, V, K]`` with ``state_v_first``).
+    ``cu_seqlens_cpu`` is accepted for fla compatibility (mixir reads offsets itself).
     """
     _common("gated_delta_rule", q, beta, initial_state, cu_seqlens)
-    m = delta_mixer("gated_delta_rule", use_qk_l2norm_in_kernel)
-    return call(m, (q, k, v, beta, g), scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+    act = ("2sigmoid" if allow_neg_eigval else "sigmoid") if use_beta_sigmoid_in_kernel else ""
+    H, HV = q.shape[2], v.shape[2] if hasattr(v, "shape") and v.ndim == 4 else q.shape[2]
+    if HV != H:
+        if HV % H:
+            raise InputError(f"gated_delta_rule: v has {HV} heads, not a multiple of q's {H}")
+        q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
+    if state_v_first and initial_state is not None:
+        initial_state = initial_state.transpose(-1, -2)
+    m = delta_mixer("gated_delta_rule", use_qk_l2norm_in_kernel, beta_act=act)
+    res = call(m, (q, k, v, beta, g), scale=scale, initial_state=initial_state,
+               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+    if output_final_state and state_v_first:
+        return res[0], res[1].transpose(-1, -2)
+    return res
 
 
 def gated_delta_product(q, k, v, g, beta, *, num_householder, scale=None, initial_state=None,
                         output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False,
-                        strategy=None):
+                        cu_seqlens_cpu=None, strategy=None):
     """fla's ``chunk_gated_delta_product``: n_h = ``num_householder`` delta steps per token.
 
     q: ``[B, T, H, K]``; k: ``[B, T·n_h, H, K]``; v: ``[B, T·n_h, H, V]``; beta: ``[B, T·n_h, H]``
