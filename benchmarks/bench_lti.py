@@ -60,6 +60,41 @@ def time_ms(fn, device, repeats):
     return float(np.median(ts))
 
 
+def torch_cpu_peak_bytes(fn):
+    """(peak bytes of torch's CPU allocator while ``fn`` runs, above the level before it, from
+    ``torch.profiler``'s memory events; the result of ``fn``). None when the profiler's event tree
+    cannot be read (a private API). The Triton interpreter's NumPy scratch (the tiles, which a GPU
+    keeps in registers) is not counted: this is the memory the algorithm allocates as tensors."""
+    from torch.profiler import ProfilerActivity, profile
+    saved = os.dup(2)
+    try:   # the profiler's C++ side prints start/stop lines on stderr: silence them
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            result = fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    try:
+        from torch._C._profiler import _EventType
+        events = []
+        stack = list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if node.tag == _EventType.Allocation:
+                ef = node.extra_fields
+                events.append((node.start_time_ns, ef.alloc_size, ef.total_allocated))
+            stack.extend(node.children)
+    except Exception:  # noqa: BLE001
+        return None, result
+    if not events:
+        return 0, result
+    events.sort()
+    base = events[0][2] - events[0][1]
+    return max(0, max(e[2] for e in events) - base), result
+
+
 def peak_mb(fn, device):
     if device.type == "cuda":
         _sync(device)
@@ -68,12 +103,8 @@ def peak_mb(fn, device):
         fn()
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    try:
-        from bench_gated_linear import _cpu_peak_mb
-    except ImportError:
-        return float("nan")
-    peak, _ = _cpu_peak_mb(fn)
-    return float("nan") if peak is None else peak
+    peak, _ = torch_cpu_peak_bytes(fn)
+    return float("nan") if peak is None else peak / 2**20
 
 
 def systems(H, N, device):
@@ -129,6 +160,8 @@ def run(args):
         }
         results = {}
         for name, (fn, ref) in cases.items():
+            if args.cases and name not in args.cases:
+                continue
             if name.endswith("naive") and T > args.naive_max_T:
                 rows.append((T, name, None, None, None))
                 continue
@@ -152,8 +185,18 @@ def run(args):
 
 
 def table(rows, args):
+    import platform
+    import triton
     lines = [f"# LTI kernels: N = {args.N} modes, H = {args.H}, B = {args.B}, device {args.device}"
              f" ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU, Triton interpreter'})",
+             f"# {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {platform.machine()}, "
+             f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; torch "
+             f"{torch.__version__}, triton {triton.__version__}",
+             f"# command: python benchmarks/bench_lti.py {' '.join(sys.argv[1:])}",
+             f"# median of {args.repeats} runs after a warm-up; peak MB: "
+             + ("torch.cuda.max_memory_allocated above the level before" if args.device.startswith("cuda")
+                else "torch's CPU allocator (torch.profiler memory events) above the level before; the "
+                     "interpreter's NumPy tiles are not counted"),
              "", "| T | what | ms | peak MB | max rel err vs mixir |", "|---|---|---:|---:|---:|"]
     for T, name, ms, mb, err in rows:
         f = lambda x, p: "—" if x is None else (x if isinstance(x, str) else f"{x:.{p}f}")  # noqa: E731
@@ -178,7 +221,15 @@ def parse_args(argv=None):
     ap.add_argument("--T", default="1024,4096,16384,65536" if cuda else "1024,4096,16384")
     ap.add_argument("--naive-max-T", type=int, default=65536)
     ap.add_argument("--repeats", type=int, default=10 if cuda else 2)
+    ap.add_argument("--threads", type=int, default=0 if cuda else 1,
+                    help="torch CPU threads (default 1 on the CPU: steadier on a shared machine; 0: "
+                         "torch's default)")
+    ap.add_argument("--cases", default="", help="comma-separated subset of: vandermonde, "
+                    "vandermonde-naive, cauchy, krylov-naive, fftconv (default: all)")
     args = ap.parse_args(argv)
+    args.cases = [c for c in args.cases.split(",") if c]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.T = [int(x) for x in str(args.T).split(",")]
     return args
 

@@ -80,3 +80,54 @@ def tuned_attention_config(mask_key, D, dtype, B, T, H, device_index, fixed=None
             warnings.warn(f"mixir autotune: attention config lookup failed ({e}); using the "
                           f"default config")
         return None
+
+
+def tuned_lti_config(kind, compute, R, Q, N, L, device_index) -> dict | None:
+    """The LTI kernels' tiles on CUDA device ``device_index`` (``lti_space.gpu_config``): the
+    tuning database's entry (fingerprint ``lti_<kind>``, strategy ``lti_<kind>``, K = N, V = Q,
+    T = L, B·H = R rows; fp32 compute only: the database has no fp64 key) → the LTI space's
+    cost-model best for the GPU (``lti_space.model_best``) → None. Never raises."""
+    try:
+        gpu = _gpu_for(device_index)
+        if gpu is None:
+            return None
+        name = f"lti_{kind}"
+        if compute == "fp32":
+            cfg = db.lookup(name, gpu, "fp32", 1, L, R, K=N, V=Q, strategy=name)
+            if cfg is not None:
+                return cfg
+        from . import lti_space
+        return lti_space.model_best(gpu, kind, compute, R, Q, N, L)
+    except Exception as e:   # tuning must never break a call
+        key = "lti:" + type(e).__name__
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"mixir autotune: LTI config lookup failed ({e}); using the default "
+                          f"config")
+        return None
+
+
+def tuned_delta_config(fingerprint, strategy, K, V, dtype, B, T, H, device, num_householder=1) -> dict | None:
+    """The Householder (delta-rule) core's config on CUDA ``device``
+    (``householder_family.CompiledHouseholder``): the tuning database's entry for (mixer
+    fingerprint, GPU, dtype, strategy, the core's K and V, user-level shape bucket of T and B·H) →
+    the delta space's cost-model best for the core's shape (sequence T·num_householder;
+    ``delta_space.model_best``) → None (the caller keeps ``delta_core.default_config``). Never
+    raises."""
+    try:
+        gpu = _gpu_for(device.index if device.index is not None else 0)
+        if gpu is None:
+            return None
+        dt = db.dtype_name(dtype)
+        cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=K, V=V, strategy=strategy)
+        if cfg is not None:
+            return cfg
+        from . import delta_space
+        return delta_space.model_best(strategy, gpu, dt, K, V, B, int(T) * int(num_householder), H)
+    except Exception as e:   # tuning must never break a call
+        key = "delta:" + type(e).__name__
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(f"mixir autotune: delta-rule config lookup failed ({e}); using the "
+                          f"default config")
+        return None

@@ -345,6 +345,12 @@ def space(strategy: str) -> Space:
     if strategy == "attention":   # block-sparse softmax attention: attention_space.py (kept out of
         from .attention_space import ATTENTION   # SPACES, which the gated-linear reports iterate)
         return ATTENTION
+    if strategy in ("delta_chunked", "delta_recurrent"):   # the Householder (delta-rule) templates:
+        from .delta_space import SPACES as _DELTA          # delta_space.py (also kept out of SPACES)
+        return _DELTA[strategy.split("_", 1)[1]]
+    if strategy in ("lti_vandermonde", "lti_cauchy"):   # the LTI kernel pairs: lti_space.py
+        from .lti_space import space as _lti_space       # (also kept out of SPACES)
+        return _lti_space(strategy[len("lti_"):])
     if strategy not in SPACES:
         raise TuningError(f"no tuning space for strategy {strategy!r}; known: {', '.join(SPACES)}")
     return SPACES[strategy]

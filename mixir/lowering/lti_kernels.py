@@ -13,13 +13,21 @@ memory is O(R·(N + L)) for R rows (heads, or batch·heads).
   for an upstream gradient G of K, ``dv_re = Re S``, ``dv_im = −Im S``, ``dρ = Re(vP)``,
   ``dθ = −Im(vP)`` with ``w = G``. The reduction also gives a final state
   ``x_T = λ^T x_0 + B̄ Σ_j λ^j u_{T−1−j}``; its own adjoint is the Vandermonde product again.
-- **Cauchy** (diagonal-plus-low-rank transitions, S4):
+- **Cauchy** (diagonal-plus-low-rank transitions, S4), over the 2N poles of a conjugate-symmetric
+  system given by its N poles of one half (the conjugate pairs are halved, as in S4):
 
-      out[r, q, j] = Σ_n v[r, q, n] / (z_j − λ[r, n])
+      out[r, q, j] = Σ_n v/(z_j − λ_n) + conj(v)/(z_j − conj λ_n)
+                   = Σ_n (v (z_j − λ̄_n) + v̄ (z_j − λ_n)) / ((z_j − λ_n)(z_j − λ̄_n)),
 
-  (holomorphic in v and λ). With torch's convention for complex gradients (``g = ∂L/∂Re +
-  i ∂L/∂Im``), ``dv[r, q, n] = Σ_j g_j conj(w_jn)`` and ``dλ[r, n] = Σ_q conj(v_qn) Σ_j g_j
-  conj(w_jn²)`` with ``w_jn = 1/(z_j − λ_n)``: the same kind of blocked sum, over j instead of n.
+  one complex division per pair (the denominator from the differences, not expanded as
+  ``z² − 2 Re(λ) z + |λ|²``, which cancels near the poles: 100× the fp32 error, measured). With torch's convention for complex gradients (``g = ∂L/∂Re +
+  i ∂L/∂Im``) and ``w_jn = 1/(z_j − λ_n)``, ``u_jn = 1/(z̄_j − λ_n)``:
+  ``dv[r, q, n] = Σ_j g_j conj(w_jn) + conj(g_j u_jn)`` and
+  ``dλ[r, n] = Σ_q conj(v_qn) Σ_j g_j conj(w_jn²) + conj(g_j u_jn²)``: the same kind of blocked
+  sum, over j instead of n.
+
+Tiles: ``launch_config`` — BN over N, BL over L (or M), num_warps, num_stages; from the LTI tuning
+space (``mixir.autotune.lti_space``) on GPUs, fixed large tiles in the interpreter.
 """
 from __future__ import annotations
 
@@ -30,15 +38,39 @@ import triton.language as tl
 from . import launch
 
 
+KEYS = ("BN", "BL", "num_warps", "num_stages")
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-def _blocks(N: int, L: int, device) -> tuple:
-    """(BLOCK_N, BLOCK_L): small tiles for GPUs (registers), large ones for the interpreter."""
-    if launch.targets_gpu(device):
-        return min(_pow2(N), 32), 128
-    return min(_pow2(N), 64), min(_pow2(max(L, 1)), 1024)
+def cpu_config(N: int, L: int) -> dict:
+    """The interpreter's fixed tiles (CPU tensors, no recording): few large NumPy blocks; warps and
+    stages mean nothing there."""
+    return {"BN": min(_pow2(N), 64), "BL": min(_pow2(max(L, 1)), 1024), "num_warps": 4,
+            "num_stages": 1}
+
+
+def launch_config(kind: str, R: int, Q: int, N: int, L: int, dtype, device, config=None) -> dict:
+    """``{"BN", "BL", "num_warps", "num_stages"}`` of one launch of the ``kind`` ("vandermonde" |
+    "cauchy") kernels on R rows (× Q vectors), N modes, length L. The first rule that applies:
+    ``config`` with all four keys; CPU tensors outside a recording: ``cpu_config``; GPU launches
+    (CUDA tensors, and CPU launches recorded for the AOT builder): the tuning database / the
+    cost model of the LTI tuning space (``mixir.autotune.lti_space.gpu_config``) — the keys given
+    in ``config`` override the chosen ones."""
+    user = {k: int(v) for k, v in (config or {}).items() if k in KEYS}
+    if len(user) == len(KEYS):
+        return user
+    if not launch.targets_gpu(device):
+        return {**cpu_config(N, L), **user}
+    from ..autotune import lti_space
+    idx = -1
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+    dt = "fp64" if dtype == torch.float64 else "fp32"
+    cfg = lti_space.gpu_config(int(idx), kind, dt, int(R), int(Q), int(N), int(L))
+    return {**cfg, **user}
 
 
 # --------------------------------------------------------------------------- Vandermonde
@@ -104,17 +136,20 @@ def lti_vandermonde_red(RHO, THETA, W, SRE, SIM, PRE, PIM, N, L,
 # --------------------------------------------------------------------------- Cauchy
 
 def lti_cauchy_fwd(VRE, VIM, LRE, LIM, ZRE, ZIM, ORE, OIM, Q, N, M,
-                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
-    """O[r, q, j] = Σ_n V[r, q, n] / (Z[j] − Λ[r, n]); grid (R·Q, cdiv(M, BLOCK_M))."""
+                   BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """O[r, q, j] = Σ_n V/(Z_j − Λ_n) + conj(V)/(Z_j − conj Λ_n) over the N poles of one half of
+    a conjugate-symmetric system, one fraction per pair:
+    ``(v (z − λ̄) + v̄ (z − λ)) / ((z − λ)(z − λ̄))``; grid (R·Q, cdiv(M, BLOCK_L))."""
     rq = tl.program_id(0).to(tl.int64)
     r = rq // Q
     mb = tl.program_id(1)
-    offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = mb * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_m = offs_m < M
     zre = tl.load(ZRE + offs_m, mask=mask_m, other=0.0)
     zim = tl.load(ZIM + offs_m, mask=mask_m, other=0.0)
-    acc_re = tl.zeros([BLOCK_M], dtype=ORE.dtype.element_ty)
-    acc_im = tl.zeros([BLOCK_M], dtype=ORE.dtype.element_ty)
+    zim2 = 2.0 * zim
+    acc_re = tl.zeros([BLOCK_L], dtype=ORE.dtype.element_ty)
+    acc_im = tl.zeros([BLOCK_L], dtype=ORE.dtype.element_ty)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
@@ -122,12 +157,20 @@ def lti_cauchy_fwd(VRE, VIM, LRE, LIM, ZRE, ZIM, ORE, OIM, Q, N, M,
         vim = tl.load(VIM + rq * N + offs_n, mask=mask_n, other=0.0)
         lre = tl.load(LRE + r * N + offs_n, mask=mask_n, other=0.0)
         lim = tl.load(LIM + r * N + offs_n, mask=mask_n, other=0.0)
+        # (z − λ)(z − λ̄) from the differences (the expanded z² − 2 Re(λ) z + |λ|² cancels
+        # catastrophically near the poles in fp32); numerator v (z − λ̄) + v̄ (z − λ)
         dre = zre[None, :] - lre[:, None]
-        dim = zim[None, :] - lim[:, None]
+        dim1 = zim[None, :] - lim[:, None]
+        dim2 = zim[None, :] + lim[:, None]
+        den_re = dre * dre - dim1 * dim2
+        den_im = dre * zim2[None, :]
+        a = 2.0 * vre
+        num_re = a[:, None] * dre - (2.0 * vim * lim)[:, None]
+        num_im = a[:, None] * zim[None, :]
         ok = mask_n[:, None] & mask_m[None, :]
-        inv = 1.0 / tl.where(ok, dre * dre + dim * dim, 1.0)
-        t_re = (vre[:, None] * dre + vim[:, None] * dim) * inv
-        t_im = (vim[:, None] * dre - vre[:, None] * dim) * inv
+        inv = 1.0 / tl.where(ok, den_re * den_re + den_im * den_im, 1.0)
+        t_re = (num_re * den_re + num_im * den_im) * inv
+        t_im = (num_im * den_re - num_re * den_im) * inv
         acc_re += tl.sum(tl.where(ok, t_re, 0.0), axis=0)
         acc_im += tl.sum(tl.where(ok, t_im, 0.0), axis=0)
     tl.store(ORE + rq * M + offs_m, acc_re, mask=mask_m)
@@ -135,8 +178,9 @@ def lti_cauchy_fwd(VRE, VIM, LRE, LIM, ZRE, ZIM, ORE, OIM, Q, N, M,
 
 
 def lti_cauchy_bwd(GRE, GIM, VRE, VIM, LRE, LIM, ZRE, ZIM, DVRE, DVIM, DLRE, DLIM, Q, N, M,
-                   BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr):
-    """DV[r,q,n] = Σ_j G conj(w), DL[r,q,n] = conj(V) Σ_j G conj(w²), w = 1/(Z_j − Λ_n);
+                   BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The adjoint of ``lti_cauchy_fwd``, with ``w = 1/(Z_j − Λ_n)``, ``u = 1/(conj Z_j − Λ_n)``:
+    DV[r,q,n] = Σ_j g conj(w) + conj(g u), DL[r,q,n] = conj(V) Σ_j g conj(w²) + conj(g u²);
     grid (R·Q, cdiv(N, BLOCK_N)). The caller sums DL over q."""
     rq = tl.program_id(0).to(tl.int64)
     r = rq // Q
@@ -151,38 +195,98 @@ def lti_cauchy_bwd(GRE, GIM, VRE, VIM, LRE, LIM, ZRE, ZIM, DVRE, DVIM, DLRE, DLI
     a1im = tl.zeros([BLOCK_N], dtype=DVRE.dtype.element_ty)
     a2re = tl.zeros([BLOCK_N], dtype=DVRE.dtype.element_ty)
     a2im = tl.zeros([BLOCK_N], dtype=DVRE.dtype.element_ty)
-    for m0 in range(0, M, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
+    for m0 in range(0, M, BLOCK_L):
+        offs_m = m0 + tl.arange(0, BLOCK_L)
         mask_m = offs_m < M
         zre = tl.load(ZRE + offs_m, mask=mask_m, other=0.0)
         zim = tl.load(ZIM + offs_m, mask=mask_m, other=0.0)
         gre = tl.load(GRE + rq * M + offs_m, mask=mask_m, other=0.0)
         gim = tl.load(GIM + rq * M + offs_m, mask=mask_m, other=0.0)
-        dre = zre[None, :] - lre[:, None]
-        dim = zim[None, :] - lim[:, None]
         ok = mask_n[:, None] & mask_m[None, :]
-        inv = 1.0 / tl.where(ok, dre * dre + dim * dim, 1.0)
-        wre = tl.where(ok, dre * inv, 0.0)          # w = conj(d) / |d|²
-        wim = tl.where(ok, -dim * inv, 0.0)
-        # g · conj(w)
-        a1re += tl.sum(gre[None, :] * wre + gim[None, :] * wim, axis=1)
-        a1im += tl.sum(gim[None, :] * wre - gre[None, :] * wim, axis=1)
-        # g · conj(w²)
+        dre = zre[None, :] - lre[:, None]               # z − λ and conj(z) − λ share Re
+        dim = zim[None, :] - lim[:, None]
+        eim = -zim[None, :] - lim[:, None]
+        dre2 = dre * dre
+        inv_w = 1.0 / tl.where(ok, dre2 + dim * dim, 1.0)
+        inv_u = 1.0 / tl.where(ok, dre2 + eim * eim, 1.0)
+        wre = tl.where(ok, dre * inv_w, 0.0)            # w = conj(z − λ) / |z − λ|²
+        wim = tl.where(ok, -dim * inv_w, 0.0)
+        ure = tl.where(ok, dre * inv_u, 0.0)            # u = conj(z̄ − λ) / |z̄ − λ|²
+        uim = tl.where(ok, -eim * inv_u, 0.0)
+        g_re = gre[None, :]
+        g_im = gim[None, :]
+        # g conj(w) + conj(g u)
+        a1re += tl.sum(g_re * wre + g_im * wim + (g_re * ure - g_im * uim), axis=1)
+        a1im += tl.sum(g_im * wre - g_re * wim - (g_re * uim + g_im * ure), axis=1)
+        # g conj(w²) + conj(g u²)
         w2re = wre * wre - wim * wim
         w2im = 2.0 * wre * wim
-        a2re += tl.sum(gre[None, :] * w2re + gim[None, :] * w2im, axis=1)
-        a2im += tl.sum(gim[None, :] * w2re - gre[None, :] * w2im, axis=1)
+        u2re = ure * ure - uim * uim
+        u2im = 2.0 * ure * uim
+        a2re += tl.sum(g_re * w2re + g_im * w2im + (g_re * u2re - g_im * u2im), axis=1)
+        a2im += tl.sum(g_im * w2re - g_re * w2im - (g_re * u2im + g_im * u2re), axis=1)
     tl.store(DVRE + rq * N + offs_n, a1re, mask=mask_n)
     tl.store(DVIM + rq * N + offs_n, a1im, mask=mask_n)
     tl.store(DLRE + rq * N + offs_n, vre * a2re + vim * a2im, mask=mask_n)
     tl.store(DLIM + rq * N + offs_n, vre * a2im - vim * a2re, mask=mask_n)
 
 
+# --------------------------------------------------------------------------- recurrence (decoding)
+
+def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VIM, Z0RE, Z0IM,
+                      Y, ZTRE, ZTIM, H, T, N, RANK,
+                      HAS_Z0: tl.constexpr, RP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Token by token, one program per (sequence b, head h), the whole state in registers:
+    ``y_t = 2 Re(c·z) + D' u_t``, ``z ← λ z + Σ_k U_k · 2 Re(V_k·z) + β u_t`` (z = z_{t−1} on the
+    right). UIN, Y [B·H, T]; λ, β, c [H, N]; U, V [H, RANK, N] (RP = pow2 ≥ RANK, 0 for r = 0);
+    Z0, ZT [B·H, N]. Grid (B·H,)."""
+    bh = tl.program_id(0).to(tl.int64)
+    h = bh % H
+    offs = tl.arange(0, BLOCK_N)
+    m = offs < N
+    lre = tl.load(LRE + h * N + offs, mask=m, other=0.0)
+    lim = tl.load(LIM + h * N + offs, mask=m, other=0.0)
+    bre = tl.load(BRE + h * N + offs, mask=m, other=0.0)
+    bim = tl.load(BIM + h * N + offs, mask=m, other=0.0)
+    cre = tl.load(CRE + h * N + offs, mask=m, other=0.0)
+    cim = tl.load(CIM + h * N + offs, mask=m, other=0.0)
+    feed = tl.load(FEED + h)
+    if HAS_Z0:
+        zre = tl.load(Z0RE + bh * N + offs, mask=m, other=0.0)
+        zim = tl.load(Z0IM + bh * N + offs, mask=m, other=0.0)
+    else:
+        zre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+        zim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+    if RP > 0:
+        offs_k = tl.arange(0, RP)
+        mk = (offs_k[:, None] < RANK) & m[None, :]
+        kn = h * RANK * N + offs_k[:, None] * N + offs[None, :]
+        ure = tl.load(URE + kn, mask=mk, other=0.0)
+        uim = tl.load(UIM + kn, mask=mk, other=0.0)
+        vre = tl.load(VRE + kn, mask=mk, other=0.0)
+        vim = tl.load(VIM + kn, mask=mk, other=0.0)
+    for t in range(T):
+        ut = tl.load(UIN + bh * T + t)
+        y = 2.0 * tl.sum(cre * zre - cim * zim, axis=0) + feed * ut
+        tl.store(Y + bh * T + t, y)
+        nre = lre * zre - lim * zim + bre * ut
+        nim = lre * zim + lim * zre + bim * ut
+        if RP > 0:
+            f = 2.0 * tl.sum(vre * zre[None, :] - vim * zim[None, :], axis=1)      # [RP]
+            nre += tl.sum(ure * f[:, None], axis=0)
+            nim += tl.sum(uim * f[:, None], axis=0)
+        zre = nre
+        zim = nim
+    tl.store(ZTRE + bh * N + offs, zre, mask=m)
+    tl.store(ZTIM + bh * N + offs, zim, mask=m)
+
+
 VANDERMONDE_FWD = launch.Kernel(lti_vandermonde_fwd)
 VANDERMONDE_RED = launch.Kernel(lti_vandermonde_red)
 CAUCHY_FWD = launch.Kernel(lti_cauchy_fwd)
 CAUCHY_BWD = launch.Kernel(lti_cauchy_bwd)
-KERNELS = (VANDERMONDE_FWD, VANDERMONDE_RED, CAUCHY_FWD, CAUCHY_BWD)
+RECURRENT_FWD = launch.Kernel(lti_recurrent_fwd)
+KERNELS = (VANDERMONDE_FWD, VANDERMONDE_RED, CAUCHY_FWD, CAUCHY_BWD, RECURRENT_FWD)
 
 
 def _c(x, dtype):
@@ -195,75 +299,113 @@ def _real_dtype(*xs):
 
 # --------------------------------------------------------------------------- raw launches
 
-def vandermonde_fwd_raw(rho, theta, v_re, v_im, L: int):
+def _opts(cfg):
+    return {"BLOCK_N": cfg["BN"], "BLOCK_L": cfg["BL"], "num_warps": cfg["num_warps"],
+            "num_stages": cfg["num_stages"]}
+
+
+def vandermonde_fwd_raw(rho, theta, v_re, v_im, L: int, config=None):
     R, N = rho.shape
     dt = _real_dtype(rho, v_re)
     out = torch.empty((R, L), dtype=dt, device=rho.device)
     if R == 0 or L == 0:
         return out.zero_()
-    BN, BL = _blocks(N, L, rho.device)
-    VANDERMONDE_FWD[(R, triton.cdiv(L, BL))](_c(rho, dt), _c(theta, dt), _c(v_re, dt), _c(v_im, dt),
-                                           out, N, L, BLOCK_N=BN, BLOCK_L=BL)
+    cfg = launch_config("vandermonde", R, 1, N, L, dt, rho.device, config)
+    VANDERMONDE_FWD[(R, triton.cdiv(L, cfg["BL"]))](_c(rho, dt), _c(theta, dt), _c(v_re, dt),
+                                                  _c(v_im, dt), out, N, L, **_opts(cfg))
     return out
 
 
-def vandermonde_red_raw(rho, theta, w, with_p: bool):
+def vandermonde_red_raw(rho, theta, w, with_p: bool, config=None):
     R, N = rho.shape
     L = w.shape[-1]
     dt = _real_dtype(rho, w)
     outs = [torch.empty((R, N), dtype=dt, device=rho.device) for _ in range(4 if with_p else 2)]
     if L == 0 or R == 0:
         return [o.zero_() for o in outs]
-    BN, BL = _blocks(N, L, rho.device)
+    cfg = launch_config("vandermonde", R, 1, N, L, dt, rho.device, config)
     pre, pim = (outs[2], outs[3]) if with_p else (outs[0], outs[1])
-    VANDERMONDE_RED[(R, triton.cdiv(N, BN))](_c(rho, dt), _c(theta, dt), _c(w, dt), outs[0], outs[1],
-                                           pre, pim, N, L, WITH_P=with_p, BLOCK_N=BN, BLOCK_L=BL)
+    VANDERMONDE_RED[(R, triton.cdiv(N, cfg["BN"]))](_c(rho, dt), _c(theta, dt), _c(w, dt), outs[0],
+                                                  outs[1], pre, pim, N, L, WITH_P=with_p, **_opts(cfg))
     return outs
 
 
-def cauchy_fwd_raw(v, lam, z):
-    """v [R, Q, N] complex, lam [R, N] complex, z [M] complex -> [R, Q, M] complex."""
+def cauchy_fwd_raw(v, lam, z, config=None):
+    """v [R, Q, N] complex, lam [R, N] complex, z [M] complex -> [R, Q, M] complex:
+    ``Σ_n v/(z − λ) + conj(v)/(z − conj λ)`` (the conjugate-symmetric system of 2N poles)."""
     R, Q, N = v.shape
     M = z.shape[0]
     dt = _real_dtype(v, lam)
     o_re = torch.empty((R, Q, M), dtype=dt, device=v.device)
     o_im = torch.empty((R, Q, M), dtype=dt, device=v.device)
     if R * Q and M:
-        BN, BM = _blocks(N, M, v.device)
-        CAUCHY_FWD[(R * Q, triton.cdiv(M, BM))](
+        cfg = launch_config("cauchy", R, Q, N, M, dt, v.device, config)
+        CAUCHY_FWD[(R * Q, triton.cdiv(M, cfg["BL"]))](
             _c(v.real, dt), _c(v.imag, dt), _c(lam.real, dt), _c(lam.imag, dt), _c(z.real, dt),
-            _c(z.imag, dt), o_re, o_im, Q, N, M, BLOCK_N=BN, BLOCK_M=BM)
+            _c(z.imag, dt), o_re, o_im, Q, N, M, **_opts(cfg))
+    else:
+        o_re.zero_(), o_im.zero_()
     return torch.complex(o_re, o_im)
 
 
-def cauchy_bwd_raw(g, v, lam, z):
+def cauchy_bwd_raw(g, v, lam, z, config=None):
     R, Q, N = v.shape
     M = z.shape[0]
     dt = _real_dtype(v, lam)
-    outs = [torch.empty((R, Q, N), dtype=dt, device=v.device) for _ in range(4)]
-    if R * Q and N:
-        BN, BM = _blocks(N, M, v.device)
-        CAUCHY_BWD[(R * Q, triton.cdiv(N, BN))](
+    outs = [torch.zeros((R, Q, N), dtype=dt, device=v.device) for _ in range(4)]
+    if R * Q and N and M:
+        cfg = launch_config("cauchy", R, Q, N, M, dt, v.device, config)
+        CAUCHY_BWD[(R * Q, triton.cdiv(N, cfg["BN"]))](
             _c(g.real, dt), _c(g.imag, dt), _c(v.real, dt), _c(v.imag, dt), _c(lam.real, dt),
-            _c(lam.imag, dt), _c(z.real, dt), _c(z.imag, dt), *outs, Q, N, M, BLOCK_N=BN, BLOCK_M=BM)
+            _c(lam.imag, dt), _c(z.real, dt), _c(z.imag, dt), *outs, Q, N, M, **_opts(cfg))
     dv = torch.complex(outs[0], outs[1])
     dlam = torch.complex(outs[2], outs[3]).sum(1)
     return dv, dlam
+
+
+def recurrent_fwd_raw(u, lam, beta, c, feed, U, V, z0):
+    """The recurrence (no autograd: decoding / inference). u [B, H, T] real; λ, β, c [H, N]
+    complex; D' [H]; U, V [H, r, N] complex; z0 [B, H, N] complex or None →
+    (y [B, H, T], z_T [B, H, N] complex), computed in the dtype of λ's real part."""
+    B, H, T = u.shape
+    N = lam.shape[-1]
+    r = U.shape[1]
+    dt = _real_dtype(lam)
+    dev = u.device
+    y = torch.empty((B, H, T), dtype=dt, device=dev)
+    zt_re = torch.empty((B, H, N), dtype=dt, device=dev)
+    zt_im = torch.empty((B, H, N), dtype=dt, device=dev)
+    if B * H == 0:
+        return y, torch.complex(zt_re, zt_im)
+    ri = lambda x: (_c(x.real, dt), _c(x.imag, dt))           # noqa: E731
+    (lre, lim), (bre, bim), (cre, cim) = ri(lam), ri(beta), ri(c)
+    (ure, uim), (vre, vim) = ri(U), ri(V)
+    if z0 is None:
+        z0re = z0im = zt_re
+    else:
+        z0re, z0im = ri(z0)
+    BN = _pow2(N)
+    warps = 1 if BN * max(1, _pow2(r)) <= 256 else 4
+    RECURRENT_FWD[(B * H,)](_c(u, dt), lre, lim, bre, bim, cre, cim, _c(feed, dt), ure, uim, vre,
+                            vim, z0re, z0im, y, zt_re, zt_im, H, T, N, r, HAS_Z0=z0 is not None,
+                            RP=_pow2(r) if r else 0, BLOCK_N=BN, num_warps=warps, num_stages=1)
+    return y, torch.complex(zt_re, zt_im)
 
 
 # --------------------------------------------------------------------------- autograd
 
 class _Vandermonde(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rho, theta, v_re, v_im, L):
+    def forward(ctx, rho, theta, v_re, v_im, L, config):
         ctx.save_for_backward(rho, theta, v_re, v_im)
-        return vandermonde_fwd_raw(rho, theta, v_re, v_im, L)
+        ctx.config = config
+        return vandermonde_fwd_raw(rho, theta, v_re, v_im, L, config)
 
     @staticmethod
     def backward(ctx, G):
         rho, theta, v_re, v_im = ctx.saved_tensors
         need_lam = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        outs = vandermonde_red_raw(rho, theta, G, with_p=need_lam)
+        outs = vandermonde_red_raw(rho, theta, G, with_p=need_lam, config=ctx.config)
         s_re, s_im = outs[0], outs[1]
         d_rho = d_theta = None
         if need_lam:
@@ -271,14 +413,15 @@ class _Vandermonde(torch.autograd.Function):
             vp_re = v_re * p_re - v_im * p_im
             vp_im = v_re * p_im + v_im * p_re
             d_rho, d_theta = vp_re.to(rho.dtype), (-vp_im).to(theta.dtype)
-        return d_rho, d_theta, s_re.to(v_re.dtype), (-s_im).to(v_im.dtype), None
+        return d_rho, d_theta, s_re.to(v_re.dtype), (-s_im).to(v_im.dtype), None, None
 
 
 class _VandermondeReduce(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, rho, theta, w):
+    def forward(ctx, rho, theta, w, config):
         ctx.save_for_backward(rho, theta, w)
-        s_re, s_im = vandermonde_red_raw(rho, theta, w, with_p=False)
+        ctx.config = config
+        s_re, s_im = vandermonde_red_raw(rho, theta, w, with_p=False, config=config)
         return s_re, s_im
 
     @staticmethod
@@ -287,36 +430,41 @@ class _VandermondeReduce(torch.autograd.Function):
         g_re = torch.zeros_like(rho) if g_re is None else g_re
         g_im = torch.zeros_like(rho) if g_im is None else g_im
         # v = g_re − i g_im: dW = Re Σ_n v λ^l; dρ = Re(v P), dθ = −Im(v P), P = Σ_l l w_l λ^l
-        dw = vandermonde_fwd_raw(rho, theta, g_re, -g_im, w.shape[-1]).to(w.dtype)
-        _, _, p_re, p_im = vandermonde_red_raw(rho, theta, w, with_p=True)
+        dw = vandermonde_fwd_raw(rho, theta, g_re, -g_im, w.shape[-1], ctx.config).to(w.dtype)
+        _, _, p_re, p_im = vandermonde_red_raw(rho, theta, w, with_p=True, config=ctx.config)
         vp_re = g_re * p_re + g_im * p_im
         vp_im = g_re * p_im - g_im * p_re
-        return vp_re.to(rho.dtype), (-vp_im).to(theta.dtype), dw
+        return vp_re.to(rho.dtype), (-vp_im).to(theta.dtype), dw, None
 
 
 class _Cauchy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, v, lam, z):
+    def forward(ctx, v, lam, z, config):
         ctx.save_for_backward(v, lam, z)
-        return cauchy_fwd_raw(v, lam, z).to(v.dtype)
+        ctx.config = config
+        return cauchy_fwd_raw(v, lam, z, config).to(v.dtype)
 
     @staticmethod
     def backward(ctx, g):
         v, lam, z = ctx.saved_tensors
-        dv, dlam = cauchy_bwd_raw(g, v, lam, z)
-        return dv.to(v.dtype), dlam.to(lam.dtype), None
+        dv, dlam = cauchy_bwd_raw(g, v, lam, z, ctx.config)
+        return dv.to(v.dtype), dlam.to(lam.dtype), None, None
 
 
-def vandermonde(rho, theta, v_re, v_im, L: int):
-    """``K[r, l] = Re Σ_n (v_re + i v_im) exp((ρ + iθ) l)``, l < L, differentiable: [R, L]."""
-    return _Vandermonde.apply(rho, theta, v_re, v_im, int(L))
+def vandermonde(rho, theta, v_re, v_im, L: int, config=None):
+    """``K[r, l] = Re Σ_n (v_re + i v_im) exp((ρ + iθ) l)``, l < L, differentiable: [R, L].
+    ``config``: tiles (``launch_config``), None for the default rule."""
+    return _Vandermonde.apply(rho, theta, v_re, v_im, int(L), config)
 
 
-def vandermonde_reduce(rho, theta, w):
+def vandermonde_reduce(rho, theta, w, config=None):
     """``S[r, n] = Σ_l w[r, l] exp((ρ + iθ) l)`` as (re, im), differentiable: 2 × [R, N]."""
-    return _VandermondeReduce.apply(rho, theta, w)
+    return _VandermondeReduce.apply(rho, theta, w, config)
 
 
-def cauchy(v, lam, z):
-    """``out[r, q, j] = Σ_n v[r, q, n] / (z_j − λ[r, n])`` (complex, differentiable in v, λ)."""
-    return _Cauchy.apply(v, lam, z)
+def cauchy(v, lam, z, config=None):
+    """``out[r, q, j] = Σ_n v[r,q,n]/(z_j − λ[r,n]) + conj(v[r,q,n])/(z_j − conj λ[r,n])``: the
+    Cauchy sum over the 2N poles of a conjugate-symmetric system, given its N poles of one half
+    (complex, differentiable in v and λ; not holomorphic — the conjugate terms follow torch's
+    convention for complex gradients)."""
+    return _Cauchy.apply(v, lam, z, config)

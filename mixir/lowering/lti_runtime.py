@@ -14,7 +14,8 @@ plan's parameter-only IR trees per head (torch, differentiable) into the complex
   B̄, per sequence); the final state is ``λ^T x_0 + B̄ Σ_j λ^j u_{T−1−j}`` (the Vandermonde
   reduction) for r = 0, and the recurrence for r > 0.
 - ``recurrent``: token by token, ``y_t = 2 Re(c·z_{t−1}) + D' u_t``,
-  ``z_t = Λ z_{t−1} + Σ_k U_k · 2 Re(V_k·z_{t−1}) + B̄ u_t`` (decoding, and any T).
+  ``z_t = Λ z_{t−1} + Σ_k U_k · 2 Re(V_k·z_{t−1}) + B̄ u_t`` (decoding, and any T): the Triton
+  kernel ``lti_recurrent_fwd`` when no gradient is needed, the torch loop otherwise.
 
 Autograd flows through everything: the Triton kernels have their backward kernels
 (``lti_kernels``), the rest is torch. Compute is fp32 (complex64) for fp32/bf16/fp16 inputs and
@@ -136,8 +137,9 @@ def _full(x):
     return torch.cat([x, x.conj()], -1)
 
 
-def kernel_powers(system: System, b, M: int, groups: int = 1):
-    """``k[r, m] = c_full Ā^m b_full`` for m < M (real), rows r = g·H + h; ``b`` [G·H, N] complex."""
+def kernel_powers(system: System, b, M: int, groups: int = 1, config=None):
+    """``k[r, m] = c_full Ā^m b_full`` for m < M (real), rows r = g·H + h; ``b`` [G·H, N] complex.
+    ``config``: the kernels' tiles (``lti_kernels.launch_config``), None for the default rule."""
     H, N = system.lam.shape
     R = b.shape[0]
     rdtype = system.lam.real.dtype
@@ -148,31 +150,33 @@ def kernel_powers(system: System, b, M: int, groups: int = 1):
         lam = rep(system.lam)
         v = 2 * rep(system.c) * b
         return lti_kernels.vandermonde(torch.log(lam.abs()).clamp(min=-1e4), torch.angle(lam),
-                                       v.real, v.imag, M)
+                                       v.real, v.imag, M, config)
     # Cauchy + Woodbury at the M-th roots of unity: Σ_m k_m ω^m = c̃ (I − ωĀ)^{-1} b,
-    # c̃ = c (I − Ā^M) (ω^M = 1); R(ω) = (I − ωΛ)^{-1} = z/(z − Λ), z = 1/ω
+    # c̃ = c (I − Ā^M) (ω^M = 1); R(ω) = (I − ωΛ)^{-1} = z/(z − Λ), z = 1/ω. Every sum over the
+    # 2N poles pairs conjugates (c̃, Ũ, Ṽ, b̃ are conjugate-symmetric): the Cauchy kernel takes
+    # the N poles of one half
     A = system.full_transition()
     cf = _full(system.c)
-    ct = cf - torch.einsum("hn,hnm->hm", cf, torch.linalg.matrix_power(A, M))
-    Uf, Vf, poles = _full(system.U), _full(system.V), _full(system.lam)            # [H, r, 2N]
-    j = torch.arange(M, device=b.device, dtype=rdtype)
-    z = torch.polar(torch.ones_like(j), 2 * math.pi * j / M)                        # [M]
+    ct = (cf - torch.einsum("hn,hnm->hm", cf, torch.linalg.matrix_power(A, M)))[..., :N]
+    U, V, poles = system.U, system.V, system.lam                                    # [H, r, N]
+    # k is real, so its DFT is Hermitian: evaluate at the M//2 + 1 points z_j, j ≤ M/2, only
+    j = torch.arange(M // 2 + 1, device=b.device, dtype=rdtype)
+    z = torch.polar(torch.ones_like(j), 2 * math.pi * j / M)                        # [M//2 + 1]
     r_ = system.rank
     # per head: c̃ R Ũ_k, Ṽ_k R Ũ_k'
-    a_vecs = torch.cat([ct[:, None], Vf], 1)                                        # [H, 1+r, 2N]
-    num_h = (a_vecs[:, :, None, :] * Uf[:, None, :, :]).reshape(H, (1 + r_) * r_, -1)
-    kh = lti_kernels.cauchy(num_h, poles, z).reshape(H, 1 + r_, r_, M) * z          # [H, 1+r, r, M]
+    a_vecs = torch.cat([ct[:, None], V], 1)                                         # [H, 1+r, N]
+    num_h = (a_vecs[:, :, None, :] * U[:, None, :, :]).reshape(H, (1 + r_) * r_, -1)
+    kh = lti_kernels.cauchy(num_h, poles, z, config).reshape(H, 1 + r_, r_, -1) * z  # [H, 1+r, r, J]
     # per row: c̃ R b, Ṽ_k R b
-    bf = _full(b)
-    num_b = rep(a_vecs) * bf[:, None, :]                                            # [R, 1+r, 2N]
-    kb = lti_kernels.cauchy(num_b, rep(poles), z) * z                               # [R, 1+r, M]
+    num_b = rep(a_vecs) * b[:, None, :]                                             # [R, 1+r, N]
+    kb = lti_kernels.cauchy(num_b, rep(poles), z, config) * z                       # [R, 1+r, J]
     kh = rep(kh)
-    k00, k10 = kb[:, 0], kb[:, 1:]                                                  # [R, M], [R, r, M]
-    k01, k11 = kh[:, 0], kh[:, 1:]                                                  # [R, r, M], [R, r, r, M]
+    k00, k10 = kb[:, 0], kb[:, 1:]                                                  # [R, J], [R, r, J]
+    k01, k11 = kh[:, 0], kh[:, 1:]                                                  # [R, r, J], [R, r, r, J]
     cap = z[:, None, None] * torch.eye(r_, dtype=z.dtype, device=z.device) - k11.permute(0, 3, 1, 2)
-    sol = torch.linalg.solve(cap, k10.permute(0, 2, 1)[..., None])[..., 0]          # [R, M, r]
+    sol = torch.linalg.solve(cap, k10.permute(0, 2, 1)[..., None])[..., 0]          # [R, J, r]
     khat = k00 + (k01.permute(0, 2, 1) * sol).sum(-1)
-    return torch.fft.ifft(khat, dim=-1).real
+    return torch.fft.irfft(khat, n=M, dim=-1)
 
 
 def kernel_materialised(system: System, b, M: int, groups: int = 1):
@@ -358,17 +362,18 @@ class CompiledLTIMixer:
             return u, (zT if want_state else None)
         if strategy == "recurrent":
             return self._recurrent(s, u, z0, want_state)
-        K = torch.cat([s.feed[:, None], kernel_powers(s, s.beta, T - 1)], -1)      # [H, T]
+        cfg = self.config or None
+        K = torch.cat([s.feed[:, None], kernel_powers(s, s.beta, T - 1, config=cfg)], -1)  # [H, T]
         y = fft_conv(u, K)
         if z0 is not None:
-            y = y + kernel_powers(s, z0.reshape(B * H, N), T, groups=B).reshape(B, H, T)
+            y = y + kernel_powers(s, z0.reshape(B * H, N), T, groups=B, config=cfg).reshape(B, H, T)
         zT = None
         if want_state:
             if s.rank == 0:
                 lam = s.lam.repeat(B, 1)
                 w = u.flip(-1).reshape(B * H, T)
                 sr, si = lti_kernels.vandermonde_reduce(torch.log(lam.abs()).clamp(min=-1e4),
-                                                        torch.angle(lam), w)
+                                                        torch.angle(lam), w, cfg)
                 zT = s.beta * torch.complex(sr, si).reshape(B, H, N)
                 if z0 is not None:
                     zT = zT + s.lam ** T * z0
@@ -378,6 +383,12 @@ class CompiledLTIMixer:
 
     @staticmethod
     def _recurrent(s: System, u, z0, want_state):
+        """Token by token: the Triton kernel (``lti_recurrent_fwd``) when no gradient is needed
+        (decoding, inference), else the torch loop (autograd records it)."""
+        tensors = (u, s.lam, s.beta, s.U, s.V, s.c, s.feed) + (() if z0 is None else (z0,))
+        if not (torch.is_grad_enabled() and any(x.requires_grad for x in tensors)):
+            y, zT = lti_kernels.recurrent_fwd_raw(u, s.lam, s.beta, s.c, s.feed, s.U, s.V, z0)
+            return y.to(u.dtype), (zT.to(s.lam.dtype) if want_state else None)
         B, H, T = u.shape
         z = z0 if z0 is not None else torch.zeros((B, H) + s.lam.shape[1:], dtype=s.lam.dtype,
                                                   device=u.device)
