@@ -39,17 +39,18 @@ def resolve(name: str):
 
 def cmd_list(args):
     from .library import MIXERS
-    from .lowering.families import analyse
-    rows = [("name", "class", "strategies")]
+    from .lowering.families import classify
+    rows = [("name", "family", "class", "strategies")]
     for name, entry in sorted(MIXERS.items()):
         try:
-            form = analyse(entry.mixer)
-            rows.append((name, form.transition, ", ".join(form.strategies)))
+            fam, plan = classify(entry.mixer)
+            rows.append((name, fam.name, plan.transition, ", ".join(plan.strategies)))
         except MixirError as e:
-            rows.append((name, "unsupported: " + str(e).split("yet: ")[-1][:60], "-"))
+            rows.append((name, "-", "unsupported: " + str(e).split("yet: ")[-1][:60], "-"))
     from .attention.library import MASKS
     for name in sorted(MASKS):
-        rows.append((f"attention: {name}", "softmax attention, block-sparse mask", "block-sparse tiles"))
+        rows.append((f"attention: {name}", "attention", "softmax attention, block-sparse mask",
+                     "block-sparse tiles"))
     print(_table(rows))
 
 
