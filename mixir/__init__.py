@@ -3,9 +3,9 @@
 Declare a mixer once as a per-token step (``@mixir.mixer``); ``mixir.compile`` analyses its algebra
 and lowers it to Triton; ``mixir.reference`` executes the declaration literally in float64.
 """
-from .dsl import (In, Mixer, Param, Scalar, Scale, State, abs, amax, contract, exp, head, l2norm,
-                  log, logsigmoid, maximum, minimum, mixer, outer, rsqrt, sigmoid, silu, softplus,
-                  sqrt, tanh, where)
+from .dsl import (In, Mixer, Param, Scalar, Scale, State, abs, amax, contract, cos, exp, head,
+                  l2norm, log, logsigmoid, maximum, minimum, mixer, outer, rename, rsqrt, sigmoid,
+                  silu, sin, softplus, sqrt, tanh, where)
 from .dsl import sum_ as sum  # noqa: A001 - mixir.sum(x, "K") reduces over a named dim
 from .errors import DeclarationError, InputError, MixirError, TuningError, UnsupportedMixerError
 from .reference import reference
@@ -27,6 +27,7 @@ def compile(mixer, **options):  # noqa: A001 - the public verb
 
 
 __all__ = ["In", "Param", "State", "Scale", "Scalar", "Mixer", "mixer", "compile", "reference",
-           "abs", "amax", "contract", "exp", "head", "l2norm", "log", "logsigmoid", "maximum",
-           "minimum", "outer", "rsqrt", "sigmoid", "silu", "softplus", "sqrt", "sum", "tanh", "where",
+           "abs", "amax", "contract", "cos", "exp", "head", "l2norm", "log", "logsigmoid", "maximum",
+           "minimum", "outer", "rename", "rsqrt", "sigmoid", "silu", "sin", "softplus", "sqrt", "sum",
+           "tanh", "where",
            "MixirError", "DeclarationError", "InputError", "TuningError", "UnsupportedMixerError"]
