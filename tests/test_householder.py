@@ -164,7 +164,8 @@ def _delta_oracle(q, k, v, beta, g, h0, scale):
     out = []
     for t in range(T):
         S = torch.exp(g[:, t])[..., None, None] * S
-        S = S - beta[:, t][..., None, None] * k[:, t][..., :, None] * torch.einsum("bhk,bhkv->bhv", k[:, t], S)[..., None, :]
+        kS = torch.einsum("bhk,bhkv->bhv", k[:, t], S)
+        S = S - beta[:, t][..., None, None] * k[:, t][..., :, None] * kS[..., None, :]
         S = S + beta[:, t][..., None, None] * k[:, t][..., :, None] * v[:, t][..., None, :]
         out.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * scale, S))
     return torch.stack(out, 1), S
@@ -315,8 +316,8 @@ def test_gated_delta_rule_fla_options():
     torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(hT.double(), hT_ref.transpose(-1, -2), rtol=1e-4, atol=1e-4)
     with pytest.raises(InputError, match="not a multiple"):
-        gated_delta_rule(q.expand(B, T, 2, K), k.expand(B, T, 2, K), torch.randn(B, T, 3, V), g[..., :1].expand(B, T, 3),
-                         b[..., :1].expand(B, T, 3))
+        gated_delta_rule(q.expand(B, T, 2, K), k.expand(B, T, 2, K), torch.randn(B, T, 3, V),
+                         g[..., :1].expand(B, T, 3), b[..., :1].expand(B, T, 3))
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

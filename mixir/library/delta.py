@@ -72,7 +72,8 @@ def _doc(gated, n_h):
     gate = "exp(g) " if gated else ""
     if n_h == 1:
         return f"S = {gate}(I − β k kᵀ) S + β k vᵀ, o = (scale·q)ᵀ S"
-    return (f"{n_h} Householder steps per token: S = (I − β_j k_j k_jᵀ) S + β_j k_j v_jᵀ (j = 0 … {n_h - 1}), "
+    return (f"{n_h} Householder steps per token: S = (I − β_j k_j k_jᵀ) S + β_j k_j v_jᵀ "
+            f"(j = 0 … {n_h - 1}), "
             "the gate exp(g) on step 0, o = (scale·q)ᵀ S after the last")
 
 

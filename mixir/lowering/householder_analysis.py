@@ -227,9 +227,10 @@ def match_step(mixer, E: ir.Node, X: ir.Node, k_dim: str, v_dim: str) -> _Step:
             raise _unsupported(mixer, f"the contraction weight `{ir.render(bad[0])}` varies along {v_dim!r}")
         rest = _minus(_key(t.coef), _key(w))
         if rest is None or any(f.dims for f in rest):
-            raise _unsupported(mixer, f"the rank-1 correction `{ir.render(product(t.coef))} ⊗ ({ir.render(product(w))} "
-                                      f"@ S)` is not of the form β k (kᵀ S): only symmetric factors (I − β k kᵀ) "
-                                      "with the same key on both sides are supported")
+            term = f"{ir.render(product(t.coef))} ⊗ ({ir.render(product(w))} @ S)"
+            raise _unsupported(mixer, f"the rank-1 correction `{term}` is not of the form β k (kᵀ S): only "
+                                      "symmetric factors (I − β k kᵀ) with the same key on both sides "
+                                      "are supported")
         if alpha is None:
             raise _unsupported(mixer, "a rank-1 correction without the identity term (S − β k kᵀS)")
         neg_beta = _minus(_key(rest), _key(alpha))      # c = −α β  →  −β = c / α, cancelled
