@@ -55,3 +55,21 @@ def test_torch_compile_on_cuda():
 
     torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k, v, gk), f(q, k, v, gk),
                                rtol=2e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("op", ["delta_rule", "gated_delta_rule", "gated_delta_product2"])
+def test_householder_agrees_with_fla(op):
+    """mixir's chunked WY kernels against flash-linear-attention's on the same inputs (bf16,
+    K = V = 128, T = 2048, l2-normalised keys in the kernel); skipped when fla is not installed."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
+    import bench_delta
+    base = bench_delta.fla_call(op)
+    if base is None:
+        pytest.skip("flash-linear-attention (fla-core) is not installed")
+    inputs = bench_delta.make_inputs(op, 2, 2048, 4, 128, 128, torch.bfloat16, torch.device("cuda"))
+    o_m = bench_delta.mixir_call(op, *inputs)
+    o_f = base(*inputs)
+    err = ((o_m.float() - o_f.float()).norm() / o_f.float().norm()).item()
+    assert err < 2e-2, f"{op}: relative error {err:.2e} between mixir and fla"
