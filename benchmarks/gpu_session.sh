@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything a GPU session should measure, in one device call (see docs/benchmarks.md):
+#   device run: command "bash benchmarks/gpu_session.sh", carry [".whl"], timeout_s 600
+# Installs the carried wheels (benchmarks/fetch_gpu_wheels.sh), then runs the GPU tests and the
+# benchmarks at their GPU defaults, each under its own time limit, writing every log to $OUT
+# (or ./gpu_logs). The figures go to docs/benchmarks.md with the date, device and command.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+export PYTHONUNBUFFERED=1
+step() {   # step NAME SECONDS COMMAND...
+  local name=$1 secs=$2; shift 2
+  echo "== $name ($(date -u +%FT%TZ), limit ${secs}s): $*" | tee -a "$OUT/summary.txt"
+  timeout "$secs" "$@" > "$OUT/$name.log" 2>&1; echo "   exit $?" | tee -a "$OUT/summary.txt"
+  tail -n 3 "$OUT/$name.log" | sed 's/^/   /' >> "$OUT/summary.txt"
+}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/device.txt" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/device.txt" 2>&1
+step gpu_tests 130 python3 -m pytest -q -m gpu -x --timeout 120 -p no:cacheprovider
+step bench_delta 80 python3 benchmarks/bench_delta.py --device cuda --T 1024,4096,16384
+step bench_gated_linear 80 python3 benchmarks/bench_gated_linear.py --device cuda
+step bench_attention 70 python3 benchmarks/bench_attention.py --device cuda
+step bench_lti 50 python3 benchmarks/bench_lti.py
+step bench_rnn 50 python3 benchmarks/bench_rnn.py
+step tune_gla_timed 50 python3 -m mixir.cli tune gla --gpu h100 --time --db "$OUT/db"
+cat "$OUT/summary.txt"
