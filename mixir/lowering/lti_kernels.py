@@ -330,141 +330,84 @@ def vandermonde_red_raw(rho, theta, w, with_p: bool, config=None):
     return outs
 
 
+def cauchy_fwd_pairs(v_re, v_im, l_re, l_im, z_re, z_im, config=None):
+    """``cauchy_fwd_raw`` on (re, im) pairs: v [R, Q, N], λ [R, N], z [M] → (o_re, o_im) [R, Q, M]."""
+    R, Q, N = v_re.shape
+    M = z_re.shape[0]
+    dt = _real_dtype(v_re, l_re)
+    o_re = torch.zeros((R, Q, M), dtype=dt, device=v_re.device)
+    o_im = torch.zeros((R, Q, M), dtype=dt, device=v_re.device)
+    if R * Q and M:
+        cfg = launch_config("cauchy", R, Q, N, M, dt, v_re.device, config)
+        CAUCHY_FWD[(R * Q, triton.cdiv(M, cfg["BL"]))](
+            _c(v_re, dt), _c(v_im, dt), _c(l_re, dt), _c(l_im, dt), _c(z_re, dt), _c(z_im, dt),
+            o_re, o_im, Q, N, M, **_opts(cfg))
+    return o_re, o_im
+
+
 def cauchy_fwd_raw(v, lam, z, config=None):
     """v [R, Q, N] complex, lam [R, N] complex, z [M] complex -> [R, Q, M] complex:
     ``Σ_n v/(z − λ) + conj(v)/(z − conj λ)`` (the conjugate-symmetric system of 2N poles)."""
-    R, Q, N = v.shape
-    M = z.shape[0]
-    dt = _real_dtype(v, lam)
-    o_re = torch.empty((R, Q, M), dtype=dt, device=v.device)
-    o_im = torch.empty((R, Q, M), dtype=dt, device=v.device)
-    if R * Q and M:
-        cfg = launch_config("cauchy", R, Q, N, M, dt, v.device, config)
-        CAUCHY_FWD[(R * Q, triton.cdiv(M, cfg["BL"]))](
-            _c(v.real, dt), _c(v.imag, dt), _c(lam.real, dt), _c(lam.imag, dt), _c(z.real, dt),
-            _c(z.imag, dt), o_re, o_im, Q, N, M, **_opts(cfg))
-    else:
-        o_re.zero_(), o_im.zero_()
-    return torch.complex(o_re, o_im)
+    return torch.complex(*cauchy_fwd_pairs(v.real, v.imag, lam.real, lam.imag, z.real, z.imag, config))
+
+
+def cauchy_bwd_pairs(g_re, g_im, v_re, v_im, l_re, l_im, z_re, z_im, config=None):
+    """The adjoint of ``cauchy_fwd_pairs``: (dv_re, dv_im) [R, Q, N], (dλ_re, dλ_im) [R, N]."""
+    R, Q, N = v_re.shape
+    M = z_re.shape[0]
+    dt = _real_dtype(v_re, l_re)
+    outs = [torch.zeros((R, Q, N), dtype=dt, device=v_re.device) for _ in range(4)]
+    if R * Q and N and M:
+        cfg = launch_config("cauchy", R, Q, N, M, dt, v_re.device, config)
+        CAUCHY_BWD[(R * Q, triton.cdiv(N, cfg["BN"]))](
+            _c(g_re, dt), _c(g_im, dt), _c(v_re, dt), _c(v_im, dt), _c(l_re, dt), _c(l_im, dt),
+            _c(z_re, dt), _c(z_im, dt), *outs, Q, N, M, **_opts(cfg))
+    return outs[0], outs[1], outs[2].sum(1), outs[3].sum(1)
 
 
 def cauchy_bwd_raw(g, v, lam, z, config=None):
-    R, Q, N = v.shape
-    M = z.shape[0]
-    dt = _real_dtype(v, lam)
-    outs = [torch.zeros((R, Q, N), dtype=dt, device=v.device) for _ in range(4)]
-    if R * Q and N and M:
-        cfg = launch_config("cauchy", R, Q, N, M, dt, v.device, config)
-        CAUCHY_BWD[(R * Q, triton.cdiv(N, cfg["BN"]))](
-            _c(g.real, dt), _c(g.imag, dt), _c(v.real, dt), _c(v.imag, dt), _c(lam.real, dt),
-            _c(lam.imag, dt), _c(z.real, dt), _c(z.imag, dt), *outs, Q, N, M, **_opts(cfg))
-    dv = torch.complex(outs[0], outs[1])
-    dlam = torch.complex(outs[2], outs[3]).sum(1)
-    return dv, dlam
+    dv_re, dv_im, dl_re, dl_im = cauchy_bwd_pairs(g.real, g.imag, v.real, v.imag, lam.real, lam.imag,
+                                                  z.real, z.imag, config)
+    return torch.complex(dv_re, dv_im), torch.complex(dl_re, dl_im)
+
+
+def recurrent_fwd_pairs(u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im, v_re, v_im,
+                        z0_re=None, z0_im=None):
+    """``recurrent_fwd_raw`` on (re, im) pairs → (y [B, H, T], z_T re, z_T im [B, H, N])."""
+    B, H, T = u.shape
+    N = l_re.shape[-1]
+    r = u_re.shape[1]
+    dt = _real_dtype(l_re)
+    dev = u.device
+    y = torch.empty((B, H, T), dtype=dt, device=dev)
+    zt_re = torch.empty((B, H, N), dtype=dt, device=dev)
+    zt_im = torch.empty((B, H, N), dtype=dt, device=dev)
+    if B * H == 0:
+        return y, zt_re, zt_im
+    has_z0 = z0_re is not None
+    z0re, z0im = (_c(z0_re, dt), _c(z0_im, dt)) if has_z0 else (zt_re, zt_im)
+    BN = _pow2(N)
+    warps = 1 if BN * max(1, _pow2(r)) <= 256 else 4
+    RECURRENT_FWD[(B * H,)](_c(u, dt), _c(l_re, dt), _c(l_im, dt), _c(b_re, dt), _c(b_im, dt),
+                            _c(c_re, dt), _c(c_im, dt), _c(feed, dt), _c(u_re, dt), _c(u_im, dt),
+                            _c(v_re, dt), _c(v_im, dt), z0re, z0im, y, zt_re, zt_im, H, T, N, r,
+                            HAS_Z0=has_z0, RP=_pow2(r) if r else 0, BLOCK_N=BN, num_warps=warps,
+                            num_stages=1)
+    return y, zt_re, zt_im
 
 
 def recurrent_fwd_raw(u, lam, beta, c, feed, U, V, z0):
     """The recurrence (no autograd: decoding / inference). u [B, H, T] real; λ, β, c [H, N]
     complex; D' [H]; U, V [H, r, N] complex; z0 [B, H, N] complex or None →
     (y [B, H, T], z_T [B, H, N] complex), computed in the dtype of λ's real part."""
-    B, H, T = u.shape
-    N = lam.shape[-1]
-    r = U.shape[1]
-    dt = _real_dtype(lam)
-    dev = u.device
-    y = torch.empty((B, H, T), dtype=dt, device=dev)
-    zt_re = torch.empty((B, H, N), dtype=dt, device=dev)
-    zt_im = torch.empty((B, H, N), dtype=dt, device=dev)
-    if B * H == 0:
-        return y, torch.complex(zt_re, zt_im)
-    ri = lambda x: (_c(x.real, dt), _c(x.imag, dt))           # noqa: E731
-    (lre, lim), (bre, bim), (cre, cim) = ri(lam), ri(beta), ri(c)
-    (ure, uim), (vre, vim) = ri(U), ri(V)
-    if z0 is None:
-        z0re = z0im = zt_re
-    else:
-        z0re, z0im = ri(z0)
-    BN = _pow2(N)
-    warps = 1 if BN * max(1, _pow2(r)) <= 256 else 4
-    RECURRENT_FWD[(B * H,)](_c(u, dt), lre, lim, bre, bim, cre, cim, _c(feed, dt), ure, uim, vre,
-                            vim, z0re, z0im, y, zt_re, zt_im, H, T, N, r, HAS_Z0=z0 is not None,
-                            RP=_pow2(r) if r else 0, BLOCK_N=BN, num_warps=warps, num_stages=1)
+    y, zt_re, zt_im = recurrent_fwd_pairs(
+        u, lam.real, lam.imag, beta.real, beta.imag, c.real, c.imag, feed, U.real, U.imag, V.real,
+        V.imag, None if z0 is None else z0.real, None if z0 is None else z0.imag)
     return y, torch.complex(zt_re, zt_im)
 
 
 # --------------------------------------------------------------------------- autograd
 
-class _Vandermonde(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rho, theta, v_re, v_im, L, config):
-        ctx.save_for_backward(rho, theta, v_re, v_im)
-        ctx.config = config
-        return vandermonde_fwd_raw(rho, theta, v_re, v_im, L, config)
-
-    @staticmethod
-    def backward(ctx, G):
-        rho, theta, v_re, v_im = ctx.saved_tensors
-        need_lam = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        outs = vandermonde_red_raw(rho, theta, G, with_p=need_lam, config=ctx.config)
-        s_re, s_im = outs[0], outs[1]
-        d_rho = d_theta = None
-        if need_lam:
-            p_re, p_im = outs[2], outs[3]
-            vp_re = v_re * p_re - v_im * p_im
-            vp_im = v_re * p_im + v_im * p_re
-            d_rho, d_theta = vp_re.to(rho.dtype), (-vp_im).to(theta.dtype)
-        return d_rho, d_theta, s_re.to(v_re.dtype), (-s_im).to(v_im.dtype), None, None
-
-
-class _VandermondeReduce(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rho, theta, w, config):
-        ctx.save_for_backward(rho, theta, w)
-        ctx.config = config
-        s_re, s_im = vandermonde_red_raw(rho, theta, w, with_p=False, config=config)
-        return s_re, s_im
-
-    @staticmethod
-    def backward(ctx, g_re, g_im):
-        rho, theta, w = ctx.saved_tensors
-        g_re = torch.zeros_like(rho) if g_re is None else g_re
-        g_im = torch.zeros_like(rho) if g_im is None else g_im
-        # v = g_re − i g_im: dW = Re Σ_n v λ^l; dρ = Re(v P), dθ = −Im(v P), P = Σ_l l w_l λ^l
-        dw = vandermonde_fwd_raw(rho, theta, g_re, -g_im, w.shape[-1], ctx.config).to(w.dtype)
-        _, _, p_re, p_im = vandermonde_red_raw(rho, theta, w, with_p=True, config=ctx.config)
-        vp_re = g_re * p_re + g_im * p_im
-        vp_im = g_re * p_im - g_im * p_re
-        return vp_re.to(rho.dtype), (-vp_im).to(theta.dtype), dw, None
-
-
-class _Cauchy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, v, lam, z, config):
-        ctx.save_for_backward(v, lam, z)
-        ctx.config = config
-        return cauchy_fwd_raw(v, lam, z, config).to(v.dtype)
-
-    @staticmethod
-    def backward(ctx, g):
-        v, lam, z = ctx.saved_tensors
-        dv, dlam = cauchy_bwd_raw(g, v, lam, z, ctx.config)
-        return dv.to(v.dtype), dlam.to(lam.dtype), None, None
-
-
-def vandermonde(rho, theta, v_re, v_im, L: int, config=None):
-    """``K[r, l] = Re Σ_n (v_re + i v_im) exp((ρ + iθ) l)``, l < L, differentiable: [R, L].
-    ``config``: tiles (``launch_config``), None for the default rule."""
-    return _Vandermonde.apply(rho, theta, v_re, v_im, int(L), config)
-
-
-def vandermonde_reduce(rho, theta, w, config=None):
-    """``S[r, n] = Σ_l w[r, l] exp((ρ + iθ) l)`` as (re, im), differentiable: 2 × [R, N]."""
-    return _VandermondeReduce.apply(rho, theta, w, config)
-
-
-def cauchy(v, lam, z, config=None):
-    """``out[r, q, j] = Σ_n v[r,q,n]/(z_j − λ[r,n]) + conj(v[r,q,n])/(z_j − conj λ[r,n])``: the
-    Cauchy sum over the 2N poles of a conjugate-symmetric system, given its N poles of one half
-    (complex, differentiable in v and λ; not holomorphic — the conjugate terms follow torch's
-    convention for complex gradients)."""
-    return _Cauchy.apply(v, lam, z, config)
+# The differentiable entry points are torch custom ops (``mixir::lti_*``, lti_ops.py), so that the
+# compiled mixers trace under ``torch.compile``; lti_ops imports this module's launches above.
+from .lti_ops import cauchy, recurrent, vandermonde, vandermonde_reduce  # noqa: E402,F401

@@ -37,6 +37,14 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 RECURRENT_MAX_T = 16          # default rule: short sequences (decoding) run the recurrence
 
 
+def _is_compiling() -> bool:
+    """Inside ``torch.compile`` tracing: value checks (host syncs) are skipped there."""
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # torch < 2.3
+        return False
+
+
 # --------------------------------------------------------------------------- parameter trees
 
 def _align(x, dims, target):
@@ -61,40 +69,63 @@ _BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.di
 _CMP = {"lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne}
 
 
+def flatten_param_trees(roots):
+    """The parameter-only IR trees as a flat program, built once per compiled mixer (walking and
+    hashing IR nodes per call would cost seconds under ``torch.compile`` tracing): a tuple of
+    steps ``(op, arg, dims, src_indices, src_dims)`` in topological order, and the index of each
+    root. Leaves (``param``, ``scalar``) keep their name in ``arg``."""
+    index: dict = {}
+    steps = []
+    for root in roots:
+        for n in ir.toposort(root):
+            if n in index:
+                continue
+            index[n] = len(steps)
+            steps.append((n.op, n.arg, tuple(n.dims), tuple(index[x] for x in n.src),
+                          tuple(tuple(x.dims) for x in n.src)))
+    return tuple(steps), tuple(index[r] for r in roots)
+
+
+def run_param_program(program, env: dict, H: int, sizes: dict, dtype, device):
+    """Evaluate a ``flatten_param_trees`` program per head: each root is ``[H, *root.dims]``
+    (expanded). ``env`` maps (op, name) of the leaves (``("param", "A_re")``, ``("scalar", "s")``)
+    to tensors ``[H, *dims]`` or floats."""
+    steps, outs = program
+    vals: list = []
+    for op, arg, dims, src, src_dims in steps:
+        vals.append(_eval_step(op, arg, dims, [vals[i] for i in src], src_dims, env, H, sizes, dtype,
+                               device))
+    return [vals[i].expand((H,) + tuple(sizes[d] for d in steps[i][2])) for i in outs]
+
+
 def eval_param_trees(roots, env: dict, H: int, sizes: dict, dtype, device):
     """Evaluate parameter-only IR trees per head: each result is ``[H, *root.dims]`` (expanded).
     ``env`` maps leaf nodes (params, scalars) to tensors ``[H, *dims]`` or floats."""
-    memo: dict = {}
-    for root in roots:
-        for n in ir.toposort(root):
-            if n in memo:
-                continue
-            memo[n] = _eval_node(n, memo, env, H, sizes, dtype, device)
-    return [memo[r].expand((H,) + tuple(sizes[d] for d in r.dims)) for r in roots]
+    named = {(n.op, n.arg): v for n, v in env.items()}
+    return run_param_program(flatten_param_trees(roots), named, H, sizes, dtype, device)
 
 
-def _eval_node(n, memo, env, H, sizes, dtype, device):
-    op = n.op
+def _eval_step(op, arg, dims, src, src_dims, env, H, sizes, dtype, device):
     if op == "const":
-        return torch.full((1,) + tuple(sizes[d] for d in n.dims), n.arg, dtype=dtype, device=device)
+        return torch.full((1,) + tuple(sizes[d] for d in dims), arg, dtype=dtype, device=device)
     if op == "head":
         return torch.arange(H, dtype=dtype, device=device)
     if op == "delta":
-        a, b = (sizes[d] for d in n.dims)
+        a, b = (sizes[d] for d in dims)
         return torch.eye(a, b, dtype=dtype, device=device)[None]
     if op in ("param", "scalar"):
-        v = env[n]
+        v = env[(op, arg)]
         if not isinstance(v, torch.Tensor):
-            return torch.full((1,) * (1 + len(n.dims)), float(v), dtype=dtype, device=device)
+            return torch.full((1,) * (1 + len(dims)), float(v), dtype=dtype, device=device)
         return v.to(dtype)
     if op == "input" or op == "state":
-        raise AssertionError(f"a parameter tree reads {op} {n.arg!r}")
+        raise AssertionError(f"a parameter tree reads {op} {arg!r}")
     if op in ("sum", "amax"):
-        x = memo[n.src[0]]
-        full = x.expand((x.shape[0],) + tuple(sizes[d] for d in n.src[0].dims))
-        axes = tuple(1 + n.src[0].dims.index(d) for d in n.arg)
+        x, xd = src[0], src_dims[0]
+        full = x.expand((x.shape[0],) + tuple(sizes[d] for d in xd))
+        axes = tuple(1 + xd.index(d) for d in arg)
         return full.sum(axes) if op == "sum" else full.amax(axes)
-    src = [_align(memo[s], s.dims, n.dims) for s in n.src]
+    src = [_align(x, d, dims) for x, d in zip(src, src_dims)]
     if op in _UNARY:
         return _UNARY[op](src[0])
     if op in _BINARY:
@@ -219,6 +250,7 @@ class CompiledLTIMixer:
             self._roots += [t.u_re, t.u_im, t.weight]
         for r in p.readout:
             self._roots += [r.coef, r.weight]
+        self._program = flatten_param_trees(self._roots)
         self._lam_args = sorted({n.arg for n in ir.toposort(p.lam_re) + ir.toposort(p.lam_im)
                                  if n.op in ("param", "scalar")})
 
@@ -230,19 +262,14 @@ class CompiledLTIMixer:
 
     # ---- the system of one call -------------------------------------------------------------
     def system(self, params: dict, H: int, sizes: dict, scalars: dict, rdtype, device) -> System:
-        p, m = self.plan, self.mixer
-        env = {}
-        for spec in m.inputs:
-            if spec.kind == "param":
-                env[ir.leaf("param", spec.name, spec.dims)] = params[spec.name]
-        for name, v in scalars.items():
-            env[ir.leaf("scalar", name)] = v
-        dims = lambda node: node.dims                                   # noqa: E731
-        vals = eval_param_trees(self._roots, env, H, sizes, rdtype, device)
+        p = self.plan
+        env = {("param", name): a for name, a in params.items()}
+        env.update({("scalar", name): v for name, v in scalars.items()})
+        vals = run_param_program(self._program, env, H, sizes, rdtype, device)
         N = sizes[p.dim]
 
-        def vec(x, node):
-            return x if dims(node) else x[:, None].expand(H, N)
+        def vec(x, node=None):     # a per-head scalar [H] → [H, N]
+            return x if x.dim() == 2 else x[:, None].expand(H, N)
 
         lam = torch.complex(vec(vals[0], p.lam_re), vec(vals[1], p.lam_im))
         beta = torch.complex(vec(vals[2], p.beta_re), vec(vals[3], p.beta_im))
@@ -263,6 +290,12 @@ class CompiledLTIMixer:
         shape = (H, 0, N)
         U = torch.stack(Us, 1) if Us else torch.zeros(shape, dtype=lam.dtype, device=device)
         V = torch.stack(Vs, 1) if Vs else torch.zeros(shape, dtype=lam.dtype, device=device)
+        if not _is_compiling():     # a value check would break the graph; eager calls check it
+            self._check_stable(lam, p.dim)
+        return System(lam, beta, U, V, c, feed)
+
+    def _check_stable(self, lam, dim):
+        m = self.mixer
         with torch.no_grad():
             mag = lam.abs()
             bad = ~(mag <= 1 + 1e-6)
@@ -270,9 +303,8 @@ class CompiledLTIMixer:
                 h, n = (int(x) for x in bad.nonzero()[0])
                 raise InputError(
                     f"{m.name}: unstable transition: |λ| = {float(mag[h, n]):.6g} ≥ 1 (head {h}, "
-                    f"{p.dim} = {n}); λ depends on {', '.join(self._lam_args)} — for a continuous-time "
+                    f"{dim} = {n}); λ depends on {', '.join(self._lam_args)} — for a continuous-time "
                     f"A its real part must be < 0 and the step Δ > 0")
-        return System(lam, beta, U, V, c, feed)
 
     @staticmethod
     def _weight(w, part):
@@ -305,13 +337,17 @@ class CompiledLTIMixer:
             if s is not None and (not isinstance(s, torch.Tensor) or not s.is_floating_point()):
                 raise InputError("initial_state must be a floating-point torch.Tensor (a tuple for "
                                  "a (re, im) pair of states)")
+        if _is_compiling() and cu_seqlens is not None:
+            # the offsets' values are not checked under tracing (a host sync); the eager call does
+            b = bind(m, arrays, cu_seqlens=None, initial_state=None, scalars=scalars)
+            return b, device, cu_seqlens.shape[0] - 1
         b = bind(m, arrays, cu_seqlens=cu_seqlens, initial_state=initial_state, scalars=scalars)
-        return b, device
+        return b, device, b.N
 
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
                  strategy=None, **scalars):
         m, p = self.mixer, self.plan
-        b, device = self._check(arrays, initial_state, cu_seqlens, scalars)
+        b, device, nseq = self._check(arrays, initial_state, cu_seqlens, scalars)
         strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "conv")
         if strategy not in self.strategies:
             raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
@@ -321,10 +357,12 @@ class CompiledLTIMixer:
         params = {s.name: a for s, a in zip(m.inputs, arrays) if s.kind == "param"}
         sysm = self.system(params, b.H, b.sizes, b.scalars, rdtype, device)
         N = b.sizes[p.dim]
-        z0 = self._initial(initial_state, b.N, b.H, N, rdtype, device)
+        z0 = self._initial(initial_state, nseq, b.H, N, rdtype, device)
         uf = u.to(rdtype).transpose(1, 2)                                   # [B, H, T]
         if cu_seqlens is None:
             y, zT = self._run(sysm, uf, z0, strategy, output_final_state)
+        elif _is_compiling():
+            y, zT = self._packed_recurrent(sysm, uf, z0, cu_seqlens, output_final_state)
         else:
             offs = [int(x) for x in cu_seqlens.tolist()]
             ys, zs = [], []
@@ -387,7 +425,7 @@ class CompiledLTIMixer:
         (decoding, inference), else the torch loop (autograd records it)."""
         tensors = (u, s.lam, s.beta, s.U, s.V, s.c, s.feed) + (() if z0 is None else (z0,))
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in tensors)):
-            y, zT = lti_kernels.recurrent_fwd_raw(u, s.lam, s.beta, s.c, s.feed, s.U, s.V, z0)
+            y, zT = lti_kernels.recurrent(u, s.lam, s.beta, s.c, s.feed, s.U, s.V, z0)
             return y.to(u.dtype), (zT.to(s.lam.dtype) if want_state else None)
         B, H, T = u.shape
         z = z0 if z0 is not None else torch.zeros((B, H) + s.lam.shape[1:], dtype=s.lam.dtype,
@@ -402,3 +440,40 @@ class CompiledLTIMixer:
                 znew = znew + torch.einsum("hkn,bhk->bhn", s.U, F.to(s.U.dtype))
             z = znew
         return torch.stack(ys, -1), (z if want_state else None)
+
+    @staticmethod
+    def _packed_recurrent(s: System, u, z0, cu_seqlens, want_state):
+        """``cu_seqlens`` without host syncs (inside ``torch.compile``, either strategy): the torch
+        recurrence over the packed tokens u [1, H, T], the state reset to its sequence's initial
+        state (z0 [Nseq, H, N] or 0) at each sequence's first token; the final states are the
+        states after each sequence's last token (its initial state for an empty sequence).
+        Unrolled over T: meant for short packed batches (decoding, tests)."""
+        _, H, T = u.shape
+        nseq = cu_seqlens.shape[0] - 1
+        cu = cu_seqlens.long()
+        starts, ends = cu[:-1], cu[1:]
+        zero = torch.zeros_like(s.lam)
+        if T == 0:
+            zT = z0 if z0 is not None else zero.expand(nseq, *zero.shape)
+            return u, (zT if want_state else None)
+        t = torch.arange(T, device=u.device)
+        seg = torch.bucketize(t, ends, right=True).clamp(max=nseq - 1)    # the sequence of token t
+        is_start = t == starts[seg]
+        init = z0[seg] if z0 is not None else zero.expand(T, *zero.shape)  # [T, H, N]
+        z, ys, zs = zero, [], []
+        for i in range(T):
+            z = torch.where(is_start[i], init[i], z)
+            ut = u[0, :, i]
+            ys.append(2 * (s.c * z).sum(-1).real + s.feed * ut)
+            znew = s.lam * z + s.beta * ut[:, None]
+            if s.rank:
+                F = 2 * torch.einsum("hkn,hn->hk", s.V, z).real
+                znew = znew + torch.einsum("hkn,hk->hn", s.U, F.to(s.U.dtype))
+            z = znew
+            zs.append(z)
+        y = torch.stack(ys, -1)[None]
+        if not want_state:
+            return y, None
+        zT = torch.stack(zs, 0)[(ends - 1).clamp(min=0)]                     # [Nseq, H, N]
+        empty = (ends == starts)[:, None, None]
+        return y, torch.where(empty, z0 if z0 is not None else zero, zT)
