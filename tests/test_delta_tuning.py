@@ -181,3 +181,31 @@ def test_predicted_resources_bound_a_real_aot_build(fresh_triton_cache):
         assert r.spills == 0, r
         assert r.registers <= pred[name][0], (name, r.registers, pred[name])
         assert r.total_shared_bytes <= pred[name][1], (name, r.total_shared_bytes, pred[name])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("gpu, arch", [("h100", "sm_90"), ("a100-80gb", "sm_80"), ("l4", "sm_89")])
+def test_runtime_picks_build_without_spills(gpu, arch):
+    """What a CUDA call would run without a tuning database (the cost model's best) compiles with no
+    register spills, both strategies, bf16 and fp32, K = V = 64 and 128."""
+    import torch
+    from mixir.autotune import delta_space, hardware
+    from mixir.lowering import aot
+    from mixir.lowering import delta_core as dc
+    from mixir.lowering.launch import record_launches
+    g = hardware.get(gpu)
+    recs = {}
+    for dt, tdt in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        for K in (64, 128):
+            x = [torch.randn(1, 40, 1, K).to(tdt) for _ in range(3)]
+            beta, gate, h0 = torch.rand(1, 40, 1), -torch.rand(1, 40, 1), torch.randn(1, 1, K, K)
+            for strategy in ("chunked", "recurrent"):
+                cfg = delta_space.model_best(strategy, g, dt, K, K, 4, 4096, 8)
+                with record_launches() as r:
+                    dc.delta_forward(*x, beta, gate, h0, None, strategy, cfg)
+                    dc.delta_backward(*x, beta, gate, h0, None, torch.randn(1, 40, 1, K),
+                                      torch.randn(1, 1, K, K), strategy, cfg)
+                recs.update(r)
+    res = aot.build_all(list(recs.values()), [arch], workers=2)
+    spilled = [r for r in res if r.spills]
+    assert not spilled, "\n" + aot.format_table(spilled)
