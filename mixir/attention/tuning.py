@@ -43,24 +43,10 @@ def compile_configs(mask: Mask, configs: list, arch: str, *, dtype: str = "bf16"
                     data_fn=None, score_mod=None, workers=None, timeout_s: float = 300) -> list:
     """One ``autotune.aot_check.CompiledConfig`` per config: its kernels built for ``arch``
     (registers, spills, shared memory). Kernels shared between configs compile once."""
-    from ..autotune.aot_check import CompiledConfig
-    from ..lowering import aot
-    per_config, unique = [], {}
-    for cfg in configs:
-        recs = record_config(mask, cfg, dtype=dtype, D=D, data_fn=data_fn, score_mod=score_mod)
-        per_config.append([r.key() for r in recs])
-        for r in recs:
-            unique.setdefault(r.key(), r)
-    keys = list(unique)
-    results = aot.build_all([unique[k] for k in keys], arch, workers=workers, timeout_s=timeout_s,
-                            errors="collect")
-    by_key = dict(zip(keys, results))
-    out = []
-    for cfg, ks in zip(configs, per_config):
-        res = [by_key[k] for k in ks]
-        out.append(CompiledConfig(dict(cfg), [r for r in res if not isinstance(r, BaseException)],
-                                  [str(r) for r in res if isinstance(r, (MixirError, BaseException))]))
-    return out
+    from ..autotune.aot_check import compile_recorded
+    return compile_recorded(
+        configs, lambda cfg: record_config(mask, cfg, dtype=dtype, D=D, data_fn=data_fn, score_mod=score_mod),
+        arch, workers=workers, timeout_s=timeout_s)
 
 
 def tune_mask(mask: Mask, gpu="h100", *, name=None, B=8, T=4096, H=16, D=128, dtype="bf16",

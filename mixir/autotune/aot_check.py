@@ -13,8 +13,6 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import MixirError
-
 TEMPLATE_MODULES = ("gla_chunked", "gla_recurrent")
 
 
@@ -105,15 +103,15 @@ def record_config(mixer, strategy: str, config: dict, *, dtype: str = "bf16", K:
     return list(out.values())
 
 
-def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: str = "bf16",
-                    K: int = 64, V: int = 64, backward: bool = True, workers=None,
-                    timeout_s: float = 300, progress=None) -> list:
-    """Compile every config's template kernels for ``arch``; one ``CompiledConfig`` per config.
-    Kernels shared between configs compile once."""
+def compile_recorded(configs: list, record, arch: str, *, workers=None, timeout_s: float = 300,
+                     progress=None) -> list:
+    """Build the kernels ``record(config)`` launches for every config, for ``arch``; one
+    ``CompiledConfig`` per config. Kernels shared between configs compile once. Shared by every
+    family's tuner (gated-linear here, Householder in delta_space, attention in attention.tuning)."""
     from ..lowering import aot
     per_config, unique = [], {}
     for i, cfg in enumerate(configs):
-        recs = record_config(mixer, strategy, cfg, dtype=dtype, K=K, V=V, backward=backward)
+        recs = record(cfg)
         per_config.append([r.key() for r in recs])
         for r in recs:
             unique.setdefault(r.key(), r)
@@ -129,8 +127,17 @@ def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: st
     for cfg, ks in zip(configs, per_config):
         res = [by_key[k] for k in ks]
         out.append(CompiledConfig(dict(cfg), [r for r in res if not isinstance(r, BaseException)],
-                                  [str(r) for r in res if isinstance(r, MixirError) or isinstance(r, BaseException)]))
+                                  [str(r) for r in res if isinstance(r, BaseException)]))
     return out
 
 
-__all__ = ["CompiledConfig", "record_config", "compile_configs"]
+def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: str = "bf16",
+                    K: int = 64, V: int = 64, backward: bool = True, workers=None,
+                    timeout_s: float = 300, progress=None) -> list:
+    """Compile every config's template kernels for ``arch``; one ``CompiledConfig`` per config."""
+    return compile_recorded(
+        configs, lambda cfg: record_config(mixer, strategy, cfg, dtype=dtype, K=K, V=V, backward=backward),
+        arch, workers=workers, timeout_s=timeout_s, progress=progress)
+
+
+__all__ = ["CompiledConfig", "record_config", "compile_configs", "compile_recorded"]

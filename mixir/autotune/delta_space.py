@@ -392,29 +392,10 @@ def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: st
                     timeout_s: float = 300, progress=None) -> list:
     """``aot_check.compile_configs`` for the delta templates: one ``CompiledConfig`` per config
     (kernels shared between configs compile once)."""
-    from ..errors import MixirError
-    from ..lowering import aot
-    from .aot_check import CompiledConfig
-    per_config, unique = [], {}
-    for i, cfg in enumerate(configs):
-        recs = record_config(mixer, strategy, cfg, dtype=dtype, K=K, V=V, backward=backward)
-        per_config.append([r.key() for r in recs])
-        for r in recs:
-            unique.setdefault(r.key(), r)
-        if progress:
-            progress(f"recorded config {i + 1}/{len(configs)} ({len(unique)} distinct kernels)")
-    keys = list(unique)
-    if progress:
-        progress(f"compiling {len(keys)} kernels for {arch}")
-    results = aot.build_all([unique[k] for k in keys], arch, workers=workers, timeout_s=timeout_s,
-                            errors="collect")
-    by_key = dict(zip(keys, results))
-    out = []
-    for cfg, ks in zip(configs, per_config):
-        res = [by_key[k] for k in ks]
-        out.append(CompiledConfig(dict(cfg), [r for r in res if not isinstance(r, BaseException)],
-                                  [str(r) for r in res if isinstance(r, (MixirError, BaseException))]))
-    return out
+    from .aot_check import compile_recorded
+    return compile_recorded(
+        configs, lambda cfg: record_config(mixer, strategy, cfg, dtype=dtype, K=K, V=V, backward=backward),
+        arch, workers=workers, timeout_s=timeout_s, progress=progress)
 
 
 # ---- the pipeline (mixir tune <a Householder mixer>) ------------------------------------------

@@ -11,6 +11,25 @@ from . import db
 _warned = set()
 
 
+def _never_raises(what: str):
+    """Decorator of a config lookup: any exception becomes ``None`` (the caller keeps its default
+    config) and one warning per (kind of lookup, exception type) — tuning must never break a call."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def safe(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001
+                key = (what, type(e).__name__)
+                if key not in _warned:
+                    _warned.add(key)
+                    warnings.warn(f"mixir autotune: {what}config lookup failed ({e}); using the "
+                                  f"default config")
+                return None
+        return safe
+    return wrap
+
+
 @functools.lru_cache(maxsize=None)
 def _gpu_for(device_index: int):
     from . import hardware
@@ -39,74 +58,55 @@ def model_best(strategy, B, T, H, K, V, dtype, gpu_name):
     return sp_.to_config(best, shape)
 
 
+@_never_raises("")
 def tuned_config(fingerprint, strategy, K, V, dtype, B, T, H, device) -> dict | None:
-    try:
-        gpu = _gpu_for(device.index if device.index is not None else 0)
-        if gpu is None:
-            return None
-        dt = db.dtype_name(dtype)
-        cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=K, V=V, strategy=strategy)
-        if cfg is not None:
-            return cfg
-        cfg = model_best(strategy, int(B), int(db.bucket(T)), int(H), int(K), int(V), dt, gpu.name)
-        return dict(cfg) if cfg else None
-    except Exception as e:   # tuning must never break a call
-        key = type(e).__name__
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"mixir autotune: config lookup failed ({e}); using the default config")
+    gpu = _gpu_for(device.index if device.index is not None else 0)
+    if gpu is None:
         return None
+    dt = db.dtype_name(dtype)
+    cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=K, V=V, strategy=strategy)
+    if cfg is not None:
+        return cfg
+    cfg = model_best(strategy, int(B), int(db.bucket(T)), int(H), int(K), int(V), dt, gpu.name)
+    return dict(cfg) if cfg else None
 
 
+@_never_raises("attention ")
 def tuned_attention_config(mask_key, D, dtype, B, T, H, device_index, fixed=None) -> dict | None:
     """The attention kernels' config on CUDA device ``device_index`` (``mixir.attention.tiles``):
     the tuning database's entry for the mask (strategy ``"attention"``, K = V = head dim; used
     when its tiles agree with ``fixed``) → the attention space's cost-model best
     (``attention_space.model_best``) → None. Never raises; cached like ``tuned_config``."""
-    try:
-        gpu = _gpu_for(device_index)
-        if gpu is None:
-            return None
-        dt = db.dtype_name(dtype)
-        cfg = db.lookup(mask_key, gpu, dt, B, T, H, K=D, V=D, strategy="attention")
-        if cfg is not None and all(cfg.get(k) == v for k, v in (fixed or {}).items()):
-            return cfg
-        from . import attention_space
-        return attention_space.model_best(gpu, dt, D, B, T, H, fixed)
-    except Exception as e:   # tuning must never break a call
-        key = "attention:" + type(e).__name__
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"mixir autotune: attention config lookup failed ({e}); using the "
-                          f"default config")
+    gpu = _gpu_for(device_index)
+    if gpu is None:
         return None
+    dt = db.dtype_name(dtype)
+    cfg = db.lookup(mask_key, gpu, dt, B, T, H, K=D, V=D, strategy="attention")
+    if cfg is not None and all(cfg.get(k) == v for k, v in (fixed or {}).items()):
+        return cfg
+    from . import attention_space
+    return attention_space.model_best(gpu, dt, D, B, T, H, fixed)
 
 
+@_never_raises("LTI ")
 def tuned_lti_config(kind, compute, R, Q, N, L, device_index) -> dict | None:
     """The LTI kernels' tiles on CUDA device ``device_index`` (``lti_space.gpu_config``): the
     tuning database's entry (fingerprint ``lti_<kind>``, strategy ``lti_<kind>``, K = N, V = Q,
     T = L, B·H = R rows; fp32 compute only: the database has no fp64 key) → the LTI space's
     cost-model best for the GPU (``lti_space.model_best``) → None. Never raises."""
-    try:
-        gpu = _gpu_for(device_index)
-        if gpu is None:
-            return None
-        name = f"lti_{kind}"
-        if compute == "fp32":
-            cfg = db.lookup(name, gpu, "fp32", 1, L, R, K=N, V=Q, strategy=name)
-            if cfg is not None:
-                return cfg
-        from . import lti_space
-        return lti_space.model_best(gpu, kind, compute, R, Q, N, L)
-    except Exception as e:   # tuning must never break a call
-        key = "lti:" + type(e).__name__
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"mixir autotune: LTI config lookup failed ({e}); using the default "
-                          f"config")
+    gpu = _gpu_for(device_index)
+    if gpu is None:
         return None
+    name = f"lti_{kind}"
+    if compute == "fp32":
+        cfg = db.lookup(name, gpu, "fp32", 1, L, R, K=N, V=Q, strategy=name)
+        if cfg is not None:
+            return cfg
+    from . import lti_space
+    return lti_space.model_best(gpu, kind, compute, R, Q, N, L)
 
 
+@_never_raises("delta-rule ")
 def tuned_delta_config(fingerprint, strategy, K, V, dtype, B, T, H, device, num_householder=1) -> dict | None:
     """The Householder (delta-rule) core's config on CUDA ``device``
     (``householder_family.CompiledHouseholder``): the tuning database's entry for (mixer
@@ -114,20 +114,12 @@ def tuned_delta_config(fingerprint, strategy, K, V, dtype, B, T, H, device, num_
     the delta space's cost-model best for the core's shape (sequence T·num_householder;
     ``delta_space.model_best``) → None (the caller keeps ``delta_core.default_config``). Never
     raises."""
-    try:
-        gpu = _gpu_for(device.index if device.index is not None else 0)
-        if gpu is None:
-            return None
-        dt = db.dtype_name(dtype)
-        cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=K, V=V, strategy=strategy)
-        if cfg is not None:
-            return cfg
-        from . import delta_space
-        return delta_space.model_best(strategy, gpu, dt, K, V, B, int(T) * int(num_householder), H)
-    except Exception as e:   # tuning must never break a call
-        key = "delta:" + type(e).__name__
-        if key not in _warned:
-            _warned.add(key)
-            warnings.warn(f"mixir autotune: delta-rule config lookup failed ({e}); using the "
-                          f"default config")
+    gpu = _gpu_for(device.index if device.index is not None else 0)
+    if gpu is None:
         return None
+    dt = db.dtype_name(dtype)
+    cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=K, V=V, strategy=strategy)
+    if cfg is not None:
+        return cfg
+    from . import delta_space
+    return delta_space.model_best(strategy, gpu, dt, K, V, B, int(T) * int(num_householder), H)

@@ -88,6 +88,14 @@ def analyse(mixer):
     return classify(mixer)[1]
 
 
+def check_strategy(strategies, strategy):
+    """``strategy`` if it names one of ``strategies`` (a compiled mixer's, for a call or for
+    ``mixir.compile(..., strategy=)``); an ``InputError`` naming them otherwise."""
+    if strategy not in tuple(strategies):
+        raise InputError(f"strategy must be one of {tuple(strategies)}, got {strategy!r}")
+    return strategy
+
+
 def compile_mixer(mixer, *, strategy: str | None = None, config: dict | None = None):
     from ..dsl.mixer import Mixer
     if not isinstance(mixer, Mixer):

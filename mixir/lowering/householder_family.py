@@ -8,7 +8,7 @@ import torch
 from ..dsl import ir
 from ..errors import InputError
 from . import delta_core, delta_ops
-from .families import register_family
+from .families import check_strategy, register_family
 from .householder_analysis import HouseholderPlan, analyse
 from .pointwise import PiecesKernel
 from .runtime import RECURRENT_MAX_T, check_call
@@ -31,8 +31,8 @@ class CompiledHouseholder:
     def __init__(self, mixer, plan: HouseholderPlan, strategy=None, config=None):
         self.mixer, self.plan = mixer, plan
         self.strategies = plan.strategies
-        if strategy is not None and strategy not in self.strategies:
-            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        if strategy is not None:
+            check_strategy(self.strategies, strategy)
         self.strategy = strategy
         self.config = dict(config or {})
         self.__name__ = mixer.name
@@ -64,8 +64,7 @@ class CompiledHouseholder:
         m, p = self.mixer, self.plan
         b, N, device, dtype = check_call(m, arrays, initial_state, cu_seqlens, scalars)
         strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")
-        if strategy not in self.strategies:
-            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        check_strategy(self.strategies, strategy)
         if isinstance(initial_state, (tuple, list)):
             raise InputError(f"initial_state: {m.name} has one state; pass a tensor")
         B, T, H = b.B, b.T, b.H

@@ -31,6 +31,7 @@ from ..dsl import ir
 from ..dsl.signature import bind
 from ..errors import InputError
 from . import lti_kernels
+from .families import check_strategy
 from .lti_analysis import LTIPlan
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -239,8 +240,8 @@ class CompiledLTIMixer:
         self.mixer = mixer
         self.plan = plan
         self.strategies = plan.strategies
-        if strategy is not None and strategy not in self.strategies:
-            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        if strategy is not None:
+            check_strategy(self.strategies, strategy)
         self.strategy = strategy
         self.config = dict(config or {})
         self.__name__ = mixer.name
@@ -349,8 +350,7 @@ class CompiledLTIMixer:
         m, p = self.mixer, self.plan
         b, device, nseq = self._check(arrays, initial_state, cu_seqlens, scalars)
         strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "conv")
-        if strategy not in self.strategies:
-            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        check_strategy(self.strategies, strategy)
         u_idx = [s.name for s in m.inputs].index(p.u)
         u = arrays[u_idx]
         rdtype = torch.float64 if u.dtype == torch.float64 else torch.float32

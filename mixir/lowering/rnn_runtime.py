@@ -23,6 +23,7 @@ import torch
 import triton
 
 from ..errors import InputError
+from .families import check_strategy
 from .kernel_cache import import_source
 from .launch import Kernel, targets_gpu
 from .rnn_analysis import RNNForm
@@ -43,8 +44,8 @@ class CompiledRNN:
         self.mixer = mixer
         self.plan = plan
         self.strategies = plan.strategies
-        if strategy is not None and strategy not in self.strategies:
-            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        if strategy is not None:
+            check_strategy(self.strategies, strategy)
         self.strategy = strategy
         self.config = dict(config or {})
         self.__name__ = mixer.name
@@ -76,8 +77,7 @@ class CompiledRNN:
             isinstance(a, torch.Tensor) and a.requires_grad for a in list(arrays) + list(
                 initial_state if isinstance(initial_state, (tuple, list)) else [initial_state]))
         strategy = strategy or self.strategy or self._choose(D, dtype, device, backward)
-        if strategy not in self.strategies + CUDA_STRATEGIES:
-            raise InputError(f"strategy must be one of {self.strategies + CUDA_STRATEGIES}, got {strategy!r}")
+        check_strategy(self.strategies + CUDA_STRATEGIES, strategy)
         S = len(f.states)
         if initial_state is not None and S > 1 and not isinstance(initial_state, (tuple, list)):
             raise InputError(f"initial_state: {m.name} has {S} states ({', '.join(f.states)}); pass a tuple")

@@ -14,6 +14,7 @@ from ..dsl import ir
 from ..dsl.signature import bind
 from ..errors import InputError
 from . import core_ops, gla_core
+from .families import check_strategy
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
 from .pointwise import PiecesKernel
 
@@ -37,8 +38,8 @@ class CompiledMixer:
         self.plan: Plan = plan if plan is not None else analyse(mixer)
         self.form: GatedLinearForm = self.plan.main
         self.strategies = self.plan.strategies
-        if strategy is not None and strategy not in self.strategies:
-            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        if strategy is not None:
+            check_strategy(self.strategies, strategy)
         self.strategy = strategy
         self.config = dict(config or {})
         self.__name__ = mixer.name
@@ -72,8 +73,7 @@ class CompiledMixer:
         m = self.mixer
         b, N, device, dtype = self._check(arrays, initial_state, cu_seqlens, scalars)
         strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")
-        if strategy not in self.strategies:
-            raise InputError(f"strategy must be one of {self.strategies}, got {strategy!r}")
+        check_strategy(self.strategies, strategy)
         inits = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,) * (
             1 if initial_state is not None else len(m.states))
         if initial_state is not None and len(m.states) > 1 and not isinstance(initial_state, (tuple, list)):
