@@ -66,7 +66,7 @@ def test_library_lti_mixers_route_to_lti_and_others_do_not():
         fam, plan = classify(e.mixer)
         assert fam.name == "lti" and plan.family == "lti", name
         assert plan.strategies == ("conv", "recurrent")
-    assert classify(lti.s4d_mixer)[1].rank == 0 and classify(lti.s4_mixer)[1].rank > 0
+    assert classify(lti.s4d_mixer)[1].rank == 0 and classify(lti.s4_mixer)[1].rank == 1
     assert "Cauchy" in classify(lti.s4_mixer)[1].transition
     for name, e in MIXERS.items():
         assert (classify(e.mixer)[0].name == "lti") == (e.family == "lti"), name
@@ -86,6 +86,45 @@ def test_analysis_refuses_with_reasons():
         analyse(squared)
     plan = analyse(ema)
     assert plan.x_im is None and plan.rank == 0 and "real modes" in plan.transition
+
+
+@mx.mixer
+def two_reads(u: In[()], a: Param["N"], p: Param["N"], q: Param["N"], w: Param[()], x: State["N"]):
+    """A rank-one transition written as two functionals with proportional columns:
+    x ← a x − p (Σ q x) − (w p) (Σ x) + u: one term, U = p, F = −Σ (q + w) x."""
+    x = 0.5 * mx.sigmoid(a) * x - 0.1 * p * mx.sum(q * x, "N") - 0.1 * (w * p) * mx.sum(x, "N") + u
+    return mx.sum(x, "N"), x
+
+
+@mx.mixer
+def two_directions(u: In[()], a: Param["N"], p: Param["N"], q: Param["N"], x: State["N"]):
+    """A genuinely rank-two transition: x ← a x − p (Σ q x) − q (Σ p x) + u."""
+    x = 0.5 * mx.sigmoid(a) * x - 0.1 * p * mx.sum(q * x, "N") - 0.1 * q * mx.sum(p * x, "N") + u
+    return mx.sum(x, "N"), x
+
+
+def test_rank_counts_independent_columns_only():
+    """Functionals whose update columns are real multiples of each other share one term (S4's
+    Woodbury solve reads four functionals, all along d·P: rank 1); independent columns do not."""
+    from mixir.lowering.lti_analysis import analyse
+    assert analyse(lti.s4_mixer).rank == 1
+    assert analyse(two_reads).rank == 1
+    assert len(analyse(two_reads).lowrank[0].parts) == 2
+    assert analyse(two_directions).rank == 2
+
+
+@pytest.mark.parametrize("mixer", [two_reads, two_directions], ids=lambda m: m.name)
+@pytest.mark.parametrize("strategy", ["conv", "recurrent"])
+def test_merged_low_rank_terms_match_reference(mixer, strategy):
+    rng = np.random.default_rng(3)
+    B, T, H, N = 2, 40, 2, 6
+    arrays = [rng.standard_normal((B, T, H)), rng.standard_normal((H, N)),
+              0.5 * rng.standard_normal((H, N)), 0.5 * rng.standard_normal((H, N))]
+    if mixer is two_reads:
+        arrays.append(rng.standard_normal(H))
+    h0 = rng.standard_normal((B, H, N))
+    assert_close(check(mixer, mx.compile(mixer), arrays, dtype=torch.float32, strategy=strategy,
+                       initial_state=h0))
 
 
 # ---- both strategies against the reference -------------------------------------------------------
@@ -189,6 +228,32 @@ def test_generated_kernel_against_materialised(name):
     x0 = torch.randn(3 * 2, 6, dtype=torch.complex128)
     want = kernel_materialised(s, x0, 20, groups=3)
     assert rel_rms_error(kernel_powers(s, x0, 20, groups=3), want, 1e-12) < 1e-10
+
+
+def test_low_rank_final_state_without_token_loop(monkeypatch):
+    """The conv strategy's final state for a low-rank Ā (Krylov blocks + a tree of powers) equals
+    the dense recurrence for T around block and power-of-two boundaries, with and without an
+    initial state, and never runs the token loop."""
+    from mixir.lowering.lti_runtime import CompiledLTIMixer, final_state_blocked
+    s = _system("s4", 6)
+    A = s.full_transition()
+    for T in (1, 2, 3, 4, 5, 16, 17, 63, 300):
+        u = torch.randn(2, 2, T, dtype=torch.float64)
+        z0 = torch.randn(2, 2, 6, dtype=torch.complex128)
+        for init in (None, z0):
+            x = torch.cat([z0, z0.conj()], -1) if init is not None else torch.zeros(
+                2, 2, 12, dtype=torch.complex128)
+            for t in range(T):
+                x = torch.einsum("hnm,bhm->bhn", A, x) + torch.cat([s.beta, s.beta.conj()], -1) * u[..., t, None]
+            assert rel_rms_error(final_state_blocked(s, u, init), x[..., :6], 1e-12) < 1e-10, T
+
+    def no_loop(*a, **k):
+        raise AssertionError("the conv strategy ran the token loop")
+    monkeypatch.setattr(CompiledLTIMixer, "_recurrent", staticmethod(no_loop))
+    e = ENTRIES["s4"]
+    arrays = [torch.tensor(a) for a in e.make_inputs(np.random.default_rng(2), B=1, T=40, H=2, K=6, V=6)]
+    y, state = mx.compile(e.mixer)(*arrays, strategy="conv", output_final_state=True)
+    assert torch.isfinite(y).all() and torch.isfinite(state[0]).all()
 
 
 @pytest.mark.parametrize("name,N,T,dtype,bound", [("s4d", 16, 2048, torch.float32, 1e-4),

@@ -134,13 +134,21 @@ def _lin_op(n: ir.Node, src) -> LinForm:
         raise NotLinear(n, f"a division by a state-dependent value: {ir.render(n)}")
     if op == "sum":
         (a,) = src
-        dims = n.arg
-        const = ir.reduce("sum", a.const, dims)
+        dims = tuple(d for d in n.arg if d in n.src[0].dims)
+
+        def total(coef):
+            """Σ over ``dims`` of a coefficient broadcast to the summand's dims: a coefficient
+            without the summed dim counts once per element (Σ_N c = |N| c)."""
+            missing = tuple(d for d in dims if d not in coef.dims)
+            if missing:
+                coef = ir.binary("mul", coef, ir.const(1.0, missing))
+            return ir.reduce("sum", coef, dims)
+        const = total(a.const)
         diag, funs = {}, {}
         for leaf, coef in a.diag:
             summed = [d for d in dims if d in leaf.dims]
             if not summed:                     # a scalar-per-token leaf: sum its coefficient
-                diag[leaf] = ir.reduce("sum", coef, dims)
+                diag[leaf] = total(coef)
                 continue
             if len(summed) != 1 or len(dims) != 1 or len(leaf.dims) != 1:
                 raise NotLinear(n, f"a reduction over {list(dims)} of a state with dims "
@@ -150,7 +158,7 @@ def _lin_op(n: ir.Node, src) -> LinForm:
                                    f"{ir.render(coef)} has dims {list(coef.dims)}")
             funs[Fun(leaf, coef, summed[0])] = ir.const(1.0)
         for fun, coef in a.funs:
-            c = ir.reduce("sum", coef, dims)
+            c = total(coef)
             funs[fun] = ir.binary("add", funs[fun], c) if fun in funs else c
         return LinForm(const, tuple(diag.items()), tuple(funs.items()))
     raise NotLinear(n, f"{op}(...) of a state-dependent value: {ir.render(n)}")
@@ -160,11 +168,11 @@ def _lin_op(n: ir.Node, src) -> LinForm:
 
 @dataclasses.dataclass(frozen=True)
 class LowRankTerm:
-    """``U_k F_k`` in the update: ``U = u_re + i u_im`` (half basis), ``F = Σ weight ⊙ x_part``."""
+    """``U_k F_k`` in the update: ``U = u_re + i u_im`` (half basis), ``F = Σ_parts Σ weight ⊙
+    x_part`` (a real functional; reading x_re, x_im or both)."""
     u_re: ir.Node
     u_im: ir.Node
-    part: str                  # "re" | "im": which state the functional reads
-    weight: ir.Node
+    parts: tuple               # (("re" | "im", weight), ...): which state each piece reads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,8 +222,8 @@ class LTIPlan:
                  f"  λ_re   = {ir.render(self.lam_re)}", f"  λ_im   = {ir.render(self.lam_im)}",
                  f"  B̄_re   = {ir.render(self.beta_re)}", f"  B̄_im   = {ir.render(self.beta_im)}"]
         for k, t in enumerate(self.lowrank):
-            lines.append(f"  U{k} = ({ir.render(t.u_re)}) + i({ir.render(t.u_im)}) · "
-                         f"Σ {ir.render(t.weight)} ⊙ x_{t.part}")
+            fun = " + ".join(f"Σ {ir.render(w)} ⊙ x_{part}" for part, w in t.parts)
+            lines.append(f"  U{k} = ({ir.render(t.u_re)}) + i({ir.render(t.u_im)}) · ({fun})")
         for r in self.readout:
             lines.append(f"  y += {ir.render(r.coef)} · Σ {ir.render(r.weight)} ⊙ x_{r.part}")
         lines.append(f"  y += ({ir.render(self.feed)}) · u")
@@ -230,17 +238,16 @@ def _unsupported(mixer, why):
     return UnsupportedMixerError(f"mixer {mixer.name}: not LTI: {why}")
 
 
-def _same_values(mixer, pairs, trials: int = 2) -> bool:
-    """Whether each pair of parameter-only trees is the same function: structurally, or (for
-    algebraically equal but differently built trees) at random parameter values in float64."""
-    if all(a == b for a, b in pairs):
-        return True
+def _random_values(mixer, roots, trials: int = 2):
+    """The values of parameter-only trees at ``trials`` random parameter points (float64, two
+    heads, dims of size 3): a list per trial, one tensor per root."""
     import torch
     from .lti_runtime import eval_param_trees
     gen = torch.Generator().manual_seed(0)
     sizes = {d: 3 for spec in mixer.inputs for d in spec.dims}
     for d in mixer.states[0].dims:
         sizes.setdefault(d, 3)
+    out = []
     for _ in range(trials):
         env = {}
         for spec in mixer.inputs:
@@ -250,8 +257,18 @@ def _same_values(mixer, pairs, trials: int = 2) -> bool:
                     shape, generator=gen, dtype=torch.float64)
         for spec in mixer.scalars:
             env[ir.leaf("scalar", spec.name)] = 0.5
-        roots = [n for pair in pairs for n in pair]
-        vals = eval_param_trees(roots, env, 2, sizes, torch.float64, "cpu")
+        out.append(eval_param_trees(list(roots), env, 2, sizes, torch.float64, "cpu"))
+    return out
+
+
+def _same_values(mixer, pairs, trials: int = 2) -> bool:
+    """Whether each pair of parameter-only trees is the same function: structurally, or (for
+    algebraically equal but differently built trees) at random parameter values in float64."""
+    if all(a == b for a, b in pairs):
+        return True
+    import torch
+    roots = [n for pair in pairs for n in pair]
+    for vals in _random_values(mixer, roots, trials):
         for i in range(0, len(vals), 2):
             x, y = vals[i], vals[i + 1]
             if not bool(torch.isfinite(x).all()) or not torch.allclose(x, y, rtol=1e-9, atol=1e-12):
@@ -320,12 +337,74 @@ def analyse(mixer) -> LTIPlan:
         for fun, _ in f.funs:
             if fun not in funs:
                 funs.append(fun)
-    lowrank = tuple(LowRankTerm(forms[0].f().get(fun, zero),
-                                forms[1].f().get(fun, zero) if x_im is not None else zero,
-                                part(fun), fun.weight) for fun in funs)
+    lowrank = _low_rank_terms(mixer, [(forms[0].f().get(fun, zero),
+                                        forms[1].f().get(fun, zero) if x_im is not None else zero,
+                                        part(fun), fun.weight) for fun in funs], dim)
     readout = tuple(ReadOut(c, part(fun), fun.weight) for fun, c in out.funs)
     feed = coef(out, u)
     if any(leaf in (x_re, x_im) for leaf, _ in out.diag):
         raise _unsupported(mixer, "the output reads the state without reducing it over its dim")
     return LTIPlan(mixer.name, u.arg, dim, x_re.arg, None if x_im is None else x_im.arg,
                    lam_re, lam_im, beta_re, beta_im, lowrank, readout, feed, key_dims=(dim,))
+
+
+# --------------------------------------------------------------------------- the rank
+
+def _low_rank_terms(mixer, cols, dim) -> tuple:
+    """The low-rank part ``Σ_k U_k F_k`` with as few terms as the traced columns allow.
+
+    ``cols``: one ``(u_re, u_im, part, weight)`` per functional the update reads. A column that is
+    a *real* multiple ``U_j = α U_k`` (α a per-head scalar) of an earlier one adds ``α F_j`` to
+    that term's functional instead of a term of its own: ``U_k F_k + U_j F_j = U_k (F_k + α F_j)``
+    (α real keeps ``F`` real, so the conjugate half ``Ū_k`` stays paired). A column that is zero
+    for every parameter value is dropped. S4 declared as Woodbury's rank-one solve reads four
+    functionals (Re and Im of ``P*·x`` twice) whose columns are all multiples of ``d P``: rank 1.
+    Proportionality is tested at random parameter points (the identity test of polynomial
+    algebra: two random points of a non-identity agree with probability zero); α is then built
+    as an IR tree, ``Σ Re(U_j Ū_k) / Σ |U_k|²`` over the state dim."""
+    if not cols:
+        return ()
+    import torch
+    roots = [n for c in cols for n in c[:2]]
+    trials = []
+    for vals in _random_values(mixer, roots):
+        us = []
+        for i in range(len(cols)):
+            re, im = (v if v.dim() == 2 else v[:, None].expand(-1, 3) for v in vals[2 * i:2 * i + 2])
+            us.append(torch.complex(re, im))
+        trials.append(us)
+
+    def zero(j):
+        return all(bool(torch.isfinite(us[j]).all()) and float(us[j].abs().max()) == 0.0 for us in trials)
+
+    def real_multiple(j, k):
+        for us in trials:
+            a, b = us[j], us[k]
+            den = (b.abs() ** 2).sum(-1, keepdim=True)
+            alpha = (a * b.conj()).real.sum(-1, keepdim=True) / den
+            if not (bool(torch.isfinite(alpha).all()) and bool((den > 0).all())):
+                return False
+            if float((a - alpha * b).abs().max()) > 1e-9 * (float(a.abs().max()) + 1e-300):
+                return False
+        return True
+
+    def alpha_tree(cj, ck):
+        ones = ir.const(1.0, (dim,))
+
+        def total(x):
+            return ir.reduce("sum", ir.binary("mul", x, ones), (dim,))
+        num = ir.binary("add", ir.binary("mul", cj[0], ck[0]), ir.binary("mul", cj[1], ck[1]))
+        den = ir.binary("add", ir.binary("mul", ck[0], ck[0]), ir.binary("mul", ck[1], ck[1]))
+        return ir.binary("div", total(num), total(den))
+
+    groups = []                # [rep column index, [(part, weight), ...]]
+    for j, (_, _, part, w) in enumerate(cols):
+        if zero(j):
+            continue
+        for g in groups:
+            if real_multiple(j, g[0]):
+                g[1].append((part, ir.binary("mul", alpha_tree(cols[j], cols[g[0]]), w)))
+                break
+        else:
+            groups.append([j, [(part, w)]])
+    return tuple(LowRankTerm(cols[k][0], cols[k][1], tuple(parts)) for k, parts in groups)

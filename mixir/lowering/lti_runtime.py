@@ -12,7 +12,8 @@ plan's parameter-only IR trees per head (torch, differentiable) into the complex
   at the roots of unity with the Woodbury identity (r > 0), then ``y = K * u`` by real FFTs of
   length 2T. An initial state adds ``c Ā^t x_0`` (the same kernel generation with x_0 in place of
   B̄, per sequence); the final state is ``λ^T x_0 + B̄ Σ_j λ^j u_{T−1−j}`` (the Vandermonde
-  reduction) for r = 0, and the recurrence for r > 0.
+  reduction) for r = 0, and for r > 0 Krylov blocks of √T tokens combined by a tree of matrix
+  powers (``final_state_blocked``: O(log T) dense steps, no token loop).
 - ``recurrent``: token by token, ``y_t = 2 Re(c·z_{t−1}) + D' u_t``,
   ``z_t = Λ z_{t−1} + Σ_k U_k · 2 Re(V_k·z_{t−1}) + B̄ u_t`` (decoding, and any T): the Triton
   kernel ``lti_recurrent_fwd`` when no gradient is needed, the torch loop otherwise.
@@ -224,6 +225,36 @@ def kernel_materialised(system: System, b, M: int, groups: int = 1):
     return torch.stack(out, -1) if out else torch.zeros((b.shape[0], 0), dtype=A.real.dtype)
 
 
+def final_state_blocked(system: System, u, z0=None):
+    """``z_T = Ā^T z_0 + Σ_{j<T} Ā^j B̄ u_{T−1−j}`` for a diagonal-plus-low-rank Ā in O(log T)
+    dense steps (no token loop): u [B, H, T] real, z0 [B, H, N] complex or None → [B, H, N].
+
+    With blocks of M ≈ √T tokens (u zero-padded at the front to a power-of-two number of
+    blocks; leading zeros leave a zero state zero): the Krylov columns ``Ā^j B̄`` (j < M) by
+    doubling, each block's local state ``s_b = Σ_j Ā^j B̄ u_{b, M−1−j}`` as one contraction, then
+    a pairwise tree ``s ← Ā^{len} s_left + s_right`` with ``Ā^{M·2^k}`` by squaring. Works in
+    the full (z, z̄) basis with the dense Ā the Cauchy path already forms (O(N²) per head)."""
+    B, H, T = u.shape
+    N = system.lam.shape[1]
+    A = system.full_transition()                                               # [H, 2N, 2N]
+    cd = A.dtype
+    M = 1 << max(0, math.ceil(math.log2(max(T, 1)) / 2))
+    nb = 1 << (-(-T // M) - 1).bit_length()
+    kry, P = _full(system.beta)[..., None], A                                   # [H, 2N, 1]
+    while kry.shape[-1] < M:
+        kry = torch.cat([kry, P @ kry], -1)
+        P = P @ P                                                               # Ā^(columns)
+    w = torch.nn.functional.pad(u, (nb * M - T, 0)).reshape(B, H, nb, M).flip(-1)
+    st = torch.einsum("hnj,bhkj->bhkn", kry, w.to(cd))                          # [B, H, nb, 2N]
+    while st.shape[2] > 1:
+        st = torch.einsum("hnm,bhkm->bhkn", P, st[:, :, 0::2]) + st[:, :, 1::2]
+        P = P @ P
+    x = st[:, :, 0]
+    if z0 is not None:
+        x = x + torch.einsum("hnm,bhm->bhn", torch.linalg.matrix_power(A, T), _full(z0))
+    return x[..., :N]
+
+
 def fft_conv(u, K):
     """Causal convolution ``y[.., t] = Σ_{s≤t} K[.., t−s] u[.., s]`` by real FFTs of length 2T."""
     T = u.shape[-1]
@@ -248,7 +279,7 @@ class CompiledLTIMixer:
         p = plan
         self._roots = [p.lam_re, p.lam_im, p.beta_re, p.beta_im, p.feed]
         for t in p.lowrank:
-            self._roots += [t.u_re, t.u_im, t.weight]
+            self._roots += [t.u_re, t.u_im] + [w for _, w in t.parts]
         for r in p.readout:
             self._roots += [r.coef, r.weight]
         self._program = flatten_param_trees(self._roots)
@@ -279,10 +310,14 @@ class CompiledLTIMixer:
         Us, Vs = [], []
         half = torch.tensor(0.5, dtype=rdtype, device=device)
         for t in p.lowrank:
-            u_re, u_im, w = vals[i:i + 3]
-            i += 3
+            u_re, u_im = vals[i:i + 2]
+            i += 2
             Us.append(torch.complex(vec(u_re, t.u_re), vec(u_im, t.u_im)))
-            Vs.append(self._weight(vec(w, t.weight) * half, t.part))
+            v = 0
+            for part, _ in t.parts:
+                v = v + self._weight(vec(vals[i]) * half, part)
+                i += 1
+            Vs.append(v)
         c = torch.zeros((H, N), dtype=lam.dtype, device=device)
         for r in p.readout:
             coef, w = vals[i:i + 2]
@@ -415,8 +450,8 @@ class CompiledLTIMixer:
                 zT = s.beta * torch.complex(sr, si).reshape(B, H, N)
                 if z0 is not None:
                     zT = zT + s.lam ** T * z0
-            else:   # diagonal plus low rank: the state by the recurrence
-                zT = self._recurrent(s, u, z0, True)[1]
+            else:   # diagonal plus low rank: Krylov blocks and a tree of matrix powers
+                zT = final_state_blocked(s, u, z0)
         return y, zT
 
     @staticmethod
