@@ -12,15 +12,22 @@ from mixir.lowering.launch import record_launches
 from mixir.verify import record_kernels
 
 
-def _core_records(K, V, dtype, strategies=("chunked", "recurrent"), T=40):
+def _core_records(K, V, dtype, strategies=("chunked", "recurrent"), T=40, n_h=(1, 2)):
+    """Launches of the core, forward and backward; ``n_h`` = 2 adds DeltaProduct's read-out of
+    every second sub-step (the output kernel specialised with NH = 2)."""
     torch.manual_seed(0)
-    q, k = (torch.randn(1, T, 1, K).to(dtype) for _ in range(2))
-    v = torch.randn(1, T, 1, V).to(dtype)
-    beta, g, h0 = torch.rand(1, T, 1), -torch.rand(1, T, 1), torch.randn(1, 1, K, V)
-    with record_launches() as recs:
-        for s in strategies:
-            dc.delta_forward(q, k, v, beta, g, h0, None, s)
-            dc.delta_backward(q, k, v, beta, g, h0, None, torch.randn(1, T, 1, V), torch.randn(1, 1, K, V), s)
+    recs = {}
+    for n in n_h:
+        q = torch.randn(1, T, 1, K).to(dtype)
+        k = torch.randn(1, T * n, 1, K).to(dtype)
+        v = torch.randn(1, T * n, 1, V).to(dtype)
+        beta, g, h0 = torch.rand(1, T * n, 1), -torch.rand(1, T * n, 1), torch.randn(1, 1, K, V)
+        with record_launches() as r:
+            for s in strategies:
+                dc.delta_forward(q, k, v, beta, g, h0, None, s, n_h=n)
+                dc.delta_backward(q, k, v, beta, g, h0, None, torch.randn(1, T, 1, V),
+                                  torch.randn(1, 1, K, V), s, n_h=n)
+        recs.update(r)
     return recs
 
 
@@ -38,6 +45,8 @@ def test_core_kernels_build_without_spills_at_the_benchmark_size():
     names = {r.kernel.name.rsplit(".", 1)[-1] for r in recs.values()}
     assert {"delta_chunk_prep", "delta_chunk_states", "delta_chunk_output", "delta_chunk_dstates",
             "delta_chunk_grads_v", "delta_chunk_grads_p", "delta_chunk_grads_k", "delta_chunk_dv"} <= names
+    nh = {dict(r.constexprs).get("NH") for r in recs.values() if r.kernel.name.endswith("delta_chunk_output")}
+    assert nh == {1, 2}
     _assert_clean(aot.build_all(list(recs.values()), ["sm_80", "sm_90"], workers=2), 2 * len(recs))
 
 

@@ -129,17 +129,32 @@ def _state_arg(x, N, H, K, V, name):
     return x.to(torch.float32).contiguous()
 
 
-def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None):
-    c = _Call(q, k, v, beta, g, cu_seqlens, config)
+def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None, n_h=1):
+    """``n_h`` > 1 (DeltaProduct): k, v, beta, g and ``cu_seqlens`` are on the T·n_h sub-step
+    sequence, ``q`` [B, T, H, K] is compact, and o [B, T, H, V] is each token's last sub-step."""
+    # the bookkeeping is on the sub-step sequence: k stands in for q's shape there (q is read by
+    # the output kernel only, from its compact tensor)
+    c = _Call(q if n_h == 1 else k, k, v, beta, g, cu_seqlens, config)
     p, H, K, V = c.plan, c.H, c.K, c.V
     h0 = _state_arg(h0, p.N, H, K, V, "h0")
     HS, Unew, hT, _ = c.forward_states(h0, True)
-    O = _empty(p.T_total, H, V, device=c.device)
+    B, T = q.shape[:2]
+    O = _empty(B * T, H, V, device=c.device)
     opts = c.launch_opts()
     if p.NT > 0:
+        BR = opts["BT"] if n_h == 1 else max(16, _pow2(-(-opts["BT"] // n_h)))
         _ck.delta_chunk_output[(p.NT, _cdiv(V, opts["BV"]), H)](
-            c.q, c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, BKT=c.bkt(), **opts)
-    return O.view(c.B, c.T, H, V), hT
+            _packed(q), c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, BKT=c.bkt(),
+            NH=n_h, BR=BR, **opts)
+    return O.view(B, T, H, V), hT
+
+
+def _expand_steps(x, n_h):
+    """[B, T, ...] → [B, T·n_h, ...]: x at each token's last sub-step, zeros before it."""
+    B, T = x.shape[:2]
+    out = x.new_zeros((B, T, n_h) + tuple(x.shape[2:]))
+    out[:, :, n_h - 1] = x
+    return out.reshape((B, T * n_h) + tuple(x.shape[2:]))
 
 
 def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
@@ -200,9 +215,15 @@ def _flat(x):
     return None if x is None else x.reshape((1, x.shape[0] * x.shape[1]) + tuple(x.shape[2:]))
 
 
-def delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy="chunked", config=None):
+def delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy="chunked", config=None, n_h=1):
+    """``n_h`` > 1 (DeltaProduct): q and o are per token [B, T, ·]; k, v, beta, g and
+    ``cu_seqlens`` are on the T·n_h sub-step sequence (the read-out is each token's last step)."""
     if strategy == "chunked":
-        return chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config)
+        return chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h)
+    if n_h > 1:
+        o, hT = delta_forward(_expand_steps(q, n_h), k, v, beta, g, h0, cu_seqlens, strategy, config)
+        B, T = q.shape[:2]
+        return o.reshape(B, T, n_h, *o.shape[2:])[:, :, n_h - 1], hT
     if strategy == "recurrent":
         B, T, H, _ = q.shape
         cu = _as_packed_call(q, cu_seqlens)
@@ -214,7 +235,14 @@ def delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy="chunked", config=N
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
-def delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy="chunked", config=None):
+def delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy="chunked", config=None, n_h=1):
+    """The adjoint of ``delta_forward`` (same ``n_h`` convention). For n_h > 1 the backward runs
+    on the sub-step sequence with q and do zero at the sub-steps that are not read out."""
+    if n_h > 1:
+        B, T = q.shape[:2]
+        dq, *rest = delta_backward(_expand_steps(q, n_h), k, v, beta, g, h0, cu_seqlens,
+                                   _expand_steps(do, n_h), dhT, strategy, config)
+        return (dq.reshape(B, T, n_h, *dq.shape[2:])[:, :, n_h - 1].contiguous(), *rest)
     if strategy == "chunked":
         return chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config)
     if strategy == "recurrent":

@@ -92,7 +92,7 @@ class CompiledHouseholder:
         else:      # DeltaProduct: the delta rule on a sequence of length T·n_h
             def inter(xs):
                 return torch.stack(xs, dim=2).reshape((B, T * n) + tuple(xs[0].shape[2:]))
-            qs = inter([torch.zeros_like(q)] * (n - 1) + [q])
+            qs = q          # compact: the core reads out each token's last sub-step only
             k, v, beta = inter(ks), inter(vs), inter(betas)
             zero = torch.zeros((B, T, H), device=device)
             g = inter([shaped(f"g{j}") if has_g[j] else zero for j in range(n)]) if any(has_g) else None
@@ -107,9 +107,7 @@ class CompiledHouseholder:
         o, hT = torch.ops.mixir.delta_fwd(qs.to(dtype).contiguous(), k.to(dtype).contiguous(),
                                           v.to(dtype).contiguous(), beta.float().contiguous(),
                                           None if g is None else g.float().contiguous(), h0, cu,
-                                          strategy, delta_ops.encode_config(cfg))
-        if n > 1:
-            o = o.reshape(B, T, n, H, V)[:, :, n - 1]
+                                          strategy, delta_ops.encode_config(cfg), n)
         if not ir.is_const(p.out_scale, 1.0):
             o = shaped("e", V) * o
         if not ir.is_const(p.out_bias, 0.0):

@@ -202,9 +202,13 @@ def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H
 @kernel
 def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl.constexpr, DV: tl.constexpr,
                        USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr):
+                       BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr,
+                       NH: tl.constexpr = 1, BR: tl.constexpr = 0):
     # grid: (num chunks, cdiv(DV, BV), H). O = (Q ⊙ γ) h + tril(QKᵀ ⊙ D) u, the K-sums as a loop
-    # over K-tiles of BKT (no full-K operand tile in registers)
+    # over K-tiles of BKT (no full-K operand tile in registers).
+    # NH > 1 (DeltaProduct): the sequence is T·NH sub-steps and only each token's last sub-step
+    # is read out, so the program takes the BR (≥ ⌈BT/NH⌉) rows p ≡ NH − 1 (mod NH) of its chunk,
+    # reads Q and writes O at token p // NH of the compact [T, H, ·] tensors: 1/NH of the work.
     i_c = tl.program_id(0)
     i_v = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -212,21 +216,34 @@ def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl
     o_t = tl.arange(0, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
+    if NH == 1:
+        o_r = o_t
+        row_ok = o_t < L
+        tok = cs + o_t
+        Gr = G
+    else:
+        first = (NH - 1 - cs % NH) % NH
+        o_r = first + tl.arange(0, BR) * NH
+        row_ok = o_r < L
+        tok = (cs + o_r) // NH
+        Gr = tl.sum(tl.where(o_r[:, None] == o_t[None, :], G[None, :], 0.), 1)
     base_h = (i_c * H + i_h).to(tl.int64) * DK * DV
-    QK = tl.zeros([BT, BT], dtype=tl.float32)
-    o = tl.zeros([BT, BV], dtype=tl.float32)
+    QK = tl.zeros([o_r.shape[0], BT], dtype=tl.float32)
+    o = tl.zeros([o_r.shape[0], BV], dtype=tl.float32)
     for k0 in range(0, DK, BKT):
         o_k = k0 + tl.arange(0, BKT)
-        Qt = _load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
+        Qt = tl.load(Q + (tok[:, None] * H + i_h) * DK + o_k[None, :],
+                     mask=row_ok[:, None] & (o_k < DK)[None, :], other=0.).to(tl.float32)
         QK += tl.dot(Qt, tl.trans(_load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)), input_precision=PREC)
         h = tl.load(HS + base_h + o_k[:, None] * DV + o_v[None, :],
                     mask=(o_k < DK)[:, None] & (o_v < DV)[None, :], other=0.)
         o += tl.dot(Qt, h, input_precision=PREC)
-    causal = o_t[:, None] >= o_t[None, :]
-    P = tl.where(causal, QK * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
+    causal = o_r[:, None] >= o_t[None, :]
+    P = tl.where(causal, QK * tl.exp(tl.where(causal, Gr[:, None] - G[None, :], float("-inf"))), 0.)
     u = _load_rows(Unew, cs, L, i_h, H, DV, o_t, o_v)
-    o = o * tl.exp(G)[:, None] + tl.dot(P, u, input_precision=PREC)
-    _store_rows(O, o, cs, L, i_h, H, DV, o_t, o_v)
+    o = o * tl.exp(Gr)[:, None] + tl.dot(P, u, input_precision=PREC)
+    tl.store(O + (tok[:, None] * H + i_h) * DV + o_v[None, :], o,
+             mask=row_ok[:, None] & (o_v < DV)[None, :])
 
 
 @kernel
