@@ -45,7 +45,7 @@ def test_infeasible_head_dim_names_shared_memory_of_the_gpu():
                                           r"per block; A10 has 99 KiB"):
         asp.default_config("a10", "bf16", 1024)
     # an H100 has the shared memory; what binds there is the register file
-    with pytest.raises(TuningError, match="registers per thread") as e:
+    with pytest.raises(TuningError, match="registers per block") as e:
         asp.default_config("h100", "bf16", 1024)
     assert "shared memory" not in str(e.value)
 
@@ -144,3 +144,97 @@ def test_tune_with_aot_drops_spilling_configs(monkeypatch):
     r = res.results[0]
     assert r.candidates[0].dropped.startswith("fwd spills") and r.best is r.candidates[1]
     assert "dropped: fwd spills" in res.table()
+
+
+# ---- the cost model: what a FlashAttention-2 forward pays (docs/attention.md, "Cost model") ------
+def test_mma_fraction_counts_16_rows_per_warp():
+    frac = lambda rows, w, dt="bf16": spaces.evaluate(   # noqa: E731
+        asp.mma_fraction(rows), asp.ATTENTION, asp.shape(1, 1024, 1, 64, dt),
+        {"BM": 16, "BN": 16, "num_warps": w, "num_stages": 2})
+    assert frac(asp.BM, 4) == pytest.approx(0.25)        # BM = 16 with 4 warps: 3 warps repeat
+    assert frac(asp.BM, 8) == pytest.approx(0.125)
+    assert frac(asp.BM * 4, 4) == 1 and frac(asp.BM * 8, 4) == 1
+    assert frac(asp.BM, 4, "fp32") == 1                  # FMA dots: no MMA rows
+
+
+def test_streamed_kv_bytes_scale_with_query_tiles():
+    """Every query tile streams all its K/V tiles: the forward's bytes grow as 1/BM."""
+    shp = asp.shape(1, 4096, 1, 128, "bf16")
+    fwd = asp.ATTENTION.kernels[0]
+    by = {bm: spaces.evaluate(fwd.bytes_moved, asp.ATTENTION, shp,
+                              {"BM": bm, "BN": 64, "num_warps": 4, "num_stages": 2}) for bm in (16, 128)}
+    streamed = lambda bm: (4096 // bm) * 4096 * 2 * 128 * 2 / asp.L2_OVER_HBM   # noqa: E731
+    assert by[16] - by[128] == pytest.approx(streamed(16) - streamed(128))
+
+
+@pytest.mark.parametrize("gpu", ["h100", "a100", "l4"])
+def test_16_bit_picks_fill_the_tensor_cores(gpu):
+    """No tiny tiles: for D = 32 ... 128 the forward's pick has BM >= 64 and at least half of the
+    warps do distinct MMA work (BM >= 8 num_warps: D = 128 needs 8 warps for 64 x 64 tiles, whose
+    dK/dV spills with 4), and it beats 16 x 16 by the model."""
+    from mixir.autotune import cost
+    g = hardware.get(gpu)
+    for D in (32, 64, 128):
+        for dt in ("bf16", "fp16"):
+            cfg = asp.default_config(gpu, dt, D, B=8, T=4096, H=16)
+            assert cfg["BM"] >= 64 and 2 * cfg["BM"] >= 16 * cfg["num_warps"], (gpu, D, dt, cfg)
+            shp = asp.shape(8, 4096, 16, D, dt)
+            tiny = cost.predict(asp.ATTENTION, shp, g, {"BM": 16, "BN": 16, "num_warps": 4,
+                                                         "num_stages": 2})
+            assert cost.predict(asp.ATTENTION, shp, g, cfg).time_s < 0.7 * tiny.time_s
+
+
+def test_causal_profile_pick_on_h100_is_not_16x16():
+    """The issue's case: D = 128, bf16, causal, T = 4096 on H100 (cost model + the mask's profile)."""
+    from mixir.autotune import cost
+    prof = asp.tile_profile(L.causal_mask(), 1, 1, 4096)
+    space = asp.make_space(prof)
+    shp = asp.shape(8, 4096, 16, 128, "bf16")
+    best = cost.rank(space, shp, hardware.get("h100"), asp.feasible(space, shp, hardware.get("h100")))[0][0]
+    assert best["BM"] >= 64 and (best["BM"], best["BN"]) != (16, 16), best
+
+
+# ---- the runtime's picks build without spills (ptxas via lowering.aot) --------------------------
+_PICK_SHAPES = ((8, 4096, 16), (1, 130, 2))     # the issue's shape; the AOT test's recording shape
+
+
+def _picks(D, dtype):
+    """{config: [archs]}: the runtime's model picks for A100 (what a recording uses: built for
+    sm_80 and sm_90) and H100 (built for sm_90) at the shapes above."""
+    out = {}
+    for B_, T_, H_ in _PICK_SHAPES:
+        for gpu, archs in (("a100", ("sm_80", "sm_90")), ("h100", ("sm_90",))):
+            cfg = asp.default_config(gpu, dtype, D, B=B_, T=T_, H=H_)
+            key = tuple(cfg[k] for k in tiles.KEYS)
+            out.setdefault(key, set()).update(archs)
+    return out
+
+
+def _build_picks(cases):
+    from mixir.lowering import aot
+    table = []
+    for D, dtype in cases:
+        for key, archs in _picks(D, dtype).items():
+            cfg = dict(zip(tiles.KEYS, key))
+            recs = tuning.record_config(L.causal_mask(), cfg, dtype=dtype, D=D)
+            res = aot.build_all(recs, sorted(archs), errors="collect", workers=0)
+            bad = [r for r in res if not isinstance(r, aot.KernelResources)]
+            assert not bad, bad
+            table += [(D, dtype, cfg, r) for r in res]
+    print("\n".join(f"D={D} {dt} {c}: {r.kernel.rsplit('.', 1)[-1]} {r.arch} {r.registers} regs "
+                    f"{r.spills} B spills" for D, dt, c, r in table))
+    spilled = [(D, dt, c, r.kernel.rsplit(".", 1)[-1], r.arch, r.registers, r.spills)
+               for D, dt, c, r in table if r.spills or not r.fits]
+    assert not spilled, spilled
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_runtime_pick_builds_without_spills_d128(fresh_triton_cache):
+    """The representative case (D = 128 bf16, where the old picks spilled)."""
+    _build_picks([(128, "bf16")])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_runtime_picks_build_without_spills(fresh_triton_cache):
+    _build_picks([(32, "bf16"), (64, "bf16"), (128, "bf16"), (64, "fp32"), (64, "fp16")])

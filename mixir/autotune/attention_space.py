@@ -11,24 +11,28 @@ ceil(T/BN)`` tile rows / columns; ``RHO`` the fraction of tiles the mask makes t
 
 * shared memory per CTA: ``num_stages`` x (the two streamed operand tiles of the loop) + the
   resident tiles, e.g. the forward ``(S * (BN*PK K-tile + BN*PK V-tile) + BM*PK Q-tile) * ob``;
-* registers per thread: ``ceil(live / (32 * min(num_warps, WARP_CAP))) + REG_OVERHEAD`` with ``live`` the
-  32-bit values of the CTA's register tiles: fp32 accumulators (BM x PK), score tiles
-  (BM x BN, several live in the backward), the resident operand tiles (ob / 4 registers per
-  element) and, for fp32 "ieee" dots (CUDA-core FMA, operands in registers), the streamed K/V
-  (Q/dO) tiles. Fitted as an upper bound to ptxas on sm_80 and sm_90 (docs/attention.md); for
-  16-bit inputs more than 4 warps is not counted as relieving registers (WARP_CAP 4: the MMA
-  kernels mostly do not get cheaper per thread with 8 warps on sm_80), for fp32 every warp is
-  (WARP_CAP 16), and fp32 runs with 8 warps (``FP32_WARPS``) and >= 2 stages (measured AOT
-  exclusions, like the gated-linear spaces' AOT feedback);
-* FLOPs only over visited tiles: ``RHO * NM * NN`` tiles per (batch, head), 4 (forward),
-  6 (dQ), 8 (dK/dV) x BM*BN*D per tile, plus ``_SMEM_OPS`` FLOP-equivalents per byte of dot
-  operands read from shared memory ((BM + BN) x PK x ob per dot: small tiles are bound by
-  shared memory bandwidth, not by the tensor cores);
-* HBM bytes: Q/O (forward), Q/dO/dQ (dQ), K/V/dK/dV (dK/dV) once, plus the streamed operands
-  (K/V, or Q/dO and the row statistics) once per (batch, head) times RHO: the query-tile programs
-  of one (batch, head) run together and re-read the same K/V tiles from L2, not from HBM;
-* fp32 (CUDA-core) FLOPs: the softmax (~8 per score) and the rescaling of the accumulator by the
-  running maximum (2 per accumulator element per tile: small BN costs more).
+* registers per thread: ``ceil(live / (32 * num_warps)) + base`` with ``live`` the 32-bit
+  values of the CTA's register tiles. 16-bit inputs (tensor-core dots): ``2 rows*PK + BM*BN +
+  2 streamed*PK`` (rows = BM for the forward and dQ, BN for dK/dV; streamed the other one), base
+  96, fitted to ptxas builds for sm_80 and sm_90; BM, BN >= 8 num_warps (``ROWS_PER_WARP_MIN``:
+  tiles replicated over more warps spill under ptxas' own register caps) and the measured
+  spilling configs the formula admits excluded (``MEASURED_SPILLS``).
+  fp32 inputs ("ieee" FMA dots, operands in registers): the resident tiles, score tiles, streamed
+  tiles and the FMA dot layouts, base 48, with num_warps = 8 (``FP32_WARPS``) and >= 2 stages
+  (measured AOT exclusions);
+* tensor-core work over the visited tiles only: ``RHO * NM * NN`` tiles per (batch, head), 4
+  (forward), 6 (dQ), 8 (dK/dV) x BM*BN*D FLOPs per tile divided by the MMA fraction
+  ``min(1, rows / (16 num_warps))`` (``mma_fraction``: each warp computes 16 rows; fewer rows
+  than that leave warps repeating each other), plus ``_SMEM_OPS`` FLOP-equivalents per byte of
+  the streamed operand tiles every warp reads from shared memory;
+* CUDA-core work per tile: ``SCORE_OPS`` per score element and 2 per accumulator element
+  (rescale), over the MMA fraction, plus ``TILE_FIXED_INSTR`` instructions per thread (block
+  index, addresses, loop, barriers; + ``EXPOSED_LOAD_INSTR`` without pipelining, num_stages = 1);
+* HBM-equivalent bytes: Q/O (forward), Q/dO/dQ (dQ), K/V/dK/dV (dK/dV) and the streamed operands
+  once per (batch, head) from HBM (times RHO), plus every query (key) tile streaming its visited
+  K/V (Q/dO) tiles from L2: ``RHO * NM * NN * BN * 2 * D * db / L2_OVER_HBM``;
+* occupancy and waves as in ``cost.py``, with 8 resident warps saturating the SM
+  (``cost.WARPS_SATURATE_BY_STRATEGY``).
 """
 from __future__ import annotations
 
@@ -55,78 +59,157 @@ STRATEGY = "attention"
 # per serial tile step of a program (one BM x BN x D step of the online softmax); the cost model
 # looks it up by the space's strategy
 cost.STEP_LATENCY_S.setdefault(STRATEGY, 0.1e-6)
+# resident warps per SM that saturate the tensor cores: FlashAttention-2 reaches ~70 % of the A100
+# peak with one or two CTAs of 4 warps per SM (255 registers per thread at D = 128); the shared
+# default (16) is for the CUDA-core recurrences
+cost.WARPS_SATURATE_BY_STRATEGY.setdefault(STRATEGY, 8)
 
 
-# warps that relieve registers: 4 for 16-bit inputs (the MMA kernels do not get cheaper per
-# thread with 8 warps on sm_80, measured), all of them for fp32 (the FMA dots spread their
-# operand tiles over the threads: fp32 D=256 16x16 needs 255+ registers with 4 warps, 108 with 8)
-_WARP_CAP = 4 + 12 * sp.floor(ob / 4)
 #: fp32 inputs run with exactly this many warps (measured on sm_80: with 4 warps the fp32 dK/dV
 #: kernel spills even at 80-130 registers per thread, e.g. D=64 with 32x16 tiles; with 16 it is
 #: held to 64 registers and spills)
 FP32_WARPS = 8
+#: 16-bit inputs: BM, BN >= ROWS_PER_WARP_MIN x num_warps (unless T pads to less than 32): at
+#: most two warps per 16-row MMA tile (mma_fraction >= 1/2). Below that the rows are replicated
+#: over 4-8 warps and ptxas caps the registers at 80-168 and spills 8-36 B (measured, sm_80 and
+#: sm_90: D=128 16x16 and 64x16 with 4 warps, 16x32 and 32x16 with 8; D=64 128x16 with 4 warps,
+#: 32x32 and 16x16 with 8)
+ROWS_PER_WARP_MIN = 8
+#: configs the register formula admits but ptxas builds spill (measured at num_stages = 2 on
+#: sm_80 / sm_90 with Triton 3.9, causal mask, partial last tile; excluded at every stage count):
+#: {(input class "16" or "fp32", padded D): ((BM, BN, num_warps, "what spilled"), ...)}
+MEASURED_SPILLS = {
+    ("16", 32): ((32, 128, 4, "384 B"), (128, 32, 4, "1596 B"), (128, 128, 8, "dK/dV at 255 regs")),
+    ("16", 64): ((64, 64, 8, "24 B"), (64, 128, 8, "1048 B"), (128, 64, 8, "528 B"),
+                 (32, 64, 4, "756 B in dK/dV with a data mask and a score_mod, sm_80")),
+    ("fp32", 64): ((32, 32, 8, "dQ at 64 regs on sm_80"),),
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class AttentionKernel(KernelModel):
     """A ``KernelModel`` whose ``live_fp32`` counts 32-bit registers of the CTA (not fp32 tile
-    elements): regs = ceil(live / (32 * min(num_warps, WARP_CAP))) + REG_OVERHEAD, WARP_CAP 4
-    for 16-bit inputs and 16 for fp32."""
+    elements): regs = ceil(live / (32 num_warps)) + REG_BASE_MMA (16-bit inputs) or
+    REG_OVERHEAD (fp32 inputs)."""
 
     @functools.cached_property
     def regs(self):
-        return sp.ceiling(self.live_fp32 / (32 * sp.Min(W, _WARP_CAP))) + REG_OVERHEAD
+        return sp.ceiling(self.live_fp32 / (32 * W)) + _MMA * REG_BASE_MMA + _FMA * REG_OVERHEAD
 
 
 # fp32 "ieee" dots run as FMA on the CUDA cores with both operands in registers: the streamed
 # tiles count in full (1 for fp32 inputs, 0 for 16-bit inputs, whose MMA operands stream from
 # shared memory)
 _FMA = sp.floor(ob / 4)
-# registers per element of the resident (BM or BN) x PK tiles: the fp32 accumulators, the
-# resident operand tiles (ob / 4 per element) and their pipelined copies; fitted to ptxas (an
-# upper bound of the measured 16-bit points; docs/attention.md)
-_RES_FWD = 3 + ob / 2          # o accumulator, q tile
-_RES_DQ = 2 + ob / 2           # dq accumulator, q and dO tiles
-_RES_DKDV = 3 + ob / 2         # dk, dv accumulators, k and v tiles
-_SCORE_FWD, _SCORE_BWD = 2, 5  # live BM x BN fp32 score tiles: s, p (forward); s, p, dp, ds, +1
+_MMA = 1 - _FMA
+# 16-bit inputs (tensor-core dots), fitted to ptxas builds for sm_80 and sm_90 (docs/attention.md,
+# "Registers"): per CTA, A_ROWS 32-bit registers per element of the rows x PK tiles (fp32
+# accumulators, the resident operand tile and its dot-operand copies), A_SCORE per element of the
+# BM x BN score tiles, A_STREAM per element of the streamed (K/V or Q/dO) tile (each warp holds
+# its dot-operand slices), spread over all the warps, plus REG_BASE_MMA per thread
+A_ROWS, A_SCORE, A_STREAM, REG_BASE_MMA = 2, 1, 2, 96
+
+
+def _live(rows, streamed, res, score):
+    """Live 32-bit registers of a CTA: the fitted 16-bit form, or the fp32 (FMA) form: resident
+    rows x PK tiles (``res`` per element), ``score`` BM x BN tiles, the streamed tiles in full
+    and the FMA dot operand layouts."""
+    mma = A_ROWS * rows * PK + A_SCORE * BM * BN + A_STREAM * streamed * PK
+    fma = res * rows * PK + score * BM * BN + 2 * streamed * PK + _DOT_FMA
+    return _MMA * mma + _FMA * fma
+
+
 # an FMA dot of a BM x BN x PK tile: each thread holds its rows of A and columns of B in the dot
 # operand layout; modelled as BM*BN*PK/4 per CTA (fitted: fp32 64x64 tiles at D=64 spill with 8
 # warps, 16x16 tiles at D=256 do not)
 _DOT_FMA = BM * BN * PK / 4
-# FLOP-equivalents per byte of dot operands read from shared memory (tensor peak / shared-memory
-# bandwidth: ~30 on H100, ~16 on A100): a BM x BN x D tile dot reads (BM + BN) x D operands for
-# 2 BM BN D FLOPs, so small tiles are bound by shared memory, not by the tensor cores
+# fp32 inputs: registers per element of the resident (BM or BN) x PK tiles (the fp32
+# accumulators, the resident operand tiles and their pipelined copies) and live BM x BN score
+# tiles (s, p forward; s, p, dp, ds + 1 backward); an upper bound of the measured fp32 points
+_RES_FWD, _RES_DQ, _RES_DKDV = 5, 4, 5
+_SCORE_FWD, _SCORE_BWD = 2, 5
+# ---- the cost terms of a FlashAttention-2 style pass (docs/attention.md, "Cost model") ----------
+# FLOP-equivalents per byte of dot operands read from shared memory: tensor peak / shared-memory
+# bandwidth per SM (A100: 2048 FLOP/clk / 128 B/clk = 16; H100: ~4096 / 128 = 32)
 _SMEM_OPS = 24
+# the L2 -> SM bandwidth as a multiple of the HBM bandwidth (A100 whitepaper: 5120 B/clk of L2
+# read bandwidth, ~7.2 TB/s at 1.41 GHz, vs 1.6-2.0 TB/s HBM); the streamed K/V (Q/dO) tiles of
+# every query (key) tile come from L2, HBM sees them once per (batch, head)
+L2_OVER_HBM = 3
+#: PTX instructions per thread of one loop iteration that do not scale with the tile (block-index
+#: load, addresses, loop, barriers, row-statistic shuffles): the intercept of a fit of the forward
+#: loop's PTX instruction count (Triton 3.9, sm_80, D=64, 16x16 ... 128x128 tiles, 4 and 8 warps)
+#: against the per-thread tile elements; the slope is ~12 instructions per score element
+TILE_FIXED_INSTR = 100
+#: CUDA-core FLOP-equivalents per score element: ~10 PTX instructions per element and thread
+#: besides the MMAs (scale, mask, max, exp, sum, casts; same fit), 2 FLOP-equivalents each
+SCORE_OPS = 20
+#: rows of the tensor-core tile one warp computes: 16 (mma.sync m16n8k16 on sm_80/sm_89; a
+#: Hopper wgmma warpgroup of 4 warps takes 64 = 4 x 16 rows)
+MMA_ROWS_PER_WARP = 16
+#: per-thread instruction-equivalents a tile waits for its K/V (Q/dO) loads when num_stages = 1
+#: (no software pipelining: the L2 latency, several hundred cycles, is exposed once per tile;
+#: co-resident CTAs hide part of it, which is ignored)
+EXPOSED_LOAD_INSTR = 300
+
+
+def mma_fraction(rows):
+    """The fraction of the CTA's warps doing distinct MMA work: Triton splits the ``rows`` of the
+    chained dots (BM for the forward and dQ, BN for dK/dV) over the warps, 16 rows each, so with
+    rows < 16 num_warps the layout wraps and warps repeat each other's tiles (Triton 3.9 TTGIR:
+    warpsPerCTA [num_warps, 1]; for rows < 16 num_warps it may split along N instead, which moves
+    P and the row statistics through shared memory at a similar cost). 1 for fp32 "ieee" dots
+    (CUDA-core FMA: no MMA rows). The elementwise work is replicated with the MMAs."""
+    return sp.Min(1, rows / (MMA_ROWS_PER_WARP * W) + _FMA)
+
+
+def _tile_costs(rows, flops, reads, streamed):
+    """(tensor-core FLOP-equivalents, CUDA-core FLOP-equivalents) of one visited tile: the dot
+    FLOPs over the MMA fraction, plus every warp reading the ``reads`` streamed operand tiles
+    (``streamed`` elements each) from shared memory; the softmax / gradient elementwise work over
+    the MMA fraction, plus the fixed per-iteration instructions of every thread."""
+    f = mma_fraction(rows)
+    tc = flops / f + _SMEM_OPS * W * reads * streamed * ob
+    fixed = TILE_FIXED_INSTR + EXPOSED_LOAD_INSTR * sp.floor(1 / S)
+    fp = (SCORE_OPS * BM * BN + 2 * rows * PK) / f + 2 * fixed * 32 * W
+    return tc, fp
 
 
 def _kernels(rho):
     tiles = rho * NM * NN                                # visited tiles per (batch, head)
+    tc_f, fp_f = _tile_costs(BM, 4 * BM * BN * K, 2, BN * PK)
+    tc_q, fp_q = _tile_costs(BM, 6 * BM * BN * K, 3, BN * PK)
+    tc_kv, fp_kv = _tile_costs(BN, 8 * BM * BN * K, 4, BM * PK)
     fwd = AttentionKernel(
         "attn_fwd",
         grid=B * H * NM,
         smem=(S * 2 * BN * PK + BM * PK) * ob,
-        live_fp32=_RES_FWD * BM * PK + _SCORE_FWD * BM * BN + _FMA * (2 * BN * PK + _DOT_FMA),
-        bytes_moved=B * H * (2 * T * K * db + 4 * T + rho * 2 * T * K * db),
-        tc_flops=B * H * tiles * (4 * BM * BN * K + 2 * _SMEM_OPS * (BM + BN) * PK * ob),
-        fp32_flops=B * H * tiles * (8 * BM * BN + 2 * BM * PK),
+        live_fp32=_live(BM, BN, _RES_FWD, _SCORE_FWD),
+        # Q, O, lse once; K, V once from HBM; every query tile streams its K/V tiles from L2
+        bytes_moved=B * H * (2 * T * K * db + 4 * T + rho * 2 * T * K * db
+                             + tiles * BN * 2 * K * db / L2_OVER_HBM),
+        tc_flops=B * H * tiles * tc_f,
+        fp32_flops=B * H * tiles * fp_f,
         serial_steps=rho * NN)
     dq = AttentionKernel(
         "attn_bwd_dq",
         grid=B * H * NM,
         smem=(S * 2 * BN * PK + 2 * BM * PK) * ob,
-        live_fp32=_RES_DQ * BM * PK + _SCORE_BWD * BM * BN + _FMA * (2 * BN * PK + _DOT_FMA),
-        bytes_moved=B * H * (T * K * (2 * db + 4) + 8 * T + rho * 2 * T * K * db),
-        tc_flops=B * H * tiles * (6 * BM * BN * K + 3 * _SMEM_OPS * (BM + BN) * PK * ob),
-        fp32_flops=6 * B * H * tiles * BM * BN,
+        live_fp32=_live(BM, BN, _RES_DQ, _SCORE_BWD),
+        bytes_moved=B * H * (T * K * (2 * db + 4) + 8 * T + rho * 2 * T * K * db
+                             + tiles * BN * 2 * K * db / L2_OVER_HBM),
+        tc_flops=B * H * tiles * tc_q,
+        fp32_flops=B * H * tiles * fp_q,
         serial_steps=rho * NN)
     dkdv = AttentionKernel(
         "attn_bwd_dkdv",
         grid=B * H * NN,
         smem=(S * 2 * BM * PK + 2 * BN * PK) * ob,
-        live_fp32=_RES_DKDV * BN * PK + _SCORE_BWD * BM * BN + _FMA * (2 * BM * PK + _DOT_FMA),
-        bytes_moved=B * H * (T * K * (2 * db + 8) + rho * T * (2 * K * db + 8)),
-        tc_flops=B * H * tiles * (8 * BM * BN * K + 4 * _SMEM_OPS * (BM + BN) * PK * ob),
-        fp32_flops=6 * B * H * tiles * BM * BN,
+        live_fp32=_live(BN, BM, _RES_DKDV, _SCORE_BWD),
+        bytes_moved=B * H * (T * K * (2 * db + 8) + rho * T * (2 * K * db + 8)
+                             + tiles * BM * (2 * K * db + 8) / L2_OVER_HBM),
+        tc_flops=B * H * tiles * tc_kv,
+        fp32_flops=B * H * tiles * fp_kv,
         serial_steps=rho * NM)
     return fwd, dq, dkdv
 
@@ -135,6 +218,17 @@ def _extra(shape, gpu):
     pt = max(16, spaces.pow2(shape.T))
     cs = [Constraint("bm_le_padded_t", BM, "le", sp.Integer(pt), f"BM <= padded T = {pt}"),
           Constraint("bn_le_padded_t", BN, "le", sp.Integer(pt), f"BN <= padded T = {pt}")]
+    if shape.dtype != "fp32" and pt >= 2 * 16 and spaces.padded(shape.K) <= 128:   # measured range
+        cs += [Constraint(f"mma_rows_{n}", sym, "ge", ROWS_PER_WARP_MIN * W,
+                          f"16-bit dots: {n} >= {ROWS_PER_WARP_MIN} num_warps (at most 2 warps per "
+                          f"16 MMA rows; below, ptxas spills 8-36 B at 80-168 registers, measured)")
+               for n, sym in (("BM", BM), ("BN", BN))]
+    cls = "fp32" if shape.dtype == "fp32" else "16"
+    for bm, bn, w, spill in MEASURED_SPILLS.get((cls, spaces.padded(shape.K)), ()):
+        cs.append(Constraint(f"measured_spill_{bm}x{bn}_w{w}", sp.Integer(0), "forbid",
+                             sp.Integer(0), f"{bm}x{bn} tiles with {w} warps spill ({spill}) "
+                             f"at D={shape.K} {shape.dtype} (ptxas, measured)",
+                             terms=((BM, "==", bm), (BN, "==", bn), (W, "==", w))))
     if shape.dtype == "fp32":
         cs += [Constraint("fp32_warps_ge", W, "ge", sp.Integer(FP32_WARPS),
                           f"fp32 'ieee' dots: num_warps = {FP32_WARPS} (with 4 the dK/dV kernel "

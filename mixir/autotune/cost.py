@@ -24,6 +24,9 @@ LAUNCH_OVERHEAD_S = 4e-6
 TILE_OVERHEAD_S = 1.5e-6
 STEP_LATENCY_S = {"chunked": 1.0e-6, "recurrent": 0.25e-6}
 WARPS_SATURATE = 16
+#: per-strategy override of WARPS_SATURATE (attention: tensor-core tiles with enough
+#: instruction-level parallelism per warp, see attention_space.py)
+WARPS_SATURATE_BY_STRATEGY: dict = {}
 
 
 @dataclasses.dataclass
@@ -91,7 +94,7 @@ def predict(space, shape: "_sp.Shape", gpu, values: dict) -> Cost:
         else:
             eff = min(grid, gpu.sms) / gpu.sms
             resident = min(bps, math.ceil(grid / gpu.sms)) * int(values["num_warps"])
-        eff *= min(1.0, resident / WARPS_SATURATE)
+        eff *= min(1.0, resident / WARPS_SATURATE_BY_STRATEGY.get(space.strategy, WARPS_SATURATE))
         tc = ev(k, "tc_flops")
         fp = ev(k, "fp32_flops")
         mem = ev(k, "bytes_moved") / gpu.hbm_bw
