@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import baselines  # noqa: E402
+from cpu_memory import torch_cpu_peak_bytes  # noqa: E402
 import mixir  # noqa: E402
 from mixir.library import MIXERS  # noqa: E402
 
@@ -201,37 +202,10 @@ class Runner:
 
 
 def _cpu_peak_mb(fn):
-    """(peak of torch's CPU allocator during ``fn`` in MB, from torch.profiler's memory events,
-    above its level before ``fn`` (None when the profiler's event tree cannot be read), the result
-    of ``fn``)."""
-    from torch.profiler import ProfilerActivity, profile
-    saved = os.dup(2)
-    try:   # the profiler's C++ side prints start/stop lines on stderr: silence them
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        os.close(devnull)
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            result = fn()
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    try:
-        from torch._C._profiler import _EventType
-        allocs = []
-        stack = list(prof.profiler.kineto_results.experimental_event_tree())
-        while stack:
-            node = stack.pop()
-            if node.tag == _EventType.Allocation:
-                ef = node.extra_fields
-                allocs.append((node.start_time_ns, ef.alloc_size, ef.total_allocated))
-            stack.extend(node.children)
-    except Exception:  # noqa: BLE001 - a private API: report n/a rather than fail the benchmark
-        return None, result
-    if not allocs:
-        return 0.0, result
-    allocs.sort()
-    base = allocs[0][2] - allocs[0][1]
-    return max(0, max(a[2] for a in allocs) - base) / 2**20, result
+    """(peak of torch's CPU allocator during ``fn`` in MB above its level before, None when the
+    profiler's event tree cannot be read; the result of ``fn``)."""
+    peak, result = torch_cpu_peak_bytes(fn)
+    return (None if peak is None else peak / 2**20), result
 
 
 # ---- inputs and calls --------------------------------------------------------------------------
