@@ -286,8 +286,9 @@ def test_conv_equals_recurrent_n64_t16k(name):
 @pytest.mark.parametrize("name", ["s4d", "s4"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 def test_triton_recurrence_equals_torch_loop(name, dtype):
-    """Decoding (no gradient) runs the Triton recurrence ``lti_recurrent_fwd``; with gradients the
-    torch loop runs. Both against the float64 reference; bounds: 1e-5 (fp32), 1e-12 (fp64)."""
+    """Decoding (no gradient) runs the Triton recurrence ``lti_recurrent_fwd`` alone; with
+    gradients its checkpointing variant (then ``lti_recurrent_bwd``, tests/test_lti_recurrent_bwd.py).
+    Both paths agree; bounds: 1e-5 (fp32), 1e-12 (fp64)."""
     e = ENTRIES[name]
     fn = mx.compile(e.mixer)
     rng = np.random.default_rng(5)

@@ -26,10 +26,16 @@ memory is O(R·(N + L)) for R rows (heads, or batch·heads).
   ``dλ[r, n] = Σ_q conj(v_qn) Σ_j g_j conj(w_jn²) + conj(g_j u_jn²)``: the same kind of blocked
   sum, over j instead of n.
 
+- **Recurrence** (the ``recurrent`` strategy): ``lti_recurrent_fwd`` token by token (optionally
+  writing a state checkpoint every C tokens), and its adjoint ``lti_recurrent_bwd`` (time reversed,
+  the states recomputed per segment from the checkpoints; derivation in docs/lti.md §2).
+
 Tiles: ``launch_config`` — BN over N, BL over L (or M), num_warps, num_stages; from the LTI tuning
 space (``mixir.autotune.lti_space``) on GPUs, fixed large tiles in the interpreter.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -234,12 +240,15 @@ def lti_cauchy_bwd(GRE, GIM, VRE, VIM, LRE, LIM, ZRE, ZIM, DVRE, DVIM, DLRE, DLI
 # --------------------------------------------------------------------------- recurrence (decoding)
 
 def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VIM, Z0RE, Z0IM,
-                      Y, ZTRE, ZTIM, H, T, N, RANK,
-                      HAS_Z0: tl.constexpr, RP: tl.constexpr, BLOCK_N: tl.constexpr):
+                      Y, ZTRE, ZTIM, CKRE, CKIM, H, T, N, RANK, CHUNK, NSEG,
+                      HAS_Z0: tl.constexpr, WRITE_CK: tl.constexpr, RP: tl.constexpr,
+                      BLOCK_N: tl.constexpr):
     """Token by token, one program per (sequence b, head h), the whole state in registers:
     ``y_t = 2 Re(c·z) + D' u_t``, ``z ← λ z + Σ_k U_k · 2 Re(V_k·z) + β u_t`` (z = z_{t−1} on the
     right). UIN, Y [B·H, T]; λ, β, c [H, N]; U, V [H, RANK, N] (RP = pow2 ≥ RANK, 0 for r = 0);
-    Z0, ZT [B·H, N]. Grid (B·H,)."""
+    Z0, ZT [B·H, N]. With WRITE_CK (training: the backward ``lti_recurrent_bwd`` recomputes from
+    these), the checkpoints ``CK[bh, j] = z before token j·CHUNK``, j < NSEG = ⌈T/CHUNK⌉:
+    CK [B·H, NSEG, N]. Grid (B·H,)."""
     bh = tl.program_id(0).to(tl.int64)
     h = bh % H
     offs = tl.arange(0, BLOCK_N)
@@ -266,6 +275,11 @@ def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VI
         vre = tl.load(VRE + kn, mask=mk, other=0.0)
         vim = tl.load(VIM + kn, mask=mk, other=0.0)
     for t in range(T):
+        if WRITE_CK:
+            ck = (bh * NSEG + t // CHUNK) * N + offs
+            first = (offs * 0 + t % CHUNK) == 0      # a vector: the interpreter refuses a scalar mask
+            tl.store(CKRE + ck, zre, mask=m & first)
+            tl.store(CKIM + ck, zim, mask=m & first)
         ut = tl.load(UIN + bh * T + t)
         y = 2.0 * tl.sum(cre * zre - cim * zim, axis=0) + feed * ut
         tl.store(Y + bh * T + t, y)
@@ -281,12 +295,131 @@ def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VI
     tl.store(ZTIM + bh * N + offs, zim, mask=m)
 
 
+def lti_recurrent_bwd(UIN, GY, GZRE, GZIM, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VIM,
+                      CKRE, CKIM, WSRE, WSIM,
+                      DU, DLRE, DLIM, DBRE, DBIM, DCRE, DCIM, DFEED, DURE, DUIM, DVRE, DVIM,
+                      DZRE, DZIM, H, T, N, RANK, CHUNK, NSEG,
+                      RP: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The adjoint of ``lti_recurrent_fwd``, time reversed, one program per (sequence b, head h).
+
+    With ``s_t`` the state before token t (``s_0 = z0``) and ``p_t = ∂L/∂s_t`` (torch's complex
+    convention ``∂L/∂Re + i ∂L/∂Im``), ``p_T = GZ`` (the final state's gradient), g_t = GY[t]:
+
+        f_k = 2 Re(V_k·s_t),  φ_k = Re Σ_n conj(U_kn) p_{t+1,n}
+        p_t = conj(λ) p_{t+1} + Σ_k 2 φ_k conj(V_k) + 2 g_t conj(c)
+        du_t = Re Σ_n conj(β) p_{t+1} + D' g_t
+        dλ += p_{t+1} conj(s_t), dβ += p_{t+1} u_t, dU_k += p_{t+1} f_k, dV_k += 2 φ_k conj(s_t),
+        dc += 2 g_t conj(s_t), dD' += g_t u_t;  dz0 = p_0.
+
+    The states are recomputed forward, segment by segment from the last: ``CK[bh, j]`` = s_{j·CHUNK}
+    (written by the forward), the segment's states into the scratch ``WS [B·H, CHUNK, N]``, then
+    the adjoint runs back through it (Λ is never inverted). Outputs per program (summed over the
+    batch by the caller): DU [B·H, T]; dλ, dβ, dc, dz0 [B·H, N]; dU, dV [B·H, RANK, N];
+    dD' [B·H]. Grid (B·H,)."""
+    bh = tl.program_id(0).to(tl.int64)
+    h = bh % H
+    offs = tl.arange(0, BLOCK_N)
+    m = offs < N
+    lre = tl.load(LRE + h * N + offs, mask=m, other=0.0)
+    lim = tl.load(LIM + h * N + offs, mask=m, other=0.0)
+    bre = tl.load(BRE + h * N + offs, mask=m, other=0.0)
+    bim = tl.load(BIM + h * N + offs, mask=m, other=0.0)
+    cre = tl.load(CRE + h * N + offs, mask=m, other=0.0)
+    cim = tl.load(CIM + h * N + offs, mask=m, other=0.0)
+    feed = tl.load(FEED + h)
+    pre = tl.load(GZRE + bh * N + offs, mask=m, other=0.0)
+    pim = tl.load(GZIM + bh * N + offs, mask=m, other=0.0)
+    dlre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+    dlim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+    dbre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+    dbim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+    dcre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+    dcim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+    dfeed = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)      # g·u in every lane, lane 0 kept
+    if RP > 0:
+        offs_k = tl.arange(0, RP)
+        mk = (offs_k[:, None] < RANK) & m[None, :]
+        kn = h * RANK * N + offs_k[:, None] * N + offs[None, :]
+        ure = tl.load(URE + kn, mask=mk, other=0.0)
+        uim = tl.load(UIM + kn, mask=mk, other=0.0)
+        vre = tl.load(VRE + kn, mask=mk, other=0.0)
+        vim = tl.load(VIM + kn, mask=mk, other=0.0)
+        dure = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
+        duim = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
+        dvre = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
+        dvim = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
+    for jj in range(NSEG):
+        start = (NSEG - 1 - jj) * CHUNK
+        ln = tl.minimum(T - start, CHUNK)
+        sre = tl.load(CKRE + (bh * NSEG + NSEG - 1 - jj) * N + offs, mask=m, other=0.0)
+        sim = tl.load(CKIM + (bh * NSEG + NSEG - 1 - jj) * N + offs, mask=m, other=0.0)
+        tl.debug_barrier()          # the previous segment's reads of WS are done
+        for i in range(ln):         # recompute s_start … s_{start+ln−1} into WS
+            tl.store(WSRE + (bh * CHUNK + i) * N + offs, sre, mask=m)
+            tl.store(WSIM + (bh * CHUNK + i) * N + offs, sim, mask=m)
+            ut = tl.load(UIN + bh * T + start + i)
+            nre = lre * sre - lim * sim + bre * ut
+            nim = lre * sim + lim * sre + bim * ut
+            if RP > 0:
+                f = 2.0 * tl.sum(vre * sre[None, :] - vim * sim[None, :], axis=1)
+                nre += tl.sum(ure * f[:, None], axis=0)
+                nim += tl.sum(uim * f[:, None], axis=0)
+            sre = nre
+            sim = nim
+        tl.debug_barrier()          # WS was written by other threads of this program
+        for ii in range(ln):        # the adjoint, t = start + ln − 1 … start; p = p_{t+1}
+            i = ln - 1 - ii
+            t = start + i
+            sre = tl.load(WSRE + (bh * CHUNK + i) * N + offs, mask=m, other=0.0)
+            sim = tl.load(WSIM + (bh * CHUNK + i) * N + offs, mask=m, other=0.0)
+            ut = tl.load(UIN + bh * T + t)
+            g = tl.load(GY + bh * T + t)
+            dlre += pre * sre + pim * sim
+            dlim += pim * sre - pre * sim
+            dbre += pre * ut
+            dbim += pim * ut
+            dcre += 2.0 * g * sre
+            dcim -= 2.0 * g * sim
+            dfeed += g * ut
+            tl.store(DU + bh * T + t, tl.sum(bre * pre + bim * pim, axis=0) + feed * g)
+            npre = lre * pre + lim * pim + 2.0 * g * cre
+            npim = lre * pim - lim * pre - 2.0 * g * cim
+            if RP > 0:
+                f = 2.0 * tl.sum(vre * sre[None, :] - vim * sim[None, :], axis=1)     # [RP]
+                phi = tl.sum(ure * pre[None, :] + uim * pim[None, :], axis=1)         # [RP]
+                dure += pre[None, :] * f[:, None]
+                duim += pim[None, :] * f[:, None]
+                dvre += 2.0 * phi[:, None] * sre[None, :]
+                dvim -= 2.0 * phi[:, None] * sim[None, :]
+                npre += 2.0 * tl.sum(phi[:, None] * vre, axis=0)
+                npim -= 2.0 * tl.sum(phi[:, None] * vim, axis=0)
+            pre = npre
+            pim = npim
+    o = bh * N + offs
+    tl.store(DLRE + o, dlre, mask=m)
+    tl.store(DLIM + o, dlim, mask=m)
+    tl.store(DBRE + o, dbre, mask=m)
+    tl.store(DBIM + o, dbim, mask=m)
+    tl.store(DCRE + o, dcre, mask=m)
+    tl.store(DCIM + o, dcim, mask=m)
+    tl.store(DZRE + o, pre, mask=m)
+    tl.store(DZIM + o, pim, mask=m)
+    tl.store(DFEED + bh + offs, dfeed, mask=offs == 0)
+    if RP > 0:
+        okn = bh * RANK * N + offs_k[:, None] * N + offs[None, :]
+        tl.store(DURE + okn, dure, mask=mk)
+        tl.store(DUIM + okn, duim, mask=mk)
+        tl.store(DVRE + okn, dvre, mask=mk)
+        tl.store(DVIM + okn, dvim, mask=mk)
+
+
 VANDERMONDE_FWD = launch.Kernel(lti_vandermonde_fwd)
 VANDERMONDE_RED = launch.Kernel(lti_vandermonde_red)
 CAUCHY_FWD = launch.Kernel(lti_cauchy_fwd)
 CAUCHY_BWD = launch.Kernel(lti_cauchy_bwd)
 RECURRENT_FWD = launch.Kernel(lti_recurrent_fwd)
-KERNELS = (VANDERMONDE_FWD, VANDERMONDE_RED, CAUCHY_FWD, CAUCHY_BWD, RECURRENT_FWD)
+RECURRENT_BWD = launch.Kernel(lti_recurrent_bwd)
+KERNELS = (VANDERMONDE_FWD, VANDERMONDE_RED, CAUCHY_FWD, CAUCHY_BWD, RECURRENT_FWD, RECURRENT_BWD)
 
 
 def _c(x, dtype):
@@ -371,9 +504,23 @@ def cauchy_bwd_raw(g, v, lam, z, config=None):
     return torch.complex(dv_re, dv_im), torch.complex(dl_re, dl_im)
 
 
+def recurrent_chunk(T: int) -> int:
+    """The checkpoint interval of the training recurrence: ⌈√T⌉, which minimises the checkpoints
+    (⌈T/C⌉ states) plus the backward's scratch (C states) per (sequence, channel)."""
+    return max(1, math.isqrt(max(int(T), 1) - 1) + 1)
+
+
+def _recurrent_launch_opts(N: int, r: int) -> dict:
+    BN = _pow2(N)
+    return {"RP": _pow2(r) if r else 0, "BLOCK_N": BN,
+            "num_warps": 1 if BN * max(1, _pow2(r)) <= 256 else 4, "num_stages": 1}
+
+
 def recurrent_fwd_pairs(u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im, v_re, v_im,
-                        z0_re=None, z0_im=None):
-    """``recurrent_fwd_raw`` on (re, im) pairs → (y [B, H, T], z_T re, z_T im [B, H, N])."""
+                        z0_re=None, z0_im=None, chunk: int = 0):
+    """``recurrent_fwd_raw`` on (re, im) pairs → (y [B, H, T], z_T re, z_T im [B, H, N]); with
+    ``chunk`` > 0 also the checkpoints (ck re, ck im) [B, H, ⌈T/chunk⌉, N], ck[:, :, j] = the state
+    before token j·chunk (for ``recurrent_bwd_pairs``)."""
     B, H, T = u.shape
     N = l_re.shape[-1]
     r = u_re.shape[1]
@@ -382,18 +529,50 @@ def recurrent_fwd_pairs(u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im,
     y = torch.empty((B, H, T), dtype=dt, device=dev)
     zt_re = torch.empty((B, H, N), dtype=dt, device=dev)
     zt_im = torch.empty((B, H, N), dtype=dt, device=dev)
+    nseg = -(-T // chunk) if chunk > 0 else 0
+    ck = [torch.zeros((B, H, nseg, N), dtype=dt, device=dev) for _ in range(2)]
+    outs = (y, zt_re, zt_im) + ((ck[0], ck[1]) if chunk > 0 else ())
     if B * H == 0:
-        return y, zt_re, zt_im
+        return outs
     has_z0 = z0_re is not None
     z0re, z0im = (_c(z0_re, dt), _c(z0_im, dt)) if has_z0 else (zt_re, zt_im)
-    BN = _pow2(N)
-    warps = 1 if BN * max(1, _pow2(r)) <= 256 else 4
+    ckre, ckim = (ck[0], ck[1]) if chunk > 0 else (zt_re, zt_im)
     RECURRENT_FWD[(B * H,)](_c(u, dt), _c(l_re, dt), _c(l_im, dt), _c(b_re, dt), _c(b_im, dt),
                             _c(c_re, dt), _c(c_im, dt), _c(feed, dt), _c(u_re, dt), _c(u_im, dt),
-                            _c(v_re, dt), _c(v_im, dt), z0re, z0im, y, zt_re, zt_im, H, T, N, r,
-                            HAS_Z0=has_z0, RP=_pow2(r) if r else 0, BLOCK_N=BN, num_warps=warps,
-                            num_stages=1)
-    return y, zt_re, zt_im
+                            _c(v_re, dt), _c(v_im, dt), z0re, z0im, y, zt_re, zt_im, ckre, ckim,
+                            H, T, N, r, max(chunk, 1), max(nseg, 1),
+                            HAS_Z0=has_z0, WRITE_CK=chunk > 0, **_recurrent_launch_opts(N, r))
+    return outs
+
+
+def recurrent_bwd_pairs(gy, gz_re, gz_im, u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im,
+                        v_re, v_im, ck_re, ck_im, chunk: int):
+    """The adjoint of the recurrence (``lti_recurrent_bwd``): gy [B, H, T], gz [B, H, N] (the final
+    state's gradient), ck from ``recurrent_fwd_pairs(…, chunk)`` → du [B, H, T], (dλ, dβ, dc) re/im
+    [H, N], dD' [H], (dU, dV) re/im [H, r, N], dz0 re/im [B, H, N] (batch sums in torch)."""
+    B, H, T = u.shape
+    N = l_re.shape[-1]
+    r = u_re.shape[1]
+    dt = _real_dtype(l_re)
+    dev = u.device
+    nseg = ck_re.shape[2]
+    du = torch.zeros((B, H, T), dtype=dt, device=dev)
+    vec = [torch.zeros((B, H, N), dtype=dt, device=dev) for _ in range(8)]   # dλ, dβ, dc, dz0
+    dfeed = torch.zeros((B, H), dtype=dt, device=dev)
+    low = [torch.zeros((B, H, r, N), dtype=dt, device=dev) for _ in range(4)]
+    if B * H and T:
+        ws = [torch.empty((B, H, chunk, N), dtype=dt, device=dev) for _ in range(2)]
+        RECURRENT_BWD[(B * H,)](
+            _c(u, dt), _c(gy, dt), _c(gz_re, dt), _c(gz_im, dt), _c(l_re, dt), _c(l_im, dt),
+            _c(b_re, dt), _c(b_im, dt), _c(c_re, dt), _c(c_im, dt), _c(feed, dt), _c(u_re, dt),
+            _c(u_im, dt), _c(v_re, dt), _c(v_im, dt), _c(ck_re, dt), _c(ck_im, dt), ws[0], ws[1],
+            du, *vec[:6], dfeed, *low, vec[6], vec[7], H, T, N, r, chunk, nseg,
+            **_recurrent_launch_opts(N, r))
+    elif B * H:                     # T = 0: the final state is the initial state
+        vec[6].copy_(gz_re)
+        vec[7].copy_(gz_im)
+    sums = [x.sum(0) for x in vec[:6]]
+    return (du, *sums, dfeed.sum(0), *(x.sum(0) for x in low), vec[6], vec[7])
 
 
 def recurrent_fwd_raw(u, lam, beta, c, feed, U, V, z0):
@@ -410,4 +589,4 @@ def recurrent_fwd_raw(u, lam, beta, c, feed, U, V, z0):
 
 # The differentiable entry points are torch custom ops (``mixir::lti_*``, lti_ops.py), so that the
 # compiled mixers trace under ``torch.compile``; lti_ops imports this module's launches above.
-from .lti_ops import cauchy, recurrent, vandermonde, vandermonde_reduce  # noqa: E402,F401
+from .lti_ops import cauchy, recurrent, recurrent_train, vandermonde, vandermonde_reduce  # noqa: E402,F401

@@ -10,8 +10,9 @@ gradients (``g = ∂L/∂Re + i ∂L/∂Im``), which on a pair is just the pair 
 - ``lti_vandermonde``      K[r, l] = Re Σ_n v λ^l, λ = exp(ρ + iθ)          backward: ``lti_vandermonde_red``
 - ``lti_vandermonde_red``  S = Σ_l w λ^l (and P = Σ_l l w λ^l)              backward: both again
 - ``lti_cauchy``           Σ_n v/(z − λ) + conj(v)/(z − conj λ)              backward: ``lti_cauchy_bwd``
-- ``lti_recurrent``        the token-by-token recurrence (no autograd: the runtime runs the torch
-  loop when a gradient is needed)
+- ``lti_recurrent``        the token-by-token recurrence, no autograd (decoding, inference)
+- ``lti_recurrent_train``  the same, writing state checkpoints every ``chunk`` tokens
+                           backward: ``lti_recurrent_bwd`` (the adjoint recurrence)
 
 Tiles travel as a config string (``core_ops.encode_config``; "" for the default rule).
 """
@@ -186,6 +187,83 @@ def _(u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im, v_re, v_im, z0_re
     return u.new_empty((B, H, T), dtype=dt), u.new_empty(st, dtype=dt), u.new_empty(st, dtype=dt)
 
 
+_REC_IN = ("u", "l_re", "l_im", "b_re", "b_im", "c_re", "c_im", "feed", "u_re", "u_im", "v_re",
+           "v_im", "z0_re", "z0_im")
+
+
+@torch.library.custom_op("mixir::lti_recurrent_train", mutates_args=())
+def lti_recurrent_train(u: torch.Tensor, l_re: torch.Tensor, l_im: torch.Tensor, b_re: torch.Tensor,
+                        b_im: torch.Tensor, c_re: torch.Tensor, c_im: torch.Tensor,
+                        feed: torch.Tensor, u_re: torch.Tensor, u_im: torch.Tensor,
+                        v_re: torch.Tensor, v_im: torch.Tensor, z0_re: Optional[torch.Tensor],
+                        z0_im: Optional[torch.Tensor], chunk: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The recurrence for training: (y, z_T re, z_T im, checkpoints re, im [B, H, ⌈T/chunk⌉, N])."""
+    return lti_kernels.recurrent_fwd_pairs(u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im,
+                                           v_re, v_im, z0_re, z0_im, chunk)
+
+
+@lti_recurrent_train.register_fake
+def _(u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im, v_re, v_im, z0_re, z0_im, chunk):
+    B, H, T = u.shape
+    N = l_re.shape[-1]
+    dt = _rdt(l_re)
+    ck = (B, H, -(-T // chunk), N)
+    return (u.new_empty((B, H, T), dtype=dt), u.new_empty((B, H, N), dtype=dt),
+            u.new_empty((B, H, N), dtype=dt), u.new_empty(ck, dtype=dt), u.new_empty(ck, dtype=dt))
+
+
+@torch.library.custom_op("mixir::lti_recurrent_bwd", mutates_args=())
+def lti_recurrent_bwd(gy: torch.Tensor, gz_re: torch.Tensor, gz_im: torch.Tensor, u: torch.Tensor,
+                      l_re: torch.Tensor, l_im: torch.Tensor, b_re: torch.Tensor, b_im: torch.Tensor,
+                      c_re: torch.Tensor, c_im: torch.Tensor, feed: torch.Tensor,
+                      u_re: torch.Tensor, u_im: torch.Tensor, v_re: torch.Tensor, v_im: torch.Tensor,
+                      ck_re: torch.Tensor, ck_im: torch.Tensor, chunk: int) -> list[torch.Tensor]:
+    """The adjoint (``lti_kernels.recurrent_bwd_pairs``): du, dλ re/im, dβ re/im, dc re/im, dD',
+    dU re/im, dV re/im, dz0 re/im."""
+    return list(lti_kernels.recurrent_bwd_pairs(gy, gz_re, gz_im, u, l_re, l_im, b_re, b_im, c_re,
+                                                c_im, feed, u_re, u_im, v_re, v_im, ck_re, ck_im,
+                                                chunk))
+
+
+@lti_recurrent_bwd.register_fake
+def _(gy, gz_re, gz_im, u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im, v_re, v_im,
+      ck_re, ck_im, chunk):
+    dt = _rdt(l_re)
+    B, H, T = u.shape
+    e = lambda shape: u.new_empty(shape, dtype=dt)      # noqa: E731
+    return ([e((B, H, T))] + [e(l_re.shape) for _ in range(6)] + [e(feed.shape)]
+            + [e(u_re.shape) for _ in range(4)] + [e(gz_re.shape) for _ in range(2)])
+
+
+def _recurrent_setup(ctx, inputs, output):
+    *tensors, chunk = inputs
+    ctx.has_z0 = tensors[12] is not None
+    ctx.save_for_backward(*tensors[:12], output[3], output[4])
+    ctx.chunk = chunk
+    ctx.mark_non_differentiable(output[3], output[4])
+
+
+def _recurrent_backward(ctx, gy, gz_re, gz_im, _gck_re, _gck_im):
+    """The Triton adjoint recurrence, from the forward's checkpoints (recomputed per segment)."""
+    u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im, v_re, v_im, ck_re, ck_im = ctx.saved_tensors
+    B, H, T = u.shape
+    dt = _rdt(l_re)
+    gy = u.new_zeros((B, H, T), dtype=dt) if gy is None else gy
+    gz_re = u.new_zeros((B, H, l_re.shape[-1]), dtype=dt) if gz_re is None else gz_re
+    gz_im = torch.zeros_like(gz_re) if gz_im is None else gz_im
+    grads = torch.ops.mixir.lti_recurrent_bwd(gy, gz_re, gz_im, u, l_re, l_im, b_re, b_im, c_re,
+                                              c_im, feed, u_re, u_im, v_re, v_im, ck_re, ck_im,
+                                              ctx.chunk)
+    ins = (u, l_re, l_im, b_re, b_im, c_re, c_im, feed, u_re, u_im, v_re, v_im)
+    out = [g.to(x.dtype) for g, x in zip(grads[:12], ins)]
+    out += [grads[12], grads[13]] if ctx.has_z0 else [None, None]
+    return (*out, None)
+
+
+lti_recurrent_train.register_autograd(_recurrent_backward, setup_context=_recurrent_setup)
+
+
 # --------------------------------------------------------------------------- complex wrappers
 
 def vandermonde(rho, theta, v_re, v_im, L: int, config=None):
@@ -215,6 +293,17 @@ def recurrent(u, lam, beta, c, feed, U, V, z0):
     y, zt_re, zt_im = torch.ops.mixir.lti_recurrent(
         u, lam.real, lam.imag, beta.real, beta.imag, c.real, c.imag, feed, U.real, U.imag, V.real,
         V.imag, None if z0 is None else z0.real, None if z0 is None else z0.imag)
+    return y, torch.complex(zt_re, zt_im)
+
+
+def recurrent_train(u, lam, beta, c, feed, U, V, z0, chunk: int = 0):
+    """The recurrence with autograd (training): the Triton forward writing a checkpoint of the state
+    every ``chunk`` tokens (0: ``lti_kernels.recurrent_chunk(T)`` = ⌈√T⌉), the Triton adjoint
+    ``lti_recurrent_bwd`` as its backward. Same arguments and results as ``recurrent``."""
+    chunk = int(chunk) or lti_kernels.recurrent_chunk(u.shape[-1])
+    y, zt_re, zt_im, _, _ = torch.ops.mixir.lti_recurrent_train(
+        u, lam.real, lam.imag, beta.real, beta.imag, c.real, c.imag, feed, U.real, U.imag, V.real,
+        V.imag, None if z0 is None else z0.real, None if z0 is None else z0.imag, chunk)
     return y, torch.complex(zt_re, zt_im)
 
 

@@ -16,7 +16,8 @@ plan's parameter-only IR trees per head (torch, differentiable) into the complex
   powers (``final_state_blocked``: O(log T) dense steps, no token loop).
 - ``recurrent``: token by token, ``y_t = 2 Re(c·z_{t−1}) + D' u_t``,
   ``z_t = Λ z_{t−1} + Σ_k U_k · 2 Re(V_k·z_{t−1}) + B̄ u_t`` (decoding, and any T): the Triton
-  kernel ``lti_recurrent_fwd`` when no gradient is needed, the torch loop otherwise.
+  kernel ``lti_recurrent_fwd``; with gradients it also writes state checkpoints and the adjoint
+  kernel ``lti_recurrent_bwd`` is the backward (``lti_ops.lti_recurrent_train``).
 
 Autograd flows through everything: the Triton kernels have their backward kernels
 (``lti_kernels``), the rest is torch. Compute is fp32 (complex64) for fp32/bf16/fp16 inputs and
@@ -456,25 +457,16 @@ class CompiledLTIMixer:
 
     @staticmethod
     def _recurrent(s: System, u, z0, want_state):
-        """Token by token: the Triton kernel (``lti_recurrent_fwd``) when no gradient is needed
-        (decoding, inference), else the torch loop (autograd records it)."""
+        """Token by token, always Triton: ``lti_recurrent_fwd`` when no gradient is needed
+        (decoding, inference); with gradients the custom op ``mixir::lti_recurrent_train`` — the
+        same kernel writing a state checkpoint every ⌈√T⌉ tokens, and the adjoint kernel
+        ``lti_recurrent_bwd`` as its backward (two launches per call, not T)."""
         tensors = (u, s.lam, s.beta, s.U, s.V, s.c, s.feed) + (() if z0 is None else (z0,))
         if not (torch.is_grad_enabled() and any(x.requires_grad for x in tensors)):
             y, zT = lti_kernels.recurrent(u, s.lam, s.beta, s.c, s.feed, s.U, s.V, z0)
-            return y.to(u.dtype), (zT.to(s.lam.dtype) if want_state else None)
-        B, H, T = u.shape
-        z = z0 if z0 is not None else torch.zeros((B, H) + s.lam.shape[1:], dtype=s.lam.dtype,
-                                                  device=u.device)
-        ys = []
-        for t in range(T):
-            ut = u[:, :, t]
-            ys.append(2 * (s.c * z).sum(-1).real + s.feed * ut)
-            znew = s.lam * z + s.beta * ut[..., None]
-            if s.rank:
-                F = 2 * torch.einsum("hkn,bhn->bhk", s.V, z).real
-                znew = znew + torch.einsum("hkn,bhk->bhn", s.U, F.to(s.U.dtype))
-            z = znew
-        return torch.stack(ys, -1), (z if want_state else None)
+        else:
+            y, zT = lti_kernels.recurrent_train(u, s.lam, s.beta, s.c, s.feed, s.U, s.V, z0)
+        return y.to(u.dtype), (zT.to(s.lam.dtype) if want_state else None)
 
     @staticmethod
     def _packed_recurrent(s: System, u, z0, cu_seqlens, want_state):
