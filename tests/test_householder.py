@@ -12,7 +12,7 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import mixir as mx
 from mixir import In, State
 from mixir.errors import InputError, UnsupportedMixerError
-from mixir.library import MIXERS, delta_rule, gated_delta_product, gated_delta_rule
+from mixir.library import MIXERS, delta_rule, gated_delta_product, gated_delta_rule, kda
 from mixir.library.delta import delta_mixer
 from mixir.dsl.ir import render as ir_render
 from mixir.lowering.families import classify
@@ -31,7 +31,7 @@ def _ids(d):
 # ---- analysis ------------------------------------------------------------------------------------
 
 def test_library_members_are_classified_from_their_ir():
-    assert HOUSEHOLDER == ["delta_rule", "gated_delta_product2", "gated_delta_product3", "gated_delta_rule"]
+    assert HOUSEHOLDER == ["delta_rule", "gated_delta_product2", "gated_delta_product3", "gated_delta_rule", "kda"]
     for name in HOUSEHOLDER:
         fam, plan = classify(MIXERS[name].mixer)
         assert fam.name == "householder" and plan.family == "householder"
@@ -78,8 +78,23 @@ def asymmetric(q: In["K"], a: In["K"], c: In["K"], v: In["V"], S: State["K", "V"
 
 
 @mx.mixer
-def diagonal_gate(q: In["K"], k: In["K"], v: In["V"], gk: In["K"], S: State["K", "V"]):
+def diagonal_gate_after(q: In["K"], k: In["K"], v: In["V"], gk: In["K"], S: State["K", "V"]):
+    """A key-diagonal gate after the factor: Diag(α)(I − k kᵀ) S, not KDA's (I − k kᵀ) Diag(α) S."""
     S = mx.exp(gk) * (S - mx.outer(k, k @ S)) + mx.outer(k, v)
+    return q @ S, S
+
+
+@mx.mixer
+def value_diagonal_gate(q: In["K"], k: In["K"], v: In["V"], gv: In["V"], S: State["K", "V"]):
+    S = mx.exp(gv) * S
+    S = S - mx.outer(k, k @ S) + mx.outer(k, v)
+    return q @ S, S
+
+
+@mx.mixer
+def diagonal_gate_not_contracted(q: In["K"], k: In["K"], v: In["V"], gk: In["K"], S: State["K", "V"]):
+    """Diag(α) S − k (kᵀ S): the correction reads the ungated state."""
+    S = mx.exp(gk) * S - mx.outer(k, k @ S) + mx.outer(k, v)
     return q @ S, S
 
 
@@ -91,7 +106,9 @@ def other_key_write(q: In["K"], k: In["K"], w: In["K"], v: In["V"], S: State["K"
 
 @pytest.mark.parametrize("m, words", [
     (asymmetric, "same key on both sides"),
-    (diagonal_gate, "scalar gates only"),
+    (diagonal_gate_after, "applies after the Householder factor"),
+    (value_diagonal_gate, "gates diagonal along the key dim"),
+    (diagonal_gate_not_contracted, "must apply before the Householder factor"),
     (other_key_write, "does not use the Householder key"),
 ])
 def test_unsupported_forms_get_a_clear_error(m, words):
@@ -110,6 +127,10 @@ def test_library_member_matches_reference(name, strategy, dtype):
     (not normalised); initial and final state; gradients of every input and of the state."""
     m = MIXERS[name].mixer
     arrays, h0 = example_inputs(m, B=2, T=37, H=2, K=16, V=16, seed=1)
+    if strategy not in classify(m)[1].strategies:      # KDA: recurrent only, and it says so
+        with pytest.raises(InputError, match="diagonal along 'K'.*recurrent"):
+            mx.compile(m)(*[torch.as_tensor(a).float() for a in arrays], strategy=strategy)
+        return
     assert_close(check(m, mx.compile(m), arrays, dtype=dtype, strategy=strategy, initial_state=h0))
 
 
@@ -194,6 +215,58 @@ def test_wrappers_match_fla_conventions():
     o_ref, hT_ref = _delta_oracle(q, k, v, beta, torch.zeros(B, T, H), torch.zeros(B, H, K, V), K ** -0.5)
     torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-4)
     assert hT.shape == (B, H, K, V)
+
+
+@mx.mixer
+def kda_one_expression(q: In["K"], k: In["K"], v: In["V"], b: In[()], g: In["K"], S: State["K", "V"]):
+    """KDA in one expression: the correction contracts the key with the gated state (k ⊙ α)ᵀ S."""
+    beta = mx.sigmoid(b)
+    S = mx.exp(g) * S - beta * mx.outer(k, (k * mx.exp(g)) @ S) + beta * mx.outer(k, v)
+    return q @ S, S
+
+
+def test_kda_is_recognised_in_other_spellings_and_matches_the_reference():
+    for m in (MIXERS["kda"].mixer, kda_one_expression):
+        plan = classify(m)[1]
+        assert plan.gate_k and plan.strategies == ("recurrent",) and plan.steps[0].g.log.dims == ("K",)
+        assert "diagonal gate along K" in plan.transition
+    arrays, h0 = example_inputs(kda_one_expression, B=1, T=23, H=2, K=16, V=8, seed=4)
+    assert_close(check(kda_one_expression, mx.compile(kda_one_expression), arrays, dtype=torch.float32,
+                       initial_state=h0))
+
+
+def test_kda_cu_seqlens_and_the_wrapper():
+    m = MIXERS["kda"].mixer
+    arrays, _ = example_inputs(m, B=1, T=30, H=2, K=16, V=16, seed=2)
+    h0 = MIXERS["kda"].make_initial_state(np.random.default_rng(0), 3, 2, 16, 16)
+    assert_close(check_cu_seqlens(m, mx.compile(m), arrays, torch.tensor([0, 9, 9, 30]),
+                                  dtype=torch.float32, strategy="recurrent", initial_state=h0))
+    # fla's chunk_kda layout and defaults; a gate constant over K is Gated DeltaNet
+    torch.manual_seed(3)
+    B, T, H, K, V = 2, 13, 2, 16, 8
+    q, k = torch.randn(B, T, H, K), torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1)
+    v, beta, g = torch.randn(B, T, H, V), torch.rand(B, T, H), -torch.rand(B, T, H)
+    h0 = torch.randn(B, H, K, V)
+    o, hT = kda(q, k, v, g[..., None].expand(B, T, H, K), beta, initial_state=h0, output_final_state=True)
+    o_ref, hT_ref = _delta_oracle(q, k, v, beta, g, h0, K ** -0.5)
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(hT.double(), hT_ref, rtol=1e-4, atol=1e-4)
+    # a per-channel gate: against a float64 loop of (I − β k kᵀ) Diag(exp g) S + β k vᵀ
+    gk = -torch.rand(B, T, H, K)
+    o = kda(q, k, v, gk, beta, scale=0.5)
+    S = torch.zeros(B, H, K, V, dtype=torch.float64)
+    outs = []
+    for t in range(T):
+        S = torch.exp(gk[:, t].double())[..., None] * S
+        kt, bt = k[:, t].double(), beta[:, t].double()[..., None, None]
+        S = S - bt * kt[..., None] * torch.einsum("bhk,bhkv->bhv", kt, S)[..., None, :]
+        S = S + bt * kt[..., None] * v[:, t].double()[..., None, :]
+        outs.append(torch.einsum("bhk,bhkv->bhv", 0.5 * q[:, t].double(), S))
+    torch.testing.assert_close(o.double(), torch.stack(outs, 1), rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match="g must be"):
+        kda(q, k, v, g, beta)
+    with pytest.raises(InputError, match="recurrent"):
+        kda(q, k, v, gk, beta, strategy="chunked")
 
 
 def test_bad_inputs_name_the_argument():
@@ -336,3 +409,31 @@ def test_torch_compile_fullgraph_matches_eager(strategy):
     torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
     for a, b in zip(g_comp, g_eager):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_kda_fla_options():
+    """GVA, β activations, V-first states and fla's in-kernel gate (computed in torch here), each
+    against the same call spelled out; unsupported fla options are refused by name."""
+    torch.manual_seed(5)
+    B, T, H, HV, K, V = 1, 9, 1, 2, 16, 8
+    q, k = torch.randn(B, T, H, K), torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1)
+    v, b, graw = torch.randn(B, T, HV, V), torch.randn(B, T, HV), torch.randn(B, T, HV, K)
+    A_log, dt_bias = torch.randn(HV), torch.randn(HV * K)
+    h0 = torch.randn(B, HV, K, V)
+    g = -torch.exp(A_log).view(HV, 1) * torch.nn.functional.softplus(graw + dt_bias.view(HV, K))
+    want, want_h = kda(q.repeat_interleave(2, 2), k.repeat_interleave(2, 2), v, g, 2 * torch.sigmoid(b),
+                       initial_state=h0, output_final_state=True)
+    got, got_h = kda(q, k, v, graw, b, use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias,
+                     use_beta_sigmoid_in_kernel=True, allow_neg_eigval=True, state_v_first=True,
+                     initial_state=h0.transpose(-1, -2), output_final_state=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_h.transpose(-1, -2), want_h, rtol=1e-5, atol=1e-5)
+    bounded = kda(q, k, v, graw, torch.sigmoid(b), use_gate_in_kernel=True, A_log=A_log, dt_bias=dt_bias,
+                  safe_gate=True, lower_bound=-5.0)
+    gb = -5.0 * torch.sigmoid(torch.exp(A_log).view(HV, 1) * (graw + dt_bias.view(HV, K)))
+    torch.testing.assert_close(bounded, kda(q.repeat_interleave(2, 2), k.repeat_interleave(2, 2), v, gb,
+                                            torch.sigmoid(b)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(InputError, match="cp_context"):
+        kda(q, k, v, graw, b, cp_context=object())
+    with pytest.raises(InputError, match="A_log"):
+        kda(q, k, v, graw, b, use_gate_in_kernel=True)

@@ -50,6 +50,22 @@ def test_core_kernels_build_without_spills_at_the_benchmark_size():
     _assert_clean(aot.build_all(list(recs.values()), ["sm_80", "sm_90"], workers=2), 2 * len(recs))
 
 
+@pytest.mark.parametrize("K", [64, 128])
+def test_key_diagonal_gate_kernels_build_without_spills(K):
+    """KDA's recurrent kernels (GATE_K: the state gated row-wise, dg per key channel)."""
+    torch.manual_seed(0)
+    T = 9
+    q, k = (torch.randn(1, T, 1, K).to(torch.bfloat16) for _ in range(2))
+    v = torch.randn(1, T, 1, K).to(torch.bfloat16)
+    beta, g, h0 = torch.rand(1, T, 1), -torch.rand(1, T, 1, K), torch.randn(1, 1, K, K)
+    with record_launches() as recs:
+        dc.delta_forward(q, k, v, beta, g, h0, None, "recurrent")
+        dc.delta_backward(q, k, v, beta, g, h0, None, torch.randn(1, T, 1, K), torch.randn(1, 1, K, K),
+                          "recurrent")
+    assert {dict(r.constexprs).get("GATE_K") for r in recs.values()} == {True}
+    _assert_clean(aot.build_all(list(recs.values()), ["sm_80", "sm_90"], workers=2), 2 * len(recs))
+
+
 def test_pieces_kernels_of_the_library_build():
     recs = {}
     for name in ("gated_delta_rule", "gated_delta_product2"):

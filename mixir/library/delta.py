@@ -50,6 +50,20 @@ def _delta_mixer(name, gated, l2norm, beta_act=""):
     return _declare(name, step, params, _doc(gated, 1))
 
 
+def _kda_mixer(name, l2norm, beta_act=""):
+    def step(q, k, v, beta, g, S, scale):
+        beta = _beta(beta, beta_act)
+        kn = _key(k, l2norm)
+        S = mx.exp(g) * S                 # the key-diagonal gate first: Diag(exp g) S
+        S = S - beta * mx.outer(kn, kn @ S)
+        S = S + beta * mx.outer(kn, v)
+        return (_key(q, l2norm) * scale) @ S, S
+
+    params = [("q", In["K"]), ("k", In["K"]), ("v", In["V"]), ("beta", In[()]), ("g", In["K"]),
+              ("S", State["K", "V"]), ("scale", Scale["K"])]
+    return _declare(name, step, params, "KDA: S = (I − β k kᵀ) Diag(exp g) S + β k vᵀ, o = (scale·q)ᵀ S")
+
+
 def _product_mixer(name, n_h, l2norm):
     def step(q, *rest):
         ks, vs, betas = rest[:n_h], rest[n_h:2 * n_h], rest[2 * n_h:3 * n_h]
@@ -95,8 +109,8 @@ _VARIANTS = {}
 
 def delta_mixer(kind: str, l2norm: bool = False, num_householder: int = 1, beta_act: str = ""):
     """The declared mixer of one variant: ``kind`` ∈ {"delta_rule", "gated_delta_rule",
-    "gated_delta_product"}; ``l2norm`` normalises q and k inside (fla's use_qk_l2norm_in_kernel);
-    ``beta_act`` ∈ {"", "sigmoid", "2sigmoid"} applies to the β input (gated_delta_rule only)."""
+    "gated_delta_product", "kda"}; ``l2norm`` normalises q and k inside (fla's use_qk_l2norm_in_kernel);
+    ``beta_act`` ∈ {"", "sigmoid", "2sigmoid"} applies to the β input (gated_delta_rule, kda)."""
     key = (kind, bool(l2norm), int(num_householder), beta_act)
     if key not in _VARIANTS:
         suffix = ("_l2norm" if l2norm else "") + (f"_beta_{beta_act}" if beta_act else "")
@@ -104,6 +118,8 @@ def delta_mixer(kind: str, l2norm: bool = False, num_householder: int = 1, beta_
             _VARIANTS[key] = _delta_mixer("delta_rule" + suffix, False, l2norm)
         elif kind == "gated_delta_rule":
             _VARIANTS[key] = _delta_mixer("gated_delta_rule" + suffix, True, l2norm, beta_act)
+        elif kind == "kda":
+            _VARIANTS[key] = _kda_mixer("kda" + suffix, l2norm, beta_act)
         elif kind == "gated_delta_product":
             _VARIANTS[key] = _product_mixer(f"gated_delta_product{num_householder}" + suffix,
                                             num_householder, l2norm)
@@ -147,21 +163,82 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output
     ``allow_neg_eigval``); states ``[N, HV, K, V]`` (``[N, HV, V, K]`` with ``state_v_first``).
     ``cu_seqlens_cpu`` is accepted for fla compatibility (mixir reads offsets itself).
     """
-    _common("gated_delta_rule", q, beta, initial_state, cu_seqlens)
-    act = ("2sigmoid" if allow_neg_eigval else "sigmoid") if use_beta_sigmoid_in_kernel else ""
+    return _gated_call("gated_delta_rule", q, k, v, g, beta, scale, initial_state, output_final_state,
+                       use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
+                       state_v_first, cu_seqlens, strategy)
+
+
+def _gated_call(kind, q, k, v, g, beta, scale, initial_state, output_final_state, l2norm,
+                beta_sigmoid, neg_eigval, state_v_first, cu_seqlens, strategy):
+    """The shared fla 0.6 conventions of ``gated_delta_rule`` and ``kda``: grouped value heads
+    (q, k repeated over HV / H), β activation in the declaration, V-first state layout."""
+    _common(kind, q, beta, initial_state, cu_seqlens)
+    act = ("2sigmoid" if neg_eigval else "sigmoid") if beta_sigmoid else ""
     H, HV = q.shape[2], v.shape[2] if hasattr(v, "shape") and v.ndim == 4 else q.shape[2]
     if HV != H:
         if HV % H:
-            raise InputError(f"gated_delta_rule: v has {HV} heads, not a multiple of q's {H}")
+            raise InputError(f"{kind}: v has {HV} heads, not a multiple of q's {H}")
         q, k = q.repeat_interleave(HV // H, dim=2), k.repeat_interleave(HV // H, dim=2)
     if state_v_first and initial_state is not None:
         initial_state = initial_state.transpose(-1, -2)
-    m = delta_mixer("gated_delta_rule", use_qk_l2norm_in_kernel, beta_act=act)
+    m = delta_mixer(kind, l2norm, beta_act=act)
     res = call(m, (q, k, v, beta, g), scale=scale, initial_state=initial_state,
                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
     if output_final_state and state_v_first:
         return res[0], res[1].transpose(-1, -2)
     return res
+
+
+def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
+        use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+        allow_neg_eigval=False, safe_gate=False, lower_bound=None, state_v_first=False,
+        cu_seqlens=None, cu_seqlens_cpu=None, A_log=None, dt_bias=None, strategy=None, **unsupported):
+    """fla's ``chunk_kda`` (Kimi Delta Attention): S_t = (I − β_t k_t k_tᵀ) Diag(exp g_t) S_{t−1}
+    + β_t k_t v_tᵀ, o_t = (scale·q_t)ᵀ S_t.
+
+    q, k: ``[B, T, H, K]``; v: ``[B, T, HV, V]`` (HV a multiple of H: grouped values); g:
+    ``[B, T, HV, K]`` log-gates (one per key channel); beta: ``[B, T, HV]``; states
+    ``[N, HV, K, V]`` (``[N, HV, V, K]`` with ``state_v_first``). ``use_gate_in_kernel``: g is the
+    raw gate input and the decay is ``−exp(A_log)·softplus(g + dt_bias)`` (``A_log`` [HV],
+    ``dt_bias`` [HV·K]), or with ``safe_gate`` and ``lower_bound``
+    ``lower_bound·sigmoid(exp(A_log)·(g + dt_bias))`` (``lower_bound·sigmoid(g + dt_bias)``
+    without A_log) — computed by torch before the core. mixir runs KDA with the recurrent
+    strategy (forward and backward Triton kernels, one token at a time); the chunked WY kernels
+    take scalar gates only. fla's context-parallel, CUDA-graph and intermediate-state options are
+    refused by name.
+    """
+    if bad := sorted(k_ for k_, v_ in unsupported.items() if v_ not in (None, False)):
+        raise InputError(f"kda: option(s) {bad} are not supported by mixir")
+    _common("kda", q, beta, initial_state, cu_seqlens)
+    B, T, H, K = q.shape
+    HV = v.shape[2] if hasattr(v, "shape") and v.ndim == 4 else H
+    if not hasattr(g, "shape") or tuple(g.shape) != (B, T, HV, K):
+        raise InputError(f"kda: g must be [B, T, HV, K] = {(B, T, HV, K)} (one log-gate per key "
+                         f"channel), got {tuple(getattr(g, 'shape', ()))}")
+    if use_gate_in_kernel:
+        g = _kda_gate(g, A_log, dt_bias, HV, K, lower_bound if safe_gate else None)
+    return _gated_call("kda", q, k, v, g, beta, scale, initial_state, output_final_state,
+                       use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
+                       state_v_first, cu_seqlens, strategy)
+
+
+def _kda_gate(g, A_log, dt_bias, HV, K, lower_bound):
+    """fla's in-kernel KDA decay, in torch: ``−exp(A_log)·softplus(g + dt_bias)`` or, bounded,
+    ``lower_bound·sigmoid(exp(A_log)·(g + dt_bias))`` (A_log None: ``lower_bound·sigmoid(g + dt_bias)``)."""
+    import torch
+    x = g.float()
+    if dt_bias is not None:
+        if dt_bias.numel() != HV * K:
+            raise InputError(f"kda: dt_bias must have HV·K = {HV * K} elements, got {dt_bias.numel()}")
+        x = x + dt_bias.float().view(HV, K)
+    if A_log is not None and A_log.numel() != HV:
+        raise InputError(f"kda: A_log must be [HV] = [{HV}], got {tuple(A_log.shape)}")
+    a = None if A_log is None else torch.exp(A_log.float()).view(HV, 1)
+    if lower_bound is not None:
+        return lower_bound * torch.sigmoid(x if a is None else a * x)
+    if a is None:
+        raise InputError("kda: use_gate_in_kernel needs A_log (or safe_gate with lower_bound)")
+    return -a * torch.nn.functional.softplus(x)
 
 
 def gated_delta_product(q, k, v, g, beta, *, num_householder, scale=None, initial_state=None,
@@ -210,6 +287,10 @@ register(delta_mixer("gated_delta_rule"), gated_delta_rule, dims=_KV, family="ho
          samplers={"beta": "beta_neg", "g": "log_decay", "k": "key"},
          description="Gated DeltaNet: S = exp(g)(I − β k kᵀ) S + β k vᵀ",
          paper="Yang, Kautz, Hatamizadeh 2024, Gated Delta Networks (arXiv:2412.06464)")
+register(delta_mixer("kda"), kda, dims=_KV, family="householder",
+         samplers={"beta": "beta_neg", "g": "log_decay", "k": "key"},
+         description="Kimi Delta Attention: S = (I − β k kᵀ) Diag(exp g) S + β k vᵀ (recurrent)",
+         paper="Kimi Team 2025, Kimi Linear (arXiv:2510.26692)")
 for _n in (2, 3):
     register(delta_mixer("gated_delta_product", False, _n),
              gated_delta_product, dims=_KV, family="householder",

@@ -79,6 +79,9 @@ class _Call:
 
     def __init__(self, q, k, v, beta, g, cu_seqlens, config):
         B, T, H, K = q.shape
+        if g is not None and g.dim() == 4:
+            raise ValueError("the chunked delta kernels take scalar gates [B, T, H]; a key-diagonal "
+                             "gate [B, T, H, K] runs the recurrent strategy")
         V = v.shape[-1]
         self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
         if K > MAX_HEAD_K:
@@ -254,5 +257,5 @@ def delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy="chunked"
         dq, dk, dv, db, dg, dh0 = _rc.delta_recurrent_backward(
             _flat(q), _flat(k), _flat(v), _flat(beta), _flat(g), h0, cu, _flat(do), dhT, None, config=cfg)
         return (dq.reshape(B, T, H, K), dk.reshape(B, T, H, K), dv.reshape(B, T, H, V),
-                db.reshape(B, T, H), None if dg is None else dg.reshape(B, T, H), dh0)
+                db.reshape(B, T, H), None if dg is None else dg.reshape(g.shape), dh0)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")

@@ -5,7 +5,8 @@ The family is every update of one matrix state ``S[K, V]`` that is a composition
     X ↦ α_j (I − β_j k_j k_jᵀ) X + k_j ṽ_jᵀ          (j = 1 … n_h, applied in order)
 
 read out as ``o = e ⊙ (Sᵀ q) + d`` after the last sub-step. α_j is a scalar gate per token
-(``exp(g)``, ``sigmoid(·)``, ...), β_j any real scalar (β ∈ [0, 2] gives eigenvalues 1 − β|k|² in
+(``exp(g)``, ``sigmoid(·)``, ...) or a gate diagonal along the key dim applied before the factor,
+``(I − β k kᵀ) Diag(α) X`` (Kimi Delta Attention; the recurrent strategy only), β_j any real scalar (β ∈ [0, 2] gives eigenvalues 1 − β|k|² in
 [−1, 1] for unit keys), k_j a key and ṽ_j the value side of the write (``β v`` for the delta rule).
 
 Recognition works on the traced IR, never on names:
@@ -36,11 +37,12 @@ STRATEGIES = ("recurrent", "chunked")
 
 @dataclasses.dataclass(frozen=True)
 class SubStep:
-    """``X ↦ exp(g) (I − β k kᵀ) X + k vᵀ`` (each an IR tree over the per-token inputs)."""
+    """``X ↦ (I − β k kᵀ) Diag(exp g) X + k vᵀ`` (each an IR tree over the per-token inputs; a
+    scalar g commutes with the factor)."""
     k: ir.Node                 # dims (K,)
     beta: ir.Node              # dims ()
     v: ir.Node                 # dims (V,) — the value side of the write (β v for the delta rule)
-    g: Decay | None            # log of the scalar gate; None when the sub-step has none
+    g: Decay | None            # log of the gate, dims () or (K,); None when the sub-step has none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +66,16 @@ class HouseholderPlan:
         return (self.k_dim,)
 
     @property
+    def gate_k(self) -> bool:
+        """Whether a sub-step's gate is diagonal along the key dim (KDA): ``g`` pieces [.., K]."""
+        return any(s.g is not None and bool(s.g.log.dims) for s in self.steps)
+
+    @property
     def transition(self) -> str:
         gated = any(s.g is not None for s in self.steps)
         n = len(self.steps)
-        text = ("scalar gate × " if gated else "") + (
+        kind = f"diagonal gate along {self.k_dim} × " if self.gate_k else "scalar gate × "
+        text = (kind if gated else "") + (
             "identity minus rank 1 (I − β k kᵀ)" if n == 1 else f"product of {n} Householder factors")
         return text
 
@@ -97,7 +105,8 @@ class HouseholderPlan:
     def describe(self) -> str:
         lines = [f"class: affine state update, {self.transition}",
                  f"state {self.state.name}{list(self.state.dims)}: K = {self.k_dim}, V = {self.v_dim}; "
-                 f"{len(self.steps)} sub-step(s) per token: X ↦ exp(g) (I − β k kᵀ) X + k vᵀ"]
+                 f"{len(self.steps)} sub-step(s) per token: "
+                 + ("X ↦ (I − β k kᵀ) Diag(exp g) X + k vᵀ" if self.gate_k else "X ↦ exp(g) (I − β k kᵀ) X + k vᵀ")]
         for name, node in self.pieces().items():
             lines.append(f"  {name:8s} = {ir.render(node)}")
         lines.append(f"strategies: {', '.join(self.strategies)}")
@@ -200,9 +209,10 @@ def match_step(mixer, E: ir.Node, X: ir.Node, k_dim: str, v_dim: str) -> _Step:
     gates, lowrank, inputs = [], [], []
     for t in _terms(mixer, E, X):
         if t.core == "X":
-            if bad := [f for f in t.coef if f.dims]:
-                raise _unsupported(mixer, f"the gate factor `{ir.render(bad[0])}` varies along {bad[0].dims}; "
-                                          "the Householder lowering supports scalar gates only")
+            if bad := [f for f in t.coef if f.dims and tuple(f.dims) != (k_dim,)]:
+                raise _unsupported(mixer, f"the gate factor `{ir.render(bad[0])}` varies along {list(bad[0].dims)}; "
+                                          f"the Householder lowering supports scalar gates and gates diagonal "
+                                          f"along the key dim {k_dim!r} (Kimi Delta Attention)")
             gates.append(t)
         elif t.core is None:
             inputs.append(t)
@@ -225,6 +235,13 @@ def match_step(mixer, E: ir.Node, X: ir.Node, k_dim: str, v_dim: str) -> _Step:
                                       f"over {k_dim!r}; they must be the same dim")
         if bad := [f for f in w if v_dim in f.dims]:
             raise _unsupported(mixer, f"the contraction weight `{ir.render(bad[0])}` varies along {v_dim!r}")
+        gate_k = [f for f in (gates[0].coef if gates else ()) if f.dims]
+        if gate_k:       # Diag(α) X − β k (kᵀ Diag(α) X): the contraction weight is k ⊙ α
+            w = _minus(_key(w), _key(gate_k))
+            if w is None:
+                raise _unsupported(mixer, "a key-diagonal gate must apply before the Householder factor, "
+                                          "(I − β k kᵀ) Diag(α) S: contract k with the gated state "
+                                          "(write S = α ⊙ S first)")
         rest = _minus(_key(t.coef), _key(w))
         if rest is None or any(f.dims for f in rest):
             term = f"{ir.render(product(t.coef))} ⊗ ({ir.render(product(w))} @ S)"
@@ -233,9 +250,10 @@ def match_step(mixer, E: ir.Node, X: ir.Node, k_dim: str, v_dim: str) -> _Step:
                                       "are supported")
         if alpha is None:
             raise _unsupported(mixer, "a rank-1 correction without the identity term (S − β k kᵀS)")
-        neg_beta = _minus(_key(rest), _key(alpha))      # c = −α β  →  −β = c / α, cancelled
+        alpha_s = [f for f in alpha if not f.dims]       # the scalar part (the diagonal is in w)
+        neg_beta = _minus(_key(rest), _key(alpha_s))    # c = −α β  →  −β = c / α, cancelled
         if neg_beta is None:
-            neg_beta = list(rest) + [ir.unary("recip", f) for f in alpha]
+            neg_beta = list(rest) + [ir.unary("recip", f) for f in alpha_s]
         key, beta = tuple(w), tuple(neg_beta) + (ir.const(-1.0),)
     ins = []
     for t in inputs:
@@ -284,6 +302,10 @@ def fold(mixer, steps: list, k_dim: str) -> tuple:
             pending += alpha
             continue
         last = subs[-1]                      # gate after a sub-step: scales its transition and write
+        if bad := [f for f in alpha if f.dims]:
+            raise _unsupported(mixer, f"the key-diagonal gate `{ir.render(bad[0])}` applies after the "
+                                      "Householder factor; the family applies it before, "
+                                      "S ↦ (I − β k kᵀ) Diag(α) S + k vᵀ")
         last["gate"] = last["gate"] + alpha
         if last["v"] is not None:
             last["v"] = _ordered(factors(last["v"]) + alpha) if len(alpha) else last["v"]
@@ -298,7 +320,7 @@ def fold(mixer, steps: list, k_dim: str) -> tuple:
         decay = _decay(mixer, gate)
         if decay is not None and decay.sign is not None:
             raise _unsupported(mixer, f"the gate `{ir.render(product(gate))}` may be negative; the Householder "
-                                      "lowering takes positive scalar gates (negative eigenvalues come from β)")
+                                      "lowering takes positive gates (negative eigenvalues come from β)")
         v = s["v"] if s["v"] is not None else ir.const(0.0)
         out.append(SubStep(k=_ordered(s["key"]), beta=_ordered(s["beta"]), v=v, g=decay))
     return tuple(out)
@@ -327,4 +349,6 @@ def analyse(mixer) -> HouseholderPlan:
         for name, node, allowed in (("key", s.k, (k_dim,)), ("β", s.beta, ()), ("write", s.v, (v_dim,))):
             if bad := [x for x in node.dims if x not in allowed]:
                 raise _unsupported(mixer, f"the {name} `{ir.render(node)}` has dims {bad}")
-    return HouseholderPlan(state=spec, k_dim=k_dim, v_dim=v_dim, steps=subs, q=q, out_scale=e, out_bias=d)
+    diagonal = any(s.g is not None and s.g.log.dims for s in subs)
+    return HouseholderPlan(state=spec, k_dim=k_dim, v_dim=v_dim, steps=subs, q=q, out_scale=e, out_bias=d,
+                           strategies=("recurrent",) if diagonal else STRATEGIES)

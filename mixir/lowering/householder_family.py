@@ -1,4 +1,4 @@
-"""The Householder family (DeltaNet, Gated DeltaNet, DeltaProduct) in the lowering registry, and its
+"""The Householder family (DeltaNet, Gated DeltaNet, DeltaProduct, KDA) in the lowering registry, and its
 compiled mixer: pieces kernel → sub-steps interleaved into a sequence of length T·n_h → delta core
 (recurrent or chunked WY) → read-out at each token's last sub-step → output affine map."""
 from __future__ import annotations
@@ -32,11 +32,18 @@ class CompiledHouseholder:
         self.mixer, self.plan = mixer, plan
         self.strategies = plan.strategies
         if strategy is not None:
-            check_strategy(self.strategies, strategy)
+            self._check_strategy(strategy)
         self.strategy = strategy
         self.config = dict(config or {})
         self.__name__ = mixer.name
         self.pieces_kernel = PiecesKernel(mixer.name, plan.pieces(), list(mixer.inputs))
+
+    def _check_strategy(self, strategy):
+        if strategy == "chunked" and self.plan.gate_k:
+            raise InputError(f"{self.mixer.name}: strategy 'chunked' takes scalar gates; this mixer's gate "
+                             f"is diagonal along {self.plan.k_dim!r} (Kimi Delta Attention), which "
+                             "mixir runs with strategy='recurrent' only")
+        check_strategy(self.strategies, strategy)
 
     def __repr__(self):
         return f"<mixir.CompiledMixer {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
@@ -63,8 +70,9 @@ class CompiledHouseholder:
                  strategy=None, **scalars):
         m, p = self.mixer, self.plan
         b, N, device, dtype = check_call(m, arrays, initial_state, cu_seqlens, scalars)
-        strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")
-        check_strategy(self.strategies, strategy)
+        strategy = strategy or self.strategy or (
+            "recurrent" if b.T <= RECURRENT_MAX_T or self.plan.gate_k else "chunked")
+        self._check_strategy(strategy)
         if isinstance(initial_state, (tuple, list)):
             raise InputError(f"initial_state: {m.name} has one state; pass a tensor")
         B, T, H = b.B, b.T, b.H
@@ -81,6 +89,9 @@ class CompiledHouseholder:
             return t.reshape(tuple(t.shape[:3]) + (t.shape[3] if t.dim() > 3 else 1,)).expand(B, T, H, size)
 
         n = p.num_householder
+
+        def gate(j):        # [B, T, H] (scalar gate) or [B, T, H, K] (key-diagonal, KDA)
+            return shaped(f"g{j}", K) if p.gate_k else shaped(f"g{j}")
         ks = [shaped(f"k{j}", K) for j in range(n)]
         vs = [shaped(f"v{j}", V) for j in range(n)]
         betas = [shaped(f"beta{j}") for j in range(n)]
@@ -88,14 +99,14 @@ class CompiledHouseholder:
         q = shaped("q", K)
         if n == 1:
             qs, k, v, beta = q, ks[0], vs[0], betas[0]
-            g = shaped("g0") if has_g[0] else None
+            g = gate(0) if has_g[0] else None
         else:      # DeltaProduct: the delta rule on a sequence of length T·n_h
             def inter(xs):
                 return torch.stack(xs, dim=2).reshape((B, T * n) + tuple(xs[0].shape[2:]))
             qs = q          # compact: the core reads out each token's last sub-step only
             k, v, beta = inter(ks), inter(vs), inter(betas)
-            zero = torch.zeros((B, T, H), device=device)
-            g = inter([shaped(f"g{j}") if has_g[j] else zero for j in range(n)]) if any(has_g) else None
+            zero = torch.zeros((B, T, H) + ((K,) if p.gate_k else ()), device=device)
+            g = inter([gate(j) if has_g[j] else zero for j in range(n)]) if any(has_g) else None
         cu = None if cu_seqlens is None else cu_seqlens * n
         h0 = None
         if initial_state is not None:

@@ -5,6 +5,12 @@ Canonical recurrence per packed sequence n and head h, state S in R^{K x V} (fp3
     S_t = alpha_t S_{t-1} + k_t (v_t - beta_t alpha_t S_{t-1}^T k_t)^T,      alpha_t = exp(g_t)
         = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + k_t v_t^T,                o_t = S_t^T q_t.
 
+With a key-diagonal gate (``GATE_K``: g [T, H, K], Kimi Delta Attention) the gate applies first,
+``S_t = (I - beta_t k_t k_t^T) Diag(exp g_t) S_{t-1} + k_t v_t^T``: the kernels gate the state
+tile row-wise and run the ungated step on it; in the backward, with Sg = Diag(exp g_t) S_{t-1}
+and dSg = Sh_t - beta_t k_t b_t^T: dg_t = rowsum(dSg ⊙ Sg) (per V-tile partial sums, like dk),
+dS_{t-1} = Diag(exp g_t) dSg, and dk, dbeta as below with alpha = 1 and Sg for S_{t-1}.
+
 (fla's delta rule is this with v_t = beta_t * v_fla,t.) Nothing is assumed about k (not
 normalised), beta (any real; [0, 2] gives transition eigenvalues in [-1, 1]) or g (any real;
 absent means alpha_t = 1).
@@ -69,7 +75,7 @@ def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens,
                         DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
                         USE_G: tl.constexpr, USE_H0: tl.constexpr,
                         STORE_O: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
-                        BK: tl.constexpr, BV: tl.constexpr):
+                        BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr = False):
     # grid: (N * H, cdiv(DV, BV))
     i_nh = tl.program_id(0)
     i_v = tl.program_id(1)
@@ -101,7 +107,10 @@ def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens,
             beta = tl.load(BETA + t * H + i_h).to(tl.float32)
             alpha = 1.0
             if USE_G:
-                alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
+                if GATE_K:     # a key-diagonal gate applied first: S <- Diag(exp g_t) S_{t-1}
+                    S = S * tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
+                else:
+                    alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
             # S_t = alpha S_{t-1} + k (v - alpha beta S_{t-1}^T k)^T
             a = tl.reduce(S * k[:, None], 0, _SUM)
             S = alpha * S + k[:, None] * (v - alpha * beta * a)[None, :]
@@ -118,7 +127,8 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
                         DQ, DK_, DV_, DBETA, DG, DH0, cu_seqlens, T_total, H,
                         DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
                         USE_G: tl.constexpr, USE_DHT: tl.constexpr,
-                        STORE_DH0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                        STORE_DH0: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                        GATE_K: tl.constexpr = False):
     # grid: (N * H, cdiv(DV, BV)). DQ, DK_: [NV, T_total, H, DK] and DBETA, DG: [NV, T_total, H]
     # per-V-tile partial sums; DV_ [T_total, H, DV] is exact per tile. SCRATCH: [N * H, C, DK, DV].
     i_nh = tl.program_id(0)
@@ -156,7 +166,10 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
             beta = tl.load(BETA + t * H + i_h).to(tl.float32)
             alpha = 1.0
             if USE_G:
-                alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
+                if GATE_K:
+                    S = S * tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
+                else:
+                    alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
             # S_t = alpha S_{t-1} + k (v - alpha beta S_{t-1}^T k)^T
             a = tl.reduce(S * k[:, None], 0, _SUM)
             S = alpha * S + k[:, None] * (v - alpha * beta * a)[None, :]
@@ -173,7 +186,10 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
             beta = tl.load(BETA + t * H + i_h).to(tl.float32)
             alpha = 1.0
             if USE_G:
-                alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
+                if GATE_K:     # from here on Sp is the gated state Diag(exp g_t) S_{t-1}
+                    Sp = Sp * tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
+                else:
+                    alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
             q = tl.load(Q + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32)
             do = tl.load(DO + (t * H + i_h) * DV + o_v, mask=m_v, other=0.).to(tl.float32)
             dS += q[:, None] * do[None, :]
@@ -185,10 +201,15 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
             tl.store(DK_ + part_k + (t * H + i_h) * DK + o_k, dk, mask=m_k)
             a_dot_b = tl.reduce(a * b, 0, _SUM)
             tl.store(DBETA + part_s + t * H + i_h, -alpha * a_dot_b)
+            dSg = dS - beta * k[:, None] * b[None, :]       # the gradient reaching the gated state
             if USE_G:
-                tl.store(DG + part_s + t * H + i_h,
-                         alpha * (tl.reduce(tl.reduce(dS * Sp, 1, _SUM), 0, _SUM) - beta * a_dot_b))
-            dS = alpha * (dS - beta * k[:, None] * b[None, :])
+                if GATE_K:     # dg_t = rowsum(dSg ⊙ Diag(α) S_{t-1}); dS_{t-1} = Diag(α) dSg
+                    tl.store(DG + part_k + (t * H + i_h) * DK + o_k, tl.reduce(dSg * Sp, 1, _SUM), mask=m_k)
+                    dSg = dSg * tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
+                else:
+                    tl.store(DG + part_s + t * H + i_h,
+                             alpha * (tl.reduce(tl.reduce(dS * Sp, 1, _SUM), 0, _SUM) - beta * a_dot_b))
+            dS = alpha * dSg
         tl.debug_barrier()  # the next segment overwrites the slab
     if STORE_DH0:
         tl.store(DH0 + o_state + o_kv, dS, mask=m_kv)
@@ -276,9 +297,11 @@ def _check(q, k, v, beta, g, h0, cu_seqlens):
         raise InputError(f"q, k, v must share one of {_FLOAT_INPUTS}, got "
                          f"{q.dtype}, {k.dtype}, {v.dtype}")
     for name, x in (("beta", beta), ("g", g)):
-        if x is not None and (tuple(x.shape) != (1, T, H) or not x.is_floating_point()):
-            raise InputError(f"{name} must be a float tensor [1, {T}, {H}], got "
-                             f"{tuple(x.shape)} {x.dtype}")
+        shapes = ((1, T, H), (1, T, H, K)) if name == "g" else ((1, T, H),)
+        if x is not None and (tuple(x.shape) not in shapes or not x.is_floating_point()):
+            raise InputError(f"{name} must be a float tensor "
+                             + " or ".join(str(list(s_)) for s_ in shapes)
+                             + f", got {tuple(x.shape)} {x.dtype}")
     if beta is None:
         raise InputError("beta is required")
     if cu_seqlens is None or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 \
@@ -325,7 +348,7 @@ def _launch_forward(qp, kp, vp, bp, gp, h0, cu, T, H, K, V, N, cfg, BK, BV, C,
         qp, kp, vp, bp, gp, h0, o, hT, None if saved is None else saved.states,
         None if saved is None else saved.offsets, cu, H, K, V,
         C=C, USE_G=gp is not None, USE_H0=h0 is not None, STORE_O=store_o, STORE_HT=store_ht,
-        STORE_CKPT=store_ckpt, BK=BK, BV=BV,
+        STORE_CKPT=store_ckpt, BK=BK, BV=BV, GATE_K=gp is not None and gp.dim() == 3,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o, hT, saved
 
@@ -369,16 +392,17 @@ def delta_recurrent_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, saved, c
     dk_p = _empty(NV, T, H, K, device=device)
     dv = _empty(T, H, V, device=device)
     dbeta_p = _empty(NV, T, H, device=device)
-    dg_p = _empty(NV, T, H, device=device) if g is not None else None
+    gate_k = g is not None and g.dim() == 4
+    dg_p = None if g is None else _empty(*((NV, T, H, K) if gate_k else (NV, T, H)), device=device)
     dh0 = _empty(N, H, K, V, device=device) if h0 is not None else None
     scratch = _empty(N * H, C, K, V, device=device)
     delta_recurrent_bwd[(N * H, NV)](
         qp, kp, vp, bp, gp, _packed(do), dhT, saved.states, saved.offsets, scratch,
         dq_p, dk_p, dv, dbeta_p, dg_p, dh0, cu, T, H, K, V,
         C=C, USE_G=g is not None, USE_DHT=dhT is not None, STORE_DH0=h0 is not None,
-        BK=BK, BV=BV, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        BK=BK, BV=BV, GATE_K=gate_k, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     total = (lambda x: x[0]) if NV == 1 else (lambda x: x.sum(0))
     dq, dk, dbeta = total(dq_p), total(dk_p), total(dbeta_p)
-    dg = None if dg_p is None else total(dg_p).view(1, T, H)
+    dg = None if dg_p is None else total(dg_p).view(g.shape)
     return (dq.view(1, T, H, K), dk.view(1, T, H, K), dv.view(1, T, H, V), dbeta.view(1, T, H),
             dg, dh0)
