@@ -2,10 +2,12 @@
 """Benchmark of the Householder family (docs/delta_rule.md): forward and forward+backward time and
 peak memory against T, mixir's chunked (WY) strategy vs flash-linear-attention's chunk kernels.
 
-For each op in ``--ops`` (delta_rule, gated_delta_rule, gated_delta_product2/3) and each T:
-- mixir: ``mixir.library.<op>(..., use_qk_l2norm_in_kernel=True, strategy="chunked")``;
+For each op in ``--ops`` (delta_rule, gated_delta_rule, gated_delta_product2/3, kda) and each T:
+- mixir: ``mixir.library.<op>(..., use_qk_l2norm_in_kernel=True, strategy="chunked")`` (kda:
+  ``strategy="recurrent"``, the only one mixir has for a key-diagonal gate);
 - fla (when ``import fla`` works, the same GPU, the same run): ``chunk_delta_rule``,
-  ``chunk_gated_delta_rule``, ``chunk_gated_delta_product`` with the same inputs and options.
+  ``chunk_gated_delta_rule``, ``chunk_gated_delta_product``, ``chunk_kda`` with the same inputs and
+  options.
 Times are medians of ``--repeats`` runs after ``--warmup`` (CUDA events on a GPU, perf_counter on the
 CPU); peak memory is ``torch.cuda.max_memory_allocated`` above the inputs (GPU only). The outputs and
 input gradients of fla and mixir are compared (max relative error) so that a wrong row shows.
@@ -34,7 +36,7 @@ import torch  # noqa: E402
 
 from mixir import library  # noqa: E402
 
-OPS = ("delta_rule", "gated_delta_rule", "gated_delta_product2", "gated_delta_product3")
+OPS = ("delta_rule", "gated_delta_rule", "gated_delta_product2", "gated_delta_product3", "kda")
 
 
 def make_inputs(op, B, T, H, K, V, dtype, device, seed=0):
@@ -47,7 +49,7 @@ def make_inputs(op, B, T, H, K, V, dtype, device, seed=0):
     k = r(B, T * n, H, K).to(dtype)
     v = r(B, T * n, H, V).to(dtype)
     beta = torch.rand(B, T * n, H, generator=g).to(device).to(dtype)
-    gate = torch.nn.functional.logsigmoid(r(B, T, H)).float()
+    gate = torch.nn.functional.logsigmoid(r(*((B, T, H, K) if op == "kda" else (B, T, H)))).float()
     return n, q, k, v, gate, beta
 
 
@@ -57,6 +59,8 @@ def mixir_call(op, n, q, k, v, gate, beta):
         return library.delta_rule(q, k, v, beta, **kw)
     if op == "gated_delta_rule":
         return library.gated_delta_rule(q, k, v, gate, beta, **kw)
+    if op == "kda":
+        return library.kda(q, k, v, gate, beta, use_qk_l2norm_in_kernel=True, strategy="recurrent")
     return library.gated_delta_product(q, k, v, gate, beta, num_householder=n, **kw)
 
 
@@ -73,6 +77,11 @@ def fla_call(op):
 
             def run(n, q, k, v, gate, beta):
                 return chunk_gated_delta_rule(q, k, v, gate, beta, use_qk_l2norm_in_kernel=True)[0]
+        elif op == "kda":
+            from fla.ops.kda import chunk_kda
+
+            def run(n, q, k, v, gate, beta):
+                return chunk_kda(q, k, v, gate, beta, use_qk_l2norm_in_kernel=True)[0]
         else:
             from fla.ops.gated_delta_product import chunk_gated_delta_product
 

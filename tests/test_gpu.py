@@ -57,7 +57,7 @@ def test_torch_compile_on_cuda():
                                rtol=2e-2, atol=1e-2)
 
 
-@pytest.mark.parametrize("op", ["delta_rule", "gated_delta_rule", "gated_delta_product2"])
+@pytest.mark.parametrize("op", ["delta_rule", "gated_delta_rule", "gated_delta_product2", "kda"])
 def test_householder_agrees_with_fla(op):
     """mixir's chunked WY kernels against flash-linear-attention's on the same inputs (bf16,
     K = V = 128, T = 2048, l2-normalised keys in the kernel); skipped when fla is not installed."""
