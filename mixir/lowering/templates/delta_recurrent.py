@@ -70,6 +70,30 @@ from mixir.lowering.launch import kernel
 _SUM = tl.standard._sum_combine    # tl.reduce(x, axis, _SUM): tl.sum is slow in the interpreter
 
 
+@triton.jit
+def _gate_rows(G, t, i_h, H, DK: tl.constexpr, o_k, m_k):
+    """exp(g_t) of a key-diagonal gate: one factor per row of the state tile."""
+    return tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))
+
+
+@triton.jit
+def _step(S, K_, V_, BETA, G, t, i_h, H, DK: tl.constexpr, DV: tl.constexpr, o_k, o_v, m_k, m_v,
+          USE_G: tl.constexpr, GATE_K: tl.constexpr):
+    """One token: S_t = alpha S_{t-1} + k (v - alpha beta S_{t-1}^T k)^T; a key-diagonal gate
+    (GATE_K) applies first, S <- Diag(exp g_t) S_{t-1}, with alpha = 1."""
+    k = tl.load(K_ + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32)
+    v = tl.load(V_ + (t * H + i_h) * DV + o_v, mask=m_v, other=0.).to(tl.float32)
+    beta = tl.load(BETA + t * H + i_h).to(tl.float32)
+    alpha = 1.0
+    if USE_G:
+        if GATE_K:
+            S = S * _gate_rows(G, t, i_h, H, DK, o_k, m_k)[:, None]
+        else:
+            alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
+    a = tl.reduce(S * k[:, None], 0, _SUM)
+    return alpha * S + k[:, None] * (v - alpha * beta * a)[None, :]
+
+
 @kernel
 def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens, H,
                         DK: tl.constexpr, DV: tl.constexpr, C: tl.constexpr,
@@ -102,18 +126,7 @@ def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens,
         if STORE_CKPT:
             tl.store(CKPT + ((ck_base + j) * H + i_h) * DK * DV + o_kv, S, mask=m_kv)
         for t in range(s0, tl.minimum(s0 + C, eos)):
-            k = tl.load(K_ + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32)
-            v = tl.load(V_ + (t * H + i_h) * DV + o_v, mask=m_v, other=0.).to(tl.float32)
-            beta = tl.load(BETA + t * H + i_h).to(tl.float32)
-            alpha = 1.0
-            if USE_G:
-                if GATE_K:     # a key-diagonal gate applied first: S <- Diag(exp g_t) S_{t-1}
-                    S = S * tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
-                else:
-                    alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
-            # S_t = alpha S_{t-1} + k (v - alpha beta S_{t-1}^T k)^T
-            a = tl.reduce(S * k[:, None], 0, _SUM)
-            S = alpha * S + k[:, None] * (v - alpha * beta * a)[None, :]
+            S = _step(S, K_, V_, BETA, G, t, i_h, H, DK, DV, o_k, o_v, m_k, m_v, USE_G, GATE_K)
             if STORE_O:
                 q = tl.load(Q + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32)
                 o = tl.reduce(S * q[:, None], 0, _SUM)
@@ -161,18 +174,7 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
         S = tl.load(CKPT + ((ck_base + j) * H + i_h) * DK * DV + o_kv, mask=m_kv, other=0.)
         for t in range(s0, s1):
             tl.store(scratch + (t - s0) * DK * DV + o_kv, S, mask=m_kv)
-            k = tl.load(K_ + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32)
-            v = tl.load(V_ + (t * H + i_h) * DV + o_v, mask=m_v, other=0.).to(tl.float32)
-            beta = tl.load(BETA + t * H + i_h).to(tl.float32)
-            alpha = 1.0
-            if USE_G:
-                if GATE_K:
-                    S = S * tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
-                else:
-                    alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
-            # S_t = alpha S_{t-1} + k (v - alpha beta S_{t-1}^T k)^T
-            a = tl.reduce(S * k[:, None], 0, _SUM)
-            S = alpha * S + k[:, None] * (v - alpha * beta * a)[None, :]
+            S = _step(S, K_, V_, BETA, G, t, i_h, H, DK, DV, o_k, o_v, m_k, m_v, USE_G, GATE_K)
             do = tl.load(DO + (t * H + i_h) * DV + o_v, mask=m_v, other=0.).to(tl.float32)
             dq = tl.reduce(S * do[None, :], 1, _SUM)                  # dq_t = S_t do_t
             tl.store(DQ + part_k + (t * H + i_h) * DK + o_k, dq, mask=m_k)
@@ -187,7 +189,7 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
             alpha = 1.0
             if USE_G:
                 if GATE_K:     # from here on Sp is the gated state Diag(exp g_t) S_{t-1}
-                    Sp = Sp * tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
+                    Sp = Sp * _gate_rows(G, t, i_h, H, DK, o_k, m_k)[:, None]
                 else:
                     alpha = tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
             q = tl.load(Q + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32)
@@ -205,7 +207,7 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
             if USE_G:
                 if GATE_K:     # dg_t = rowsum(dSg ⊙ Diag(α) S_{t-1}); dS_{t-1} = Diag(α) dSg
                     tl.store(DG + part_k + (t * H + i_h) * DK + o_k, tl.reduce(dSg * Sp, 1, _SUM), mask=m_k)
-                    dSg = dSg * tl.exp(tl.load(G + (t * H + i_h) * DK + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
+                    dSg = dSg * _gate_rows(G, t, i_h, H, DK, o_k, m_k)[:, None]
                 else:
                     tl.store(DG + part_s + t * H + i_h,
                              alpha * (tl.reduce(tl.reduce(dS * Sp, 1, _SUM), 0, _SUM) - beta * a_dot_b))
