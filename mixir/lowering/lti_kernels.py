@@ -239,6 +239,25 @@ def lti_cauchy_bwd(GRE, GIM, VRE, VIM, LRE, LIM, ZRE, ZIM, DVRE, DVIM, DLRE, DLI
 
 # --------------------------------------------------------------------------- recurrence (decoding)
 
+@triton.jit
+def _head_system(LRE, LIM, BRE, BIM, CRE, CIM, FEED, h, N, offs, m):
+    """Head h's diagonal system: λ, β, c (re, im) [BLOCK_N] and D'."""
+    return (tl.load(LRE + h * N + offs, mask=m, other=0.0), tl.load(LIM + h * N + offs, mask=m, other=0.0),
+            tl.load(BRE + h * N + offs, mask=m, other=0.0), tl.load(BIM + h * N + offs, mask=m, other=0.0),
+            tl.load(CRE + h * N + offs, mask=m, other=0.0), tl.load(CIM + h * N + offs, mask=m, other=0.0),
+            tl.load(FEED + h))
+
+
+@triton.jit
+def _head_low_rank(URE, UIM, VRE, VIM, h, RANK, N, offs, m, RP: tl.constexpr):
+    """Head h's low-rank factors U, V (re, im) [RP, BLOCK_N], rows ≥ RANK zero."""
+    offs_k = tl.arange(0, RP)
+    mk = (offs_k[:, None] < RANK) & m[None, :]
+    kn = h * RANK * N + offs_k[:, None] * N + offs[None, :]
+    return (tl.load(URE + kn, mask=mk, other=0.0), tl.load(UIM + kn, mask=mk, other=0.0),
+            tl.load(VRE + kn, mask=mk, other=0.0), tl.load(VIM + kn, mask=mk, other=0.0))
+
+
 def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VIM, Z0RE, Z0IM,
                       Y, ZTRE, ZTIM, CKRE, CKIM, H, T, N, RANK, CHUNK, NSEG,
                       HAS_Z0: tl.constexpr, WRITE_CK: tl.constexpr, RP: tl.constexpr,
@@ -253,13 +272,7 @@ def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VI
     h = bh % H
     offs = tl.arange(0, BLOCK_N)
     m = offs < N
-    lre = tl.load(LRE + h * N + offs, mask=m, other=0.0)
-    lim = tl.load(LIM + h * N + offs, mask=m, other=0.0)
-    bre = tl.load(BRE + h * N + offs, mask=m, other=0.0)
-    bim = tl.load(BIM + h * N + offs, mask=m, other=0.0)
-    cre = tl.load(CRE + h * N + offs, mask=m, other=0.0)
-    cim = tl.load(CIM + h * N + offs, mask=m, other=0.0)
-    feed = tl.load(FEED + h)
+    lre, lim, bre, bim, cre, cim, feed = _head_system(LRE, LIM, BRE, BIM, CRE, CIM, FEED, h, N, offs, m)
     if HAS_Z0:
         zre = tl.load(Z0RE + bh * N + offs, mask=m, other=0.0)
         zim = tl.load(Z0IM + bh * N + offs, mask=m, other=0.0)
@@ -267,13 +280,7 @@ def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VI
         zre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
         zim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
     if RP > 0:
-        offs_k = tl.arange(0, RP)
-        mk = (offs_k[:, None] < RANK) & m[None, :]
-        kn = h * RANK * N + offs_k[:, None] * N + offs[None, :]
-        ure = tl.load(URE + kn, mask=mk, other=0.0)
-        uim = tl.load(UIM + kn, mask=mk, other=0.0)
-        vre = tl.load(VRE + kn, mask=mk, other=0.0)
-        vim = tl.load(VIM + kn, mask=mk, other=0.0)
+        ure, uim, vre, vim = _head_low_rank(URE, UIM, VRE, VIM, h, RANK, N, offs, m, RP)
     for t in range(T):
         if WRITE_CK:
             ck = (bh * NSEG + t // CHUNK) * N + offs
@@ -320,13 +327,7 @@ def lti_recurrent_bwd(UIN, GY, GZRE, GZIM, LRE, LIM, BRE, BIM, CRE, CIM, FEED, U
     h = bh % H
     offs = tl.arange(0, BLOCK_N)
     m = offs < N
-    lre = tl.load(LRE + h * N + offs, mask=m, other=0.0)
-    lim = tl.load(LIM + h * N + offs, mask=m, other=0.0)
-    bre = tl.load(BRE + h * N + offs, mask=m, other=0.0)
-    bim = tl.load(BIM + h * N + offs, mask=m, other=0.0)
-    cre = tl.load(CRE + h * N + offs, mask=m, other=0.0)
-    cim = tl.load(CIM + h * N + offs, mask=m, other=0.0)
-    feed = tl.load(FEED + h)
+    lre, lim, bre, bim, cre, cim, feed = _head_system(LRE, LIM, BRE, BIM, CRE, CIM, FEED, h, N, offs, m)
     pre = tl.load(GZRE + bh * N + offs, mask=m, other=0.0)
     pim = tl.load(GZIM + bh * N + offs, mask=m, other=0.0)
     dlre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
@@ -337,13 +338,7 @@ def lti_recurrent_bwd(UIN, GY, GZRE, GZIM, LRE, LIM, BRE, BIM, CRE, CIM, FEED, U
     dcim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
     dfeed = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)      # g·u in every lane, lane 0 kept
     if RP > 0:
-        offs_k = tl.arange(0, RP)
-        mk = (offs_k[:, None] < RANK) & m[None, :]
-        kn = h * RANK * N + offs_k[:, None] * N + offs[None, :]
-        ure = tl.load(URE + kn, mask=mk, other=0.0)
-        uim = tl.load(UIM + kn, mask=mk, other=0.0)
-        vre = tl.load(VRE + kn, mask=mk, other=0.0)
-        vim = tl.load(VIM + kn, mask=mk, other=0.0)
+        ure, uim, vre, vim = _head_low_rank(URE, UIM, VRE, VIM, h, RANK, N, offs, m, RP)
         dure = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
         duim = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
         dvre = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
@@ -406,6 +401,8 @@ def lti_recurrent_bwd(UIN, GY, GZRE, GZIM, LRE, LIM, BRE, BIM, CRE, CIM, FEED, U
     tl.store(DZIM + o, pim, mask=m)
     tl.store(DFEED + bh + offs, dfeed, mask=offs == 0)
     if RP > 0:
+        offs_k = tl.arange(0, RP)
+        mk = (offs_k[:, None] < RANK) & m[None, :]
         okn = bh * RANK * N + offs_k[:, None] * N + offs[None, :]
         tl.store(DURE + okn, dure, mask=mk)
         tl.store(DUIM + okn, duim, mask=mk)
