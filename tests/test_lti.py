@@ -331,6 +331,48 @@ def _dense_bilinear(A, Bm, C, D, dt, u):
     return torch.stack(ys, -1)
 
 
+def _dense_zoh(A, Bm, C, D, dt, u):
+    """y of x_t = e^{ΔA} x_{t−1} + A⁻¹(e^{ΔA} − I) B u_t, y_t = C x_t + D u_t (float64)."""
+    Bsz, T, H = u.shape
+    N = A.shape[-1]
+    eye = torch.eye(N, dtype=torch.float64)
+    ys = []
+    for h in range(H):
+        Ah = torch.as_tensor(A[h] if A.ndim == 3 else A)
+        Ab = torch.linalg.matrix_exp(dt[h] * Ah)
+        Bb = torch.linalg.solve(Ah, (Ab - eye) @ Bm[h])
+        x = torch.zeros(Bsz, N, dtype=torch.float64)
+        yh = []
+        for t in range(T):
+            x = x @ Ab.T + Bb * u[:, t, h, None]
+            yh.append(x @ C[h] + D[h] * u[:, t, h])
+        ys.append(torch.stack(yh, 1))
+    return torch.stack(ys, -1)
+
+
+@pytest.mark.parametrize("N", [5, 8])
+def test_lssl_and_lmu_zero_order_hold(N):
+    """``discretization="zoh"`` (LMU's default, as in its paper; an option of lssl) runs the modes
+    through the ZOH mixer and equals the dense e^{ΔA} recurrence."""
+    rng = np.random.default_rng(N + 1)
+    H, B, T = 2, 2, 30
+    u = torch.tensor(rng.standard_normal((B, T, H)))
+    C, Bm = (torch.tensor(rng.standard_normal((H, N))) for _ in range(2))
+    D = torch.tensor(rng.standard_normal(H))
+    theta = torch.tensor([7.0, 20.0], dtype=torch.float64)
+    A, Bl = lti.lmu_matrices(N)
+    A_h = np.stack([A / float(t) for t in theta])
+    B_h = torch.stack([torch.tensor(Bl) / t for t in theta])
+    for strategy in ("conv", "recurrent"):
+        y = lti.lmu(u, theta, C, D, strategy=strategy)
+        assert rel_rms_error(y, _dense_zoh(A_h, B_h, C, D, torch.ones(H, dtype=torch.float64), u), 1e-12) < 1e-9
+    dt = torch.tensor([0.05, 0.3], dtype=torch.float64)
+    y = lti.lssl(u, dt, Bm, C, D, discretization="zoh")
+    assert rel_rms_error(y, _dense_zoh(lti.hippo_legs(N)[0], Bm, C, D, dt, u), 1e-12) < 1e-9
+    with pytest.raises(InputError, match="discretization"):
+        lti.lmu(u, theta, C, D, discretization="euler")
+
+
 @pytest.mark.parametrize("N", [5, 8])
 def test_lssl_and_lmu_equal_dense_recurrences(N):
     rng = np.random.default_rng(N)
@@ -347,7 +389,7 @@ def test_lssl_and_lmu_equal_dense_recurrences(N):
     A, Bl = lti.lmu_matrices(N)
     A_h = np.stack([A / float(t) for t in theta])
     B_h = torch.stack([torch.tensor(Bl) / t for t in theta])
-    y = lti.lmu(u, theta, C, D, strategy="conv")
+    y = lti.lmu(u, theta, C, D, strategy="conv", discretization="bilinear")
     assert rel_rms_error(y, _dense_bilinear(A_h, B_h, C, D, torch.ones(H, dtype=torch.float64), u),
                          1e-12) < 1e-9
     # gradients reach the trainable step and read-out through the wrapper

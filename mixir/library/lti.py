@@ -277,9 +277,17 @@ def s4_legs_init(H: int, N: int, seed: int = 0, dt_min=1e-3, dt_max=1e-1):
                           D=rng.standard_normal(H)))
 
 
+def _discretization(name, value):
+    if value not in ("bilinear", "zoh"):
+        raise InputError(f"{name}: discretization must be 'bilinear' or 'zoh', got {value!r}")
+    return value
+
+
 def _dense_lti(kind, u, log_dt, B, C, D, scale, N, initial_state, output_final_state,
-               cu_seqlens, strategy):
-    """Run the dense real system (A·scale, B or the default B·scale, C, D) through its modes."""
+               cu_seqlens, strategy, discretization="bilinear"):
+    """Run the dense real system (A·scale, B or the default B·scale, C, D) through its modes:
+    bilinear as ``s4d_bilinear``, zero-order hold as ``s4d`` (λ = exp(Δγ), B̄ = (λ − 1)/γ · B̃ per
+    mode γ: the modal form of ``x_t = e^{ΔA} x_{t−1} + A⁻¹(e^{ΔA} − I) B u_t``)."""
     g, Winv, W, weight, B0 = _diagonalised(kind, N)
     dev, cd = u.device, (torch.complex128 if u.dtype == torch.float64 else torch.complex64)
     rd = torch.float64 if u.dtype == torch.float64 else torch.float32
@@ -291,14 +299,18 @@ def _dense_lti(kind, u, log_dt, B, C, D, scale, N, initial_state, output_final_s
         Bm = B.to(cd) @ Winv_t.T
     Cm = (C.to(cd) @ torch.tensor(W, dtype=cd, device=dev)) * torch.tensor(weight, dtype=rd, device=dev)
     arrays = (u, log_dt.to(rd), lam.real, lam.imag, Bm.real, Bm.imag, Cm.real, Cm.imag, D.to(rd))
-    return _run(s4d_bilinear_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy)
+    m = s4d_mixer if discretization == "zoh" else s4d_bilinear_mixer
+    return _run(m, arrays, initial_state, output_final_state, cu_seqlens, strategy)
 
 
 def lssl(u, dt, B, C, D, *, initial_state=None, output_final_state=False, cu_seqlens=None,
-         strategy=None):
-    """LSSL with the HiPPO-LegS A (fixed, size N) and a trainable step Δ (bilinear): u ``[B, T, H]``;
+         strategy=None, discretization="bilinear"):
+    """LSSL with the HiPPO-LegS A (fixed, size N) and a trainable step Δ: u ``[B, T, H]``;
     dt (> 0), D ``[H]``; B, C ``[H, N]`` real. The dense system is diagonalised once in float64
-    (``A = W Γ W⁻¹``) and run as ``s4d_bilinear``; the state is the modal state ``W⁻¹ x``."""
+    (``A = W Γ W⁻¹``) and run as ``s4d_bilinear`` (``discretization="bilinear"``, the LSSL
+    paper's generalized bilinear transform with α = 1/2) or ``s4d`` (``"zoh"``); the state is the
+    modal state ``W⁻¹ x``."""
+    _discretization("lssl", discretization)
     H = _check_u(u, "lssl")
     dt = _per_channel("dt", dt, H, "lssl", u)
     if bool((dt <= 0).any()):
@@ -310,13 +322,16 @@ def lssl(u, dt, B, C, D, *, initial_state=None, output_final_state=False, cu_seq
         raise InputError(f"lssl: B must be [H, N] = {(H, N)} like C, got shape {tuple(getattr(B, 'shape', ()))}")
     one = torch.ones(H, dtype=torch.float32, device=u.device)
     return _dense_lti("legs", u, torch.log(dt), B, C, _per_channel("D", D, H, "lssl", u), one,
-                      N, initial_state, output_final_state, cu_seqlens, strategy)
+                      N, initial_state, output_final_state, cu_seqlens, strategy, discretization)
 
 
 def lmu(u, theta, C, D, *, initial_state=None, output_final_state=False, cu_seqlens=None,
-        strategy=None):
-    """Legendre Memory Unit memory (A/θ, B/θ of ``lmu_matrices``, bilinear with Δ = 1 token) with a
-    linear read-out: u ``[B, T, H]``; theta (> 0, the window in tokens), D ``[H]``; C ``[H, d]``."""
+        strategy=None, discretization="zoh"):
+    """Legendre Memory Unit memory (A/θ, B/θ of ``lmu_matrices``, Δ = 1 token) with a linear
+    read-out: u ``[B, T, H]``; theta (> 0, the window in tokens), D ``[H]``; C ``[H, d]``.
+    ``discretization="zoh"`` (zero-order hold, as the LMU paper discretises the memory) or
+    ``"bilinear"``."""
+    _discretization("lmu", discretization)
     H = _check_u(u, "lmu")
     theta = _per_channel("theta", theta, H, "lmu", u)
     if bool((theta <= 0).any()):
@@ -326,7 +341,8 @@ def lmu(u, theta, C, D, *, initial_state=None, output_final_state=False, cu_seql
     N = int(C.shape[1])
     log_dt = torch.zeros(H, dtype=u.dtype if u.dtype == torch.float64 else torch.float32, device=u.device)
     return _dense_lti("lmu", u, log_dt, None, C, _per_channel("D", D, H, "lmu", u),
-                      1.0 / theta, N, initial_state, output_final_state, cu_seqlens, strategy)
+                      1.0 / theta, N, initial_state, output_final_state, cu_seqlens, strategy,
+                      discretization)
 
 
 # ---- entries (not in the shared MIXERS registry: see docs/lti.md) -----------------------------
