@@ -239,7 +239,10 @@ def main(argv=None):
                    help="B=..,T=..,H=..[,K=..,V=..], several separated by ';' (default B=8,T=4096,H=16; "
                         "with --all the standard shapes)")
     s.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    s.add_argument("--strategy", default="all", choices=["all", "chunked", "recurrent"])
+    s.add_argument("--strategy", default="all",
+                   choices=["all", "chunked", "recurrent", "fused", "alternating", "conv"],
+                   help="strategies to tune (RNN mixers: fused, alternating; LTI mixers tune the "
+                        "kernels of their conv strategy)")
     s.add_argument("--top-k", type=int, default=4, help="candidates compiled ahead of time")
     s.add_argument("--time", action="store_true", help="time the survivors (needs a CUDA GPU)")
     s.add_argument("--no-aot", action="store_true", help="skip the ahead-of-time compile check")

@@ -235,6 +235,151 @@ def gpu_config(device_index: int, kind: str, compute: str, R: int, Q: int, N: in
     return {k: int(cfg[k]) for k in ("BN", "BL", "num_warps", "num_stages")}
 
 
+# ---- the pipeline (mixir tune <an LTI mixer>) ---------------------------------------------------
+#: the LTI kernels' module: its launches are the ones a tuning run compiles ahead of time
+KERNEL_MODULE = "lti_kernels"
+
+
+def kind_of(plan) -> str:
+    """The kernel pair an LTI plan's conv strategy runs: "vandermonde" (diagonal, rank 0) or
+    "cauchy" (diagonal plus low rank)."""
+    return "cauchy" if plan.lowrank else "vandermonde"
+
+
+def launch_shape(plan, B_: int, T_: int, H_: int, N_: int, compute: str = "fp32") -> LTIShape:
+    """The kernel-level shape of the main launch of a training call of user-level shape B, T, H
+    with N modes (no initial state): the kernel ``k`` of length T − 1 over the H heads. Vandermonde:
+    R = H, Q = 1, L = T − 1; Cauchy (rank r): R = H, Q = (1 + r)·r Woodbury numerators, L = the
+    (T − 1)//2 + 1 points of the real FFT. B does not enter (the kernel is per head)."""
+    M = max(1, int(T_) - 1)
+    if kind_of(plan) == "vandermonde":
+        return shape(int(H_), 1, int(N_), M, compute)
+    r = len(plan.lowrank)
+    return shape(int(H_), (1 + r) * r, int(N_), M // 2 + 1, compute)
+
+
+def state_size(mixer, K_: int, V_: int) -> tuple:
+    """(plan, N): the mixer's LTI plan and its state size for user-level head sizes K, V (the
+    library maps them to its feature dims, as ``pipeline.form_sizes`` does)."""
+    from ..library import MIXERS
+    from ..lowering.families import analyse
+    plan = analyse(mixer)
+    entry = MIXERS.get(mixer.name)
+    if entry is not None and entry.mixer is mixer:
+        sizes = entry.sizes(K_, V_)
+    else:
+        sizes = {d: (K_ if d in getattr(plan, "key_dims", ()) else V_) for d in mixer.feature_dims()}
+    return plan, int(sizes.get(plan.dim, K_))
+
+
+def kernel_signature(mixer, K_: int = 128, V_: int = 128) -> tuple:
+    """What decides an LTI mixer's AOT results: the kernel pair and the launch shape's (Q, N).
+    Two LTI mixers with equal signatures launch the same kernels with the same tiles for every
+    config (``pipeline.group_by_kernels`` tunes them once)."""
+    plan, N_ = state_size(mixer, K_, V_)
+    shp = launch_shape(plan, 1, 4096, 1, N_)
+    return ("lti", kind_of(plan), shp.V, shp.K)
+
+
+def _is_template(rec) -> bool:
+    return f".{KERNEL_MODULE}." in rec.kernel.name or rec.kernel.name.split(".")[-1] in (
+        "lti_vandermonde_fwd", "lti_vandermonde_red", "lti_cauchy_fwd", "lti_cauchy_bwd")
+
+
+def record_config(mixer, config: dict, *, K: int = 8, V: int = 8, T: int = 12,
+                  backward: bool = True) -> list:
+    """The LTI kernels' ``LaunchRecord``s that running ``mixer`` (strategy "conv") with ``config``
+    makes on tiny fp32 CPU inputs (the kernels compute in fp32 for 16-bit inputs too), forward and
+    backward, with launch parameters as on a GPU (``record_launches``)."""
+    import numpy as np
+    import torch
+
+    import mixir
+    from ..lowering.launch import record_launches
+    from ..verify import example_inputs
+    arrays, _ = example_inputs(mixer, B=1, T=T, H=1, K=K, V=V)
+    compiled = mixir.compile(mixer, strategy="conv", config=dict(config))
+    with record_launches() as records:
+        xs = [torch.tensor(np.asarray(a), dtype=torch.float32).requires_grad_(backward)
+              for a in arrays]
+        o = compiled(*xs, strategy="conv")
+        if backward:
+            o.float().sum().backward()
+    out = {}
+    for r in records.values():
+        if _is_template(r) and "recurrent" not in r.kernel.name:
+            out.setdefault(r.key(), r)
+    return list(out.values())
+
+
+def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: str = "bf16",
+                    K: int = 64, V: int = 64, backward: bool = True, workers=None,
+                    timeout_s: float = 300, progress=None) -> list:
+    """``aot_check.compile_configs`` for the LTI kernels (``strategy``: "lti_<kind>", unused: the
+    mixer's plan decides the pair): one ``CompiledConfig`` per config. The recording uses tiny
+    head sizes; the tiles are constexprs, so the kernels are those of the real shape."""
+    from .aot_check import compile_recorded
+    return compile_recorded(
+        configs, lambda cfg: record_config(mixer, cfg, backward=backward), arch, workers=workers,
+        timeout_s=timeout_s, progress=progress)
+
+
+def _time(mixer, r, B_, T_, H_, K_, V_, dtype, gpu, say):
+    """Time the AOT survivors on the GPU (strategy "conv"; checked against "recurrent")."""
+    import math
+
+    from .timing import time_configs
+    survivors = [c for c in r.candidates if c.ok] if r.source == "aot" else list(r.candidates)
+    if not survivors:
+        return
+    ts = time_configs(mixer, "conv", [c.config for c in survivors], B=B_, T=T_, H=H_, K=K_, V=V_,
+                      dtype=dtype, l2_bytes=gpu.l2_bytes, progress=lambda m: say(f"[{r.strategy}] {m}"))
+    for c, t in zip(survivors, ts):
+        c.measured_s = t
+    good = sorted((c for c in survivors if c.measured_s is not None and math.isfinite(c.measured_s)),
+                  key=lambda c: c.measured_s)
+    r.best, r.source = (good[0], "timed") if good else (None, r.source)
+
+
+def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=64, V=64, N=None, dtype="bf16",
+         strategies=None, top_k=4, aot=True, timed=False, write=True, directory=None, workers=None,
+         progress=None, feedback=None, max_rounds=None):
+    """``pipeline.tune`` for an LTI mixer: the kernel pair its conv strategy runs (``kind_of``)
+    is solved with CP-SAT for ``gpu`` at the launch shape of user-level (B, T, H, N)
+    (``launch_shape``; N defaults to the mixer's state size for head sizes K, V) → ranked by the
+    cost model → the top-k AOT-compiled for the GPU's arch (spilling configs dropped and fed back
+    as constraints, re-solved) → (timed on CUDA) → the best written to the tuning database under
+    (mixer fingerprint, dtype, strategy "lti_<kind>", K = N, V = Q, user-level T and B·H).
+    ``strategies``: None, or a list naming the kind ("vandermonde" / "lti_vandermonde", ...)."""
+    from ..errors import TuningError
+    from . import db
+    from . import pipeline as pl
+    from .feedback import Store
+    if timed:
+        pl.require_cuda()
+    say = progress or (lambda msg: None)
+    gpu = hardware.get(gpu)
+    dtype = db.dtype_name(dtype)
+    plan, n_modes = state_size(mixer, K, V)
+    if N is not None:
+        n_modes = int(N)
+    kind = kind_of(plan)
+    name = f"lti_{kind}"
+    if strategies is not None and not ({kind, name, "conv"} & set(strategies)):
+        raise TuningError(f"{mixer.name}: its conv strategy runs the {kind} kernels ({name}); "
+                          f"nothing to tune for strategies {list(strategies)}")
+    store = feedback if feedback is not None else Store()
+    shp = launch_shape(plan, B, T, H, n_modes)
+    r = pl._tune_strategy(mixer, name, gpu, B, T, H, K, V, n_modes, shp.V, dtype, top_k, aot,
+                          workers, say, store, max_rounds or pl.MAX_ROUNDS, space_=space(kind),
+                          shape=shp, compile_fn=compile_configs)
+    if timed:
+        _time(mixer, r, B, T, H, K, V, dtype, gpu, say)
+    if r.best is not None and write:
+        r.db_path = pl._write(mixer, gpu, dtype, B, T, H, r, directory)
+    return pl.TuneResult(mixer.name, gpu, [r])
+
+
 def formulas_markdown() -> str:
     out = []
     for kind in KINDS:
@@ -248,4 +393,5 @@ def formulas_markdown() -> str:
 
 
 __all__ = ["space", "shape", "feasible", "predicted", "default_config", "model_best", "gpu_config",
-           "to_config", "BN", "BL", "KINDS", "REFERENCE_GPU", "LTIShape"]
+           "to_config", "BN", "BL", "KINDS", "REFERENCE_GPU", "LTIShape", "kind_of", "launch_shape",
+           "state_size", "kernel_signature", "record_config", "compile_configs", "tune"]

@@ -322,6 +322,12 @@ def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=DEFAULT_HEAD, V=DEFAULT_HEAD
                           top_k=top_k, aot=aot, timed=timed, write=write, directory=directory,
                           workers=workers, progress=progress, feedback=feedback,
                           max_rounds=max_rounds)
+    if family in ("lti", "rnn"):             # the LTI kernels: lti_space.py; RNN templates: rnn_space.py
+        from . import lti_space, rnn_space
+        fam_tune = lti_space.tune if family == "lti" else rnn_space.tune
+        return fam_tune(mixer, gpu, B=B, T=T, H=H, K=K, V=V, dtype=dtype, strategies=strategies,
+                        top_k=top_k, aot=aot, timed=timed, write=write, directory=directory,
+                        workers=workers, progress=progress, feedback=feedback, max_rounds=max_rounds)
     say = progress or (lambda msg: None)
     gpu = hardware.get(gpu)
     dtype = db.dtype_name(dtype)
@@ -341,7 +347,7 @@ def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=DEFAULT_HEAD, V=DEFAULT_HEAD
 
 
 #: the families whose templates ``tune`` handles
-TUNED_FAMILIES = ("gated_linear", "householder")
+TUNED_FAMILIES = ("gated_linear", "householder", "lti", "rnn")
 
 
 def _family(mixer) -> str | None:
@@ -384,7 +390,12 @@ def group_by_kernels(mixers, dtype="bf16", K=DEFAULT_HEAD, V=DEFAULT_HEAD, strat
     """[[mixer, ...], ...]: mixers with the same ``kernel_signature``, in input order."""
     groups = {}
     for m in mixers:
-        if _family(m) != "gated_linear":     # other families are tuned one mixer at a time
+        fam = _family(m)
+        if fam == "lti":                     # the shared LTI kernels: same pair and (Q, N) → same tuning
+            from .lti_space import kernel_signature as lti_signature
+            groups.setdefault(lti_signature(m, K, V) + (db.dtype_name(dtype),), []).append(m)
+            continue
+        if fam != "gated_linear":            # other families are tuned one mixer at a time
             groups[("own", m.name, m.fingerprint)] = [m]
             continue
         if progress:

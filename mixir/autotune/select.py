@@ -123,3 +123,39 @@ def tuned_delta_config(fingerprint, strategy, K, V, dtype, B, T, H, device, num_
         return cfg
     from . import delta_space
     return delta_space.model_best(strategy, gpu, dt, K, V, B, int(T) * int(num_householder), H)
+
+
+@_never_raises("LTI mixer ")
+def tuned_lti_mixer_config(fingerprint, kind, dtype, B, T, H, N, Q, device_index) -> dict | None:
+    """The tiles ``mixir tune`` recorded for one LTI mixer (``lti_space.tune``) on CUDA device
+    ``device_index``: the tuning database's entry for (mixer fingerprint, dtype, strategy
+    ``lti_<kind>``, K = N modes, V = Q vectors per row, user-level T and B·H buckets), or None —
+    the kernels then take ``lti_space.gpu_config`` (the kernel-level entry ``lti_<kind>``, the cost
+    model's best for the GPU, the template default). Never raises."""
+    gpu = _gpu_for(device_index)
+    if gpu is None:
+        return None
+    name = f"lti_{kind}"
+    cfg = db.lookup(fingerprint, gpu, db.dtype_name(dtype), B, T, H, K=N, V=Q, strategy=name)
+    return {k: int(cfg[k]) for k in ("BN", "BL", "num_warps", "num_stages")} if cfg else None
+
+
+@_never_raises("RNN ")
+def tuned_rnn_config(fingerprint, strategy, gates, states, D, dtype, B, T, H, device_index,
+                     backward=True) -> dict | None:
+    """The RNN kernels' ``BR`` / ``num_warps`` / ``num_stages`` on CUDA device ``device_index``
+    (``rnn_runtime.CompiledRNN.launch_config``): the tuning database's entry for (mixer
+    fingerprint, dtype, strategy, K = V = D, user-level T and B·H buckets; ``rnn_space.tune``) →
+    the RNN space's cost-model best for the GPU (``rnn_space.best_config``) → None (the caller
+    keeps its template default). Never raises."""
+    gpu = _gpu_for(device_index)
+    if gpu is None:
+        return None
+    dt = db.dtype_name(dtype)
+    if T is not None and H is not None:
+        cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=D, V=D, strategy=strategy)
+        if cfg is not None:
+            return cfg
+    from . import rnn_space
+    return rnn_space.best_config(strategy, gates, states, rnn_space.shape_of(B, 1024, 1, D, dt), gpu,
+                                 backward)

@@ -395,8 +395,9 @@ class CompiledLTIMixer:
         N = b.sizes[p.dim]
         z0 = self._initial(initial_state, nseq, b.H, N, rdtype, device)
         uf = u.to(rdtype).transpose(1, 2)                                   # [B, H, T]
+        tiles = self._tiles(u.dtype, b.B, b.T, b.H, N, device) if strategy == "conv" else None
         if cu_seqlens is None:
-            y, zT = self._run(sysm, uf, z0, strategy, output_final_state)
+            y, zT = self._run(sysm, uf, z0, strategy, output_final_state, tiles)
         elif _is_compiling():
             y, zT = self._packed_recurrent(sysm, uf, z0, cu_seqlens, output_final_state)
         else:
@@ -404,7 +405,7 @@ class CompiledLTIMixer:
             ys, zs = [], []
             for n, (s, e) in enumerate(zip(offs[:-1], offs[1:])):
                 y_n, z_n = self._run(sysm, uf[:, :, s:e], None if z0 is None else z0[n:n + 1],
-                                     strategy, output_final_state)
+                                     strategy, output_final_state, tiles)
                 ys.append(y_n)
                 zs.append(z_n)
             y = torch.cat(ys, -1) if ys else uf[:, :, :0]
@@ -427,8 +428,22 @@ class CompiledLTIMixer:
               else torch.zeros_like(re))
         return torch.complex(re, im)
 
-    def _run(self, s: System, u, z0, strategy, want_state):
-        """u [B, H, T] real, z0 [B, H, N] complex or None → (y [B, H, T], z_T [B, H, N] or None)."""
+    def _tiles(self, dtype, B, T, H, N, device):
+        """The conv kernels' tiles for this call: the user's ``config=`` wins; on CUDA (16-bit or
+        fp32 inputs, outside ``torch.compile``) the tuning database's entry for this mixer and
+        shape (``mixir tune``: ``select.tuned_lti_mixer_config``, never raising); else None, and
+        ``lti_kernels.launch_config`` takes the kernel-level entry / the cost model / the default."""
+        if self.config or device.type != "cuda" or dtype == torch.float64 or _is_compiling():
+            return self.config or None
+        from ..autotune import lti_space, select
+        Q = lti_space.launch_shape(self.plan, B, T, H, N).V
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        return select.tuned_lti_mixer_config(self.mixer.fingerprint, lti_space.kind_of(self.plan),
+                                             dtype, int(B), int(T), int(H), int(N), int(Q), int(idx))
+
+    def _run(self, s: System, u, z0, strategy, want_state, tiles=None):
+        """u [B, H, T] real, z0 [B, H, N] complex or None → (y [B, H, T], z_T [B, H, N] or None);
+        ``tiles``: the conv kernels' config (``_tiles``; None: ``self.config`` or the default rule)."""
         B, H, T = u.shape
         N = s.lam.shape[1]
         if T == 0:
@@ -436,7 +451,7 @@ class CompiledLTIMixer:
             return u, (zT if want_state else None)
         if strategy == "recurrent":
             return self._recurrent(s, u, z0, want_state)
-        cfg = self.config or None
+        cfg = tiles or self.config or None
         K = torch.cat([s.feed[:, None], kernel_powers(s, s.beta, T - 1, config=cfg)], -1)  # [H, T]
         y = fft_conv(u, K)
         if z0 is not None:

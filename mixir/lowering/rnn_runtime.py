@@ -128,17 +128,20 @@ class CompiledRNN:
                                 device.type, device.index if device.index is not None else -1,
                                 bool(backward))
 
-    def launch_config(self, D, device, dtype, B=16, strategy="fused", backward=True):
-        """BR (rows per program) and num_warps: the tuning space's best config on CUDA (its
-        resource formulas, rnn_space), a fixed default elsewhere; ``config=`` overrides."""
+    def launch_config(self, D, device, dtype, B=16, strategy="fused", backward=True, T=None, H=None):
+        """BR (rows per program) and num_warps: on CUDA the tuning database's entry for this mixer,
+        strategy and shape (``mixir tune``; needs T and H), else the tuning space's best config
+        (its resource formulas, rnn_space; ``select.tuned_rnn_config``, never raising), a fixed
+        default elsewhere; ``config=`` overrides."""
         BD = max(16, _pow2(D))
         cfg = {"BR": 16, "num_warps": 4 if BD <= 32 else 8, "num_stages": 1}
         if device.type == "cuda":
-            from ..autotune import hardware, rnn_space
-            gpu = hardware.detect()
+            from ..autotune import select
             name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-            best = gpu and rnn_space.best_config(strategy, len(self.plan.gates), len(self.plan.states),
-                                                 rnn_space.shape_of(B, 1024, 1, D, name), gpu, backward)
+            best = select.tuned_rnn_config(
+                self.mixer.fingerprint, strategy, len(self.plan.gates), len(self.plan.states), int(D),
+                name, int(B), None if T is None else int(T), None if H is None else int(H),
+                device.index if device.index is not None else torch.cuda.current_device(), bool(backward))
             if best:
                 cfg.update(BR=best["BR"], num_warps=best["num_warps"])
         cfg.update({k: v for k, v in self.config.items() if k in cfg})
@@ -211,7 +214,7 @@ class _Run:
         self.c, self.b, self.N, self.D, self.dtype, self.device = c, b, N, D, dtype, device
         self.strategy, self.rows, self.T_steps = strategy, rows, T_steps
         self.backward, self.cu_seqlens = backward, cu_seqlens
-        self.cfg = c.launch_config(D, device, dtype, max(N, 1), strategy, backward)
+        self.cfg = c.launch_config(D, device, dtype, max(N, 1), strategy, backward, T=b.T, H=b.H)
         gpu = device.type == "cuda" or targets_gpu(device)
         self.dot16 = {torch.float16: 1, torch.bfloat16: 2}.get(dtype, 0) if gpu else \
             (1 if dtype == torch.float16 else 0)
