@@ -159,12 +159,18 @@ def cmd_tune(args):
         def on_error(m, shp, e):
             print(f"mixir: {m.name} {shp}: {e}", file=sys.stderr)
             failures.append(m.name)
-        from .autotune.pipeline import TUNED_FAMILIES
+        from .autotune.pipeline import TUNED_FAMILIES, tunable_strategies
         mixers = [MIXERS[n].mixer for n in sorted(MIXERS) if MIXERS[n].family in TUNED_FAMILIES]
         skipped = sorted(n for n in MIXERS if MIXERS[n].family not in TUNED_FAMILIES)
         if skipped:
             print(f"mixir: not tuned (no tuning pipeline for their family yet): {', '.join(skipped)}",
                   file=sys.stderr)
+        if strategies:
+            other = [m.name for m in mixers if strategies[0] not in tunable_strategies(m)]
+            mixers = [m for m in mixers if m.name not in other]
+            if other:
+                print(f"mixir: not tuned (no {strategies[0]!r} strategy): {', '.join(other)}",
+                      file=sys.stderr)
         results = tune_all(mixers, args.gpu, shapes, share=not args.no_share, on_error=on_error,
                            on_result=lambda r: print(r.table(), flush=True), **opts)
         rc = 1 if failures else 0

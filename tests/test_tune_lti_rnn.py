@@ -210,3 +210,13 @@ def test_cauchy_and_gru_tune_with_aot(tmp_path, fresh_triton_cache):
                  directory=str(tmp_path), workers=0)
         for r in res.results:
             assert r.best is not None and r.best.ok, res.table()
+
+
+def test_tunable_strategies_per_family():
+    """What ``mixir tune --all --strategy S`` keeps: LTI mixers tune their conv kernels only."""
+    from mixir.autotune.pipeline import tunable_strategies
+    from mixir.library import MIXERS
+    assert tunable_strategies(MIXERS["s4d"].mixer) == ("conv",)
+    assert set(tunable_strategies(MIXERS["lstm"].mixer)) == {"fused", "alternating"}
+    assert tunable_strategies(MIXERS["kda"].mixer) == ("recurrent",)
+    assert set(tunable_strategies(MIXERS["gla"].mixer)) == {"chunked", "recurrent"}

@@ -350,6 +350,14 @@ def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=DEFAULT_HEAD, V=DEFAULT_HEAD
 TUNED_FAMILIES = ("gated_linear", "householder", "lti", "rnn")
 
 
+def tunable_strategies(mixer) -> tuple:
+    """The strategy names ``tune`` accepts for ``mixer``: its plan's strategies, except that an
+    LTI mixer tunes the kernels of its conv strategy only (the recurrence has no tiles)."""
+    from ..lowering.families import classify
+    fam, plan = classify(mixer)
+    return ("conv",) if fam.name == "lti" else tuple(plan.strategies)
+
+
 def _family(mixer) -> str | None:
     """The lowering family that accepts ``mixer`` (None when none does)."""
     from ..lowering.families import analyse
