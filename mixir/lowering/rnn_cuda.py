@@ -10,17 +10,25 @@ unit ``d``; blocks of ``D`` threads, D ≤ 1024). Per step: ``a_g[d] = Σ_e h[e]
 In CI the source is compiled with ``nvcc -arch=sm_80|sm_90 -c`` when nvcc is present
 (tests/test_rnn_cuda.py, which also compiles the ``load_inline`` launcher source against torch's
 headers). ``run_forward`` builds it with ``torch.utils.cpp_extension.load_inline`` and launches it;
-``CompiledRNN`` uses it for ``strategy="fused_cuda"`` on CUDA tensors (inference: there is no CUDA
-backward). Not yet done: a CUDA backward, tensor-core MMA, a split-R cooperative variant for G·D²
-beyond one block's shared memory, ``cu_seqlens`` in the CUDA kernel.
+``CompiledRNN`` uses it for ``strategy="fused_cuda"`` on CUDA tensors (inference).
+
+Training: ``generate_training`` emits the forward that also saves every step's states and gate
+pre-activations, and a BPTT kernel (``R_gᵀ`` resident in shared memory, the cell's VJP from
+``mixir.dsl.vjp``, ``dh`` carried through ``R_gᵀ``; ``dR`` is a batched GEMM after the kernel).
+Its numerics are tested on the CPU by ``mixir.testing.cuda_emulation`` (g++, one thread per CUDA
+thread, real barriers; tests/test_rnn_cuda_emulated.py) and it compiles with nvcc; it is **not**
+wired into ``CompiledRNN`` (no launcher, never run on a GPU). Not yet done: tensor-core MMA, a
+split-R cooperative variant for G·D² beyond one block's shared memory, ``cu_seqlens`` in the CUDA
+kernels.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
 from ..dsl import ir
-from ..dsl.vjp import multi_toposort
+from ..dsl.vjp import multi_toposort, vjp
 from ..errors import UnsupportedMixerError
 from .rnn_analysis import RNNForm
 
@@ -52,10 +60,11 @@ _BIN = {"add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div":
         "and": "(float)(({0} != 0.0f) && ({1} != 0.0f))", "or": "(float)(({0} != 0.0f) || ({1} != 0.0f))"}
 
 
-def _cell_lines(form: RNNForm, leaf_expr: dict) -> tuple:
-    """C statements computing every node of the cell (one ``float`` per node, per thread)."""
+def _expr_lines(roots, leaf_expr: dict) -> tuple:
+    """C statements computing every node of the DAG of ``roots`` (one ``float`` per node, per
+    thread); ``leaf_expr`` names the values already in scope (leaves, loaded inputs)."""
     lines, name = [], {}
-    for n in multi_toposort(form.cell_roots()):
+    for n in multi_toposort(roots):
         if n in leaf_expr:
             name[n] = leaf_expr[n]
             continue
@@ -79,11 +88,13 @@ def _cell_lines(form: RNNForm, leaf_expr: dict) -> tuple:
     return lines, name
 
 
-def generate(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> str:
-    """The CUDA C++ source of ``rnn_fwd_<mixer>`` (kernel) and its launcher for R of ``r_type``
-    ("float", "__half" or "__nv_bfloat16"); inputs are read as ``float`` views of contiguous
-    fp32 tensors ``[B, T, H, (D)]`` / ``[H, (D)]``, states ``[B, H, D]`` fp32."""
-    S, G = len(form.states), len(form.gates)
+def _cell_lines(form: RNNForm, leaf_expr: dict) -> tuple:
+    """C statements computing every node of the cell (one ``float`` per node, per thread)."""
+    return _expr_lines(form.cell_roots(), leaf_expr)
+
+
+def _input_loads(inputs) -> tuple:
+    """(leaf → C name, load statements, kernel parameters) of the cell's inputs and params."""
     leaf_expr, loads, args = {}, [], []
     for name, kind, dims in inputs:
         p = _c(name)
@@ -95,20 +106,26 @@ def generate(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> str:
             idx = "hh" + (" * D + d" if dims else "")
         leaf_expr[lf] = f"x_{p}"
         loads.append(f"const float x_{p} = {p}[{idx}];")
+    return leaf_expr, loads, args
+
+
+def _forward_kernel(form: RNNForm, inputs, fn: str, save: bool) -> list:
+    """The lines of the forward kernel ``fn``; with ``save`` it also writes every step's states
+    (``save{i}``) and gate pre-activations (``asave{g}``), fp32 ``[B, T, H, D]``, for the backward."""
+    S, G = len(form.states), len(form.gates)
+    leaf_expr, loads, args = _input_loads(inputs)
     for i, lf in enumerate(form.state_leaves):
         leaf_expr[lf] = f"s{i}"
     for g, gate in enumerate(form.gates):
         leaf_expr[gate.leaf] = f"a{g}"
     body, name = _cell_lines(form, leaf_expr)
-    fn = "rnn_fwd_" + _IDENT.sub("_", form.mixer_name)
     hs = form.hidden_index
-    L = ["// mixir generated CUDA C (fused RNN forward) for mixer " + repr(form.mixer_name) + ". Do not edit.",
-         "#include <cuda_fp16.h>", "#include <cuda_bf16.h>", "#include <math.h>", "",
-         f"typedef {r_type} rtype;", "",
-         f"extern \"C\" __global__ void {fn}(",
+    saves = ([f"float* __restrict__ save{i}" for i in range(S)]
+             + [f"float* __restrict__ asave{g}" for g in range(G)]) if save else []
+    L = [f"extern \"C\" __global__ void {fn}(",
          "    " + ",\n    ".join(args + [f"const rtype* __restrict__ R{g}" for g in range(G)]
                                 + [f"float* __restrict__ state{i}" for i in range(S)]
-                                + ["float* __restrict__ out", "int T", "int H", "int D"]) + ") {",
+                                + ["float* __restrict__ out"] + saves + ["int T", "int H", "int D"]) + ") {",
          "  extern __shared__ unsigned char smem_raw[];",
          "  float* hs = reinterpret_cast<float*>(smem_raw);                          // [D] first: aligned",
          "  rtype* Rs = reinterpret_cast<rtype*>(smem_raw + 4 * (size_t)D);            // [G, D, D]",
@@ -129,11 +146,165 @@ def generate(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> str:
     L += [f"      out[((size_t)(b * T + t) * H + hh) * D + d] = {name[form.output]};"]
     for i, u in enumerate(form.updates):
         L.append(f"      s{i} = {name[u]};")
+    if save:
+        L.append("      const size_t tok = ((size_t)(b * T + t) * H + hh) * D + d;")
+        L += [f"      save{i}[tok] = s{i};" for i in range(S)]
+        L += [f"      asave{g}[tok] = a{g};" for g in range(G)]
     L += ["    }", "    __syncthreads();", f"    if (d < D) hs[d] = s{hs};", "    __syncthreads();", "  }"]
     for i in range(S):
         L.append(f"  if (d < D) state{i}[((size_t)b * H + hh) * D + d] = s{i};")
     L += ["}", ""]
-    return "\n".join(L)
+    return L
+
+
+def _header(form: RNNForm, what: str, r_type: str) -> list:
+    return [f"// mixir generated CUDA C ({what}) for mixer " + repr(form.mixer_name) + ". Do not edit.",
+            "#include <cuda_fp16.h>", "#include <cuda_bf16.h>", "#include <math.h>", "",
+            f"typedef {r_type} rtype;", ""]
+
+
+def generate(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> str:
+    """The CUDA C++ source of ``rnn_fwd_<mixer>`` (kernel) and its launcher for R of ``r_type``
+    ("float", "__half" or "__nv_bfloat16"); inputs are read as ``float`` views of contiguous
+    fp32 tensors ``[B, T, H, (D)]`` / ``[H, (D)]``, states ``[B, H, D]`` fp32."""
+    fn = "rnn_fwd_" + _IDENT.sub("_", form.mixer_name)
+    return "\n".join(_header(form, "fused RNN forward", r_type) + _forward_kernel(form, inputs, fn, False))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingKernels:
+    """The CUDA C of training: ``source`` holds ``fwd`` (the forward that also saves every step's
+    states and gate pre-activations) and ``bwd`` (BPTT). ``din`` / ``dpar``: names of the cell's
+    inputs (``[B, T, H, D]`` gradients) and params (per-sequence partials ``[B, H, D]``, summed by
+    the caller) that get a gradient, in the order of the backward kernel's ``d_*`` parameters."""
+    source: str
+    fwd: str
+    bwd: str
+    din: tuple
+    dpar: tuple
+
+
+def cell_vjp(form: RNNForm, inputs):
+    """The cell's VJP as IR (``mixir.dsl.vjp``): cotangent leaves of the new states and of the
+    output, and the gradient trees w.r.t. the old states, the gate pre-activations ``a_g`` and the
+    cell's inputs/params (in ``inputs`` order)."""
+    cts = tuple(ir.leaf("state", f"__ct_{s}", u.dims) for s, u in zip(form.states, form.updates))
+    cto = ir.leaf("state", "__ct_out", form.output.dims)
+    leaves = [ir.leaf(kind, name, dims) for name, kind, dims in inputs]
+    wrt = list(form.state_leaves) + [g.leaf for g in form.gates] + leaves
+    gs = vjp(form.cell_roots(), list(cts) + [cto], wrt)
+    S, G = len(form.states), len(form.gates)
+    return cts, cto, gs[:S], gs[S:S + G], dict(zip(leaves, gs[S + G:]))
+
+
+def _backward_kernel(form: RNNForm, inputs, fn: str) -> tuple:
+    """BPTT, one block per (sequence, head), thread ``d`` owns unit ``d``. ``R_gᵀ`` is resident in
+    shared memory (``Rt[g][o·D + i] = R_g[i, o]``: thread ``d`` reads consecutive words). From
+    ``t = T−1`` down: the previous states (saved, or the initial ones at ``t = 0``) and ``a_g``
+    (saved) are loaded, the cell's VJP gives ``da_g``, the pointwise part of the previous states'
+    gradients and the input/param gradients; ``da_g`` goes to global memory (for
+    ``dR_g = Σ h_{t−1}ᵀ da_g``, a batched GEMM after the kernel) and to a double-buffered shared
+    ``[2, G, D]`` array, and after one ``__syncthreads`` thread ``d`` adds
+    ``Σ_g Σ_o da_g[o] R_g[d, o]`` to ``dh_{t−1}[d]``. Param gradients accumulate in registers over
+    T and are written per sequence."""
+    S, G = len(form.states), len(form.gates)
+    cts, cto, gstate, ggate, gleaf = cell_vjp(form, inputs)
+    leaf_expr, loads, args = _input_loads(inputs)
+    for i, lf in enumerate(form.state_leaves):
+        leaf_expr[lf] = f"s{i}"
+    for g, gate in enumerate(form.gates):
+        leaf_expr[gate.leaf] = f"a{g}"
+    for i, c in enumerate(cts):
+        leaf_expr[c] = f"dc{i}"
+    leaf_expr[cto] = "dout_v"
+    for lf, gr in gleaf.items():
+        if not lf.dims and not ir.is_const(gr, 0.0):
+            raise UnsupportedMixerError(f"the CUDA backward has no gradient of the per-token scalar "
+                                        f"`{lf.arg}` (a reduction over the hidden dim)")
+    roots = [x for x in list(gstate) + list(ggate) + list(gleaf.values()) if not ir.is_const(x, 0.0)]
+    body, name = _expr_lines(roots, leaf_expr)
+
+    def val(node):
+        return "0.0f" if ir.is_const(node, 0.0) else name[node]
+
+    din = [(lf, gr) for lf, gr in gleaf.items() if lf.op == "input" and not ir.is_const(gr, 0.0)]
+    dpar = [(lf, gr) for lf, gr in gleaf.items() if lf.op == "param" and not ir.is_const(gr, 0.0)]
+    hi = form.hidden_index
+    params = (args + [f"const rtype* __restrict__ R{g}" for g in range(G)]
+              + [f"const float* __restrict__ init{i}" for i in range(S)]
+              + [f"const float* __restrict__ save{i}" for i in range(S)]
+              + [f"const float* __restrict__ asave{g}" for g in range(G)]
+              + ["const float* __restrict__ dout"]
+              + [f"const float* __restrict__ dfinal{i}" for i in range(S)]
+              + [f"float* __restrict__ d_{_c(lf.arg)}" for lf, _ in din + dpar]
+              + [f"float* __restrict__ da{g}" for g in range(G)]
+              + [f"float* __restrict__ dinit{i}" for i in range(S)]
+              + ["int T", "int H", "int D"])
+    L = [f"extern \"C\" __global__ void {fn}(", "    " + ",\n    ".join(params) + ") {",
+         "  extern __shared__ unsigned char smem_raw[];",
+         "  float* das = reinterpret_cast<float*>(smem_raw);                        // [2, G, D] first",
+         f"  rtype* Rt = reinterpret_cast<rtype*>(smem_raw + 4 * (size_t)(2 * {G} * D));   // [G, D, D] = R_gᵀ",
+         "  const int b = blockIdx.x, hh = blockIdx.y, d = threadIdx.x;",
+         f"  for (int k = d; k < {G} * D * D; k += blockDim.x) {{   // R_gᵀ resident for all T",
+         "    const int g = k / (D * D), r = k % (D * D), o = r / D, i = r % D;"]
+    for g in range(G):
+        L.append(f"    if (g == {g}) Rt[k] = R{g}[(size_t)hh * D * D + (size_t)i * D + o];")
+    L += ["  }", "  const size_t sidx = ((size_t)b * H + hh) * D + d;"]
+    for i in range(S):
+        L.append(f"  float dc{i} = d < D ? dfinal{i}[sidx] : 0.0f;")
+    for lf, _ in dpar:
+        L.append(f"  float acc_{_c(lf.arg)} = 0.0f;")
+    L += ["  __syncthreads();", "  for (int t = T - 1; t >= 0; --t) {",
+          f"    float* dbuf = das + (t & 1) * {G} * D;"]
+    L += [f"    float dn{i} = 0.0f;" for i in range(S)]
+    L += ["    if (d < D) {",
+          "      const size_t tok = ((size_t)(b * T + t) * H + hh) * D + d;",
+          "      const size_t ptok = tok - (size_t)H * D;           // (b, t - 1), read when t > 0"]
+    for i in range(S):
+        L.append(f"      const float s{i} = t > 0 ? save{i}[ptok] : init{i}[sidx];")
+    for g in range(G):
+        L.append(f"      const float a{g} = asave{g}[tok];")
+    L.append("      const float dout_v = dout[tok];")
+    L += ["      " + x for x in loads + body]
+    for g in range(G):
+        L += [f"      da{g}[tok] = {val(ggate[g])};", f"      dbuf[{g} * D + d] = {val(ggate[g])};"]
+    for lf, gr in din:
+        L.append(f"      d_{_c(lf.arg)}[tok] = {val(gr)};")
+    for lf, gr in dpar:
+        L.append(f"      acc_{_c(lf.arg)} += {val(gr)};")
+    for i in range(S):
+        L.append(f"      dn{i} = {val(gstate[i])};")
+    L += ["    }", "    __syncthreads();   // dbuf complete; the other buffer is free for step t - 1",
+          "    if (d < D) {"]
+    for g in range(G):
+        L.append(f"      for (int o = 0; o < D; ++o) dn{hi} += dbuf[{g} * D + o] * "
+                 f"(float)Rt[((size_t){g} * D + o) * D + d];")
+    L += [f"      dc{i} = dn{i};" for i in range(S)]
+    L += ["    }", "  }", "  if (d < D) {"]
+    L += [f"    dinit{i}[sidx] = dc{i};" for i in range(S)]
+    L += [f"    d_{_c(lf.arg)}[sidx] = acc_{_c(lf.arg)};" for lf, _ in dpar]
+    L += ["  }", "}", ""]
+    return L, tuple(lf.arg for lf, _ in din), tuple(lf.arg for lf, _ in dpar)
+
+
+def generate_training(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> TrainingKernels:
+    """The CUDA C of training ``form``: ``rnn_fwd_save_<m>`` (``generate``'s forward plus the saved
+    states ``save{i}`` and pre-activations ``asave{g}``, fp32 ``[B, T, H, D]``) and
+    ``rnn_bwd_<m>`` (``_backward_kernel``). Shared memory: forward ``G·D²·sizeof(R) + 4·D``,
+    backward ``G·D²·sizeof(R) + 8·G·D`` bytes (``training_shared_bytes``)."""
+    base = _IDENT.sub("_", form.mixer_name)
+    fwd, bwd = f"rnn_fwd_save_{base}", f"rnn_bwd_{base}"
+    bl, din, dpar = _backward_kernel(form, inputs, bwd)
+    L = _header(form, "fused RNN forward with saves, and BPTT backward", r_type)
+    L += _forward_kernel(form, inputs, fwd, True) + bl
+    return TrainingKernels("\n".join(L), fwd, bwd, din, dpar)
+
+
+def training_shared_bytes(gates: int, D: int, r_bytes: int) -> tuple:
+    """(forward, backward) dynamic shared memory of one block when training (+16 slack, as the
+    launcher allocates): the resident R (or Rᵀ) plus ``h`` (forward) / the double-buffered
+    ``da`` (backward, ``2·G·D`` fp32)."""
+    return (gates * D * D * r_bytes + 4 * D + 16, gates * D * D * r_bytes + 8 * gates * D + 16)
 
 
 R_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
