@@ -106,8 +106,8 @@ def test_launcher_compiles_against_torch_headers(tmp_path):
 @pytest.mark.parametrize("name,dtype", [("lstm", "bfloat16"), ("gru", "float32"), ("slstm", "float16"),
                                         ("elman", "float32")])
 def test_fused_cuda_matches_reference(name, dtype):
-    """The load_inline-built CUDA C forward on a GPU against the float64 reference (no gradients:
-    there is no CUDA backward)."""
+    """The load_inline-built CUDA C forward on a GPU against the float64 reference (inference:
+    no gradients, the forward kernel alone)."""
     import torch
     import mixir as mx
     from mixir.testing.checker import assert_close, check
@@ -116,3 +116,57 @@ def test_fused_cuda_matches_reference(name, dtype):
     arrays, h0 = inputs(name, B=3, T=40, H=2, D=48, seed=1)
     assert_close(check(m, mx.compile(m), arrays, dtype=getattr(torch, dtype), strategy="fused_cuda",
                        initial_state=h0, grads=False, device="cuda"))
+
+
+# ---- training through the CUDA C kernels (strategy "fused_cuda" with gradients) ----------------
+
+def test_training_launcher_source_casts_by_the_kernel_signatures():
+    """``rnn_cuda_train.launcher_source``: one ``launch_kernel`` for both training kernels, every
+    pointer cast to its parameter's type (R in the R type), the ints in order, shared memory
+    opted in above 48 KiB, the current stream. (The host glue around it is the one the CPU
+    emulator runs: tests/test_rnn_cuda_emulated.py.)"""
+    from mixir.lowering import rnn_cuda, rnn_cuda_train as ct
+    plan, _ = _source("lstm")
+    k = rnn_cuda.generate_training(plan, plan.inputs, "__nv_bfloat16")
+    decl, src = ct.launcher_source(k)
+    assert decl.startswith("void launch_kernel(")
+    for name in (k.fwd, k.bwd):
+        params = ct.kernel_params(k.source, name)
+        n_ptr = sum(p.pointer for p in params)
+        assert f"ptrs.size() == {n_ptr}" in src and f"{name}<<<grid" in src
+        assert [p.ctype for p in params if not p.pointer] == ["int", "int", "int"]
+    assert src.count("reinterpret_cast<const __nv_bfloat16*>") == 2 * len(plan.gates)
+    assert src.count("cudaFuncAttributeMaxDynamicSharedMemorySize") == 2
+    assert "getCurrentCUDAStream" in src and "C10_CUDA_KERNEL_LAUNCH_CHECK" in src
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH nor in the Triton wheel")
+def test_training_launcher_compiles_against_torch_headers(tmp_path):
+    from mixir.lowering import rnn_cuda, rnn_cuda_train as ct
+    plan, _ = _source("gru")
+    _, src = ct.launcher_source(rnn_cuda.generate_training(plan, plan.inputs, "__half"))
+    cu = tmp_path / "gru_train.cu"
+    cu.write_text(src)
+    stub = tmp_path / "stub" / "c10" / "cuda" / "impl"
+    stub.mkdir(parents=True)
+    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    res = subprocess.run([NVCC, "-arch=sm_80", "-std=c++17", "-c", str(cu), "-o", str(tmp_path / "g.o")]
+                         + _torch_includes() + [f"-I{tmp_path / 'stub'}"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,dtype", [("lstm", "float32"), ("gru", "bfloat16"), ("slstm", "float32")])
+def test_fused_cuda_training_matches_reference(name, dtype):
+    """Forward and every gradient of ``strategy="fused_cuda"`` on a GPU against the float64
+    reference (D = 48: not a multiple of 32, idle threads in the last warp)."""
+    import torch
+    import mixir as mx
+    from mixir.testing.checker import assert_close, check
+    from test_rnn import inputs
+    m = RNN_MIXERS[name].mixer
+    arrays, h0 = inputs(name, B=3, T=40, H=2, D=48, seed=2)
+    assert_close(check(m, mx.compile(m), arrays, dtype=getattr(torch, dtype), strategy="fused_cuda",
+                       initial_state=h0, device="cuda"))

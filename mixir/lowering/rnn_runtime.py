@@ -30,7 +30,7 @@ from .rnn_analysis import RNNForm
 from .rnn_codegen import generate
 
 
-CUDA_STRATEGIES = ("fused_cuda",)    # accepted on CUDA tensors, not in ``strategies`` (no backward)
+CUDA_STRATEGIES = ("fused_cuda",)    # accepted on CUDA tensors only, so not in ``strategies``
 
 
 def _pow2(n: int) -> int:
@@ -102,26 +102,44 @@ class CompiledRNN:
         return o, (finals[0] if S == 1 else tuple(finals))
 
     def _fused_cuda(self, b, D, dtype, device, backward, cu_seqlens, cell, weights, inits, final):
-        """``strategy="fused_cuda"``: the generated CUDA C forward (``rnn_cuda``, R in shared
-        memory), built with ``load_inline``. Forward only (no CUDA backward yet), no cu_seqlens."""
+        """``strategy="fused_cuda"``: the generated CUDA C (``rnn_cuda``, R in shared memory), built
+        with ``load_inline``: the forward alone, or with gradients the training kernels (forward
+        saving states, BPTT; ``rnn_cuda_train``). No cu_seqlens."""
         from . import rnn_cuda
         if device.type != "cuda":
             raise InputError(f"{self.mixer.name}: strategy 'fused_cuda' runs the CUDA C kernel and needs "
                              f"CUDA tensors, got {device}; use 'fused' or 'alternating'")
-        if backward:
-            raise InputError(f"{self.mixer.name}: strategy 'fused_cuda' has no backward yet; call it under "
-                             "torch.no_grad() or use 'fused' / 'alternating' for training")
         if cu_seqlens is not None:
             raise InputError(f"{self.mixer.name}: strategy 'fused_cuda' does not take cu_seqlens yet")
         f = self.plan
-        by = dict(zip(f.weights, weights))
-        mats = [by[g.weight] if g.in_axis == 0 else by[g.weight].transpose(1, 2) for g in f.gates]
         specs = [(name, kind, dims) for name, kind, dims, *_ in self.generated.cell_inputs]
-        out, finals = rnn_cuda.run_forward(f, specs, cell, mats, inits, b.B, b.T, b.H, D, dtype)
+        if backward:       # the CUDA training kernels (forward with saves, BPTT): rnn_cuda_train
+            from . import rnn_cuda_train as ct
+            training = self._cuda_training(specs, dtype)
+            has_init = any(s is not None for s in inits)
+            init_t = [] if not has_init else [s if s is not None else torch.zeros(
+                (b.B, b.H, D), device=device) for s in inits]
+            res = ct.FusedCudaFunction.apply(training, (b.B, b.T, b.H, D), has_init, *cell, *weights,
+                                             *init_t)
+            out, finals = res[0], list(res[1:])
+        else:
+            by = dict(zip(f.weights, weights))
+            mats = [by[g.weight] if g.in_axis == 0 else by[g.weight].transpose(1, 2) for g in f.gates]
+            out, finals = rnn_cuda.run_forward(f, specs, cell, mats, inits, b.B, b.T, b.H, D, dtype)
         o = out.to(dtype)
         if not final:
             return o
         return o, (finals[0] if len(finals) == 1 else tuple(finals))
+
+    def _cuda_training(self, specs, dtype):
+        """``rnn_cuda_train.RNNTraining`` for R of ``dtype`` on the GPU (built once per R type)."""
+        from . import rnn_cuda, rnn_cuda_train as ct
+        r_type = rnn_cuda.R_TYPES[str(dtype).split(".")[-1]]
+        cache = self.__dict__.setdefault("_cuda_trainers", {})
+        if r_type not in cache:
+            k = rnn_cuda.generate_training(self.plan, specs, r_type)
+            cache[r_type] = ct.RNNTraining(self.plan, specs, k, ct.cuda_launch(k), dtype)
+        return cache[r_type]
 
     def _choose(self, D, dtype, device, backward=True):
         return _choose_strategy(len(self.plan.gates), len(self.plan.states), int(D), str(dtype),

@@ -28,7 +28,6 @@ comes from the IR generator (``rnn_cuda``): nothing here evaluates user strings.
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import hashlib
 import os
 import re
@@ -38,6 +37,8 @@ import tempfile
 import threading
 
 import torch
+
+from ..lowering.rnn_cuda_train import FusedCudaFunction, RNNTraining, kernel_params, threads_for
 
 __all__ = ["GXX", "SMEM_BYTES", "EmulationError", "EmulatedKernel", "build", "available"]
 
@@ -80,8 +81,6 @@ inline float __saturatef(float x) { return fminf(fmaxf(x, 0.0f), 1.0f); }
 // ---- the generated source -------------------------------------------------------------------
 """
 
-_SIG = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)', re.S)
-_TYPEDEF = re.compile(r"typedef\s+([\w ]+?)\s+(\w+)\s*;")
 _C_TORCH = {"float": torch.float32, "double": torch.float64, "int": torch.int32,
             "long long": torch.int64, "int64_t": torch.int64}
 
@@ -97,30 +96,11 @@ def available() -> str | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Param:
-    name: str
-    ctype: str          # the base C type ("float", "int", ...) after typedef resolution
-    pointer: bool
-    const: bool
-
-
 def _parse_kernel(source: str, kernel: str) -> tuple:
-    typedefs = {alias: base.strip() for base, alias in _TYPEDEF.findall(source)}
-    for name, params in _SIG.findall(source):
-        if name != kernel:
-            continue
-        out = []
-        for p in (x.strip() for x in params.split(",") if x.strip()):
-            toks = p.replace("*", " * ").split()
-            pname = toks[-1]
-            pointer = "*" in toks
-            const = "const" in toks
-            base = " ".join(t for t in toks[:-1] if t not in ("const", "*", "__restrict__"))
-            base = typedefs.get(base, base)
-            out.append(_Param(pname, base, pointer, const))
-        return tuple(out)
-    raise EmulationError(f"no `extern \"C\" __global__ void {kernel}(...)` in the source")
+    try:
+        return kernel_params(source, kernel)
+    except ValueError as e:
+        raise EmulationError(str(e)) from None
 
 
 def _driver(kernel: str, params: tuple) -> str:
@@ -261,10 +241,6 @@ def build(source: str, kernel: str) -> EmulatedKernel:
 
 # ---- the RNN kernels of ``rnn_cuda``, launched as ``rnn_cuda.launcher_source``'s launcher does --
 
-def _rnn_threads(D: int) -> int:
-    return (int(D) + 31) // 32 * 32
-
-
 def rnn_forward(form, cell, mats, inits, B, T, H, D):
     """The fused CUDA C forward of ``rnn_cuda.generate(form, form.inputs, "float")`` run by the
     emulator with the launcher's configuration (grid ``(B, H)``, ``ceil32(D)`` threads,
@@ -280,101 +256,28 @@ def rnn_forward(form, cell, mats, inits, B, T, H, D):
     states = [(s.float().clone() if s is not None else torch.zeros((B, H, D))).contiguous() for s in inits]
     out = torch.empty((B, T, H, D), dtype=torch.float32)
     smem = len(form.gates) * D * D * 4 + 4 * D + 16
-    kern.launch((B, H), _rnn_threads(D), smem, *xs, *Rs, *states, out, T, H, D)
+    kern.launch((B, H), threads_for(D), smem, *xs, *Rs, *states, out, T, H, D)
     return out, states
 
 
-def _kernel_name(form, prefix):
-    return prefix + re.sub(r"[^A-Za-z0-9_]", "_", form.mixer_name)
+def emulated_launch(source: str):
+    """The ``launch(kernel, grid, block, smem, *args)`` callable of
+    ``rnn_cuda_train.RNNTraining`` on the emulator (kernels of ``source`` built on first use)."""
+    kernels = {}
+
+    def launch(kernel, grid, block, smem, *args):
+        if kernel not in kernels:
+            kernels[kernel] = EmulatedKernel(source, kernel)
+        kernels[kernel].launch(grid, block, smem, *args)
+    return launch
 
 
-class EmulatedRNNTraining:
-    """The training kernels of ``rnn_cuda.generate_training(form, form.inputs, "float")`` run by
-    the emulator, plus the host side the fused Triton path also has: ``dR_g = Σ_{b,t}
-    h_{t−1}ᵀ da_g`` as one batched GEMM (``einsum``) and the per-sequence param partials summed."""
-
-    def __init__(self, form):
-        from ..lowering import rnn_cuda
-        self.form = form
-        self.k = rnn_cuda.generate_training(form, form.inputs, "float")
-        self.fwd = EmulatedKernel(self.k.source, self.k.fwd)
-        self.bwd = EmulatedKernel(self.k.source, self.k.bwd)
-        G = len(form.gates)
-        self.smem = lambda D: rnn_cuda.training_shared_bytes(G, D, 4)
-
-    def forward(self, cell, mats, inits, B, T, H, D):
-        """(out, finals, saves + asaves): fp32, saves ``[B, T, H, D]`` per state and gate."""
-        S, G = len(self.form.states), len(self.form.gates)
-        xs = [x.float().contiguous() for x in cell]
-        Rs = [R.float().contiguous() for R in mats]
-        states = [(s.float().clone() if s is not None else torch.zeros((B, H, D))).contiguous()
-                  for s in inits]
-        out = torch.empty((B, T, H, D), dtype=torch.float32)
-        saves = [torch.empty((B, T, H, D), dtype=torch.float32) for _ in range(S + G)]
-        self.fwd.launch((B, H), _rnn_threads(D), self.smem(D)[0], *xs, *Rs, *states, out, *saves, T, H, D)
-        return out, states, saves
-
-    def backward(self, cell, mats, inits, saved, dout, dfinals, B, T, H, D):
-        """Gradients ``(dcell by name, dmats [H, D_in, D_out] per gate, dinits)``; ``inits``
-        entries may be None (zeros)."""
-        f, S, G = self.form, len(self.form.states), len(self.form.gates)
-        xs = [x.float().contiguous() for x in cell]
-        Rs = [R.float().contiguous() for R in mats]
-        init = [(s.float() if s is not None else torch.zeros((B, H, D))).contiguous() for s in inits]
-        dout = dout.float().contiguous()
-        dfin = [d.float().contiguous() for d in dfinals]
-        din = {n: torch.zeros((B, T, H, D)) for n in self.k.din}
-        dpar = {n: torch.zeros((B, H, D)) for n in self.k.dpar}
-        das = [torch.zeros((B, T, H, D)) for _ in range(G)]
-        dinit = [torch.zeros((B, H, D)) for _ in range(S)]
-        self.bwd.launch((B, H), _rnn_threads(D), self.smem(D)[1], *xs, *Rs, *init, *saved, dout, *dfin,
-                        *din.values(), *dpar.values(), *das, *dinit, T, H, D)
-        h = saved[f.hidden_index]
-        hprev = torch.cat([init[f.hidden_index][:, None], h[:, :-1]], 1)
-        dmats = [torch.einsum("bthe,bthd->hed", hprev, da) for da in das]
-        dcell = dict(din)
-        dcell.update({n: v.sum(0) for n, v in dpar.items()})
-        return dcell, dmats, dinit
-
-
-class _EmulatedCall(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, runner, shape, has_init, *tensors):
-        emu, f = runner.emu, runner.form
-        B, T, H, D = shape
-        nc, nw, S = len(f.inputs), len(f.weights), len(f.states)
-        cell, weights = tensors[:nc], tensors[nc:nc + nw]
-        inits = tensors[nc + nw:] if has_init else (None,) * S
-        mats = runner.mats(weights)
-        out, finals, saved = emu.forward(cell, mats, inits, B, T, H, D)
-        ctx.runner, ctx.shape, ctx.has_init = runner, shape, has_init
-        ctx.save_for_backward(*tensors, *saved)
-        ctx.n = len(tensors)
-        return (out, *finals)
-
-    @staticmethod
-    def backward(ctx, dout, *dfinals):
-        runner, f = ctx.runner, ctx.runner.form
-        B, T, H, D = ctx.shape
-        every = ctx.saved_tensors
-        tensors, saved = every[:ctx.n], every[ctx.n:]
-        nc, nw, S = len(f.inputs), len(f.weights), len(f.states)
-        cell, weights = tensors[:nc], tensors[nc:nc + nw]
-        inits = tensors[nc + nw:] if ctx.has_init else (None,) * S
-        dout = torch.zeros((B, T, H, D)) if dout is None else dout
-        dfinals = [torch.zeros((B, H, D)) if d is None else d for d in dfinals]
-        dcell, dmats, dinit = runner.emu.backward(cell, runner.mats(weights), inits, saved, dout,
-                                                  dfinals, B, T, H, D)
-        grads = [None if name not in dcell else dcell[name].reshape(x.shape).to(x.dtype)
-                 for (name, _, _), x in zip(f.inputs, cell)]
-        by = {}
-        for g, gate in zip(dmats, f.gates):
-            g = g if gate.in_axis == 0 else g.transpose(1, 2)
-            by[gate.weight] = g if gate.weight not in by else by[gate.weight] + g
-        grads += [by[w] for w in f.weights]
-        if ctx.has_init:
-            grads += list(dinit)
-        return (None, None, None, *grads)
+def emulated_training(form):
+    """``RNNTraining`` of the fp32-R training kernels of ``form`` on the emulator: the host side
+    the GPU runs (buffers, dR GEMM, parameter sums), with emulated launches."""
+    from ..lowering import rnn_cuda
+    k = rnn_cuda.generate_training(form, form.inputs, "float")
+    return RNNTraining(form, form.inputs, k, emulated_launch(k.source), torch.float32)
 
 
 class EmulatedRNNMixer:
@@ -385,11 +288,7 @@ class EmulatedRNNMixer:
         from ..lowering.families import classify
         self.mixer = mixer
         _, self.form = classify(mixer)
-        self.emu = EmulatedRNNTraining(self.form)
-
-    def mats(self, weights):
-        by = dict(zip(self.form.weights, weights))
-        return [by[g.weight] if g.in_axis == 0 else by[g.weight].transpose(1, 2) for g in self.form.gates]
+        self.training = emulated_training(self.form)
 
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
                  strategy=None):
@@ -404,7 +303,7 @@ class EmulatedRNNMixer:
         S = len(f.states)
         inits = () if initial_state is None else (
             tuple(initial_state) if isinstance(initial_state, (tuple, list)) else (initial_state,))
-        res = _EmulatedCall.apply(self, (B, T, H, D), bool(inits), *cell, *weights, *inits)
+        res = FusedCudaFunction.apply(self.training, (B, T, H, D), bool(inits), *cell, *weights, *inits)
         o, finals = res[0].to(x0.dtype), res[1:]
         if not output_final_state:
             return o
