@@ -20,11 +20,14 @@ step() {   # step NAME SECONDS COMMAND...
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$OUT/device.txt" 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> "$OUT/device.txt" 2>&1
-step gpu_tests 130 python3 -m pytest -q -m gpu -x --timeout 120 -p no:cacheprovider
+# Triton kernels on the GPU (xdist: the JIT compilations run in parallel on the 16 cores)
+step gpu_tests 120 python3 -m pytest -q -m gpu -k "not fused_cuda" -n 8 --timeout 110 -p no:cacheprovider
 step bench_delta 80 python3 benchmarks/bench_delta.py --device cuda --T 1024,4096,16384
-step bench_gated_linear 80 python3 benchmarks/bench_gated_linear.py --device cuda
-step bench_attention 70 python3 benchmarks/bench_attention.py --device cuda
-step bench_lti 50 python3 benchmarks/bench_lti.py
-step bench_rnn 50 python3 benchmarks/bench_rnn.py
-step tune_gla_timed 50 python3 -m mixir.cli tune gla --gpu h100 --time --db "$OUT/db"
+step bench_gated_linear 70 python3 benchmarks/bench_gated_linear.py --device cuda
+step bench_attention 60 python3 benchmarks/bench_attention.py --device cuda
+step bench_lti 40 python3 benchmarks/bench_lti.py
+step bench_rnn 40 python3 benchmarks/bench_rnn.py
+step tune_gla_timed 45 python3 -m mixir.cli tune gla --gpu h100 --time --db "$OUT/db"
+# the generated CUDA C (load_inline builds, ~45 s each, in parallel): forward and training
+step gpu_cuda_c_tests 110 python3 -m pytest -q -m gpu -k fused_cuda -n 8 --timeout 100 -p no:cacheprovider
 cat "$OUT/summary.txt"
