@@ -437,3 +437,19 @@ def test_kda_fla_options():
         kda(q, k, v, graw, b, cp_context=object())
     with pytest.raises(InputError, match="A_log"):
         kda(q, k, v, graw, b, use_gate_in_kernel=True)
+
+
+@settings(max_examples=4, deadline=None)
+@given(T=st.integers(1, 30), K=st.sampled_from([12, 16, 20]), V=st.sampled_from([8, 24]),
+       beta_hi=st.sampled_from([1.0, 2.0]), seed=st.integers(0, 2**16))
+def test_kda_hypothesis(T, K, V, beta_hi, seed):
+    """KDA (recurrent, forward and backward) over head dims that are not powers of two, T from 1,
+    β up to 2, unnormalised keys, per-channel log-gates down to about −3."""
+    m = MIXERS["kda"].mixer
+    rng = np.random.default_rng(seed)
+    q, k = rng.standard_normal((2, 1, T, 2, K)) * np.array([1.0, 1.3])[:, None, None, None, None]
+    v = rng.standard_normal((1, T, 2, V))
+    beta = rng.uniform(0, beta_hi, (1, T, 2))
+    g = -rng.exponential(0.5, (1, T, 2, K))
+    h0 = rng.standard_normal((1, 2, K, V))
+    assert_close(check(m, mx.compile(m), [q, k, v, beta, g], dtype=torch.float32, initial_state=h0))
