@@ -94,11 +94,22 @@ def test_default_configs_build_without_spills_for_every_dtype():
     _build(records)
 
 
+#: fp32 (not a dtype the issue asks for; FMA dots with operands in registers): at the tuner's
+#: fp32 pick for this shape (16 x 16 tiles, 8 warps) ptxas spills 16 B per thread in one kernel;
+#: every other fp32 config swept spills more, in more kernels (docs/attention.md, "fp32").
+KNOWN_FP32_SPILLS = {("prefix_lm", "dkdv", "sm_90"): 16}
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:overflow encountered")
 def test_every_library_kernel_builds_for_sm80_and_sm90():
-    plan = [(n, dt) for n in _calls() for dt in (torch.bfloat16, torch.float16, torch.float32)]
-    _build(_record(plan))
+    """Every library mask's three kernels build for sm_80 and sm_90: no spills with 16-bit inputs,
+    and with fp32 inputs exactly the known ones (a new or larger fp32 spill fails)."""
+    _build(_record([(n, dt) for n in _calls() for dt in (torch.bfloat16, torch.float16)]))
+    results = _build(_record([(n, torch.float32) for n in _calls()]), no_spills=False)
+    spills = {(r.kernel.split(".")[2], r.kernel.rsplit(".", 1)[-1], r.arch): r.spills
+              for r in results if r.spills}
+    assert spills == KNOWN_FP32_SPILLS, aot.format_table(results)
 
 
 @pytest.mark.slow

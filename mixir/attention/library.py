@@ -251,15 +251,14 @@ def moba(q, k, v, block_size: int, topk: int, *, scale=None, tile_size=None, con
          return_lse=False):
     """Mixture of Block Attention: each query attends causally within its own key block and to
     the ``topk`` past key blocks ranked by q . mean-pooled keys (``moba_selection``). ``tile_size``
-    is the block-mask tile (default: the largest power of two <= block_size, >= 16, <= 64)."""
+    is the block-mask tile (default: the tuner's tiles for the dtype and head dim, as for every
+    mask; any tile is exact, and tiles that divide ``block_size`` keep selected blocks' tiles full)."""
     _pos_int(block_size, "block_size")
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
         raise InputError(f"topk must be an int >= 0, got {topk!r}")
     if q.shape[1] != k.shape[1]:
         raise InputError("moba needs Tq == Tkv")
     sel = moba_selection(q, k, block_size, topk)
-    if tile_size is None:
-        tile_size = max(16, min(64, 1 << (block_size.bit_length() - 1)))
     return _run(q, k, v, moba_mask(block_size), {"sel": sel}, scale, tile_size, return_lse, config)
 
 
