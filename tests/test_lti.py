@@ -113,6 +113,18 @@ def test_rank_counts_independent_columns_only():
     assert analyse(two_directions).rank == 2
 
 
+def test_describe_names_shared_subterms_once():
+    """``mixir show s4``: the parameter trees repeat d = 1/(2/Δ − Λ) dozens of times; each shared
+    subterm is printed once as %k (it was 30 000+ characters of nested parentheses)."""
+    from mixir.dsl import ir
+    a = ir.binary("add", ir.leaf("param", "x"), ir.leaf("param", "y"))
+    big = ir.binary("mul", ir.unary("exp", a), ir.unary("exp", a))
+    lines = ir.render_shared({"r": ir.binary("add", big, big)}, min_len=5)
+    assert lines == ["%1 = exp((x + y))", "%2 = (%1 * %1)", "r = (%2 + %2)"]
+    text = classify(lti.s4_mixer)[1].describe()
+    assert "%1 = " in text and len(text) < 4000 and "U0_re = " in text
+
+
 @pytest.mark.parametrize("mixer", [two_reads, two_directions], ids=lambda m: m.name)
 @pytest.mark.parametrize("strategy", ["conv", "recurrent"])
 def test_merged_low_rank_terms_match_reference(mixer, strategy):

@@ -223,6 +223,50 @@ def render(root: Node) -> str:
     return memo[root]
 
 
+def render_shared(named: dict, min_len: int = 24) -> list:
+    """Several trees as readable lines: every non-leaf subtree used more than once across them
+    (and longer than ``min_len`` characters) is named ``%k`` once, before its first use; returns
+    ``["%1 = ...", ..., "name = ..."]`` in dependency order, one line per shared term and root."""
+    uses: dict = {}
+    for root in named.values():
+        for n in toposort(root):
+            for x in n.src:
+                uses[x] = uses.get(x, 0) + 1
+    for root in named.values():
+        uses[root] = uses.get(root, 0) + 1
+    memo, names, lines = {}, {}, []
+    order = []
+    for root in named.values():
+        for n in toposort(root):
+            if n not in memo:
+                memo[n] = None
+                order.append(n)
+    text = {}
+    for n in order:
+        s = [names.get(x, text[x]) for x in n.src]
+        if n.op == "const":
+            t = repr(n.arg)
+        elif n.op == "head":
+            t = "head"
+        elif n.op == "delta":
+            t = f"delta[{', '.join(n.dims)}]"
+        elif n.op in LEAVES:
+            t = str(n.arg)
+        elif n.op in _INFIX:
+            t = f"({s[0]} {_INFIX[n.op]} {s[1]})"
+        elif n.op in ("sum", "amax"):
+            t = f"{n.op}({s[0]}, {list(n.arg)})"
+        else:
+            t = f"{n.op}({', '.join(s)})"
+        text[n] = t
+        if n.src and uses.get(n, 0) > 1 and len(t) > min_len:
+            names[n] = f"%{len(names) + 1}"
+            lines.append(f"{names[n]} = {t}")
+    for name, root in named.items():
+        lines.append(f"{name} = {names.get(root, text[root])}")
+    return lines
+
+
 def canonical_text(root: Node) -> str:
     """A stable text of the DAG (each distinct node once), for fingerprints."""
     ids, lines = {}, []

@@ -216,17 +216,22 @@ class LTIPlan:
         return f"LTI: constant {shape} transition over {self.dim} ({modes} modes), {self.kernel} kernel"
 
     def describe(self) -> str:
+        """The plan with its parameter trees; subterms shared between them are named once
+        (``%k``, ``ir.render_shared``): S4's trees repeat ``d = 1/(2/Δ − Λ)`` many times."""
         st = self.x_re + (f" + i·{self.x_im}" if self.x_im else "")
+        named = {"λ_re": self.lam_re, "λ_im": self.lam_im, "B̄_re": self.beta_re, "B̄_im": self.beta_im}
+        for k, t in enumerate(self.lowrank):
+            named[f"U{k}_re"], named[f"U{k}_im"] = t.u_re, t.u_im
+            for j, (part, w) in enumerate(t.parts):
+                named[f"F{k}.w{j} (on x_{part})"] = w
+        for j, r in enumerate(self.readout):
+            named[f"y.c{j}"], named[f"y.w{j} (on x_{r.part})"] = r.coef, r.weight
+        named["D'"] = self.feed
         lines = [f"class: linear time-invariant (constant transition), {self.transition}",
                  f"state z = {st} over {self.dim}; input u = {self.u}",
-                 f"  λ_re   = {ir.render(self.lam_re)}", f"  λ_im   = {ir.render(self.lam_im)}",
-                 f"  B̄_re   = {ir.render(self.beta_re)}", f"  B̄_im   = {ir.render(self.beta_im)}"]
-        for k, t in enumerate(self.lowrank):
-            fun = " + ".join(f"Σ {ir.render(w)} ⊙ x_{part}" for part, w in t.parts)
-            lines.append(f"  U{k} = ({ir.render(t.u_re)}) + i({ir.render(t.u_im)}) · ({fun})")
-        for r in self.readout:
-            lines.append(f"  y += {ir.render(r.coef)} · Σ {ir.render(r.weight)} ⊙ x_{r.part}")
-        lines.append(f"  y += ({ir.render(self.feed)}) · u")
+                 "x_t = λ ⊙ x_{t−1} + Σ_k U_k F_k + B̄ u_t,  F_k = Σ_j Σ w_j ⊙ x_part;  "
+                 "y_t = Σ_j c_j Σ w_j ⊙ x_part + D' u_t"]
+        lines += ["  " + line for line in ir.render_shared(named)]
         lines.append(f"strategies: {', '.join(self.strategies)}")
         return "\n".join(lines)
 
@@ -389,6 +394,8 @@ def _low_rank_terms(mixer, cols, dim) -> tuple:
         return True
 
     def alpha_tree(cj, ck):
+        if cj[:2] == ck[:2]:                  # the same column: α = 1
+            return ir.const(1.0)
         ones = ir.const(1.0, (dim,))
 
         def total(x):
