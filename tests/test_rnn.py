@@ -21,13 +21,11 @@ CELLS = ["lstm", "gru", "elman", "slstm"]
 
 
 def inputs(name, B, T, H, D, seed=0, N=None):
-    """Library inputs with recurrent weights scaled by D^-1/2 (an init's scale: stable cells)."""
+    """Library inputs (recurrent weights at N(0, 1/D), the library's "recurrent" sampler: an
+    init's scale, stable cells)."""
     e = RNN_MIXERS[name]
     rng = np.random.default_rng(seed)
-    arrays = []
-    for spec, a in zip(e.mixer.inputs, e.make_inputs(rng, B, T, H, D, D)):
-        arrays.append(a / np.sqrt(D) if spec.kind == "param" and len(spec.dims) == 2 else a)
-    return arrays, e.make_initial_state(rng, N or B, H, D, D)
+    return list(e.make_inputs(rng, B, T, H, D, D)), e.make_initial_state(rng, N or B, H, D, D)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])

@@ -18,8 +18,7 @@ def _leaves(name, B, T, H, D, seed=0, N=None):
     e = RNN_MIXERS[name]
     rng = np.random.default_rng(seed)
     arrays = []
-    for spec, a in zip(e.mixer.inputs, e.make_inputs(rng, B, T, H, D, D)):
-        a = a / np.sqrt(D) if spec.kind == "param" and len(spec.dims) == 2 else a
+    for a in e.make_inputs(rng, B, T, H, D, D):       # recurrent weights at N(0, 1/D)
         arrays.append(torch.tensor(a, dtype=torch.float32, requires_grad=True))
     h0 = e.make_initial_state(rng, N or B, H, D, D)
     h0 = h0 if isinstance(h0, (tuple, list)) else (h0,)

@@ -38,6 +38,8 @@ def _run(mixer, strategy, config, K):
 @pytest.mark.parametrize("fp, strategy, config, K", _shipped())
 def test_shipped_database_configs_are_correct(fp, strategy, config, K):
     assert fp in BY_FINGERPRINT, "the database names a mixer the library no longer has"
+    if strategy.startswith("lti_"):     # an LTI entry tunes the kernels of the conv strategy
+        strategy = "conv"
     _run(BY_FINGERPRINT[fp], strategy, config, min(K, 64))
 
 

@@ -46,6 +46,10 @@ SAMPLERS: dict = {
     "uniform": lambda rng, shape: rng.uniform(-1.0, 1.0, shape),
     # log of an S4-style time step Δ ~ U[1e-3, 1e-1] (S4D's log_dt initialisation range)
     "log_time_step": lambda rng, shape: np.log(rng.uniform(1e-3, 1e-1, shape)),
+    # a recurrent weight [.., D_in, D_out] at an initialiser's scale N(0, 1/D_in): a stable cell
+    # (unit-variance weights make tanh/sigmoid RNNs chaotic at D = 64, where fp32 and the fp64
+    # reference part ways after a few dozen steps whatever the kernels do)
+    "recurrent": lambda rng, shape: rng.standard_normal(shape) / np.sqrt(shape[-2]),
 }
 
 

@@ -173,16 +173,23 @@ def mlstm(q, k, v, i, f, *, scale=None, initial_state=None, output_final_state=F
 # ---- registry ----------------------------------------------------------------------------------
 
 _SQ = {"D": "V", "E": "V"}
+
+
+def _recurrent(m, **extra):
+    """Samplers of a cell: its recurrent weights (the [E, D] params) at N(0, 1/D)."""
+    return {**{a.name: "recurrent" for a in m.inputs if a.kind == "param" and len(a.dims) == 2}, **extra}
+
+
 RNN_MIXERS: dict = {
     "lstm": LibraryEntry("lstm", lstm_mixer, lstm, "rnn", "head-wise LSTM (FlashRNN)",
-                         "FlashRNN (Pöppel et al., 2024)", _SQ),
+                         "FlashRNN (Pöppel et al., 2024)", _SQ, _recurrent(lstm_mixer)),
     "gru": LibraryEntry("gru", gru_mixer, gru, "rnn", "head-wise GRU (torch gate convention)",
-                        "FlashRNN (Pöppel et al., 2024)", _SQ),
+                        "FlashRNN (Pöppel et al., 2024)", _SQ, _recurrent(gru_mixer)),
     "elman": LibraryEntry("elman", elman_mixer, elman, "rnn", "head-wise Elman RNN (tanh)",
-                          "FlashRNN (Pöppel et al., 2024)", _SQ),
+                          "FlashRNN (Pöppel et al., 2024)", _SQ, _recurrent(elman_mixer)),
     "slstm": LibraryEntry("slstm", slstm_mixer, slstm, "rnn",
                           "xLSTM's sLSTM: exponential gating, normaliser and stabiliser states",
-                          "xLSTM (Beck et al., 2024)", _SQ, samplers={"n": "positive"}),
+                          "xLSTM (Beck et al., 2024)", _SQ, _recurrent(slstm_mixer, n="positive")),
     "mlstm": LibraryEntry("mlstm", mlstm_mixer, mlstm, "gated_linear",
                           "xLSTM's mLSTM: matrix memory with normaliser and stabiliser",
                           "xLSTM (Beck et al., 2024)", {"K": "K", "V": "V"},
