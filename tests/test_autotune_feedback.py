@@ -295,7 +295,15 @@ def test_shipped_defaults_cover_every_library_mixer_on_h100():
     with open(path) as f:
         data = json.load(f)
     ents = data["entries"]
-    assert len(ents) <= 30                   # tests/test_tuned_configs.py runs each of them
+    assert len(ents) <= 36                   # tests/test_tuned_configs.py runs each of them
+    # the RNN cells (alternating: the fused kernel does not fit at D = 128) and the LTI mixers
+    # (their conv strategy's kernel pair, keyed lti_<kind> with V = the rows' count Q)
+    rnn_keys = {name: db.make_key(MIXERS[name].mixer.fingerprint, "bf16", "alternating", 8, 4096, 16, 128, 128)
+                for name in ("lstm", "gru", "elman", "slstm")}
+    assert all(k in ents for k in rnn_keys.values()), rnn_keys
+    for name in ("s4d", "s4d_bilinear", "s4"):
+        fp = MIXERS[name].mixer.fingerprint
+        assert any(k.startswith(fp + "|bf16|lti_") and ents[k]["compiled"]["spills"] == 0 for k in ents), name
     for name, entry in MIXERS.items():
         if entry.family != "gated_linear" or entry.requires:   # the tuner's spaces: gated-linear
             continue
