@@ -79,3 +79,18 @@ def test_training_at_head_size_64_is_confirmed_by_the_compiled_backward(fresh_tr
     assert bwd.total_shared_bytes <= pred["smem"] + 2048, (bwd.total_shared_bytes, pred)
     print(f"\npredicted {pred}; compiled backward: {bwd.registers} regs, {bwd.spills} B spills, "
           f"{bwd.total_shared_bytes} B shared")
+
+
+def test_cuda_template_fit_formula():
+    """Where R fits in shared memory for the CUDA C template (fused_cuda) though not in registers
+    for the Triton fused one: LSTM (4 gates) D = 128 bf16 trains fused in CUDA C on H100 and A100
+    (128 KiB of R + the backward's 16 KiB da buffer), not on an RTX 4090 (99 KiB), and D = 256
+    fits nowhere (512 KiB of R)."""
+    from mixir.autotune import hardware, rnn_space
+    h100, a100, r4090 = (hardware.get(n) for n in ("h100", "a100", "4090"))
+    assert not rnn_space.fits_on_chip(4, 2, 128, "bf16", h100)
+    assert rnn_space.cuda_fits_on_chip(4, 128, "bf16", h100) and rnn_space.cuda_fits_on_chip(4, 128, "bf16", a100)
+    assert not rnn_space.cuda_fits_on_chip(4, 128, "bf16", r4090)
+    assert rnn_space.cuda_fits_on_chip(4, 96, "bf16", r4090)
+    assert not rnn_space.cuda_fits_on_chip(4, 256, "bf16", h100)
+    assert not rnn_space.cuda_fits_on_chip(4, 128, "fp32", h100)      # 256 KiB of fp32 R

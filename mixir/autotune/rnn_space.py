@@ -155,6 +155,21 @@ def fits_on_chip(gates, states, D, dtype, gpu, B_=16, backward=True) -> bool:
     return bool(feasible("fused", gates, states, shape_of(B_, 1024, 1, D, dtype), gpu, backward))
 
 
+def cuda_fits_on_chip(gates, D, dtype, gpu, backward=True) -> bool:
+    """Whether the generated CUDA C kernels (``strategy="fused_cuda"``: R in **shared memory**,
+    one block of ``ceil32(D)`` threads per (sequence, head)) fit ``gpu``: the forward's
+    ``G·D²·sizeof(R) + 4·D + 16`` and, training, the backward's ``G·D²·sizeof(R) + 8·G·D + 16``
+    bytes (``rnn_cuda.training_shared_bytes``) within the opt-in shared memory per block, and
+    ``ceil32(D) ≤ 1024`` threads. This is where the CUDA template takes over from the Triton fused
+    one, whose R must fit in registers (``fits_on_chip``): e.g. LSTM D = 128 bf16 on H100 needs
+    128 KiB + 4 KiB of the 227 KiB a block may use."""
+    from ..lowering.rnn_cuda import training_shared_bytes
+    r_bytes = {"fp32": 4, "fp16": 2, "bf16": 2}[dtype]
+    fwd, bwd = training_shared_bytes(int(gates), int(D), r_bytes)
+    need = max(fwd, bwd) if backward else gates * D * D * r_bytes + 4 * D + 16
+    return (int(D) + 31) // 32 * 32 <= 1024 and need <= gpu.smem_block
+
+
 def choose_strategy(gates, D, dtype, device, states=2, backward=True) -> str:
     """"fused" when R fits on chip of the current GPU (the space's formulas; only the forward
     kernel's when no gradient is needed), else "alternating"."""
