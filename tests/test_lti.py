@@ -17,7 +17,7 @@ from mixir.errors import InputError, UnsupportedMixerError
 from mixir.library import MIXERS, lti
 from mixir.lowering import lti_kernels as K
 from mixir.lowering.families import classify
-from mixir.lowering.lti_runtime import System, kernel_materialised, kernel_powers
+from mixir.lowering.lti_runtime import kernel_materialised, kernel_powers
 from mixir.testing import assert_close, check, check_cu_seqlens
 from mixir.testing.tolerances import rel_rms_error as _rel_rms_error
 
@@ -324,16 +324,13 @@ def test_triton_recurrence_equals_torch_loop(name, dtype):
 
 # ---- LSSL / LMU against their dense recurrences; S4-LegS vs S4D-LegS ----------------------------
 
-def _dense_bilinear(A, Bm, C, D, dt, u):
-    """y of x_t = (I − Δ/2 A)⁻¹((I + Δ/2 A) x_{t−1} + Δ B u_t), y_t = C x_t + D u_t (float64)."""
+def _dense(discretise, A, Bm, C, D, dt, u):
+    """y of x_t = Ā x_{t−1} + B̄ u_t, y_t = C x_t + D u_t (float64), (Ā, B̄) = discretise(A_h, Δ_h, B_h)."""
     Bsz, T, H = u.shape
     N = A.shape[-1]
-    eye = torch.eye(N, dtype=torch.float64)
     ys = []
     for h in range(H):
-        Ah = torch.as_tensor(A[h] if A.ndim == 3 else A)
-        inv = torch.linalg.inv(eye - dt[h] / 2 * Ah)
-        Ab, Bb = inv @ (eye + dt[h] / 2 * Ah), inv @ (dt[h] * Bm[h])
+        Ab, Bb = discretise(torch.as_tensor(A[h] if A.ndim == 3 else A), dt[h], Bm[h], torch.eye(N, dtype=torch.float64))
         x = torch.zeros(Bsz, N, dtype=torch.float64)
         yh = []
         for t in range(T):
@@ -343,23 +340,16 @@ def _dense_bilinear(A, Bm, C, D, dt, u):
     return torch.stack(ys, -1)
 
 
-def _dense_zoh(A, Bm, C, D, dt, u):
-    """y of x_t = e^{ΔA} x_{t−1} + A⁻¹(e^{ΔA} − I) B u_t, y_t = C x_t + D u_t (float64)."""
-    Bsz, T, H = u.shape
-    N = A.shape[-1]
-    eye = torch.eye(N, dtype=torch.float64)
-    ys = []
-    for h in range(H):
-        Ah = torch.as_tensor(A[h] if A.ndim == 3 else A)
-        Ab = torch.linalg.matrix_exp(dt[h] * Ah)
-        Bb = torch.linalg.solve(Ah, (Ab - eye) @ Bm[h])
-        x = torch.zeros(Bsz, N, dtype=torch.float64)
-        yh = []
-        for t in range(T):
-            x = x @ Ab.T + Bb * u[:, t, h, None]
-            yh.append(x @ C[h] + D[h] * u[:, t, h])
-        ys.append(torch.stack(yh, 1))
-    return torch.stack(ys, -1)
+def _bilinear(Ah, dt, B, eye):
+    """(I − Δ/2 A)⁻¹(I + Δ/2 A), (I − Δ/2 A)⁻¹ Δ B."""
+    inv = torch.linalg.inv(eye - dt / 2 * Ah)
+    return inv @ (eye + dt / 2 * Ah), inv @ (dt * B)
+
+
+def _zoh(Ah, dt, B, eye):
+    """e^{ΔA}, A⁻¹(e^{ΔA} − I) B."""
+    Ab = torch.linalg.matrix_exp(dt * Ah)
+    return Ab, torch.linalg.solve(Ah, (Ab - eye) @ B)
 
 
 @pytest.mark.parametrize("N", [5, 8])
@@ -377,10 +367,10 @@ def test_lssl_and_lmu_zero_order_hold(N):
     B_h = torch.stack([torch.tensor(Bl) / t for t in theta])
     for strategy in ("conv", "recurrent"):
         y = lti.lmu(u, theta, C, D, strategy=strategy)
-        assert rel_rms_error(y, _dense_zoh(A_h, B_h, C, D, torch.ones(H, dtype=torch.float64), u), 1e-12) < 1e-9
+        assert rel_rms_error(y, _dense(_zoh, A_h, B_h, C, D, torch.ones(H, dtype=torch.float64), u), 1e-12) < 1e-9
     dt = torch.tensor([0.05, 0.3], dtype=torch.float64)
     y = lti.lssl(u, dt, Bm, C, D, discretization="zoh")
-    assert rel_rms_error(y, _dense_zoh(lti.hippo_legs(N)[0], Bm, C, D, dt, u), 1e-12) < 1e-9
+    assert rel_rms_error(y, _dense(_zoh, lti.hippo_legs(N)[0], Bm, C, D, dt, u), 1e-12) < 1e-9
     with pytest.raises(InputError, match="discretization"):
         lti.lmu(u, theta, C, D, discretization="euler")
 
@@ -396,13 +386,13 @@ def test_lssl_and_lmu_equal_dense_recurrences(N):
     A, _ = lti.hippo_legs(N)
     for strategy in ("conv", "recurrent"):
         y = lti.lssl(u, dt, Bm, C, D, strategy=strategy)
-        assert rel_rms_error(y, _dense_bilinear(A, Bm, C, D, dt, u), 1e-12) < 1e-9
+        assert rel_rms_error(y, _dense(_bilinear, A, Bm, C, D, dt, u), 1e-12) < 1e-9
     theta = torch.tensor([7.0, 20.0], dtype=torch.float64)
     A, Bl = lti.lmu_matrices(N)
     A_h = np.stack([A / float(t) for t in theta])
     B_h = torch.stack([torch.tensor(Bl) / t for t in theta])
     y = lti.lmu(u, theta, C, D, strategy="conv", discretization="bilinear")
-    assert rel_rms_error(y, _dense_bilinear(A_h, B_h, C, D, torch.ones(H, dtype=torch.float64), u),
+    assert rel_rms_error(y, _dense(_bilinear, A_h, B_h, C, D, torch.ones(H, dtype=torch.float64), u),
                          1e-12) < 1e-9
     # gradients reach the trainable step and read-out through the wrapper
     dt_ = dt.clone().requires_grad_()

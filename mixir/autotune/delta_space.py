@@ -402,14 +402,10 @@ def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: st
 def core_sizes(mixer, K_: int, V_: int):
     """(K, V, n_h, strategies) of the core for user-level head sizes K, V (library mixers map them
     to their feature dims, as ``pipeline.form_sizes`` does)."""
-    from ..library import MIXERS
     from ..lowering.families import analyse
+    from .pipeline import feature_sizes
     plan = analyse(mixer)
-    entry = MIXERS.get(mixer.name)
-    if entry is not None and entry.mixer is mixer:
-        sizes = entry.sizes(K_, V_)
-    else:
-        sizes = {d: (K_ if d == plan.k_dim else V_) for d in mixer.feature_dims()}
+    sizes = feature_sizes(mixer, {plan.k_dim}, K_, V_)
     return sizes[plan.k_dim], sizes[plan.v_dim], plan.num_householder, plan.strategies
 
 

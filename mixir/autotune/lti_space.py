@@ -261,14 +261,10 @@ def launch_shape(plan, B_: int, T_: int, H_: int, N_: int, compute: str = "fp32"
 def state_size(mixer, K_: int, V_: int) -> tuple:
     """(plan, N): the mixer's LTI plan and its state size for user-level head sizes K, V (the
     library maps them to its feature dims, as ``pipeline.form_sizes`` does)."""
-    from ..library import MIXERS
     from ..lowering.families import analyse
+    from .pipeline import feature_sizes
     plan = analyse(mixer)
-    entry = MIXERS.get(mixer.name)
-    if entry is not None and entry.mixer is mixer:
-        sizes = entry.sizes(K_, V_)
-    else:
-        sizes = {d: (K_ if d in getattr(plan, "key_dims", ()) else V_) for d in mixer.feature_dims()}
+    sizes = feature_sizes(mixer, set(getattr(plan, "key_dims", ())), K_, V_)
     return plan, int(sizes.get(plan.dim, K_))
 
 

@@ -140,17 +140,21 @@ class TuneResult:
         return "\n".join(lines)
 
 
-def form_sizes(mixer, K=DEFAULT_HEAD, V=DEFAULT_HEAD):
-    """(K, V) of the mixer's main gated-linear form for user-level head sizes K, V."""
+def feature_sizes(mixer, key_dims, K, V) -> dict:
+    """Each feature dim's size for user-level head sizes K, V: a library mixer's own mapping
+    (``LibraryEntry.sizes``), else K for the plan's key dims and V for the others."""
     from ..library import MIXERS
-    from ..lowering.analysis import analyse
-    plan = analyse(mixer)
     entry = MIXERS.get(mixer.name)
     if entry is not None and entry.mixer is mixer:
-        sizes = entry.sizes(K, V)
-    else:
-        key_dims = {f.k_dim for _, f in list(plan.aux) + [(None, plan.main)] if f.k_dim}
-        sizes = {d: (K if d in key_dims else V) for d in mixer.feature_dims()}
+        return entry.sizes(K, V)
+    return {d: (K if d in key_dims else V) for d in mixer.feature_dims()}
+
+
+def form_sizes(mixer, K=DEFAULT_HEAD, V=DEFAULT_HEAD):
+    """(K, V) of the mixer's main gated-linear form for user-level head sizes K, V."""
+    from ..lowering.analysis import analyse
+    plan = analyse(mixer)
+    sizes = feature_sizes(mixer, {f.k_dim for _, f in list(plan.aux) + [(None, plan.main)] if f.k_dim}, K, V)
     f = plan.main
     return (sizes[f.k_dim] if f.k_dim else 1), (sizes[f.v_dim] if f.v_dim else 1), plan.strategies
 

@@ -33,7 +33,7 @@ import functools
 import sympy as sp
 
 from . import spaces
-from .spaces import KernelModel, Shape, Space, W, _cdiv, padded
+from .spaces import KernelModel, Shape, Space, W, _cdiv
 
 B, T, H, K, PK, db = spaces.B, spaces.T, spaces.H, spaces.K, spaces.PK, spaces.db
 BR = sp.Symbol("BR", integer=True, positive=True)
@@ -192,14 +192,10 @@ for _s in ("fused", "alternating"):
 def hidden_size(mixer, K_: int, V_: int) -> tuple:
     """(plan, D): the mixer's RNN plan and its hidden size for user-level head sizes K, V (the
     library maps them to its feature dims, as ``pipeline.form_sizes`` does)."""
-    from ..library import MIXERS
     from ..lowering.families import analyse
+    from .pipeline import feature_sizes
     plan = analyse(mixer)
-    entry = MIXERS.get(mixer.name)
-    if entry is not None and entry.mixer is mixer:
-        sizes = entry.sizes(K_, V_)
-    else:
-        sizes = {d: (K_ if d in getattr(plan, "key_dims", ()) else V_) for d in mixer.feature_dims()}
+    sizes = feature_sizes(mixer, set(getattr(plan, "key_dims", ())), K_, V_)
     return plan, int(sizes.get(plan.dim, V_))
 
 
