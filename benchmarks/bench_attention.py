@@ -48,8 +48,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import mixir.attention as mxa  # noqa: E402
-from mixir.attention.mask import evaluate  # noqa: E402
-from mixir.attention.tiles import choose  # noqa: E402
+from mixir.dsl.mask import evaluate  # noqa: E402
+from mixir.lowering.attention.tiles import choose  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOLERANCE = {torch.float32: 1e-3, torch.float16: 5e-2, torch.bfloat16: 1e-1}

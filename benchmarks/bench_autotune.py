@@ -16,7 +16,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mixir.autotune import cost, hardware, solver, spaces  # noqa: E402
+from mixir.autotune import cost, hardware, solver, space as spaces  # noqa: E402
+from mixir.lowering.gated_linear import space as gla_space
 
 
 def main(argv=None):
@@ -30,7 +31,7 @@ def main(argv=None):
     B, T, H, K, V = map(int, a.shape.split(","))
     shape = spaces.Shape(B, T, H, K, V, a.dtype)
     rows = [("template", "GPU", "space", "feasible", "solver s", "brute s", "rank s", "best predicted config", "pred ms")]
-    for sp_ in spaces.SPACES.values():
+    for sp_ in gla_space.SPACES.values():
         size = 1
         for d in sp_.domains(shape).values():
             size *= len(d)

@@ -40,8 +40,9 @@ import torch         # noqa: E402
 
 from cpu_memory import torch_cpu_peak_bytes                          # noqa: E402,F401 - re-exported
 from mixir.library import lti                                         # noqa: E402
-from mixir.lowering.lti_analysis import analyse                        # noqa: E402
-from mixir.lowering.lti_runtime import CompiledLTIMixer, fft_conv, kernel_powers  # noqa: E402
+from mixir.lowering.lti.analysis import analyse                        # noqa: E402
+from mixir.lowering.lti.runtime import CompiledLTIMixer  # noqa: E402
+from mixir.lowering.lti.system import fft_conv, kernel_powers  # noqa: E402
 
 
 def _sync(device):

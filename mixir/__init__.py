@@ -22,7 +22,7 @@ def __getattr__(name):
 
 def compile(mixer, **options):  # noqa: A001 - the public verb
     """Analyse ``mixer``, choose a strategy and return a ``CompiledMixer`` on torch tensors."""
-    from .lowering.runtime import compile_mixer
+    from .lowering.gated_linear.runtime import compile_mixer
     return compile_mixer(mixer, **options)
 
 

@@ -39,7 +39,7 @@ def resolve(name: str):
 
 def cmd_list(args):
     from .library import MIXERS
-    from .lowering.families import classify
+    from .lowering.family import classify
     rows = [("name", "family", "class", "strategies")]
     for name, entry in sorted(MIXERS.items()):
         try:
@@ -47,7 +47,7 @@ def cmd_list(args):
             rows.append((name, fam.name, plan.transition, ", ".join(plan.strategies)))
         except MixirError as e:
             rows.append((name, "-", "unsupported: " + str(e).split("yet: ")[-1][:60], "-"))
-    from .attention.library import MASKS
+    from .library.attention import MASKS
     for name in sorted(MASKS):
         rows.append((f"attention: {name}", "attention", "softmax attention, block-sparse mask",
                      "block-sparse tiles"))
@@ -56,8 +56,7 @@ def cmd_list(args):
 
 def cmd_show(args):
     from .dsl import ir
-    from .lowering.families import analyse, compile_mixer
-    from .lowering.runtime import RECURRENT_MAX_T
+    from .lowering.family import classify
     m = resolve(args.mixer)
     print(f"mixer {m.name}  fingerprint {m.fingerprint}")
     for a in m.args:
@@ -65,19 +64,14 @@ def cmd_show(args):
     for s, u in zip(m.states, m.updates):
         print(f"  state  {s.name}{list(s.dims)} <- {ir.render(u)}")
     print(f"  output {ir.render(m.output)}")
-    form = analyse(m)
-    print(form.describe())
-    if form.family == "gated_linear":
-        print(f"default strategy: recurrent for T <= {RECURRENT_MAX_T}, chunked above")
-    compiled = compile_mixer(m)
+    fam, plan = classify(m)
+    print(fam.describe(m, plan))
+    compiled = fam.compile(m, plan)
     for path in compiled.source_files():
         print(f"triton source: {path}")
-    from .autotune import spaces
-    from .autotune.report import formulas_text
-    tuned = [s for s in getattr(form, "strategies", ()) if s in spaces.SPACES]
-    if tuned and form.family == "gated_linear":   # the autotuner's formulas for its strategies
-        f = form.main
-        print(formulas_text(tuned, f.k_dim, f.v_dim))
+    formulas = fam.tuning_formulas(plan)      # the autotuner's formulas for its strategies
+    if formulas:
+        print(formulas)
 
 
 def cmd_verify(args):
@@ -89,7 +83,7 @@ def cmd_verify(args):
 
 
 def cmd_compile(args):
-    from .lowering import aot
+    from .lowering.common import aot
     from .verify import record_kernels
     m = resolve(args.mixer)
     archs = [aot.parse_arch(a) for a in args.arch]
@@ -189,7 +183,7 @@ def cmd_tune(args):
 def _tune_attention(args, shapes, progress):
     """``mixir tune attention:NAME[:ARG,...]``: a library attention mask (mixir/attention/tuning.py);
     K of --shapes is the head dim (default 128); --strategy does not apply."""
-    from .attention.tuning import tune_library_mask
+    from .lowering.attention.tuning import tune_library_mask
     from .autotune.report import accuracy_text
     results = []
     for shp in shapes:

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from .lowering.families import analyse
-from .lowering.launch import record_launches
+from .lowering.family import classify
+from .lowering.common.launch import record_launches
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -24,25 +24,11 @@ def parse_dtype(name):
 
 
 def input_ranges(mixer) -> dict:
-    """Value ranges that keep a user's mixer stable, read off its analysis: an input used directly
-    as a log-decay is drawn from (-3, 0); an input used as a (possibly negative) transition from
-    (-1, 1); everything else N(0, 1). A family's plan may give its own ranges (``input_ranges()``)."""
-    plan = analyse(mixer)
-    if hasattr(plan, "input_ranges"):
-        return dict(plan.input_ranges())
-    if plan.family != "gated_linear":
-        return {}
-    ranges = {}
-    for _, form in list(plan.aux) + [(None, plan.main)]:
-        for d in (form.g, form.gk, form.gv):
-            if d is None:
-                continue
-            node = d.log
-            if node.op == "input":
-                ranges[node.arg] = (-3.0, 0.0)
-            elif node.op == "log" and node.src[0].op == "abs" and node.src[0].src[0].op == "input":
-                ranges[node.src[0].src[0].arg] = (-1.0, 1.0)
-    return ranges
+    """Value ranges that keep a user's mixer stable, read off its analysis by its family
+    (``Family.input_ranges``: e.g. an input used directly as a log-decay is drawn from (-3, 0));
+    everything else N(0, 1)."""
+    fam, plan = classify(mixer)
+    return dict(fam.input_ranges(mixer, plan))
 
 
 def example_inputs(mixer, *, B=2, T=40, H=2, K=16, V=16, seed=0):
@@ -56,11 +42,8 @@ def example_inputs(mixer, *, B=2, T=40, H=2, K=16, V=16, seed=0):
         h0 = entry.make_initial_state(rng, B, H, K, V)
         return list(arrays), h0
     from .testing.strategies import Shape, make_inputs
-    plan = analyse(mixer)
-    if plan.family == "gated_linear":
-        key_dims = {f.k_dim for _, f in list(plan.aux) + [(None, plan.main)] if f.k_dim}
-    else:
-        key_dims = set(getattr(plan, "key_dims", ()))
+    fam, plan = classify(mixer)
+    key_dims = fam.key_dims(mixer, plan)
     sizes = {d: (K if d in key_dims else V) for d in mixer.feature_dims()}
     shape = Shape(B, T, H, sizes)
     arrays = make_inputs(mixer, shape, seed, ranges=input_ranges(mixer))

@@ -8,8 +8,8 @@ import torch
 import triton.language as tl
 
 from mixir.errors import InputError, MixirError
-from mixir.lowering import aot
-from mixir.lowering.launch import LaunchRecord, kernel, record_launches
+from mixir.lowering.common import aot
+from mixir.lowering.common.launch import LaunchRecord, kernel, record_launches
 
 
 @kernel
@@ -135,7 +135,7 @@ def test_build_compile_error_names_kernel_and_arch():
 
 _GENERATED = '''
 import triton.language as tl
-from mixir.lowering.launch import kernel
+from mixir.lowering.common.launch import kernel
 
 @kernel
 def generated_scale(x, y, n, alpha, BLOCK: tl.constexpr):

@@ -4,7 +4,7 @@ real registers, spills and shared memory."""
 import pytest
 
 from mixir.library import MIXERS
-from mixir.lowering import aot
+from mixir.lowering.common import aot
 from mixir.verify import record_kernels
 
 # one mixer per distinct kernel specialisation: scalar decay, key decay, value decay + unit key,

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import mixir.attention as A
-from mixir.attention import kernels
-from mixir.attention import library as L
-from mixir.attention.block_mask import EMPTY, FULL_TILE, PARTIAL, classify_tiles
+from mixir.lowering.attention import kernels
+from mixir.library import attention as L
+from mixir.lowering.attention.block_mask import EMPTY, FULL_TILE, PARTIAL, classify_tiles
 from mixir.errors import DeclarationError, InputError
 from mixir.testing.tolerances import bounds_for, rel_rms_error
 

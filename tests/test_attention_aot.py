@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import mixir.attention as A
-from mixir.attention import library as L
-from mixir.lowering import aot
-from mixir.lowering.launch import record_launches
+from mixir.library import attention as L
+from mixir.lowering.common import aot
+from mixir.lowering.common.launch import record_launches
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,7 +82,7 @@ def test_default_configs_build_without_spills_for_every_dtype():
     """The three templates with the 16-bit (tensor-core) and fp32 operand paths, a plain predicate
     and one using every expression feature (data, %, //, ~, a score modification), each at the
     default config of its dtype (D = 64): they build for sm_80 and sm_90 and spill nothing."""
-    from mixir.autotune import attention_space
+    from mixir.lowering.attention import space as attention_space
     records = _record([("causal", torch.bfloat16), ("composite", torch.bfloat16),
                        ("causal", torch.float16), ("composite", torch.float32)])
     for r in records.values():    # the launches are the tuner's default configs
@@ -117,8 +117,8 @@ def test_every_library_kernel_builds_for_sm80_and_sm90():
 def test_64x64_fp32_spills_and_the_space_excludes_it():
     """Why the fp32 default changed: 64 x 64 tiles with fp32 operands spill (measured), and the
     space's register formula makes every such config infeasible."""
-    from mixir.autotune import attention_space as asp
-    from mixir.autotune import hardware, spaces
+    from mixir.lowering.attention import space as asp
+    from mixir.autotune import hardware, space as spaces
     results = _build(_record([("causal", torch.float32)], block=64), no_spills=False)
     assert any(r.spills for r in results)
     shape = asp.shape(8, 4096, 16, 64, "fp32")

@@ -5,12 +5,12 @@ import sympy as sp
 import torch
 
 import mixir.attention as A
-from mixir.attention import library as L
-from mixir.attention import tiles, tuning
-from mixir.autotune import attention_space as asp
-from mixir.autotune import db, hardware, select, solver, spaces
+from mixir.library import attention as L
+from mixir.lowering.attention import tiles, tuning
+from mixir.lowering.attention import space as asp
+from mixir.autotune import db, hardware, select, solver, space as spaces
 from mixir.errors import TuningError
-from mixir.lowering.launch import record_launches
+from mixir.lowering.common.launch import record_launches
 
 
 def test_shared_memory_formula_is_stages_times_kv_tiles_plus_q_tile():
@@ -130,7 +130,7 @@ def test_mixir_tune_attention_without_aot(tmp_path, capsys, monkeypatch):
 def test_tune_with_aot_drops_spilling_configs(monkeypatch):
     """The AOT round compiles the candidates; one that spills is dropped, the next one wins."""
     from mixir.autotune.aot_check import CompiledConfig
-    from mixir.lowering.aot import KernelResources
+    from mixir.lowering.common.aot import KernelResources
 
     def fake(mask, configs, arch, **kw):
         out = []
@@ -211,7 +211,7 @@ def _picks(D, dtype):
 
 
 def _build_picks(cases):
-    from mixir.lowering import aot
+    from mixir.lowering.common import aot
     table = []
     for D, dtype in cases:
         for key, archs in _picks(D, dtype).items():

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from mixir.autotune import cost, db, hardware, spaces
+from mixir.autotune import cost, db, hardware, space as spaces
 from mixir.errors import TuningError
 
 hypothesis = pytest.importorskip("hypothesis")
@@ -58,7 +58,7 @@ def _subspace(space, data):
 @settings(max_examples=12, deadline=None)
 @given(data=st.data())
 def test_solver_matches_bruteforce(data):
-    space = data.draw(st.sampled_from([spaces.CHUNKED, spaces.RECURRENT]))
+    space = data.draw(st.sampled_from([gla_space.CHUNKED, gla_space.RECURRENT]))
     sub = _subspace(space, data)
     gpu = data.draw(st.sampled_from(list(hardware.GPUS.values())))
     gpu = dataclasses.replace(gpu, smem_block=data.draw(st.sampled_from([8 * 1024, 48 * 1024, gpu.smem_block])),
@@ -77,8 +77,8 @@ def test_full_space_matches_bruteforce():
     shape = spaces.Shape(8, 4096, 16, 128, 128, "bf16")
     for g in ("h100", "4090"):
         gpu = hardware.get(g)
-        a = solver.enumerate_feasible(spaces.CHUNKED, shape, gpu)
-        b = spaces.feasible_bruteforce(spaces.CHUNKED, shape, gpu)
+        a = solver.enumerate_feasible(gla_space.CHUNKED, shape, gpu)
+        b = spaces.feasible_bruteforce(gla_space.CHUNKED, shape, gpu)
         assert len(a) == len(b) > 100
 
 
@@ -87,7 +87,7 @@ def test_infeasible_names_shared_memory():
     tiny = dataclasses.replace(hardware.get("4090"), smem_block=4 * 1024)
     shape = spaces.Shape(1, 256, 1, 256, 256, "bf16")
     with pytest.raises(TuningError) as e:
-        solver.enumerate_feasible(spaces.CHUNKED, shape, tiny)
+        solver.enumerate_feasible(gla_space.CHUNKED, shape, tiny)
     msg = str(e.value)
     assert "KiB of shared memory per block; RTX-4090 has 4 KiB" in msg, msg
 
@@ -95,15 +95,15 @@ def test_infeasible_names_shared_memory():
 def test_infeasible_names_registers():
     shape = spaces.Shape(1, 64, 1, 16384, 64, "bf16")     # recurrent: the whole K in registers
     with pytest.raises(TuningError, match="registers per thread"):
-        solver.enumerate_feasible(spaces.RECURRENT, shape, hardware.get("h100"))
+        solver.enumerate_feasible(gla_space.RECURRENT, shape, hardware.get("h100"))
 
 
 # ---- cost model ----------------------------------------------------------------------------------
 def test_cost_tail_wave_and_ranking():
     gpu = hardware.get("h100")
     shape = spaces.Shape(8, 4096, 16, 128, 128, "bf16")
-    feas = solver.enumerate_feasible(spaces.CHUNKED, shape, gpu)
-    ranked = cost.rank(spaces.CHUNKED, shape, gpu, feas)
+    feas = solver.enumerate_feasible(gla_space.CHUNKED, shape, gpu)
+    ranked = cost.rank(gla_space.CHUNKED, shape, gpu, feas)
     times = [c.time_s for _, c in ranked]
     assert times == sorted(times) and all(t > 0 for t in times)
     k = ranked[0][1].kernels
@@ -113,7 +113,7 @@ def test_cost_tail_wave_and_ranking():
 # ---- AOT: predicted-feasible top configs compile for sm_90 --------------------------------------
 def _have_ptxas():
     try:
-        from mixir.lowering import aot
+        from mixir.lowering.common import aot
         return aot._triton_bin("ptxas") is not None or bool(os.environ.get("TRITON_PTXAS_PATH"))
     except Exception:
         return False
@@ -126,14 +126,14 @@ def test_top_configs_compile_sm90():
     from mixir.library import MIXERS
     gpu = hardware.get("h100")
     shape = spaces.Shape(8, 4096, 16, 64, 64, "bf16")
-    feas = solver.enumerate_feasible(spaces.CHUNKED, shape, gpu)
-    top = [c for c, _ in diverse(cost.rank(spaces.CHUNKED, shape, gpu, feas), 2)]
+    feas = solver.enumerate_feasible(gla_space.CHUNKED, shape, gpu)
+    top = [c for c, _ in diverse(cost.rank(gla_space.CHUNKED, shape, gpu, feas), 2)]
     res = aot_check.compile_configs(MIXERS["gla"].mixer, "chunked", top, "sm_90", dtype="bf16",
                                     K=64, V=64, backward=False, workers=0)
     for cfg, r in zip(top, res):
         assert not r.errors, r.errors
         assert all(x.fits for x in r.resources), cfg
-        pred = spaces.resources(spaces.CHUNKED, shape, cfg)
+        pred = spaces.resources(gla_space.CHUNKED, shape, cfg)
         # documented bound (docs/autotune.md): the formula is an upper bound of the compiled
         # shared memory, and within SMEM_SLACK of it
         assert r.max_shared <= pred["smem"], (cfg, r.max_shared, pred)
@@ -183,6 +183,7 @@ _WRITER = r"""
 import sys
 sys.path.insert(0, {root!r})
 from mixir.autotune import db
+from mixir.lowering.gated_linear import space as gla_space
 i = 0
 big = {{"BT": 64, "pad": 1}}
 while True:
@@ -237,7 +238,7 @@ def test_runtime_selection(tmp_path, monkeypatch):
 
     # CPU tensors keep the default config
     import mixir
-    from mixir.lowering import gla_core
+    from mixir.lowering.gated_linear import core as gla_core
     from mixir.library import MIXERS
     c = mixir.compile(MIXERS["gla"].mixer)
     assert c._config("chunked", 64, 64, torch.bfloat16, shape=(8, 4096, 16),

@@ -9,17 +9,18 @@ import random
 import pytest
 import sympy as sp
 
-from mixir.autotune import cost, db, feedback, hardware, pipeline, report, spaces, timing
+from mixir.autotune import cost, db, feedback, hardware, pipeline, report, space as spaces, timing
 from mixir.autotune.aot_check import CompiledConfig
 from mixir.errors import TuningError
-from mixir.lowering.aot import KernelResources
+from mixir.lowering.common.aot import KernelResources
+from mixir.lowering.gated_linear import space as gla_space
 
 solver = pytest.importorskip("mixir.autotune.solver")
 pytest.importorskip("ortools")
 
 H100 = hardware.get("h100")
 SHAPE = spaces.Shape(8, 4096, 16, 128, 128, "bf16")
-MOD = "mixir.lowering.templates.gla_chunked."
+MOD = "mixir.lowering.gated_linear.kernels.chunked."
 
 
 def _res(kernel, regs, spills=0, smem=16384, warps=8, mod=MOD):
@@ -56,16 +57,16 @@ def _solve(space, shape, fb):
 
 # ---- 1. mismatches fed back as constraints -----------------------------------------------------
 def test_spill_becomes_register_correction_and_the_config_is_excluded():
-    feas = solver.enumerate_feasible(spaces.CHUNKED, SHAPE, H100)
+    feas = solver.enumerate_feasible(gla_space.CHUNKED, SHAPE, H100)
     bad = {"BT": 64, "BC": 16, "BK": 32, "BV": 64, "num_warps": 8, "num_stages": 1}
     assert bad in feas
-    fb = feedback.Feedback(spaces.CHUNKED, SHAPE, H100)
+    fb = feedback.Feedback(gla_space.CHUNKED, SHAPE, H100)
     (d,) = fb.observe(bad, _spill(bad))                        # fake compile result: spills
     assert d.level == "correction" and d.kernel == "chunk_gla_states" and d.kind == "spills"
     assert d.compiled_regs == 255 and d.spills == 64
-    pred = int(spaces.evaluate(spaces._chunk_states.regs, spaces.CHUNKED, SHAPE, bad))
+    pred = int(spaces.evaluate(gla_space._chunk_states.regs, gla_space.CHUNKED, SHAPE, bad))
     assert d.predicted_regs == pred and f"<= {pred - 1} if num_warps == 8" in d.constraint
-    after = _solve(spaces.CHUNKED, SHAPE, fb)
+    after = _solve(gla_space.CHUNKED, SHAPE, fb)
     assert bad not in after and 0 < len(after) < len(feas)
     # every config at least as large (same warps) is gone too; other warp counts are untouched
     assert not any(_dominates(c, bad) for c in after)
@@ -79,39 +80,39 @@ def test_feedback_never_excludes_a_config_that_compiled_cleanly():
     # clean one, so the feedback falls back to a dominance nogood
     bad = {"BT": 64, "BC": 16, "BK": 32, "BV": 64, "num_warps": 8, "num_stages": 1}
     good = {"BT": 32, "BC": 16, "BK": 64, "BV": 64, "num_warps": 8, "num_stages": 1}
-    fb = feedback.Feedback(spaces.CHUNKED, SHAPE, H100)
+    fb = feedback.Feedback(gla_space.CHUNKED, SHAPE, H100)
     new = fb.observe_all([(bad, _spill(bad)), (good, _clean(good))])     # clean ones first
     assert [d.level for d in new] == ["dominance"]
-    after = _solve(spaces.CHUNKED, SHAPE, fb)
+    after = _solve(gla_space.CHUNKED, SHAPE, fb)
     assert good in after and bad not in after
     assert not any(_dominates(c, bad) for c in after)
 
 
 def test_spill_at_16_warps_leaves_fewer_warps_alone():
     shape = spaces.Shape(8, 4096, 16, 128, 128, "bf16")
-    feas = solver.enumerate_feasible(spaces.RECURRENT, shape, H100)
+    feas = solver.enumerate_feasible(gla_space.RECURRENT, shape, H100)
     bad = {"BK": 128, "BV": 16, "num_warps": 16, "num_stages": 1}
     assert bad in feas
-    fb = feedback.Feedback(spaces.RECURRENT, shape, H100)
-    fb.observe(bad, _spill(bad, "recurrent_gla_bwd", "mixir.lowering.templates.gla_recurrent."))
-    after = _solve(spaces.RECURRENT, shape, fb)
+    fb = feedback.Feedback(gla_space.RECURRENT, shape, H100)
+    fb.observe(bad, _spill(bad, "recurrent_gla_bwd", "mixir.lowering.gated_linear.kernels.recurrent."))
+    after = _solve(gla_space.RECURRENT, shape, fb)
     assert bad not in after
     assert [c for c in feas if c["num_warps"] < 16] == [c for c in after if c["num_warps"] < 16]
 
 
 def test_shared_memory_over_the_limit_and_compile_errors():
-    fb = feedback.Feedback(spaces.CHUNKED, SHAPE, H100)
+    fb = feedback.Feedback(gla_space.CHUNKED, SHAPE, H100)
     big = {"BT": 64, "BC": 32, "BK": 64, "BV": 64, "num_warps": 4, "num_stages": 3}
     over = CompiledConfig(big, [_res("chunk_gla_output", 200, smem=H100.smem_block + 4096, warps=4)], [])
     (d,) = fb.observe(big, over)
     assert d.kind == "shared_memory" and d.compiled_smem > H100.smem_block and d.level == "correction"
     assert d.constraint.startswith("ob*(") or "BC" in d.constraint
-    feas = solver.enumerate_feasible(spaces.CHUNKED, SHAPE, H100)
+    feas = solver.enumerate_feasible(gla_space.CHUNKED, SHAPE, H100)
     err = {"BT": 16, "BC": 16, "BK": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
     assert err in feas and dict(err, num_warps=8) in feas
     (e,) = fb.observe(err, CompiledConfig(err, [], ["compiling kernel x failed: boom"]))
     assert e.kind == "error" and e.level == "nogood" and "boom" in e.what()
-    after = _solve(spaces.CHUNKED, SHAPE, fb)
+    after = _solve(gla_space.CHUNKED, SHAPE, fb)
     assert big not in after and err not in after
     # the nogood is exact: the same tiles with 8 warps stay
     assert dict(err, num_warps=8) in after
@@ -120,7 +121,7 @@ def test_shared_memory_over_the_limit_and_compile_errors():
 def test_guarded_and_forbid_constraints_match_bruteforce():
     rng = random.Random(7)
     shape = spaces.Shape(2, 1000, 4, 64, 64, "fp16")
-    for space in (spaces.CHUNKED, spaces.RECURRENT):
+    for space in (gla_space.CHUNKED, gla_space.RECURRENT):
         feas = spaces.feasible_bruteforce(space, shape, H100)
         fb = feedback.Feedback(space, shape, H100)
         for cfg in rng.sample(feas, 3):
@@ -145,8 +146,8 @@ def test_pipeline_feeds_mismatches_back_and_re_solves(monkeypatch):
     from mixir.autotune import aot_check
     from mixir.library import MIXERS
     shape = spaces.Shape(8, 4096, 16, 64, 64, "bf16")
-    feas = solver.enumerate_feasible(spaces.CHUNKED, shape, H100)
-    top2 = [c for c, _ in pipeline.diverse(cost.rank(spaces.CHUNKED, shape, H100, feas), 2)]
+    feas = solver.enumerate_feasible(gla_space.CHUNKED, shape, H100)
+    top2 = [c for c, _ in pipeline.diverse(cost.rank(gla_space.CHUNKED, shape, H100, feas), 2)]
     bad = {_key(c) for c in top2}                   # the model's two favourites spill
     log = []
     monkeypatch.setattr(aot_check, "compile_configs", _fake_compiler(bad, log))
@@ -158,12 +159,12 @@ def test_pipeline_feeds_mismatches_back_and_re_solves(monkeypatch):
     assert r.discrepancies and r.n_feasible_after < r.n_feasible == len(feas)
     assert r.best is not None and r.best.ok and _key(r.best.config) not in bad
     # the chosen config is the corrected model's best (nothing feasible is predicted faster)
-    learned = store.get(spaces.CHUNKED, shape, H100, MIXERS["gla"].mixer.fingerprint).constraints
+    learned = store.get(gla_space.CHUNKED, shape, H100, MIXERS["gla"].mixer.fingerprint).constraints
     assert learned and all(c.name.startswith("fb_") for c in learned)
-    after = solver.enumerate_feasible(spaces.CHUNKED, shape, H100,
-                                      constraints=spaces.CHUNKED.constraints(shape, H100) + learned)
+    after = solver.enumerate_feasible(gla_space.CHUNKED, shape, H100,
+                                      constraints=gla_space.CHUNKED.constraints(shape, H100) + learned)
     assert len(after) == r.n_feasible_after and not any(_key(c) in bad for c in after)
-    top = cost.rank(spaces.CHUNKED, shape, H100, after)[0][0]
+    top = cost.rank(gla_space.CHUNKED, shape, H100, after)[0][0]
     assert _key(top) == _key(r.best.config)
     table = res.table()
     assert "model mismatches fed back as constraints" in table and "registers predicted" in table
@@ -179,8 +180,8 @@ def test_feedback_persists_in_the_database_entry(monkeypatch, tmp_path):
     from mixir.autotune import aot_check
     from mixir.library import MIXERS
     shape = spaces.Shape(8, 4096, 16, 128, 128, "bf16")
-    feas = solver.enumerate_feasible(spaces.RECURRENT, shape, H100)
-    top = cost.rank(spaces.RECURRENT, shape, H100, feas)[0][0]
+    feas = solver.enumerate_feasible(gla_space.RECURRENT, shape, H100)
+    top = cost.rank(gla_space.RECURRENT, shape, H100, feas)[0][0]
     monkeypatch.setattr(aot_check, "compile_configs", _fake_compiler({_key(top)}, []))
     pipeline.tune(MIXERS["simple_gla"].mixer, "h100", strategies=["recurrent"], top_k=2,
                   directory=str(tmp_path))
@@ -221,7 +222,7 @@ def test_show_prints_the_formulas_from_the_sympy_expressions(capsys):
     assert main(["show", "gla"]) == 0
     out = capsys.readouterr().out
     assert "tuning spaces" in out and "gla_chunked" in out and "gla_recurrent" in out
-    for space in spaces.SPACES.values():
+    for space in gla_space.SPACES.values():
         for k in space.kernels:
             assert k.name in out
             for e in (k.smem, k.regs, k.grid, k.bytes_moved):
@@ -324,7 +325,7 @@ def test_shipped_defaults_cover_every_library_mixer_on_h100():
 # ---- 5. predicted-feasible configs compile for their arch ---------------------------------------
 def _have_ptxas():
     try:
-        from mixir.lowering import aot
+        from mixir.lowering.common import aot
         return aot._triton_bin("ptxas") is not None or bool(os.environ.get("TRITON_PTXAS_PATH"))
     except Exception:
         return False

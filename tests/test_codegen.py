@@ -1,4 +1,4 @@
-"""Generated pointwise kernels (mixir.lowering.codegen / pointwise) and the symbolic VJP.
+"""Generated pointwise kernels (mixir.lowering.common.codegen / pointwise) and the symbolic VJP.
 
 Every piece set is checked against the float64 torch evaluation of ``reference/evaluate.py``:
 the forward values, and the gradients against torch autograd of that evaluation. Kernels run
@@ -18,10 +18,10 @@ from mixir.dsl import ir
 from mixir.dsl.mixer import Param, Scale, trace
 from mixir.dsl.vjp import vjp
 from mixir.errors import MixirError
-from mixir.lowering import codegen
-from mixir.lowering.analysis import analyse
-from mixir.lowering.launch import record_launches
-from mixir.lowering.pointwise import PiecesKernel
+from mixir.lowering.common import codegen
+from mixir.lowering.gated_linear.analysis import analyse
+from mixir.lowering.common.launch import record_launches
+from mixir.lowering.common.pieces import PiecesKernel
 from mixir.reference.evaluate import TorchBackend, evaluate
 
 HEAD = ir.Node("head", (), (), "head")
@@ -420,7 +420,7 @@ def test_generated_kernels_compile_for_gpu():
     """The same source compiles with Triton for a GPU (no GPU needed), also at GPU tile sizes."""
     import dataclasses
 
-    from mixir.lowering import aot
+    from mixir.lowering.common import aot
     if aot._triton_bin("ptxas") is None and not os.environ.get("TRITON_PTXAS_PATH"):
         pytest.skip("Triton's ptxas is not available")
     f = form_of(gla_ls)

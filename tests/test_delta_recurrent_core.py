@@ -1,4 +1,4 @@
-"""Tests of the recurrent delta-rule core (mixir.lowering.templates.delta_recurrent).
+"""Tests of the recurrent delta-rule core (mixir.lowering.householder.kernels.recurrent).
 
 Kernels run through Triton's interpreter on CPU tensors, so shapes are tiny. Every output and
 intermediate buffer is NaN-poisoned (MIXIR_POISON): an element a kernel forgets to write fails the
@@ -9,9 +9,9 @@ errors (mixir.testing.tolerances) against the oracle run on the same (rounded) i
 import pytest
 import torch
 
-from mixir.lowering.templates import delta_recurrent as dr
-from mixir.lowering.templates.delta_recurrent import (default_config, delta_recurrent_backward,
-                                                      delta_recurrent_forward)
+from mixir.lowering.householder.kernels import recurrent as dr
+from mixir.lowering.householder.kernels.recurrent import (default_config, delta_recurrent_backward,
+                                                          delta_recurrent_forward)
 from mixir.testing.tolerances import BOUNDS, rel_rms_error
 
 GRADS = ("q", "k", "v", "beta", "g", "h0")
@@ -223,8 +223,8 @@ def test_default_configs_build_for_sm80_sm90_without_spills(fresh_triton_cache):
     Triton's ptxas: forward 80..128 registers, backward 96..166)."""
     if not _cuda_compiler_available():
         pytest.skip("cannot compile for CUDA here")
-    from mixir.lowering import aot
-    from mixir.lowering.launch import record_launches
+    from mixir.lowering.common import aot
+    from mixir.lowering.common.launch import record_launches
     with record_launches() as recs:
         for D in (64, 128):
             for dtype in (torch.float32, torch.bfloat16):

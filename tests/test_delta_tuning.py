@@ -10,13 +10,15 @@ import os
 import pytest
 import torch
 
-from mixir.autotune import db, delta_space as ds, hardware, select, spaces
+from mixir.autotune import db, hardware, select, space as spaces
+from mixir.lowering.householder import space as ds
 from mixir.errors import TuningError
 from mixir.library import MIXERS
-from mixir.lowering import delta_core
+from mixir.lowering.householder import core as delta_core
 
 pytest.importorskip("ortools")
 from mixir.autotune import solver  # noqa: E402
+from mixir.lowering.gated_linear import space as gla_space
 
 
 def _values(strategy, K, V, dtype):
@@ -35,7 +37,7 @@ def test_cpsat_enumeration_equals_brute_force(strategy, K, V, dtype, gpu):
     shape = ds.shape(8, 4096, 16, K, V, dtype)
     g = hardware.get(gpu)
     sp_ = spaces.space(f"delta_{strategy}")
-    assert sp_ is ds.space(strategy) and sp_.name not in {s.name for s in spaces.SPACES.values()}
+    assert sp_ is ds.space(strategy) and sp_.name not in {s.name for s in gla_space.SPACES.values()}
     got = solver.enumerate_feasible(sp_, shape, g)
     assert got == spaces.feasible_bruteforce(sp_, shape, g)
     assert got and all(not spaces.violated(sp_, shape, g, c) for c in got)
@@ -118,7 +120,7 @@ def test_pipeline_feeds_aot_mismatches_back(monkeypatch):
     turned into a constraint, and the re-solved model's best is chosen."""
     from mixir.autotune import pipeline
     from mixir.autotune.aot_check import CompiledConfig
-    from mixir.lowering.aot import KernelResources
+    from mixir.lowering.common.aot import KernelResources
     calls = []
 
     def fake(mixer, strategy, configs, arch, **kw):
@@ -126,7 +128,7 @@ def test_pipeline_feeds_aot_mismatches_back(monkeypatch):
         for cfg in configs:
             spill = not calls       # the first config compiled spills
             calls.append(dict(cfg))
-            r = KernelResources("mixir.lowering.templates.delta_chunked.delta_chunk_grads_k", arch,
+            r = KernelResources("mixir.lowering.householder.kernels.chunked.delta_chunk_grads_k", arch,
                                 cfg["num_warps"], cfg["num_stages"], 255 if spill else 200,
                                 64 if spill else 0, 8192, 0, ())
             out.append(CompiledConfig(dict(cfg), [r], []))
@@ -162,7 +164,7 @@ def test_predicted_resources_bound_a_real_aot_build(fresh_triton_cache):
     """One real build for sm_90 (the chunked default at K = V = 64, bf16; the two kernels the
     register model rates highest): compiled registers and shared memory within the prediction,
     no spills."""
-    from mixir.lowering import aot
+    from mixir.lowering.common import aot
     m = MIXERS["gated_delta_rule"].mixer
     vals = _values("chunked", 64, 64, "bf16")
     recs = ds.record_config(m, "chunked", vals, dtype="bf16", K=64, V=64)
@@ -189,10 +191,11 @@ def test_runtime_picks_build_without_spills(gpu, arch):
     """What a CUDA call would run without a tuning database (the cost model's best) compiles with no
     register spills, both strategies, bf16 and fp32, K = V = 64 and 128."""
     import torch
-    from mixir.autotune import delta_space, hardware
-    from mixir.lowering import aot
-    from mixir.lowering import delta_core as dc
-    from mixir.lowering.launch import record_launches
+    from mixir.lowering.householder import space as delta_space
+    from mixir.autotune import hardware
+    from mixir.lowering.common import aot
+    from mixir.lowering.householder import core as dc
+    from mixir.lowering.common.launch import record_launches
     g = hardware.get(gpu)
     recs = {}
     for dt, tdt in (("bf16", torch.bfloat16), ("fp32", torch.float32)):

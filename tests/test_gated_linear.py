@@ -114,8 +114,8 @@ def test_signed_decay_hypothesis(case, strategy):
 def test_householder_update_is_refused_with_the_subexpression():
     """The gated-linear analysis names the contraction it cannot take; the registry then routes the
     mixer to the Householder family (tests/test_householder.py)."""
-    from mixir.lowering import analysis
-    from mixir.lowering.families import classify
+    from mixir.lowering.gated_linear import analysis
+    from mixir.lowering.family import classify
 
     @mx.mixer
     def delta(q: In["K"], k: In["K"], v: In["V"], b: In[()], S: State["K", "V"]):

@@ -1,4 +1,4 @@
-"""Tests of the canonical gated-linear-attention core (mixir.lowering.gla_core).
+"""Tests of the canonical gated-linear-attention core (mixir.lowering.gated_linear.core).
 
 Kernels run through Triton's interpreter on CPU tensors, so shapes are tiny. Every output and
 intermediate buffer is NaN-poisoned (MIXIR_POISON) so an element a kernel forgets to write fails
@@ -8,8 +8,8 @@ import pytest
 import torch
 import triton.language as tl
 
-from mixir.lowering import gla_core
-from mixir.lowering.gla_core import STRATEGIES, default_config, gla_backward, gla_forward
+from mixir.lowering.gated_linear import core as gla_core
+from mixir.lowering.gated_linear.core import STRATEGIES, default_config, gla_backward, gla_forward
 
 # relative RMS error bounds: rms(out - ref) / max(rms(ref), 1e-6)
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
@@ -295,8 +295,8 @@ def test_default_config():
 
 
 def test_kernels_enumerable():
-    from mixir.lowering.launch import Kernel
-    from mixir.lowering.templates import gla_chunked, gla_recurrent
+    from mixir.lowering.common.launch import Kernel
+    from mixir.lowering.gated_linear.kernels import chunked as gla_chunked, recurrent as gla_recurrent
     for mod in (gla_chunked, gla_recurrent):
         assert mod.KERNELS and all(isinstance(k, Kernel) for k in mod.KERNELS)
 
@@ -305,7 +305,7 @@ def test_kernels_compile_for_cuda():
     """Compile the launched kernel variants ahead of time for sm_90 (no GPU needed) so that
     compiled-mode-only errors show up on CPU machines too; skipped where this Triton cannot."""
     import triton
-    from mixir.lowering.launch import record_launches
+    from mixir.lowering.common.launch import record_launches
     try:
         from triton.backends.compiler import GPUTarget
         from triton.compiler import ASTSource

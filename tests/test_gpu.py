@@ -17,7 +17,7 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 
 def _name_strategy():
     """(library mixer, strategy) for every mixer mixir compiles, each with its family's strategies."""
-    from mixir.lowering.families import classify
+    from mixir.lowering.family import classify
     out = []
     for name, e in sorted(MIXERS.items()):
         if not e.requires:

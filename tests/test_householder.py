@@ -13,9 +13,9 @@ import mixir as mx
 from mixir import In, State
 from mixir.errors import InputError, UnsupportedMixerError
 from mixir.library import MIXERS, delta_rule, gated_delta_product, gated_delta_rule, kda
-from mixir.library.delta import delta_mixer
+from mixir.library.householder import delta_mixer
 from mixir.dsl.ir import render as ir_render
-from mixir.lowering.families import classify
+from mixir.lowering.family import classify
 from mixir.testing.checker import assert_close, check, check_cu_seqlens
 from mixir.verify import example_inputs
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from mixir.library import MIXERS
-from mixir.lowering import aot
-from mixir.lowering import delta_core as dc
-from mixir.lowering.launch import record_launches
+from mixir.lowering.common import aot
+from mixir.lowering.householder import core as dc
+from mixir.lowering.common.launch import record_launches
 from mixir.verify import record_kernels
 
 

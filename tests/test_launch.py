@@ -4,8 +4,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mixir.lowering import aot
-from mixir.lowering.launch import kernel, record_launches
+from mixir.lowering.common import aot
+from mixir.lowering.common.launch import kernel, record_launches
 
 
 @triton.jit

@@ -9,7 +9,7 @@ import torch
 
 import mixir as mx
 from mixir.library import MIXERS, LibraryEntry
-from mixir.lowering.analysis import analyse
+from mixir.lowering.gated_linear.analysis import analyse
 
 B, T, H, K, V = 2, 7, 3, 4, 5
 TOL = dict(rtol=1e-11, atol=1e-11)

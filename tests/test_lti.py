@@ -15,9 +15,9 @@ import mixir as mx
 from mixir import In, Param, State
 from mixir.errors import InputError, UnsupportedMixerError
 from mixir.library import MIXERS, lti
-from mixir.lowering import lti_kernels as K
-from mixir.lowering.families import classify
-from mixir.lowering.lti_runtime import kernel_materialised, kernel_powers
+from mixir.lowering.lti import ops as K
+from mixir.lowering.family import classify
+from mixir.lowering.lti.system import kernel_materialised, kernel_powers
 from mixir.testing import assert_close, check, check_cu_seqlens
 from mixir.testing.tolerances import rel_rms_error as _rel_rms_error
 
@@ -74,12 +74,12 @@ def test_library_lti_mixers_route_to_lti_and_others_do_not():
     for name, m in RNN_MIXERS.items():
         m = getattr(m, "mixer", m)
         with pytest.raises(UnsupportedMixerError):
-            from mixir.lowering.lti_analysis import analyse
+            from mixir.lowering.lti.analysis import analyse
             analyse(m)
 
 
 def test_analysis_refuses_with_reasons():
-    from mixir.lowering.lti_analysis import analyse
+    from mixir.lowering.lti.analysis import analyse
     with pytest.raises(UnsupportedMixerError, match="exactly one per-token input"):
         analyse(gated_ema)
     with pytest.raises(UnsupportedMixerError, match="product of two state-dependent"):
@@ -106,7 +106,7 @@ def two_directions(u: In[()], a: Param["N"], p: Param["N"], q: Param["N"], x: St
 def test_rank_counts_independent_columns_only():
     """Functionals whose update columns are real multiples of each other share one term (S4's
     Woodbury solve reads four functionals, all along d·P: rank 1); independent columns do not."""
-    from mixir.lowering.lti_analysis import analyse
+    from mixir.lowering.lti.analysis import analyse
     assert analyse(lti.s4_mixer).rank == 1
     assert analyse(two_reads).rank == 1
     assert len(analyse(two_reads).lowrank[0].parts) == 2
@@ -246,7 +246,8 @@ def test_low_rank_final_state_without_token_loop(monkeypatch):
     """The conv strategy's final state for a low-rank Ā (Krylov blocks + a tree of powers) equals
     the dense recurrence for T around block and power-of-two boundaries, with and without an
     initial state, and never runs the token loop."""
-    from mixir.lowering.lti_runtime import CompiledLTIMixer, final_state_blocked
+    from mixir.lowering.lti.runtime import CompiledLTIMixer
+    from mixir.lowering.lti.system import final_state_blocked
     s = _system("s4", 6)
     A = s.full_transition()
     for T in (1, 2, 3, 4, 5, 16, 17, 63, 300):
@@ -472,8 +473,8 @@ def test_wrappers_and_initialisers():
 # ---- ahead-of-time build -------------------------------------------------------------------------
 
 def test_every_lti_kernel_builds_for_sm80_and_sm90(fresh_triton_cache):
-    from mixir.lowering import aot
-    from mixir.lowering.launch import record_launches
+    from mixir.lowering.common import aot
+    from mixir.lowering.common.launch import record_launches
     with record_launches() as recs:
         for name in ("s4d", "s4"):
             for dtype in (torch.float32, torch.float64):

@@ -22,9 +22,9 @@ import torch
 
 import mixir as mx
 from mixir.library import lti
-from mixir.lowering import lti_kernels as K
-from mixir.lowering.launch import record_launches
-from mixir.lowering.lti_runtime import System
+from mixir.lowering.lti import launches, ops as K
+from mixir.lowering.common.launch import record_launches
+from mixir.lowering.lti.system import System
 from mixir.testing import assert_close, check
 from mixir.testing.tolerances import Bounds, rel_rms_error
 
@@ -137,7 +137,7 @@ def test_triton_backward_equals_torch_loop(r, dtype, bound):
 
 
 def test_recurrent_chunk_is_ceil_sqrt():
-    assert [K.recurrent_chunk(T) for T in (0, 1, 2, 4, 5, 7, 9, 10, 16384)] == \
+    assert [launches.recurrent_chunk(T) for T in (0, 1, 2, 4, 5, 7, 9, 10, 16384)] == \
         [1, 1, 2, 2, 3, 3, 3, 4, 128]
 
 
@@ -160,7 +160,7 @@ def test_final_state_gradient_only():
 # ---- ahead-of-time build -------------------------------------------------------------------------
 
 def test_recurrent_kernels_build_for_sm80_and_sm90(fresh_triton_cache):
-    from mixir.lowering import aot
+    from mixir.lowering.common import aot
     with record_launches() as recs:
         for name in ("s4d", "s4"):
             for dtype in (torch.float32, torch.float64):

@@ -1,4 +1,4 @@
-"""The LTI kernels' tuning space (``mixir.autotune.lti_space``): sympy formulas, the CP-SAT
+"""The LTI kernels' tuning space (``mixir.lowering.lti.space``): sympy formulas, the CP-SAT
 enumeration against brute force, the runtime's tile choice (CPU default, recordings and CUDA:
 database → cost model), the default configs built ahead of time with no spills (sm_80, sm_90,
 fp32 and fp64), and the memory of kernel generation (no N × L buffer)."""
@@ -11,10 +11,12 @@ import sympy as sp
 import torch
 
 import mixir as mx
-from mixir.autotune import db, hardware, lti_space, select, spaces
+from mixir.autotune import db, hardware, select, space as spaces
+from mixir.lowering.lti import space as lti_space
 from mixir.library import lti
-from mixir.lowering import aot, lti_kernels
-from mixir.lowering.launch import LaunchRecord, record_launches
+from mixir.lowering.common import aot
+from mixir.lowering.lti import kernels as lti_kernels
+from mixir.lowering.common.launch import LaunchRecord, record_launches
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 
@@ -180,7 +182,7 @@ def test_kernel_generation_memory_has_no_n_by_l_buffer():
     materialised computation does allocate (the measurement can see it)."""
     from bench_lti import systems, torch_cpu_peak_bytes, vandermonde_naive
 
-    from mixir.lowering.lti_runtime import kernel_powers
+    from mixir.lowering.lti.system import kernel_powers
     N, L = 64, 4096
     s4d, s4 = systems(1, N, torch.device("cpu"))
     with torch.no_grad():

@@ -12,7 +12,7 @@ from mixir import In, Param, State
 from mixir.dsl.ops import rename
 from mixir.errors import InputError, UnsupportedMixerError
 from mixir.library.rnn import RNN_MIXERS, gru, lstm, mlstm_nonorm_mixer
-from mixir.lowering.families import classify
+from mixir.lowering.family import classify
 from mixir.testing.checker import assert_close, check, check_cu_seqlens
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

@@ -5,8 +5,8 @@ import torch
 
 import mixir as mx
 from mixir.library.rnn import RNN_MIXERS
-from mixir.lowering import aot
-from mixir.lowering.launch import record_launches
+from mixir.lowering.common import aot
+from mixir.lowering.common.launch import record_launches
 
 from test_rnn import inputs
 

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 
 from mixir.library.rnn import RNN_MIXERS
-from mixir.lowering.families import classify
-from mixir.lowering.rnn_cuda import generate, shared_bytes
+from mixir.lowering.family import classify
+from mixir.lowering.rnn.cuda import generate, shared_bytes
 
 
 def _nvcc():
@@ -66,7 +66,7 @@ def test_launcher_source_and_cpu_refusal():
     import torch
     import mixir as mx
     from mixir.errors import InputError
-    from mixir.lowering.rnn_cuda import launcher_source
+    from mixir.lowering.rnn.cuda import launcher_source
     plan, _ = _source("lstm")
     decl, src = launcher_source(plan, plan.inputs, "__nv_bfloat16")
     assert decl.startswith("void launch(") and "cudaFuncAttributeMaxDynamicSharedMemorySize" in src
@@ -87,7 +87,7 @@ def _torch_includes():
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH nor in the Triton wheel")
 def test_launcher_compiles_against_torch_headers(tmp_path):
     """The exact CUDA source ``load_inline`` builds, compiled with nvcc -c (kernel + launcher)."""
-    from mixir.lowering.rnn_cuda import launcher_source
+    from mixir.lowering.rnn.cuda import launcher_source
     plan, _ = _source("gru")
     _, src = launcher_source(plan, plan.inputs, "__half")
     cu = tmp_path / "gru_launch.cu"
@@ -125,7 +125,7 @@ def test_training_launcher_source_casts_by_the_kernel_signatures():
     pointer cast to its parameter's type (R in the R type), the ints in order, shared memory
     opted in above 48 KiB, the current stream. (The host glue around it is the one the CPU
     emulator runs: tests/test_rnn_cuda_emulated.py.)"""
-    from mixir.lowering import rnn_cuda, rnn_cuda_train as ct
+    from mixir.lowering.rnn import cuda as rnn_cuda, cuda_train as ct
     plan, _ = _source("lstm")
     k = rnn_cuda.generate_training(plan, plan.inputs, "__nv_bfloat16")
     decl, src = ct.launcher_source(k)
@@ -143,7 +143,7 @@ def test_training_launcher_source_casts_by_the_kernel_signatures():
 @pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH nor in the Triton wheel")
 def test_training_launcher_compiles_against_torch_headers(tmp_path):
-    from mixir.lowering import rnn_cuda, rnn_cuda_train as ct
+    from mixir.lowering.rnn import cuda as rnn_cuda, cuda_train as ct
     plan, _ = _source("gru")
     _, src = ct.launcher_source(rnn_cuda.generate_training(plan, plan.inputs, "__half"))
     cu = tmp_path / "gru_train.cu"

@@ -1,4 +1,4 @@
-"""The generated CUDA C RNN kernels *run* on the CPU (issue 7): ``mixir.testing.cuda_emulation``
+"""The generated CUDA C RNN kernels *run* on the CPU (issue 7): ``mixir.lowering.rnn.cuda_emulation``
 compiles the exact source ``rnn_cuda`` emits with g++ (C++20, one ``std::thread`` per CUDA thread,
 ``__syncthreads`` a real ``std::barrier``) and launches the grid block by block.
 
@@ -18,12 +18,12 @@ import torch
 
 import mixir as mx
 from mixir.library.rnn import RNN_MIXERS
-from mixir.lowering import rnn_cuda
-from mixir.lowering.families import classify
+from mixir.lowering.rnn import cuda as rnn_cuda
+from mixir.lowering.family import classify
 from mixir.reference import run_reference
 from mixir.testing import bounds_for, rel_rms_error
 from mixir.testing.checker import assert_close, check
-from mixir.testing import cuda_emulation as ce
+from mixir.lowering.rnn import cuda_emulation as ce
 from test_rnn import inputs
 from test_rnn_cuda import NVCC
 

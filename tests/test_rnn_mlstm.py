@@ -15,9 +15,9 @@ from mixir import In, Scale, State
 from mixir.dsl import ir
 from mixir.errors import UnsupportedMixerError
 from mixir.library.rnn import RNN_MIXERS, mlstm, mlstm_mixer
-from mixir.lowering.analysis import GatedLinearForm, MaxPlusForm, analyse
-from mixir.lowering.families import classify
-from mixir.lowering.runtime import maxplus_scan
+from mixir.lowering.gated_linear.analysis import GatedLinearForm, MaxPlusForm, analyse
+from mixir.lowering.family import classify
+from mixir.lowering.gated_linear.runtime import maxplus_scan
 from mixir.testing.checker import assert_close, check, check_cu_seqlens
 
 ENTRY = RNN_MIXERS["mlstm"]

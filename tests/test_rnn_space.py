@@ -5,10 +5,11 @@ import sympy as sp
 import torch
 
 import mixir as mx
-from mixir.autotune import hardware, rnn_space, spaces
+from mixir.autotune import hardware, space as spaces
+from mixir.lowering.rnn import space as rnn_space
 from mixir.library.rnn import RNN_MIXERS
-from mixir.lowering import aot
-from mixir.lowering.launch import record_launches
+from mixir.lowering.common import aot
+from mixir.lowering.common.launch import record_launches
 
 from test_rnn import inputs
 
@@ -86,7 +87,8 @@ def test_cuda_template_fit_formula():
     for the Triton fused one: LSTM (4 gates) D = 128 bf16 trains fused in CUDA C on H100 and A100
     (128 KiB of R + the backward's 16 KiB da buffer), not on an RTX 4090 (99 KiB), and D = 256
     fits nowhere (512 KiB of R)."""
-    from mixir.autotune import hardware, rnn_space
+    from mixir.autotune import hardware
+    from mixir.lowering.rnn import space as rnn_space
     h100, a100, r4090 = (hardware.get(n) for n in ("h100", "a100", "4090"))
     assert not rnn_space.fits_on_chip(4, 2, 128, "bf16", h100)
     assert rnn_space.cuda_fits_on_chip(4, 128, "bf16", h100) and rnn_space.cuda_fits_on_chip(4, 128, "bf16", a100)

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 import mixir as mx
-from mixir.autotune import db, hardware, lti_space, pipeline, rnn_space, select
+from mixir.autotune import db, hardware, pipeline, select
+from mixir.lowering.lti import space as lti_space
+from mixir.lowering.rnn import space as rnn_space
 from mixir.cli import main
 from mixir.errors import TuningError
 from mixir.library import MIXERS

@@ -11,7 +11,7 @@
     db         versioned JSON tuning database (``lookup``)
     pipeline   the pipeline behind ``mixir tune`` (``tune``, ``tune_all``)
 """
-from . import db, hardware, spaces
+from . import db, hardware, space as spaces
 from .db import lookup
 
 

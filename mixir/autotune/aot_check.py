@@ -13,7 +13,7 @@ import dataclasses
 
 import numpy as np
 
-TEMPLATE_MODULES = ("gla_chunked", "gla_recurrent")
+TEMPLATE_MODULES = ("gated_linear.kernels.chunked", "gated_linear.kernels.recurrent")
 
 
 @dataclasses.dataclass
@@ -77,7 +77,7 @@ def record_config(mixer, strategy: str, config: dict, *, dtype: str = "bf16", K:
     import torch
 
     import mixir
-    from ..lowering.launch import record_launches
+    from ..lowering.common.launch import record_launches
     from ..verify import example_inputs
     if T is None:
         T = int(config.get("BT", 16)) + 3 if strategy == "chunked" else 3
@@ -108,7 +108,7 @@ def compile_recorded(configs: list, record, arch: str, *, workers=None, timeout_
     """Build the kernels ``record(config)`` launches for every config, for ``arch``; one
     ``CompiledConfig`` per config. Kernels shared between configs compile once. Shared by every
     family's tuner (gated-linear here, Householder in delta_space, attention in attention.tuning)."""
-    from ..lowering import aot
+    from ..lowering.common import aot
     per_config, unique = [], {}
     for i, cfg in enumerate(configs):
         recs = record(cfg)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from . import spaces as _sp
+from . import space as _sp
 
 LAUNCH_OVERHEAD_S = 4e-6
 TILE_OVERHEAD_S = 1.5e-6

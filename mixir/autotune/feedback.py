@@ -27,7 +27,7 @@ import dataclasses
 
 import sympy as sp
 
-from . import spaces as _sp
+from . import space as _sp
 
 
 @dataclasses.dataclass

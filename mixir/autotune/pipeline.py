@@ -8,7 +8,7 @@ import math
 import warnings
 
 from ..errors import MixirError, TuningError
-from . import cost, db, hardware, spaces
+from . import cost, db, hardware, space as spaces
 from .feedback import Store
 
 # The shapes ``mixir tune --all`` tunes (and the shipped defaults cover): one training shape. Kept
@@ -152,7 +152,7 @@ def feature_sizes(mixer, key_dims, K, V) -> dict:
 
 def form_sizes(mixer, K=DEFAULT_HEAD, V=DEFAULT_HEAD):
     """(K, V) of the mixer's main gated-linear form for user-level head sizes K, V."""
-    from ..lowering.analysis import analyse
+    from ..lowering.gated_linear.analysis import analyse
     plan = analyse(mixer)
     sizes = feature_sizes(mixer, {f.k_dim for _, f in list(plan.aux) + [(None, plan.main)] if f.k_dim}, K, V)
     f = plan.main
@@ -321,13 +321,14 @@ def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=DEFAULT_HEAD, V=DEFAULT_HEAD
                           f"yet (tuned families: {', '.join(TUNED_FAMILIES)}); its kernels use their "
                           "template's default tiles")
     if family == "householder":              # the delta-rule templates: delta_space.py
-        from .delta_space import tune as tune_delta
+        from ..lowering.householder.space import tune as tune_delta
         return tune_delta(mixer, gpu, B=B, T=T, H=H, K=K, V=V, dtype=dtype, strategies=strategies,
                           top_k=top_k, aot=aot, timed=timed, write=write, directory=directory,
                           workers=workers, progress=progress, feedback=feedback,
                           max_rounds=max_rounds)
     if family in ("lti", "rnn"):             # the LTI kernels: lti_space.py; RNN templates: rnn_space.py
-        from . import lti_space, rnn_space
+        from ..lowering.lti import space as lti_space
+        from ..lowering.rnn import space as rnn_space
         fam_tune = lti_space.tune if family == "lti" else rnn_space.tune
         return fam_tune(mixer, gpu, B=B, T=T, H=H, K=K, V=V, dtype=dtype, strategies=strategies,
                         top_k=top_k, aot=aot, timed=timed, write=write, directory=directory,
@@ -357,14 +358,14 @@ TUNED_FAMILIES = ("gated_linear", "householder", "lti", "rnn")
 def tunable_strategies(mixer) -> tuple:
     """The strategy names ``tune`` accepts for ``mixer``: its plan's strategies, except that an
     LTI mixer tunes the kernels of its conv strategy only (the recurrence has no tiles)."""
-    from ..lowering.families import classify
+    from ..lowering.family import classify
     fam, plan = classify(mixer)
     return ("conv",) if fam.name == "lti" else tuple(plan.strategies)
 
 
 def _family(mixer) -> str | None:
     """The lowering family that accepts ``mixer`` (None when none does)."""
-    from ..lowering.families import analyse
+    from ..lowering.family import analyse
     try:
         return analyse(mixer).family
     except MixirError:
@@ -404,7 +405,7 @@ def group_by_kernels(mixers, dtype="bf16", K=DEFAULT_HEAD, V=DEFAULT_HEAD, strat
     for m in mixers:
         fam = _family(m)
         if fam == "lti":                     # the shared LTI kernels: same pair and (Q, N) → same tuning
-            from .lti_space import kernel_signature as lti_signature
+            from ..lowering.lti.space import kernel_signature as lti_signature
             groups.setdefault(lti_signature(m, K, V) + (db.dtype_name(dtype),), []).append(m)
             continue
         if fam != "gated_linear":            # other families are tuned one mixer at a time

@@ -7,12 +7,13 @@ import statistics
 
 import sympy as sp
 
-from . import hardware, spaces
+from . import hardware, space as spaces
 
 
-def formulas_markdown() -> str:
+def formulas_markdown(spaces_: dict) -> str:
+    """The formulas of ``spaces_`` ({strategy: Space}) as markdown (docs/autotune.md)."""
     out = []
-    for sp_ in spaces.SPACES.values():
+    for sp_ in spaces_.values():
         out.append(f"### `{sp_.name}` (strategy `{sp_.strategy}`)\n")
         doms = ", ".join(f"{s} ∈ {{{', '.join(map(str, d))}}}" if not callable(d) else f"{s} = PK"
                          for s, d in sp_.params.items())
@@ -41,15 +42,15 @@ _SHOW = (("grid", "grid"), ("smem B", "shared memory (B)"), ("regs", "registers/
          ("HBM B", "HBM bytes"))
 
 
-def formulas_text(strategies=None, k_dim=None, v_dim=None, indent="  ") -> str:
-    """Compact plain-text rendering of the tuning spaces' resource formulas (``mixir show``),
-    straight from the sympy expressions of ``spaces.py``."""
+def formulas_text(spaces_: dict, strategies=None, k_dim=None, v_dim=None, indent="  ") -> str:
+    """Compact plain-text rendering of the resource formulas of ``spaces_`` ({strategy: Space};
+    ``mixir show``), straight from their sympy expressions."""
     kd = f"dim {k_dim}" if k_dim else "1 (no key dim)"
     vd = f"dim {v_dim}" if v_dim else "1 (no value dim)"
-    out = [f"tuning spaces (sympy formulas of mixir/autotune/spaces.py; K = {kd}, V = {vd}; "
+    out = [f"tuning spaces (sympy formulas; K = {kd}, V = {vd}; "
            f"PK, PV = max(16, next_pow2); db / ob = bytes per input / dot-operand element):"]
-    for strategy in strategies or list(spaces.SPACES):
-        sp_ = spaces.SPACES.get(strategy)
+    for strategy in strategies or list(spaces_):
+        sp_ = spaces_.get(strategy)
         if sp_ is None:
             continue
         out.append(f"{indent}{sp_.name} (strategy {strategy}): {_doms(sp_)}")
@@ -141,5 +142,3 @@ def hardware_markdown() -> str:
 
 if __name__ == "__main__":
     print(hardware_markdown())
-    print()
-    print(formulas_markdown())

@@ -45,7 +45,7 @@ def _gpu_for(device_index: int):
 def model_best(strategy, B, T, H, K, V, dtype, gpu_name):
     """The cost model's best feasible config (the solver's enumeration); None without ortools or
     when nothing is feasible."""
-    from . import cost, hardware, solver, spaces
+    from . import cost, hardware, solver, space as spaces
     if not solver.available():
         return None
     gpu = hardware.get(gpu_name)
@@ -73,7 +73,7 @@ def tuned_config(fingerprint, strategy, K, V, dtype, B, T, H, device) -> dict | 
 
 @_never_raises("attention ")
 def tuned_attention_config(mask_key, D, dtype, B, T, H, device_index, fixed=None) -> dict | None:
-    """The attention kernels' config on CUDA device ``device_index`` (``mixir.attention.tiles``):
+    """The attention kernels' config on CUDA device ``device_index`` (``mixir.lowering.attention.tiles``):
     the tuning database's entry for the mask (strategy ``"attention"``, K = V = head dim; used
     when its tiles agree with ``fixed``) → the attention space's cost-model best
     (``attention_space.model_best``) → None. Never raises; cached like ``tuned_config``."""
@@ -84,7 +84,7 @@ def tuned_attention_config(mask_key, D, dtype, B, T, H, device_index, fixed=None
     cfg = db.lookup(mask_key, gpu, dt, B, T, H, K=D, V=D, strategy="attention")
     if cfg is not None and all(cfg.get(k) == v for k, v in (fixed or {}).items()):
         return cfg
-    from . import attention_space
+    from ..lowering.attention import space as attention_space
     return attention_space.model_best(gpu, dt, D, B, T, H, fixed)
 
 
@@ -102,7 +102,7 @@ def tuned_lti_config(kind, compute, R, Q, N, L, device_index) -> dict | None:
         cfg = db.lookup(name, gpu, "fp32", 1, L, R, K=N, V=Q, strategy=name)
         if cfg is not None:
             return cfg
-    from . import lti_space
+    from ..lowering.lti import space as lti_space
     return lti_space.model_best(gpu, kind, compute, R, Q, N, L)
 
 
@@ -121,7 +121,7 @@ def tuned_delta_config(fingerprint, strategy, K, V, dtype, B, T, H, device, num_
     cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=K, V=V, strategy=strategy)
     if cfg is not None:
         return cfg
-    from . import delta_space
+    from ..lowering.householder import space as delta_space
     return delta_space.model_best(strategy, gpu, dt, K, V, B, int(T) * int(num_householder), H)
 
 
@@ -156,6 +156,6 @@ def tuned_rnn_config(fingerprint, strategy, gates, states, D, dtype, B, T, H, de
         cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=D, V=D, strategy=strategy)
         if cfg is not None:
             return cfg
-    from . import rnn_space
+    from ..lowering.rnn import space as rnn_space
     return rnn_space.best_config(strategy, gates, states, rnn_space.shape_of(B, 1024, 1, D, dt), gpu,
                                  backward)

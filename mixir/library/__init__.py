@@ -6,7 +6,7 @@ Public wrappers with fla-style signatures (``scale``, ``initial_state``, ``outpu
 ranges) for every family: gated-linear (docs/library.md), Householder (docs/delta_rule.md), LTI
 state-space models (docs/lti.md) and nonlinear RNNs (docs/rnn.md).
 """
-from .delta import delta_rule, gated_delta_product, gated_delta_rule, kda
+from .householder import delta_rule, gated_delta_product, gated_delta_rule, kda
 from .gated_linear import gla, hgrn, lightnet, linear_attention, retention, simple_gla
 from .lti import lmu, lssl, s4, s4d
 from .registry import MIXERS, SAMPLERS, LibraryEntry, clear_cache, families

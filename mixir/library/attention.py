@@ -1,0 +1,292 @@
+"""Built-in attention masks, each declared in the mask DSL, and their attention calls.
+
+Every ``*_attention`` takes q [B, Tq, H, D], k and v [B, Tkv, Hkv, D] (layout ``[B, T, H, D]``
+like fla / flash-attn) and the keywords ``scale`` (default D ** -0.5), ``block_size`` (tile sizes
+of the block mask) and ``return_lse``. Query i and key j are at positions i and j of their
+sequences (for Tq != Tkv the two sequences are aligned at their starts).
+
+Constants of a mask (a window, a stride, a block size) are part of its expression, hence of its
+kernels; data (document ids, prefix lengths, MoBA's top-k choice) is not: new data rebuilds only
+the block-mask metadata.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from ..errors import InputError
+from ..dsl.mask import REGISTRY, Mask, abs_, mask
+from ..lowering.attention.ops import attention
+from ..lowering.attention.tiles import assume_constant, is_compiling
+
+__all__ = ["causal_mask", "sliding_window_mask", "document_mask", "prefix_lm_mask", "dilated_mask",
+           "global_local_mask", "moba_mask", "moba_selection", "doc_ids_from_cu_seqlens",
+           "causal_attention", "sliding_window_attention", "document_attention",
+           "prefix_lm_attention", "dilated_attention", "global_local_attention", "moba", "MASKS",
+           "example_data"]
+
+
+def _declaration(factory):
+    """A cached mask factory (the same arguments give the same ``Mask``) that ``torch.compile``
+    traces without a graph break: Dynamo calls the declaration eagerly at trace time and keeps
+    only the mask's key, a string constant (``assume_constant``), then looks the ``Mask`` up in
+    ``mask.REGISTRY`` - instead of tracing the ``@mask`` declaration (``inspect.signature`` and
+    the IR building, which it cannot trace)."""
+    cached = functools.lru_cache(maxsize=None)(factory)
+
+    def key(*args, **kwargs) -> str:
+        return cached(*args, **kwargs).key
+    key.__name__ = key.__qualname__ = f"{factory.__name__}_key"
+    key = assume_constant(key)
+
+    @functools.wraps(factory)
+    def get(*args, **kwargs):
+        return REGISTRY[key(*args, **kwargs)]
+    get.cache_clear = cached.cache_clear
+    return get
+
+
+def _pos_int(x, name):
+    if isinstance(x, bool) or not isinstance(x, int) or x < 1:
+        raise InputError(f"{name} must be a positive int, got {x!r}")
+    return x
+
+
+# ---------------------------------------------------------------------------------------- masks
+
+@_declaration
+def causal_mask() -> Mask:
+    """kv <= q."""
+    @mask
+    def causal(b, h, q, kv):
+        return kv <= q
+    return causal
+
+
+@_declaration
+def sliding_window_mask(window: int, causal: bool = True) -> Mask:
+    """Causal: 0 <= q - kv < window. Non-causal: |q - kv| < window."""
+    _pos_int(window, "window")
+    if causal:
+        @mask
+        def sliding_window(b, h, q, kv):
+            return (kv <= q) & (q - kv < window)
+    else:
+        @mask
+        def sliding_window(b, h, q, kv):
+            return abs_(q - kv) < window
+    return sliding_window
+
+
+@_declaration
+def document_mask(causal: bool = True) -> Mask:
+    """Packed sequences: doc[b, q] == doc[b, kv] (and kv <= q if causal); tokens with a negative
+    document id (padding past the last sequence) attend to nothing. Data: ``doc`` [B, T] ints."""
+    if causal:
+        @mask
+        def document(b, h, q, kv, doc):
+            return (doc[b, q] == doc[b, kv]) & (doc[b, q] >= 0) & (kv <= q)
+    else:
+        @mask
+        def document(b, h, q, kv, doc):
+            return (doc[b, q] == doc[b, kv]) & (doc[b, q] >= 0)
+    return document
+
+
+@_declaration
+def prefix_lm_mask() -> Mask:
+    """Bidirectional over the prefix, causal after it: kv <= q or kv < prefix[b].
+    Data: ``prefix`` [B] ints."""
+    @mask
+    def prefix_lm(b, h, q, kv, prefix):
+        return (kv <= q) | (kv < prefix[b])
+    return prefix_lm
+
+
+@_declaration
+def dilated_mask(stride: int, causal: bool = True) -> Mask:
+    """Every ``stride``-th key: (q - kv) % stride == 0 (and kv <= q if causal)."""
+    _pos_int(stride, "stride")
+    if causal:
+        @mask
+        def dilated(b, h, q, kv):
+            return (kv <= q) & ((q - kv) % stride == 0)
+    else:
+        @mask
+        def dilated(b, h, q, kv):
+            return (q - kv) % stride == 0
+    return dilated
+
+
+@_declaration
+def global_local_mask(globals: int, window: int, causal: bool = False) -> Mask:  # noqa: A002
+    """Longformer-style: the first ``globals`` tokens attend to and are attended by every token;
+    the others see a local window |q - kv| < window (and only kv <= q if causal)."""
+    _pos_int(window, "window")
+    if isinstance(globals, bool) or not isinstance(globals, int) or globals < 0:
+        raise InputError(f"globals must be an int >= 0, got {globals!r}")
+    g = globals
+
+    @mask
+    def global_local(b, h, q, kv):
+        m = (kv < g) | (q < g) | (abs_(q - kv) < window)
+        return m & (kv <= q) if causal else m
+    return global_local
+
+
+@_declaration
+def moba_mask(block_size: int) -> Mask:
+    """MoBA: kv <= q and key block kv // block_size selected for (b, h, q).
+    Data: ``sel`` [B, H, Tq, NB] bool (``moba_selection``)."""
+    _pos_int(block_size, "block_size")
+
+    @mask
+    def moba(b, h, q, kv, sel):
+        return (kv <= q) & sel[b, h, q, kv // block_size]
+    return moba
+
+
+# ---------------------------------------------------------------------------------------- data
+
+def doc_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
+    """[1, T] int32 document ids of a packed batch (-1 past the last sequence)."""
+    cu = cu_seqlens.to(torch.int64).flatten()
+    if is_compiling():   # value checks would break the graph; the eager call checks them
+        pass
+    elif cu.numel() < 1 or int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()) or int(cu[-1]) > T:
+        raise InputError(f"cu_seqlens must start at 0, be non-decreasing and end <= T={T}, "
+                         f"got {cu.tolist()}")
+    t = torch.arange(T, device=cu.device)
+    ids = torch.bucketize(t, cu[1:], right=True)
+    ids = torch.where(t < cu[-1], ids, torch.full_like(ids, -1))
+    return ids.to(torch.int32)[None]
+
+
+def moba_selection(q: torch.Tensor, k: torch.Tensor, block_size: int, topk: int) -> torch.Tensor:
+    """MoBA's gate: for each query token (b, h, t) its own key block t // block_size and the
+    ``topk`` past key blocks (entirely before its own) with the largest q . mean(k over the block).
+    Returns sel [B, H, T, NB] bool (no gradient: the top-k choice is not differentiable)."""
+    with torch.no_grad():
+        B, T, H, D = q.shape
+        Tk, HK = k.shape[1], k.shape[2]
+        NB = math.ceil(Tk / block_size)
+        kp = torch.zeros((B, NB * block_size, HK, D), device=k.device, dtype=torch.float32)
+        kp[:, :Tk] = k.float()
+        counts = torch.clamp(Tk - torch.arange(NB, device=k.device) * block_size, max=block_size)
+        kmean = kp.view(B, NB, block_size, HK, D).sum(2) / counts[None, :, None, None]
+        kmean = kmean.repeat_interleave(H // HK, 2)                      # [B, NB, H, D]
+        scores = torch.einsum("bthd,bnhd->bhtn", q.float(), kmean)        # [B, H, T, NB]
+        own = (torch.arange(T, device=q.device) // block_size)[:, None]   # [T, 1]
+        blk = torch.arange(NB, device=q.device)[None, :]
+        past = blk < own
+        scores = scores.masked_fill(~past, float("-inf"))
+        sel = blk == own
+        sel = sel.expand(B, H, T, NB).clone()
+        kk = min(topk, NB)
+        if kk > 0:
+            vals, idx = scores.topk(kk, dim=-1)
+            chosen = torch.zeros_like(sel)
+            chosen.scatter_(-1, idx, torch.isfinite(vals))
+            sel |= chosen
+        return sel
+
+
+# ---------------------------------------------------------------------------------------- calls
+
+def _run(q, k, v, m, data, scale, block_size, return_lse, config=None):
+    return attention(q, k, v, mask=m, data=data, scale=scale, block_size=block_size,
+                     config=config, return_lse=return_lse)
+
+
+def causal_attention(q, k, v, *, scale=None, block_size=None, config=None, return_lse=False):
+    return _run(q, k, v, causal_mask(), {}, scale, block_size, return_lse, config)
+
+
+def sliding_window_attention(q, k, v, window: int, *, causal=True, scale=None, block_size=None,
+                             config=None, return_lse=False):
+    return _run(q, k, v, sliding_window_mask(window, causal), {}, scale, block_size, return_lse, config)
+
+
+def document_attention(q, k, v, doc_ids=None, *, cu_seqlens=None, causal=True, scale=None,
+                       block_size=None, config=None, return_lse=False):
+    """Packed sequences given by ``doc_ids`` [B, T] (ints; negative = padding) or by
+    ``cu_seqlens`` (then B == 1, fla's convention)."""
+    if (doc_ids is None) == (cu_seqlens is None):
+        raise InputError("pass exactly one of doc_ids and cu_seqlens")
+    if cu_seqlens is not None:
+        if q.shape[0] != 1:
+            raise InputError(f"with cu_seqlens the batch size must be 1, got {q.shape[0]}")
+        if q.shape[1] != k.shape[1]:
+            raise InputError("document attention needs Tq == Tkv")
+        doc_ids = doc_ids_from_cu_seqlens(cu_seqlens, q.shape[1])
+    if doc_ids.dim() != 2 or doc_ids.shape[0] != q.shape[0] or doc_ids.shape[1] < max(q.shape[1], k.shape[1]):
+        raise InputError(f"doc_ids must be [B, T], got {tuple(doc_ids.shape)}")
+    return _run(q, k, v, document_mask(causal), {"doc": doc_ids}, scale, block_size, return_lse, config)
+
+
+def prefix_lm_attention(q, k, v, prefix, *, scale=None, block_size=None, config=None, return_lse=False):
+    """``prefix``: an int or a [B] tensor of prefix lengths."""
+    B = q.shape[0]
+    prefix = (torch.full((B,), int(prefix), dtype=torch.int32) if not isinstance(prefix, torch.Tensor)
+              else prefix.reshape(-1))
+    if prefix.numel() != B:
+        raise InputError(f"prefix must be an int or have B={B} entries, got {tuple(prefix.shape)}")
+    return _run(q, k, v, prefix_lm_mask(), {"prefix": prefix}, scale, block_size, return_lse, config)
+
+
+def dilated_attention(q, k, v, stride: int, *, causal=True, scale=None, block_size=None,
+                      config=None, return_lse=False):
+    return _run(q, k, v, dilated_mask(stride, causal), {}, scale, block_size, return_lse, config)
+
+
+def global_local_attention(q, k, v, globals: int, window: int, *, causal=False,  # noqa: A002
+                           scale=None, block_size=None, config=None, return_lse=False):
+    return _run(q, k, v, global_local_mask(globals, window, causal), {}, scale, block_size,
+                return_lse, config)
+
+
+def moba(q, k, v, block_size: int, topk: int, *, scale=None, tile_size=None, config=None,
+         return_lse=False):
+    """Mixture of Block Attention: each query attends causally within its own key block and to
+    the ``topk`` past key blocks ranked by q . mean-pooled keys (``moba_selection``). ``tile_size``
+    is the block-mask tile (default: the tuner's tiles for the dtype and head dim, as for every
+    mask; any tile is exact, and tiles that divide ``block_size`` keep selected blocks' tiles full)."""
+    _pos_int(block_size, "block_size")
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+        raise InputError(f"topk must be an int >= 0, got {topk!r}")
+    if q.shape[1] != k.shape[1]:
+        raise InputError("moba needs Tq == Tkv")
+    sel = moba_selection(q, k, block_size, topk)
+    return _run(q, k, v, moba_mask(block_size), {"sel": sel}, scale, tile_size, return_lse, config)
+
+
+def example_data(name: str, B: int, H: int, T: int, args=(), seed: int = 0) -> dict:
+    """Representative data of a library mask (for tuning: the mask's tile profile, and recording
+    its kernels): ``document`` four documents per sequence at random cuts; ``prefix_lm`` a prefix
+    of T / 4; ``moba`` the selection of random q, k (``args`` = (block_size, topk=3))."""
+    g = torch.Generator().manual_seed(seed)
+    if name == "document":
+        cuts = torch.sort(torch.randint(1, max(2, T), (B, 3), generator=g), dim=1).values
+        return {"doc": torch.stack([torch.bucketize(torch.arange(T), c, right=True) for c in cuts])
+                .to(torch.int32)}
+    if name == "prefix_lm":
+        return {"prefix": torch.full((B,), max(1, T // 4), dtype=torch.int32)}
+    if name == "moba":
+        block, topk = (tuple(args) + (32, 3)[len(args):])[:2]
+        q, k = torch.randn(B, T, H, 16, generator=g), torch.randn(B, T, H, 16, generator=g)
+        return {"sel": moba_selection(q, k, int(block), int(topk))}
+    return {}
+
+
+#: name -> (mask factory, example arguments)
+MASKS = {
+    "causal": (causal_mask, ()),
+    "sliding_window": (sliding_window_mask, (32,)),
+    "document": (document_mask, ()),
+    "prefix_lm": (prefix_lm_mask, ()),
+    "dilated": (dilated_mask, (3,)),
+    "global_local": (global_local_mask, (4, 16)),
+    "moba": (moba_mask, (32,)),
+}

@@ -1,0 +1,46 @@
+"""The block-sparse softmax attention family under the family contract (``lowering/family.py``):
+its declarations are masks (``@mixir.attention.mask``), not recurrences, so ``classify`` offers it
+masks only. ``mixir.attention`` is the public facade over this package."""
+from __future__ import annotations
+
+from ...dsl.mask import Mask
+from ..family import Family, check_strategy, register
+from .analysis import analyse
+
+
+class CompiledAttention:
+    """Attention under one mask, called as ``fn(q, k, v, *, data=, score_mod=, scale=, ...)`` with
+    the keywords of ``mixir.attention.attention``."""
+
+    def __init__(self, plan, strategy=None, config=None):
+        self.plan, self.mask = plan, plan.mask
+        self.strategies = plan.strategies
+        self.strategy = check_strategy(self.strategies, strategy or self.strategies[0])
+        self.config = dict(config or {}) or None
+        self.__name__ = self.mask.name
+
+    def __repr__(self):
+        return f"<mixir.CompiledAttention {self.mask.name} ({self.plan.transition})>"
+
+    def source_files(self):
+        from . import kernels
+        return [kernels.__file__]
+
+    def __call__(self, q, k, v, *, config=None, **options):
+        from .ops import attention
+        return attention(q, k, v, mask=self.mask, config=config or self.config, **options)
+
+
+class AttentionFamily(Family):
+    name = "attention"
+    priority = 50
+    declaration = Mask
+
+    def analyse(self, mask):
+        return analyse(mask)
+
+    def compile(self, mask, plan, *, strategy=None, config=None):
+        return CompiledAttention(plan, strategy=strategy, config=config)
+
+
+FAMILY = register(AttentionFamily())

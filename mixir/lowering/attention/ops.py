@@ -1,0 +1,165 @@
+"""Block-sparse attention as torch custom ops with autograd, and the public ``attention`` call.
+
+``mixir::attention_fwd`` / ``mixir::attention_bwd`` wrap the Triton kernels of ``kernels.py``
+(fake functions for shapes, so ``torch.compile`` sees one opaque op). The mask and score
+modification travel as the key of their generated program; the block-mask metadata and the data
+tensors travel as tensor lists. Gradients flow to q, k, v (not to data tensors, not through lse).
+"""
+from __future__ import annotations
+
+import collections
+
+import torch
+
+from ...errors import InputError
+from . import kernels
+from .block_mask import BlockMask, create_block_mask
+from ...dsl.mask import FULL, Mask, ScoreMod
+from .tiles import choose
+
+_Geo = collections.namedtuple("_Geo", "shape block_m block_n kv_len")
+
+
+def _geo(meta, block_m, block_n, kv_len):
+    return _Geo(tuple(meta[1].shape), block_m, block_n, kv_len)
+
+
+# The mask and score modification travel as the string key of their program (``kernels.program_key``);
+# the kernels are generated, imported and launched inside the op, never under tracing.
+@torch.library.custom_op("mixir::attention_fwd", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: list[torch.Tensor],
+                  data: list[torch.Tensor], program: str, block_m: int, block_n: int,
+                  scale: float, num_warps: int, num_stages: int) -> tuple[torch.Tensor, torch.Tensor]:
+    prog = kernels.program(program)
+    return kernels.forward(prog, q, k, v, meta, _geo(meta, block_m, block_n, k.shape[1]), data, scale,
+                           num_warps, num_stages)
+
+
+@attention_fwd.register_fake
+def _(q, k, v, meta, data, program, block_m, block_n, scale, num_warps, num_stages):
+    B, T, H, _ = q.shape
+    return torch.empty_like(q), q.new_empty((B, H, T), dtype=torch.float32)
+
+
+@torch.library.custom_op("mixir::attention_bwd", mutates_args=())
+def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                  lse: torch.Tensor, do: torch.Tensor, meta: list[torch.Tensor],
+                  data: list[torch.Tensor], program: str, block_m: int, block_n: int,
+                  scale: float, num_warps: int, num_stages: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    prog = kernels.program(program)
+    return kernels.backward(prog, q, k, v, o, lse, do, meta,
+                            _geo(meta, block_m, block_n, k.shape[1]), data, scale, num_warps,
+                            num_stages)
+
+
+@attention_bwd.register_fake
+def _(q, k, v, o, lse, do, meta, data, program, block_m, block_n, scale, num_warps, num_stages):
+    f = torch.float32
+    return q.new_empty(q.shape, dtype=f), k.new_empty(k.shape, dtype=f), v.new_empty(v.shape, dtype=f)
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, meta, data, program, block_m, block_n, scale, num_warps, num_stages = inputs
+    o, lse = output
+    ctx.n_meta = len(meta)
+    ctx.save_for_backward(q, k, v, o, lse, *meta, *data)
+    ctx.program, ctx.block_m, ctx.block_n, ctx.scale = program, block_m, block_n, scale
+    ctx.num_warps, ctx.num_stages = num_warps, num_stages
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, *rest = ctx.saved_tensors
+    meta, data = rest[:ctx.n_meta], rest[ctx.n_meta:]
+    dq, dk, dv = torch.ops.mixir.attention_bwd(q, k, v, o, lse, do.contiguous(), list(meta),
+                                               list(data), ctx.program, ctx.block_m, ctx.block_n,
+                                               ctx.scale, ctx.num_warps, ctx.num_stages)
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), [None] * len(meta), [None] * len(data),
+            None, None, None, None, None, None)
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup)
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _check(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise InputError(f"{name} must be a 4-D tensor [B, T, H, D], got "
+                             f"{getattr(t, 'shape', type(t).__name__)}")
+        if t.dtype not in _DTYPES:
+            raise InputError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise InputError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise InputError("q, k, v must be on the same device")
+    B, Tq, H, D = q.shape
+    if k.shape != v.shape:
+        raise InputError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != B or k.shape[3] != D:
+        raise InputError(f"k/v [B, Tkv, Hkv, D] must match q's B={B} and D={D}, got {tuple(k.shape)}")
+    if H % k.shape[2]:
+        raise InputError(f"the number of query heads {H} must be a multiple of the KV heads {k.shape[2]}")
+    if Tq < 1 or k.shape[1] < 1:
+        raise InputError("sequence lengths must be >= 1")
+
+
+def attention(q, k, v, block_mask: BlockMask | None = None, *, mask: Mask | None = None,
+              score_mod: ScoreMod | None = None, scale: float | None = None, data=None,
+              block_size=None, config: dict | None = None, return_lse: bool = False):
+    """Softmax attention under a block-sparse mask.
+
+    q [B, Tq, H, D], k and v [B, Tkv, Hkv, D] (``H % Hkv == 0``: GQA/MQA), one of fp32, fp16,
+    bf16; returns o [B, Tq, H, D] (q's dtype) and, with ``return_lse``, lse [B, H, Tq] (fp32,
+    natural log, -inf for a row with nothing to attend to; such a row has o = 0).
+    ``block_mask``: prebuilt metadata (``create_block_mask``); else it is built here from ``mask``
+    (None: full attention) and ``data``, with tiles from ``block_size`` or ``config`` or the
+    tuner (``tiles.choose``). ``score_mod``: an optional ``@score_mod``; its data arguments come
+    from ``data`` too. ``scale`` defaults to D ** -0.5. ``config``: any of ``BM``, ``BN``,
+    ``num_warps``, ``num_stages`` (see ``mixir.lowering.attention.tiles``)."""
+    _check(q, k, v)
+    B, Tq, H, D = q.shape
+    Tkv = k.shape[1]
+    data = dict(data or {})
+    if block_mask is not None and mask is not None and mask is not block_mask.mask:
+        raise InputError("pass either block_mask or mask, not both")
+    if block_mask is not None:
+        block = (block_mask.block_m, block_mask.block_n)
+    elif block_size is not None:
+        block = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
+    else:
+        block = None
+    the_mask = block_mask.mask if block_mask is not None else (mask if mask is not None else FULL)
+    if not isinstance(the_mask, Mask):
+        raise InputError(f"mask must be a mixir.attention Mask (use @mixir.dsl.mask), got {the_mask!r}")
+    cfg = choose(q, the_mask.key, max(Tq, Tkv), config=config, block=block)
+    if block_mask is None:
+        block_mask = create_block_mask(the_mask, B, H, Tq, Tkv, block_size=(cfg["BM"], cfg["BN"]),
+                                       data={n: data[n] for n in the_mask.data_names if n in data},
+                                       device=q.device)
+    bm = block_mask
+    Bm, Hm, NM, NN = bm.shape
+    if (bm.q_len, bm.kv_len) != (Tq, Tkv) or Bm not in (1, B) or Hm not in (1, H):
+        raise InputError(f"block mask {bm} does not fit q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if bm.kv_idx.device != q.device:
+        bm = bm.to(q.device)
+    if score_mod is not None and not isinstance(score_mod, ScoreMod):
+        raise InputError(f"score_mod must be a @mixir.attention.score_mod, got {score_mod!r}")
+    all_data = dict(bm.data)
+    all_data.update(data)
+    names = list(bm.mask.data_names)
+    if score_mod is not None:
+        names += [n for n in score_mod.data_names if n not in names]
+    missing = [n for n in names if n not in all_data]
+    if missing:
+        raise InputError(f"missing data {missing} (pass data={{name: tensor}})")
+    specs, tensors = kernels.prepare_data(names, all_data, q.device)
+    key = kernels.program_key(bm.mask, score_mod, specs)
+    scale = D ** -0.5 if scale is None else float(scale)
+    o, lse = torch.ops.mixir.attention_fwd(q.contiguous(), k.contiguous(), v.contiguous(),
+                                           [t.contiguous() for t in bm.tensors()], tensors,
+                                           key, bm.block_m, bm.block_n, scale,
+                                           int(cfg["num_warps"]), int(cfg["num_stages"]))
+    return (o, lse) if return_lse else o

@@ -1,0 +1,315 @@
+"""Chunked gated-linear-attention kernels (fla-style), generic over the decay combination.
+
+Canonical recurrence per (sequence, head), state S in R^{K x V}:
+    S_t = exp(g_t + gk_t[:, None] + gv_t[None, :]) * S_{t-1} + k_t v_t^T,   o_t = S_t^T q_t.
+See docs/gla_math.md for the derivations. All decay arithmetic is done in log space with
+*chunk-local* cumulative sums, so every exponent is a difference of cumulative sums over a
+range of at most one chunk, which is <= 0 for non-positive log-decays.
+
+Layout: every sequence tensor is packed as [T_total, H, D] (contiguous); sequences are given
+by ``cu_seqlens`` (int32, N + 1 offsets). Chunks never cross a sequence boundary: chunk ``c``
+of the packed problem is chunk ``chunk_tbl[c, 1]`` of sequence ``chunk_tbl[c, 0]``; sequence
+``n`` owns the chunks ``chunk_off[n] .. chunk_off[n + 1] - 1``.
+
+Kernels (all launched from ``mixir.lowering.gated_linear.core``):
+  chunk_gla_cumsum       chunk-local inclusive cumsum G and reverse-exclusive cumsum R = G_last - G
+  chunk_gla_states       sequential pass over chunks: chunk-boundary states (forward) or
+                         chunk-boundary state adjoints (backward, REVERSE=True)
+  chunk_gla_output       per-(sub-chunk) output: inter-chunk term through the boundary state plus
+                         the intra-chunk term; computes o and dq (causal) and dk, dv (REVERSE)
+                         by swapping the roles of its operands
+  chunk_gla_rev_cumsum   segmented reverse cumsum with an initial carry (decay gradients)
+
+These are plain functions turned into ``Kernel`` objects by ``@kernel`` (no @triton.jit helpers).
+"""
+import triton.language as tl
+
+from mixir.lowering.common.launch import kernel
+
+
+@kernel
+def chunk_gla_cumsum(X, G, R, cu_seqlens, chunk_tbl, H, D,
+                     LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    # grid: (num chunks, H, cdiv(D, BD)); X, G, R: [T_total, H, D]
+    i_c = tl.program_id(0)
+    i_h = tl.program_id(1)
+    i_d = tl.program_id(2)
+    i_n = tl.load(chunk_tbl + i_c * 2)
+    i_tc = tl.load(chunk_tbl + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    cs = bos + i_tc * BT
+    L = tl.minimum(eos - cs, BT)
+    o_t = tl.arange(0, BT)
+    o_d = i_d * BD + tl.arange(0, BD)
+    m = (o_t < L)[:, None] & (o_d < D)[None, :]
+    offs = ((cs + o_t)[:, None] * H + i_h) * D + o_d[None, :]
+    x = tl.load(X + offs, mask=m, other=0.).to(tl.float32)
+    # Floor each step's log-decay: exp(LOG_FLOOR) is already 0 in fp32 terms, and keeping the
+    # cumulative sums small (|G| <= BT * |LOG_FLOOR|) keeps their differences accurate.
+    x = tl.maximum(x, LOG_FLOOR)
+    g = tl.associative_scan(x, 0, tl.standard._sum_combine)
+    g_last = tl.reduce(tl.where((o_t == L - 1)[:, None], g, 0.), 0, tl.standard._sum_combine)
+    tl.store(G + offs, g, mask=m)
+    tl.store(R + offs, g_last[None, :] - g, mask=m)
+
+
+@kernel
+def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chunk_off,
+                     H, DK, DV,
+                     USE_A: tl.constexpr, USE_B: tl.constexpr, USE_C: tl.constexpr,
+                     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr,
+                     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                     DOT_F32: tl.constexpr):
+    # grid: (N * H, cdiv(DK, BK), cdiv(DV, BV)).
+    # For each chunk c of the sequence (ascending, or descending if REVERSE), store the running
+    # matrix into HS[c] and then update it:
+    #     h <- exp(GA_L) exp(GB_L)[:, None] exp(GC_L)[None, :] * h
+    #          + (KX * exp(FA)[:, None] * exp(FB))^T (VX * exp(FC))
+    # where *_L are the inclusive chunk-local cumsums at the chunk's last row.
+    # forward: KX=k, VX=v, F* = reverse-exclusive cumsums R -> HS[c] = state before chunk c.
+    # backward: KX=q, VX=do, F* = inclusive cumsums G, REVERSE -> HS[c] = adjoint after chunk c.
+    i_nh = tl.program_id(0)
+    i_k = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    nt = (eos - bos + BT - 1) // BT
+    co = tl.load(chunk_off + i_n).to(tl.int64)
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < DK
+    m_v = o_v < DV
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * DV + o_v[None, :]
+    o_t = tl.arange(0, BT)
+    if DOT_F32:
+        dt = tl.float32
+    else:
+        dt = KX.dtype.element_ty
+
+    h = tl.full([BK, BV], 0., tl.float32)
+    if USE_H0:
+        h += tl.load(H0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    for it in range(0, nt):
+        if REVERSE:
+            tc = nt - 1 - it
+        else:
+            tc = it
+        tl.store(HS + ((co + tc) * H + i_h) * DK * DV + o_kv, h, mask=m_kv)
+        cs = bos + tc * BT
+        L = tl.minimum(eos - cs, BT)
+        last = cs + L - 1
+        m_t = o_t < L
+        rows = cs + o_t
+        kx = tl.load(KX + (rows[:, None] * H + i_h) * DK + o_k[None, :],
+                     mask=m_t[:, None] & m_k[None, :], other=0.)
+        vx = tl.load(VX + (rows[:, None] * H + i_h) * DV + o_v[None, :],
+                     mask=m_t[:, None] & m_v[None, :], other=0.)
+        kx = kx.to(tl.float32)
+        vx = vx.to(tl.float32)
+        # decay of the whole chunk: exp(GA_L + GB_L + GC_L) as a product of factors <= 1
+        if USE_A:
+            fa = tl.load(FA + rows * H + i_h, mask=m_t, other=0.)
+            kx = kx * tl.exp(fa)[:, None]
+            h = h * tl.exp(tl.load(GA + last * H + i_h))
+        if USE_B:
+            fb = tl.load(FB + (rows[:, None] * H + i_h) * DK + o_k[None, :],
+                         mask=m_t[:, None] & m_k[None, :], other=0.)
+            kx = kx * tl.exp(fb)
+            h = h * tl.exp(tl.load(GB + (last * H + i_h) * DK + o_k, mask=m_k, other=0.))[:, None]
+        if USE_C:
+            fc = tl.load(FC + (rows[:, None] * H + i_h) * DV + o_v[None, :],
+                         mask=m_t[:, None] & m_v[None, :], other=0.)
+            vx = vx * tl.exp(fc)
+            h = h * tl.exp(tl.load(GC + (last * H + i_h) * DV + o_v, mask=m_v, other=0.))[None, :]
+        h += tl.dot(tl.trans(kx.to(dt)), vx.to(dt), input_precision=PREC)
+    if STORE_HT:
+        tl.store(HT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, h, mask=m_kv)
+
+
+@kernel
+def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, cu_seqlens, chunk_tbl,
+                     H, DK, DV, s_hk, s_hv,
+                     USE_A: tl.constexpr, USE_B: tl.constexpr, USE_C: tl.constexpr,
+                     REVERSE: tl.constexpr,
+                     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                     BKD: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
+    # grid: (num chunks * BT // BC, cdiv(DV, BV), H). One program: BC rows (a sub-chunk) i of one
+    # chunk c, a BV-tile of the output channels:
+    #   O_i = exp(FA_i + FC_i) * ((X_i * exp(FB_i)) @ HS[c])                       (inter)
+    #       + sum_{j <= i (j >= i if REVERSE), same chunk}
+    #             exp(FA_i - FA_j) * (sum_k X_i Y_j exp(FB_i - FB_j)) * exp(FC_i - FC_j) * Z_j
+    # HS[c][a, b] is read at HS + (c * H + h) * DK * DV + a * s_hk + b * s_hv (transposed views).
+    # Off-diagonal sub-chunk pairs use a reference row r between i and j so that both factors
+    # exp(F_i - F_r) and exp(F_r - F_j) are <= 1 (tensor-core dots); on the diagonal sub-chunk the
+    # pairwise factors of a channel decay (FB / FC) are formed exactly on [BC, BC, BKD] / [BC, BC, BV]
+    # tiles (the host keeps BV <= 32 when FC is used).
+    i_s = tl.program_id(0)
+    i_v = tl.program_id(1)
+    i_h = tl.program_id(2)
+    NC: tl.constexpr = BT // BC
+    i_c = i_s // NC
+    i_i = i_s % NC
+    i_n = tl.load(chunk_tbl + i_c * 2)
+    i_tc = tl.load(chunk_tbl + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    cs = bos + i_tc * BT
+    L = tl.minimum(eos - cs, BT)
+    if i_i * BC >= L:
+        return
+    i0 = cs + i_i * BC
+    o_i = tl.arange(0, BC)
+    m_i = (i_i * BC + o_i) < L
+    rows = i0 + o_i
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < DV
+    m_iv = m_i[:, None] & m_v[None, :]
+    NK = (DK + BK - 1) // BK
+    hs_base = (i_c.to(tl.int64) * H + i_h) * DK * DV
+    if DOT_F32:
+        dt = tl.float32
+    else:
+        dt = X.dtype.element_ty
+
+    if USE_A:
+        fa_i = tl.load(FA + rows * H + i_h, mask=m_i, other=0.)
+    if USE_C:
+        fc_i = tl.load(FC + (rows[:, None] * H + i_h) * DV + o_v[None, :], mask=m_iv, other=0.)
+
+    # ---- inter-chunk term through the chunk-boundary matrix
+    acc = tl.full([BC, BV], 0., tl.float32)
+    for i_k in range(0, NK):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < DK
+        m_ik = m_i[:, None] & m_k[None, :]
+        x = tl.load(X + (rows[:, None] * H + i_h) * DK + o_k[None, :], mask=m_ik, other=0.)
+        if USE_B:
+            fb_i = tl.load(FB + (rows[:, None] * H + i_h) * DK + o_k[None, :], mask=m_ik, other=0.)
+            x = x.to(tl.float32) * tl.exp(fb_i)
+        hs = tl.load(HS + hs_base + o_k[:, None] * s_hk + o_v[None, :] * s_hv,
+                     mask=m_k[:, None] & m_v[None, :], other=0.)
+        acc += tl.dot(x.to(dt), hs.to(dt), input_precision=PREC)
+    if USE_A:
+        acc = acc * tl.exp(fa_i)[:, None]
+    if USE_C:
+        acc = acc * tl.exp(fc_i)
+
+    # ---- off-diagonal sub-chunks of the same chunk
+    nsub = (L + BC - 1) // BC
+    if REVERSE:
+        j_lo = i_i + 1
+        j_hi = nsub
+        r = tl.minimum(i0 + BC - 1, cs + L - 1)
+    else:
+        j_lo = i_i * 0
+        j_hi = i_i
+        r = i0
+    acc_o = tl.full([BC, BV], 0., tl.float32)
+    for i_j in range(j_lo, j_hi):
+        rows_j = cs + i_j * BC + o_i
+        m_j = (i_j * BC + o_i) < L
+        A = tl.full([BC, BC], 0., tl.float32)
+        for i_k in range(0, NK):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_k = o_k < DK
+            x = tl.load(X + (rows[:, None] * H + i_h) * DK + o_k[None, :],
+                        mask=m_i[:, None] & m_k[None, :], other=0.)
+            y = tl.load(Y + (rows_j[:, None] * H + i_h) * DK + o_k[None, :],
+                        mask=m_j[:, None] & m_k[None, :], other=0.)
+            if USE_B:
+                fb_r = tl.load(FB + (r * H + i_h) * DK + o_k, mask=m_k, other=0.)
+                fb_i = tl.load(FB + (rows[:, None] * H + i_h) * DK + o_k[None, :],
+                               mask=m_i[:, None] & m_k[None, :], other=0.)
+                fb_j = tl.load(FB + (rows_j[:, None] * H + i_h) * DK + o_k[None, :],
+                               mask=m_j[:, None] & m_k[None, :], other=0.)
+                x = x.to(tl.float32) * tl.exp(tl.where(m_i[:, None], fb_i - fb_r[None, :], 0.))
+                y = y.to(tl.float32) * tl.exp(tl.where(m_j[:, None], fb_r[None, :] - fb_j, 0.))
+            A += tl.dot(x.to(dt), tl.trans(y.to(dt)), input_precision=PREC)
+        if USE_A:
+            fa_j = tl.load(FA + rows_j * H + i_h, mask=m_j, other=0.)
+            A = A * tl.exp(tl.where(m_i[:, None] & m_j[None, :], fa_i[:, None] - fa_j[None, :], 0.))
+        z = tl.load(Z + (rows_j[:, None] * H + i_h) * DV + o_v[None, :],
+                    mask=m_j[:, None] & m_v[None, :], other=0.)
+        if USE_C:
+            fc_r = tl.load(FC + (r * H + i_h) * DV + o_v, mask=m_v, other=0.)
+            fc_j = tl.load(FC + (rows_j[:, None] * H + i_h) * DV + o_v[None, :],
+                           mask=m_j[:, None] & m_v[None, :], other=0.)
+            z = z.to(tl.float32) * tl.exp(tl.where(m_j[:, None], fc_r[None, :] - fc_j, 0.))
+        acc_o += tl.dot(A.to(dt), z.to(dt), input_precision=PREC)
+    if USE_C:
+        fc_r = tl.load(FC + (r * H + i_h) * DV + o_v, mask=m_v, other=0.)
+        acc_o = acc_o * tl.exp(tl.where(m_i[:, None], fc_i - fc_r[None, :], 0.))
+    acc += acc_o
+
+    # ---- diagonal sub-chunk (exact pairwise factors)
+    if REVERSE:
+        causal = (o_i[:, None] <= o_i[None, :]) & m_i[:, None] & m_i[None, :]
+    else:
+        causal = (o_i[:, None] >= o_i[None, :]) & m_i[:, None] & m_i[None, :]
+    A = tl.full([BC, BC], 0., tl.float32)
+    if USE_B:
+        # exact pairwise K factors on a [BC, BC, BKD] tile, BKD key channels at a time
+        for i_k in range(0, (DK + BKD - 1) // BKD):
+            o_k = i_k * BKD + tl.arange(0, BKD)
+            m_ik = m_i[:, None] & (o_k < DK)[None, :]
+            p_ik = (rows[:, None] * H + i_h) * DK + o_k[None, :]
+            x = tl.load(X + p_ik, mask=m_ik, other=0.).to(tl.float32)
+            y = tl.load(Y + p_ik, mask=m_ik, other=0.).to(tl.float32)
+            fb = tl.load(FB + p_ik, mask=m_ik, other=0.)
+            e = tl.where(causal[:, :, None], fb[:, None, :] - fb[None, :, :], 0.)
+            A += tl.reduce(x[:, None, :] * y[None, :, :] * tl.exp(e), 2, tl.standard._sum_combine)
+    else:
+        for i_k in range(0, NK):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_ik = m_i[:, None] & (o_k < DK)[None, :]
+            x = tl.load(X + (rows[:, None] * H + i_h) * DK + o_k[None, :], mask=m_ik, other=0.)
+            y = tl.load(Y + (rows[:, None] * H + i_h) * DK + o_k[None, :], mask=m_ik, other=0.)
+            A += tl.dot(x.to(dt), tl.trans(y.to(dt)), input_precision=PREC)
+    if USE_A:
+        A = A * tl.exp(tl.where(causal, fa_i[:, None] - fa_i[None, :], 0.))
+    A = tl.where(causal, A, 0.)
+    z = tl.load(Z + (rows[:, None] * H + i_h) * DV + o_v[None, :], mask=m_iv, other=0.)
+    if USE_C:
+        # exact pairwise V factors on a [BC, BC, BV] tile
+        e = tl.where(causal[:, :, None], fc_i[:, None, :] - fc_i[None, :, :], 0.)
+        acc += tl.reduce(A[:, :, None] * tl.exp(e) * z.to(tl.float32)[None, :, :], 1,
+                         tl.standard._sum_combine)
+    else:
+        acc += tl.dot(A.to(dt), z.to(dt), input_precision=PREC)
+    tl.store(O + (rows[:, None] * H + i_h) * DV + o_v[None, :], acc, mask=m_iv)
+
+
+@kernel
+def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D,
+                         USE_INIT: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    # grid: (N * H, cdiv(D, BD)). OUT_t = INIT[n] + sum_{s >= t, s in sequence n} X_s (fp32).
+    i_nh = tl.program_id(0)
+    i_d = tl.program_id(1)
+    i_n = i_nh // H
+    i_h = i_nh % H
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    nt = (eos - bos + BT - 1) // BT
+    o_d = i_d * BD + tl.arange(0, BD)
+    m_d = o_d < D
+    o_t = tl.arange(0, BT)
+    carry = tl.full([BD], 0., tl.float32)
+    if USE_INIT:
+        carry += tl.load(INIT + (i_n * H + i_h).to(tl.int64) * D + o_d, mask=m_d, other=0.).to(tl.float32)
+    for it in range(0, nt):
+        cs = bos + (nt - 1 - it) * BT
+        L = tl.minimum(eos - cs, BT)
+        m = (o_t < L)[:, None] & m_d[None, :]
+        offs = ((cs + o_t)[:, None] * H + i_h) * D + o_d[None, :]
+        x = tl.load(X + offs, mask=m, other=0.).to(tl.float32)
+        tot = tl.reduce(x, 0, tl.standard._sum_combine)
+        out = carry[None, :] + (tot[None, :] - tl.associative_scan(x, 0, tl.standard._sum_combine) + x)
+        tl.store(OUT + offs, out, mask=m)
+        carry += tot
+
+
+KERNELS = (chunk_gla_cumsum, chunk_gla_states, chunk_gla_output, chunk_gla_rev_cumsum)

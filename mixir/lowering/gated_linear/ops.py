@@ -1,0 +1,74 @@
+"""The gated-linear core as torch custom ops (``mixir::gla_fwd`` / ``mixir::gla_bwd``).
+
+Registering the Triton-backed core as custom ops with fake (shape/dtype) functions and an
+autograd formula makes compiled mixers work inside ``torch.compile``d models without graph breaks:
+dynamo sees one opaque op per call, inductor fuses the pointwise prologue/epilogue around it.
+Optional tensors that an op cannot return as ``None`` travel as empty tensors.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..common.launch import decode_config
+from . import core as gla_core
+
+
+
+def _num_seqs(q, cu_seqlens):
+    return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
+
+
+@torch.library.custom_op("mixir::gla_fwd", mutates_args=())
+def gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+            gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
+            cu_seqlens: Optional[torch.Tensor], strategy: str, config: str
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    o, hT = gla_core.gla_forward(q, k, v, g, gk, gv, h0, cu_seqlens, strategy=strategy,
+                                 config=decode_config(config), output_final_state=True)
+    return o, hT
+
+
+@gla_fwd.register_fake
+def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config):
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    N = _num_seqs(q, cu_seqlens)
+    return (q.new_empty((B, T, H, V), dtype=torch.float32),
+            q.new_empty((N, H, K, V), dtype=torch.float32))
+
+
+@torch.library.custom_op("mixir::gla_bwd", mutates_args=())
+def gla_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
+            gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
+            cu_seqlens: Optional[torch.Tensor], do: torch.Tensor, dhT: Optional[torch.Tensor],
+            strategy: str, config: str) -> list[torch.Tensor]:
+    grads = gla_core.gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy=strategy,
+                                  config=decode_config(config))
+    return [q.new_empty((0,), dtype=torch.float32) if x is None else x for x in grads]
+
+
+@gla_bwd.register_fake
+def _(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config):
+    def like(t):
+        return q.new_empty((0,), dtype=torch.float32) if t is None else t.new_empty(t.shape, dtype=torch.float32)
+    return [like(q), like(k), like(v), like(g), like(gk), like(gv), like(h0)]
+
+
+def _setup(ctx, inputs, output):
+    q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config = inputs
+    ctx.save_for_backward(q, k, v, g, gk, gv, h0, cu_seqlens)
+    ctx.strategy, ctx.config = strategy, config
+
+
+def _backward(ctx, do, dhT):
+    q, k, v, g, gk, gv, h0, cu_seqlens = ctx.saved_tensors
+    dq, dk, dv, dg, dgk, dgv, dh0 = torch.ops.mixir.gla_bwd(
+        q, k, v, g, gk, gv, h0, cu_seqlens, do.contiguous(), dhT, ctx.strategy, ctx.config)
+    present = (g, gk, gv, h0)
+    dg, dgk, dgv, dh0 = (d if p is not None else None for d, p in zip((dg, dgk, dgv, dh0), present))
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dgk, dgv, dh0, None, None, None)
+
+
+gla_fwd.register_autograd(_backward, setup_context=_setup)

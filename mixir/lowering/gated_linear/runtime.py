@@ -1,0 +1,267 @@
+"""``CompiledMixer``: validate a call, evaluate the per-token pieces, run the Triton core.
+
+A call goes: bind and validate the arguments (``InputError`` before any kernel) → evaluate the
+analysed pieces (q, k, v, log-decays, signs, output scale and bias) per token → fold transition
+signs into q/k/v (``S_t = diag(P_t) S̃_t diag(Q_t)`` with P, Q the running products of signs) →
+``mixir::gla_fwd`` (Triton: compiled on CUDA tensors, interpreted on CPU tensors) → output affine
+map. Autograd flows through every step; the core's backward is ``mixir::gla_bwd``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ...dsl import ir
+from ...errors import InputError
+from . import ops as core_ops, core as gla_core
+from ..family import check_strategy
+from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
+from ..common.call import RECURRENT_MAX_T, check_call, shift_by_one
+from ..common.launch import encode_config
+from ..common.pieces import PiecesKernel
+
+
+
+class CompiledMixer:
+    """A mixer compiled for torch tensors. Call it like the reference, on tensors."""
+
+    def __init__(self, mixer, strategy: str | None = None, config: dict | None = None,
+                 plan: Plan | None = None):
+        self.mixer = mixer
+        self.plan: Plan = plan if plan is not None else analyse(mixer)
+        self.form: GatedLinearForm = self.plan.main
+        self.strategies = self.plan.strategies
+        if strategy is not None:
+            check_strategy(self.strategies, strategy)
+        self.strategy = strategy
+        self.config = dict(config or {})
+        self.__name__ = mixer.name
+        # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
+        # (an auxiliary state's pieces may read the auxiliary states scanned before it)
+        specs = list(mixer.inputs)
+        self.pieces_kernels = {}
+        aux_specs = []
+        for _, form in self.plan.aux:
+            self.pieces_kernels[form.state.name] = PiecesKernel(mixer.name, form.pieces(), specs + aux_specs)
+            name, dims = form.state.name, form.state.dims
+            aux_specs += [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
+        self.pieces_kernels[self.form.state.name] = PiecesKernel(
+            mixer.name, self.form.pieces(), specs + aux_specs)
+
+    def __repr__(self):
+        return f"<mixir.CompiledMixer {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
+
+    def source_files(self):
+        """The Triton source files of this mixer's kernels: the generated pieces kernels (one file
+        per form, in the content-addressed cache) and the core templates."""
+        from .kernels import chunked as gla_chunked, recurrent as gla_recurrent
+        return ([pk.source_path for pk in self.pieces_kernels.values()]
+                + [gla_recurrent.__file__, gla_chunked.__file__])
+    def _check(self, arrays, initial_state, cu_seqlens, scalars):
+        return check_call(self.mixer, arrays, initial_state, cu_seqlens, scalars)
+
+    # ---- the call ---------------------------------------------------------------------------
+    def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
+                 strategy=None, **scalars):
+        m = self.mixer
+        b, N, device, dtype = self._check(arrays, initial_state, cu_seqlens, scalars)
+        strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")
+        check_strategy(self.strategies, strategy)
+        inits = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,) * (
+            1 if initial_state is not None else len(m.states))
+        if initial_state is not None and len(m.states) > 1 and not isinstance(initial_state, (tuple, list)):
+            raise InputError(f"initial_state: {m.name} has {len(m.states)} states; pass a tuple")
+        env = {spec.name: a for spec, a in zip(m.inputs, arrays)}
+        finals = [None] * len(m.states)
+        for i, form in self.plan.aux:   # auxiliary scans in dependency order, kept in fp32
+            if isinstance(form, MaxPlusForm):
+                o_i, finals[i] = self._run_maxplus(form, env, b, N, inits[i], cu_seqlens)
+            else:
+                o_i, finals[i] = self._run(form, m.states[i].dims, env, b, N, inits[i], cu_seqlens,
+                                           strategy, torch.float32)
+            spec = m.states[i]
+            env[prev_input(spec.name)] = shift_by_one(o_i, inits[i], cu_seqlens, N)
+            env[new_input(spec.name)] = o_i
+        i = self.plan.main_index
+        o, finals[i] = self._run(self.form, m.output.dims, env, b, N, inits[i], cu_seqlens, strategy, dtype)
+        o = o.to(dtype)
+        if not output_final_state:
+            return o
+        return o, (finals[0] if len(finals) == 1 else tuple(finals))
+
+    def _run(self, f: GatedLinearForm, out_dims, env, b, N, init, cu_seqlens, strategy, dtype):
+        """One gated-linear form: pieces → sign folding → core → output map. Returns (o fp32 in the
+        form's output layout, final state in the declared layout)."""
+        B, T, H = b.B, b.T, b.H
+        K = b.sizes[f.k_dim] if f.k_dim else 1
+        V = b.sizes[f.v_dim] if f.v_dim else 1
+        pk = self.pieces_kernels[f.state.name]
+        p = pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H, b.sizes)
+        full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
+
+        def shaped(name):
+            t = p[name]
+            feat = (t.shape[3] if t.dim() > 3 else 1,) if name in full else ()
+            shape = (B, T, H) + ((full[name],) if name in full else ())
+            return t.reshape(tuple(t.shape[:3]) + feat).expand(shape)
+
+        q, k, v = shaped("q"), shaped("k"), shaped("v")
+        g = shaped("g") if "g" in p else None
+        gk = shaped("gk") if "gk" in p else None
+        gv = shaped("gv") if "gv" in p else None
+        P = Q = None
+        if any(n in p for n in ("g_sign", "gk_sign", "gv_sign")):
+            P, Q = self._sign_products(p, shaped, cu_seqlens, B, T, H, K, V)
+            q, k, v = q * P, k * P, v * Q
+        h0 = None if init is None else self._to_canonical_state(f, init.float())
+        o, hT = core_ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype),
+                                 None if g is None else g.float().contiguous(),
+                                 None if gk is None else gk.float().contiguous(),
+                                 None if gv is None else gv.float().contiguous(),
+                                 None if h0 is None else h0.contiguous(), cu_seqlens, strategy,
+                                 encode_config(self._config(strategy, K, V, dtype,
+                                                                     shape=(B, T, H), device=q.device)))
+        if Q is not None:
+            o = o * Q
+        if not ir.is_const(f.out_scale, 1.0):
+            o = shaped("e") * o
+        if not ir.is_const(f.out_bias, 0.0):
+            o = o + shaped("d")
+        o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in out_dims))
+        if P is not None:
+            hT = hT * self._last(P, cu_seqlens, N)[..., :, None] * self._last(Q, cu_seqlens, N)[..., None, :]
+        return o, self._from_canonical_state(f, hT)
+
+    def _run_maxplus(self, f: MaxPlusForm, env, b, N, init, cu_seqlens):
+        """A stabiliser state (``MaxPlusForm``): pieces a, b → ``maxplus_scan``. Returns (m fp32
+        ``[B, T, H, *dims]``, final state ``[N, H, *dims]``). Differentiable by autograd
+        (the subgradient of max: the adjoint goes to the branch that attains it)."""
+        B, T, H = b.B, b.T, b.H
+        dims = f.state.dims
+        pk = self.pieces_kernels[f.state.name]
+        p = pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H, b.sizes)
+        full = (B, T, H) + tuple(b.sizes[d] for d in dims)
+        a, c = (_align(p[n], pk.pieces[n].dims, dims).expand(full) for n in ("a", "b"))
+        m0 = (torch.zeros((N, H) + full[3:], device=a.device) if init is None
+              else init.float().reshape((N, H) + full[3:]))
+        return maxplus_scan(a, c, m0, cu_seqlens)
+
+    def _config(self, strategy, K, V, dtype, shape=None, device=None):
+        cfg = gla_core.default_config(strategy, K, V, dtype)
+        # on CUDA tensors: the tuning database's config for the current GPU, else the cost
+        # model's best; on CPU (or when nothing applies) the default. A user's config= wins.
+        if device is not None and device.type == "cuda" and shape is not None:
+            from ...autotune.select import tuned_config
+            tuned = tuned_config(self.mixer.fingerprint, strategy, K, V, dtype, *shape, device)
+            if tuned:
+                cfg.update(tuned)
+        cfg.update(self.config)
+        return cfg
+
+    def _sign_products(self, p, shaped, cu_seqlens, B, T, H, K, V):
+        """Running products of transition signs, restarted at every sequence start."""
+        ones_k = torch.ones((B, T, H, K), device=p["q"].device)
+        ones_v = torch.ones((B, T, H, V), device=p["q"].device)
+        sk = ones_k * (shaped("gk_sign") if "gk_sign" in p else 1.0)
+        if "g_sign" in p:
+            sk = sk * shaped("g_sign")[..., None]
+        sv = ones_v * (shaped("gv_sign") if "gv_sign" in p else 1.0)
+        return _segment_cumprod(sk.detach(), cu_seqlens), _segment_cumprod(sv.detach(), cu_seqlens)
+
+    @staticmethod
+    def _last(P, cu_seqlens, N):
+        """The running sign product at the last token of each sequence (1 for empty ones)."""
+        B, T, H, D = P.shape
+        if cu_seqlens is None:
+            return P[:, -1] if T else torch.ones((B, H, D), device=P.device)
+        ends = cu_seqlens.long()
+        idx = (ends[1:] - 1).clamp(min=0)
+        last = P[0, idx]
+        empty = (ends[1:] == ends[:-1])[:, None, None]
+        return torch.where(empty, torch.ones_like(last), last)
+
+    @staticmethod
+    def _to_canonical_state(f, s):
+        dims = f.state.dims
+        if len(dims) == 2:
+            return s if dims == (f.k_dim, f.v_dim) else s.transpose(-1, -2)
+        if len(dims) == 1:
+            return s[..., :, None] if f.k_dim else s[..., None, :]
+        return s[..., None, None]
+
+    @staticmethod
+    def _from_canonical_state(f, h):
+        dims = f.state.dims
+        if len(dims) == 2:
+            return h if dims == (f.k_dim, f.v_dim) else h.transpose(-1, -2)
+        if len(dims) == 1:
+            return h[..., :, 0] if f.k_dim else h[..., 0, :]
+        return h[..., 0, 0]
+
+
+def _align(t, node_dims, dims):
+    """A piece ``[B, T, H, *node_dims]`` viewed as ``[B, T, H, *dims]`` (size 1 where it does not
+    vary; ``node_dims`` ⊆ ``dims``)."""
+    t = t.reshape(tuple(t.shape[:3]) + tuple(t.shape[3:3 + len(node_dims)]))
+    order = [node_dims.index(d) for d in dims if d in node_dims]
+    t = t.permute(0, 1, 2, *(3 + i for i in order))
+    shape = list(t.shape[:3])
+    it = iter(t.shape[3:])
+    for d in dims:
+        shape.append(next(it) if d in node_dims else 1)
+    return t.reshape(shape)
+
+
+def maxplus_scan(a, b, m0, cu_seqlens=None):
+    """The max-plus recurrence ``m_t = max(m_{t-1} + a_t, b_t)`` of every sequence, from ``m0``.
+
+    Closed form (no sequential loop): ``m_t = F_t + max(m_0, max_{s≤t}(b_s - F_s))`` with
+    ``F_t = Σ_{r≤t} a_r`` - a cumulative sum and a cumulative max along T. ``a, b``:
+    ``[B, T, H, ...]`` fp32; ``m0``: ``[N, H, ...]``. With ``cu_seqlens`` (B = 1, sequences packed
+    along T) each sequence is gathered into a padded row ``[N, L_max, H, ...]`` so that the sums
+    restart at its start (no cancellation against earlier sequences). Returns (m like ``a``,
+    final ``[N, H, ...]``: the last ``m`` of each sequence, ``m0`` for an empty one).
+
+    Rounding: ``F`` grows like ``t``, so ``m`` carries an absolute error of about ``eps·|F_t|``;
+    a stabiliser's error cancels in mLSTM's output (``C`` and ``n`` are scaled by ``exp(-m)``
+    consistently, the read-out's ratio does not depend on it)."""
+    def scan(a, b, m0):                      # a, b [R, L, ...], m0 [R, ...]
+        F = torch.cumsum(a, dim=1)
+        best = torch.cummax(b - F, dim=1).values if a.shape[1] else b
+        return F + torch.maximum(best, m0[:, None])
+
+    if cu_seqlens is None:
+        m = scan(a, b, m0)
+        return m, (m[:, -1] if m.shape[1] else m0)
+    cu = cu_seqlens.long()
+    starts, lens = cu[:-1], cu[1:] - cu[:-1]
+    N, T = lens.shape[0], a.shape[1]
+    L = int(lens.max()) if N else 0
+    if L == 0 or T == 0:
+        return a * 0.0 + b * 0.0, m0
+    j = torch.arange(L, device=a.device)
+    idx = (starts[:, None] + torch.minimum(j[None, :], (lens[:, None] - 1).clamp(min=0))).clamp(max=T - 1)
+    mp = scan(a[0][idx], b[0][idx], m0)                           # [N, L, H, ...]
+    seg = torch.bucketize(torch.arange(T, device=a.device), cu[1:], right=True).clamp(max=N - 1)
+    m = mp[seg, torch.arange(T, device=a.device) - starts[seg]][None]
+    last = mp[torch.arange(N, device=a.device), (lens - 1).clamp(min=0)]
+    empty = (lens == 0).reshape((N,) + (1,) * (m0.dim() - 1))
+    return m, torch.where(empty, m0, last)
+
+
+def _segment_cumprod(s, cu_seqlens):
+    """cumprod of ±1 values along T, restarting at each sequence of ``cu_seqlens``."""
+    P = torch.cumprod(s, dim=1)
+    if cu_seqlens is None:
+        return P
+    T = s.shape[1]
+    starts = cu_seqlens.long()[:-1]
+    seg = torch.bucketize(torch.arange(T, device=s.device), cu_seqlens.long()[1:], right=True)
+    before = (starts[seg] - 1)
+    prev = torch.where((before >= 0)[:, None, None], P[0, before.clamp(min=0)], torch.ones_like(P[0]))
+    return P * prev[None]   # ±1: dividing by the prefix is multiplying by it
+
+
+def compile_mixer(mixer, *, strategy: str | None = None, config: dict | None = None):
+    """``mixir.compile``: classify ``mixer`` into a family (see ``families``) and compile it."""
+    from ..family import compile_mixer as compile_any
+    return compile_any(mixer, strategy=strategy, config=config)

@@ -1,0 +1,140 @@
+"""The tuning spaces of the gated-linear core's templates (``kernels/chunked.py``,
+``kernels/recurrent.py``, launched by ``core.py``): one config (BT, BC, BK, BV, num_warps,
+num_stages) drives every kernel of a strategy, forward and backward, so the resource constraints
+hold for the maximum over the kernels and the cost is the sum over one training step's launches.
+Resource needs are sympy expressions of the parameters and the shape (``autotune.space``)."""
+from __future__ import annotations
+
+import sympy as sp
+
+from ...autotune.space import (BC, BK, BT, BV, PK, PV, Constraint, KernelModel, Shape, Space, B, H, K,
+                               S, T, V, W, cdiv_expr, db, ob)
+from ...tiles import padded, pow2
+
+# ---- the chunked GLA space -----------------------------------------------------------------------
+NT = cdiv_expr(T, BT)
+# The cumsum kernels run over the decay's channels: K for a per-key decay (gk), V for a per-value
+# decay (gv, e.g. HGRN's), 1 for a scalar one (g). The formulas take the larger head size (an
+# upper bound for every gate combination; K for GLA, V for HGRN, where K = 1).
+DD = sp.Max(K, V)                 # decay channels (bound)
+BD = sp.Min(64, sp.Max(PK, PV))   # the cumsum kernels' channel tile (fixed by gla_core: _tile(D, 64))
+BKD = 16                          # diagonal-block key channels (gla_core default)
+BVD = sp.Min(BV, 32)              # diagonal-block V tile when a V decay is used
+BX = sp.Max(BK, BV)               # the output kernel runs with K and V swapped for dq / dk
+
+_chunk_cumsum = KernelModel(
+    "chunk_gla_cumsum",
+    grid=B * NT * H * cdiv_expr(DD, BD),
+    smem=BT * BD * 4,                                   # associative_scan scratch
+    live_fp32=3 * BT * BD / 2,
+    bytes_moved=B * T * H * DD * 4 * 3,
+    tc_flops=sp.Integer(0),
+    fp32_flops=B * T * H * DD * 4,
+    serial_steps=sp.Integer(1), count=2)
+
+_chunk_states = KernelModel(
+    "chunk_gla_states",
+    grid=B * H * cdiv_expr(K, BK) * cdiv_expr(V, BV),
+    # tl.dot(trans(kx), vx): the kx tile is pipelined over num_stages, vx staged once
+    smem=(BT * BK * S + BT * BV) * ob,
+    # running matrix h, kx and its decay fb, vx (fp32), dot result
+    live_fp32=2 * BK * BV + 2 * BT * BK + BT * BV,
+    bytes_moved=B * T * H * (K * cdiv_expr(V, BV) * (db + 4) + V * cdiv_expr(K, BK) * db) + B * NT * H * K * V * 4,
+    tc_flops=2 * B * T * H * K * V,
+    fp32_flops=3 * B * T * H * K * V / BT + B * T * H * K * 2,
+    serial_steps=NT, count=3)
+
+_chunk_output = KernelModel(
+    "chunk_gla_output",
+    grid=B * NT * (BT / BC) * cdiv_expr(V, BV) * H,
+    # operands of x@hs, x@y^T, A@z (num_stages per pipelined loop) + the [BC, BC] score tile
+    smem=((BC * BX + BX * BX + BC * BC) * S + BC * BC + BC * BX) * ob,
+    # acc, acc_o [BC, BV]; A [BC, BC]; x, y, fb tiles [BC, BK]; hs [BK, BV]; diag [BC, BC, BKD]
+    live_fp32=2 * BC * BX + BC * BC + 3 * BC * BX + BX * BX // 2 + BC * BC * BKD,
+    bytes_moved=(B * T * H * K * db * cdiv_expr(V, BV) * (1 + (BT / BC) / 2) * 2
+                 + B * NT * H * K * V * 4 * (BT / BC) + B * T * H * V * (db + 4)),
+    tc_flops=2 * B * T * H * K * V + B * T * H * BT * (K * cdiv_expr(V, BV) + V),
+    fp32_flops=3 * B * T * H * BC * K,
+    serial_steps=BT / BC, count=4)
+
+_chunk_rev_cumsum = KernelModel(
+    "chunk_gla_rev_cumsum",
+    grid=B * H * cdiv_expr(DD, BD),
+    smem=64 * BD * 4,
+    live_fp32=96 * BD,
+    bytes_moved=B * T * H * DD * 8,
+    tc_flops=sp.Integer(0),
+    fp32_flops=B * T * H * DD * 4,
+    serial_steps=T / 64, count=1)
+
+
+def _chunked_extra(shape, gpu):
+    return [
+        Constraint("bc_le_bt", BC, "le", BT, "sub-chunk BC <= chunk BT (BT % BC == 0)"),
+        Constraint("bk_le_padded_k", BK, "le", sp.Integer(padded(shape.K)),
+                   f"BK <= padded K = {padded(shape.K)}"),
+        Constraint("bv_le_padded_v", BV, "le", sp.Integer(padded(shape.V)),
+                   f"BV <= padded V = {padded(shape.V)}"),
+        Constraint("bt_le_padded_t", BT, "le", sp.Integer(max(16, pow2(shape.T))),
+                   f"BT <= padded T = {max(16, pow2(shape.T))}"),
+    ]
+
+
+def _chunked_config(values: dict, shape: Shape) -> dict:
+    cfg = {k: int(values[k]) for k in ("BT", "BC", "BK", "BV", "num_warps", "num_stages")}
+    return cfg
+
+
+CHUNKED = Space(
+    name="gla_chunked", strategy="chunked",
+    params={BT: (16, 32, 64, 128), BC: (16, 32, 64), BK: (16, 32, 64, 128, 256),
+            BV: (16, 32, 64, 128, 256), W: (1, 2, 4, 8, 16), S: (1, 2, 3, 4)},
+    kernels=(_chunk_cumsum, _chunk_states, _chunk_output, _chunk_rev_cumsum),
+    dot_dims=(BT, BC, BK, BV), arange_dims=(BT, BC, BK, BV),
+    extra=_chunked_extra, to_config=_chunked_config)
+
+
+# ---- the recurrent GLA space ---------------------------------------------------------------------
+_rec_fwd = KernelModel(
+    "recurrent_gla_fwd",
+    grid=B * H * cdiv_expr(V, BV),
+    smem=BV * 4 * W,                                    # cross-warp reduction scratch over K
+    live_fp32=2 * BK * BV + 3 * BK + 2 * BV,
+    bytes_moved=B * T * H * (K * cdiv_expr(V, BV) * (2 * db + 4) + V * (db + 4)),
+    tc_flops=sp.Integer(0),
+    fp32_flops=4 * B * T * H * K * V,
+    serial_steps=T, count=1)
+
+_rec_bwd = KernelModel(
+    "recurrent_gla_bwd",
+    grid=B * H * cdiv_expr(V, BV),
+    smem=(BV + BK) * 4 * W,
+    live_fp32=3 * BK * BV + 4 * BK + 4 * BV,
+    bytes_moved=B * T * H * (K * cdiv_expr(V, BV) * (4 * db + 16) + V * (4 * db + 8)),
+    tc_flops=sp.Integer(0),
+    fp32_flops=10 * B * T * H * K * V,
+    serial_steps=2 * T, count=1)
+
+
+def _recurrent_extra(shape, gpu):
+    return [Constraint("bv_le_padded_v", BV, "le", sp.Integer(padded(shape.V)),
+                       f"BV <= padded V = {padded(shape.V)}")]
+
+
+def _recurrent_config(values: dict, shape: Shape) -> dict:
+    return {k: int(values[k]) for k in ("BK", "BV", "num_warps", "num_stages")}
+
+
+RECURRENT = Space(
+    name="gla_recurrent", strategy="recurrent",
+    params={BK: lambda shape: (padded(shape.K),),     # the whole K extent is one register tile
+            BV: (16, 32, 64, 128, 256), W: (1, 2, 4, 8, 16), S: (1, 2, 3)},
+    # the decay gradients' reverse cumsum also runs with the recurrent config's num_warps
+    kernels=(_rec_fwd, _rec_bwd, _chunk_rev_cumsum),
+    dot_dims=(), arange_dims=(BK, BV),
+    extra=_recurrent_extra, to_config=_recurrent_config)
+
+SPACES = {"chunked": CHUNKED, "recurrent": RECURRENT}
+
+
+__all__ = ["CHUNKED", "RECURRENT", "SPACES"]

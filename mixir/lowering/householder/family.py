@@ -1,0 +1,22 @@
+"""The Householder family (DeltaNet, Gated DeltaNet, DeltaProduct, KDA: transitions that are
+products of identity-minus-rank-one factors, times a scalar or key-diagonal gate) under the family
+contract (``lowering/family.py``)."""
+from __future__ import annotations
+
+from ..family import Family, register
+from .analysis import analyse
+
+
+class HouseholderFamily(Family):
+    name = "householder"
+    priority = 30
+
+    def analyse(self, mixer):
+        return analyse(mixer)
+
+    def compile(self, mixer, plan, *, strategy=None, config=None):
+        from .runtime import CompiledHouseholder
+        return CompiledHouseholder(mixer, plan, strategy=strategy, config=config)
+
+
+FAMILY = register(HouseholderFamily())

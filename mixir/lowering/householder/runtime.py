@@ -1,0 +1,122 @@
+"""The compiled Householder mixer (DeltaNet, Gated DeltaNet, DeltaProduct, KDA): pieces kernel →
+sub-steps interleaved into a sequence of length T·n_h → delta core (recurrent or chunked WY) →
+read-out at each token's last sub-step → output affine map."""
+from __future__ import annotations
+
+import torch
+
+from ...dsl import ir
+from ...errors import InputError
+from . import core as delta_core
+from . import ops as _ops  # noqa: F401 - registers the custom ops mixir::delta_fwd / delta_bwd
+from ..family import check_strategy
+from .analysis import HouseholderPlan
+from ..common.launch import encode_config
+from ..common.pieces import PiecesKernel
+from ..common.call import RECURRENT_MAX_T, check_call
+
+
+class CompiledHouseholder:
+    """A Householder-transition mixer compiled for torch tensors (call it like the reference)."""
+
+    def __init__(self, mixer, plan: HouseholderPlan, strategy=None, config=None):
+        self.mixer, self.plan = mixer, plan
+        self.strategies = plan.strategies
+        if strategy is not None:
+            self._check_strategy(strategy)
+        self.strategy = strategy
+        self.config = dict(config or {})
+        self.__name__ = mixer.name
+        self.pieces_kernel = PiecesKernel(mixer.name, plan.pieces(), list(mixer.inputs))
+
+    def _check_strategy(self, strategy):
+        if strategy == "chunked" and self.plan.gate_k:
+            raise InputError(f"{self.mixer.name}: strategy 'chunked' takes scalar gates; this mixer's gate "
+                             f"is diagonal along {self.plan.k_dim!r} (Kimi Delta Attention), which "
+                             "mixir runs with strategy='recurrent' only")
+        check_strategy(self.strategies, strategy)
+
+    def __repr__(self):
+        return f"<mixir.CompiledMixer {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
+
+    def _config(self, strategy, K, V, dtype, shape, device):
+        """The core's launch parameters: on CUDA tensors the tuning database's config for the
+        current GPU, else the delta space's cost-model best (``autotune.select.tuned_delta_config``);
+        on CPU (or when nothing applies) ``delta_core.default_config``. A user's config= wins."""
+        cfg = delta_core.default_config(strategy, K, V, dtype)
+        if device is not None and torch.device(device).type == "cuda":
+            from ...autotune.select import tuned_delta_config
+            tuned = tuned_delta_config(self.mixer.fingerprint, strategy, K, V, dtype, *shape,
+                                       torch.device(device), self.plan.num_householder)
+            if tuned:
+                cfg.update(tuned)
+        cfg.update(self.config)
+        return cfg
+
+    def source_files(self):
+        from .kernels import chunked as delta_chunked, recurrent as delta_recurrent
+        return [self.pieces_kernel.source_path, delta_recurrent.__file__, delta_chunked.__file__]
+
+    def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
+                 strategy=None, **scalars):
+        m, p = self.mixer, self.plan
+        b, N, device, dtype = check_call(m, arrays, initial_state, cu_seqlens, scalars)
+        strategy = strategy or self.strategy or (
+            "recurrent" if b.T <= RECURRENT_MAX_T or self.plan.gate_k else "chunked")
+        self._check_strategy(strategy)
+        if isinstance(initial_state, (tuple, list)):
+            raise InputError(f"initial_state: {m.name} has one state; pass a tensor")
+        B, T, H = b.B, b.T, b.H
+        K, V = b.sizes[p.k_dim], b.sizes[p.v_dim]
+        if strategy == "chunked" and K > delta_core.MAX_HEAD_K:
+            raise InputError(f"{m.name}: the chunked strategy holds the key dim in one tile: "
+                             f"{p.k_dim} = {K} > {delta_core.MAX_HEAD_K}; use strategy='recurrent'")
+        pieces = self.pieces_kernel(list(arrays), b.scalars, B, T, H, b.sizes)
+
+        def shaped(name, size=None):
+            t = pieces[name]
+            if size is None:
+                return t.reshape(tuple(t.shape[:3])).expand(B, T, H)
+            return t.reshape(tuple(t.shape[:3]) + (t.shape[3] if t.dim() > 3 else 1,)).expand(B, T, H, size)
+
+        n = p.num_householder
+
+        def gate(j):        # [B, T, H] (scalar gate) or [B, T, H, K] (key-diagonal, KDA)
+            return shaped(f"g{j}", K) if p.gate_k else shaped(f"g{j}")
+        ks = [shaped(f"k{j}", K) for j in range(n)]
+        vs = [shaped(f"v{j}", V) for j in range(n)]
+        betas = [shaped(f"beta{j}") for j in range(n)]
+        has_g = [f"g{j}" in pieces for j in range(n)]
+        q = shaped("q", K)
+        if n == 1:
+            qs, k, v, beta = q, ks[0], vs[0], betas[0]
+            g = gate(0) if has_g[0] else None
+        else:      # DeltaProduct: the delta rule on a sequence of length T·n_h
+            def inter(xs):
+                return torch.stack(xs, dim=2).reshape((B, T * n) + tuple(xs[0].shape[2:]))
+            qs = q          # compact: the core reads out each token's last sub-step only
+            k, v, beta = inter(ks), inter(vs), inter(betas)
+            zero = torch.zeros((B, T, H) + ((K,) if p.gate_k else ()), device=device)
+            g = inter([gate(j) if has_g[j] else zero for j in range(n)]) if any(has_g) else None
+        cu = None if cu_seqlens is None else cu_seqlens * n
+        h0 = None
+        if initial_state is not None:
+            h0 = initial_state.float()
+            if m.states[0].dims != (p.k_dim, p.v_dim):
+                h0 = h0.transpose(-1, -2)
+            h0 = h0.contiguous()
+        cfg = self._config(strategy, K, V, dtype, (B, T, H), device)
+        o, hT = torch.ops.mixir.delta_fwd(qs.to(dtype).contiguous(), k.to(dtype).contiguous(),
+                                          v.to(dtype).contiguous(), beta.float().contiguous(),
+                                          None if g is None else g.float().contiguous(), h0, cu,
+                                          strategy, encode_config(cfg), n)
+        if not ir.is_const(p.out_scale, 1.0):
+            o = shaped("e", V) * o
+        if not ir.is_const(p.out_bias, 0.0):
+            o = o + shaped("d", V)
+        o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in m.output.dims)).to(dtype)
+        if not output_final_state:
+            return o
+        if m.states[0].dims != (p.k_dim, p.v_dim):
+            hT = hT.transpose(-1, -2)
+        return o, hT

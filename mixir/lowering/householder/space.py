@@ -1,0 +1,463 @@
+"""Tuning spaces of the Householder (delta-rule) templates: the chunked WY/UT kernels
+(``lowering/templates/delta_chunked.py``) and the fused token loop
+(``lowering/templates/delta_recurrent.py``), both launched by ``lowering/delta_core.py``.
+
+Built from the machinery of ``spaces.py`` (``Space``, ``KernelModel``, ``Constraint``; the CP-SAT
+solver, the brute-force filter, the cost model, the AOT feedback and the database work on them
+unchanged). Kept out of ``spaces.SPACES`` (the gated-linear reports iterate that); reached through
+``spaces.space("delta_chunked")`` / ``spaces.space("delta_recurrent")``.
+
+Shape symbols (``spaces``): B, T, H; K, V head sizes of the core (T is the core's sequence:
+T·n_h for DeltaProduct); PK, PV padded (max(16, next_pow2)); db bytes per input element. Every
+``tl.dot`` of the delta kernels takes fp32 operands (loads are converted): "tf32" for 16-bit inputs,
+"tf32x3" for fp32 inputs (``delta_core._prec``) and "tf32x3" in the triangular inverse always.
+``XP = 1 + floor(db/4)`` (1 for 16-bit inputs, 2 for fp32) is the operand-register factor of
+tf32x3, which splits every operand into a high and a low tf32 part.
+
+**Chunked** parameters: BT (chunk) ∈ {16, 32, 64}, BK = PK (the whole K in one tile; K ≤ 256),
+BV (V-tile) ∈ {16, …, 256} ≤ PV, BKT (the K-tile of the loops over K) ∈ {16, 32} ≤ BK,
+num_warps ∈ {2, 4, 8, 16}, num_stages ∈ {1, 2, 3}. One config drives the eight kernels of a
+training step (forward: prep, states, output; backward: prep and states recomputed, dstates,
+grads_v, grads_p, grads_k, dv), so the resource constraints hold for the maximum over them.
+
+**Recurrent** parameters: BK = PK, BV (forward V-tile), bwd_BV (backward V-tile) ∈ {16, …, 256}
+≤ PV, checkpoint_every C ∈ {8, 16, 32, 64}, num_warps ∈ {1, 2, 4, 8}, num_stages = 1.
+
+Register model (per kernel): ``regs = ceil(live / (32·num_warps)) + base`` with ``live`` the
+32-bit registers of the CTA's tiles at the kernel's peak, written from the kernel's code as a sum
+of tile areas (BT², BT·BK, BT·BV, BK·BV, BT·BKT, BKT·BV) with per-kernel coefficients; dot
+operand tiles count XP times. The coefficients are an upper envelope of ptxas' counts for sm_80
+and sm_90 (Triton 3.9; see ``CALIBRATION`` and docs/autotune.md "Householder family"): a config the
+model calls feasible compiled without spills in every calibration build. State-sized tiles
+([BK, BV]) cost more than their area (offset and mask tiles of the masked state loads and stores
+live beside them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import sympy as sp
+
+from ...errors import TuningError
+from ...autotune import hardware, space as spaces
+from ...autotune.space import (BK, BT, BV, H, K, B, Constraint, KernelModel, S, Shape, Space, T, V,
+                               W, cdiv_expr, db, padded, pow2)
+
+BKT, BVB, C = sp.symbols("BKT bwd_BV checkpoint_every", integer=True, positive=True)
+
+#: the chunked kernels hold K in one tile (``delta_core.MAX_HEAD_K``)
+MAX_HEAD_K = 256
+#: operand-register factor: 1 for tf32 dots (16-bit inputs), 2 for tf32x3 (fp32 inputs)
+XP = 1 + sp.floor(db / 4)
+#: tensor-core passes per nominal dot FLOP: 1 (tf32), 3 (tf32x3)
+PASSES = 1 + 2 * sp.floor(db / 4)
+#: the cost model divides tensor-core FLOPs by the bf16/fp16 peak for 16-bit inputs and by the
+#: fp32 (CUDA-core) peak for fp32 inputs (``cost.predict``, with ``Shape.fp32_dots=False``); the
+#: delta kernels run tf32 (half the bf16 peak: x2) or tf32x3 passes (~ 8x the fp32 peak on
+#: A100/H100 per pass: x1/8), so this factor turns tf32-pass FLOPs into the cost model's units
+TC_UNITS = 2 - sp.Rational(15, 8) * sp.floor(db / 4)
+#: the triangular inverse always runs tf32x3 (3 passes), whatever the input dtype
+INV_PASSES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaKernel(KernelModel):
+    """A ``KernelModel`` whose ``live_fp32`` counts 32-bit registers of the CTA's tiles:
+    regs = ceil(live / (32 · num_warps)) + base."""
+    base: int = 64
+
+    @functools.cached_property
+    def regs(self):
+        return sp.ceiling(self.live_fp32 / (32 * W)) + self.base
+
+
+# ---- the chunked (WY/UT) space ---------------------------------------------------------------
+NT = cdiv_expr(T, BT)                # chunks per sequence
+NV = cdiv_expr(V, BV)                # V-tiles
+NKT = cdiv_expr(K, BKT)              # K-tiles of the loops over K
+# the UT transform's inverse per chunk: 15 + BT/16 dependent [BT, BT] dots and BT/16 - 1 more
+# (``unit_lower_inverse``): ~ 2·BT³·(15 + 2·BT/16) FLOPs per chunk, i.e. per token:
+_INV_PER_TOKEN = 2 * BT * BT * (15 + BT / 8) * INV_PASSES
+
+
+def _tc(nominal, inverse=0):
+    """Tensor-core FLOPs in the cost model's units (see TC_UNITS)."""
+    return TC_UNITS * (PASSES * nominal + inverse)
+
+
+# Register coefficients (upper envelope of ptxas on sm_80 / sm_90; docs/autotune.md).
+_chunk_prep = DeltaKernel(
+    "delta_chunk_prep",
+    grid=B * H * NT,
+    # the K Kᵀ gram as a loop over K-tiles (two [BT, BKT] operand tiles), then the [BT, BT]
+    # inverse (~6 tiles), W = A⁻¹ (K ⊙ βγ) ([BT, BK] operand + result), U = A⁻¹ V per V-tile
+    smem=4 * (BT * BK + 4 * BT * BT + (S - 1) * 2 * BT * BKT),
+    live_fp32=15 * BT * BT + 3 * XP * BT * BK + XP * BT * BV + XP * BT * BKT,
+    bytes_moved=B * H * T * (2 * K * db + V * db + 4 * K + 4 * V + 8),
+    tc_flops=B * H * T * _tc(4 * BT * K + 2 * BT * V, _INV_PER_TOKEN),
+    fp32_flops=B * H * T * (4 * BT + 2 * K),
+    serial_steps=sp.Integer(1), count=2, base=70)
+
+_chunk_states = DeltaKernel(
+    "delta_chunk_states",
+    grid=B * H * NV,
+    # h [BK, BV] in registers across the chunks; per chunk u = U − W h, h ← γ h + (K γ_L/γ)ᵀ u
+    smem=4 * (XP * BK * BV + 2 * BT * BK + (S - 1) * BT * BK),
+    live_fp32=XP * (3 * BK * BV + 3 * BT * BK),
+    bytes_moved=B * H * (T * K * (4 + db) * NV + 8 * T * V + 4 * NT * K * V),
+    tc_flops=B * H * T * _tc(4 * K * V),
+    fp32_flops=B * H * (NT * 3 * K * V + T * 2 * K * NV),
+    serial_steps=NT, count=2, base=150)
+
+_chunk_output = DeltaKernel(
+    "delta_chunk_output",
+    grid=B * H * NT * NV,
+    # O = (Q ⊙ γ) h + tril(Q Kᵀ ⊙ D) u, the K-sums as a loop over K-tiles of BKT
+    smem=4 * (BKT * BV + BT * BV + BT * BT + S * BT * BKT + (S - 1) * BKT * BV),
+    live_fp32=9 * XP * BT * BKT + XP * BT * BV,
+    bytes_moved=B * H * (T * K * 2 * db * NV + 4 * NT * K * V + 8 * T * V),
+    tc_flops=B * H * T * _tc(2 * BT * K * NV + 2 * K * V + 2 * BT * V),
+    fp32_flops=B * H * T * (6 * BT + 2 * V),
+    serial_steps=sp.Integer(1), count=1, base=90)
+
+_chunk_dstates = DeltaKernel(
+    "delta_chunk_dstates",
+    grid=B * H * NV,
+    # dh [BK, BV] across the chunks (reverse); per chunk QKᵀ and K dh as loops over K-tiles,
+    # du = Pᵀ dO + (K γ_L/γ) dh, dh ← γ_L dh + (Qγ)ᵀ dO − Wᵀ du with Q, W [BT, BK] tiles
+    smem=4 * (BK * BV + BT * BK + BT + (S - 1) * 2 * BT * BKT),
+    live_fp32=XP * (4 * BK * BV + 2 * BT * BK),
+    bytes_moved=B * H * (T * K * (2 * db + 4) * NV + 8 * T * V + 8 * NT * K * V),
+    tc_flops=B * H * T * _tc(2 * BT * K * NV + 6 * K * V + 2 * BT * V),
+    fp32_flops=B * H * T * (4 * BT + 4 * V),
+    serial_steps=NT, count=1, base=150)
+
+_chunk_grads_v = DeltaKernel(
+    "delta_chunk_grads_v",
+    grid=B * H * NT * NKT,
+    # three [BT, BKT] accumulators; per V-tile h, dh [BKT, BV] and three [BT, BV] row tiles
+    smem=4 * (2 * BT * BV + S * BKT * BV),
+    live_fp32=20 * BT * BKT + 18 * XP * BT * BV + 2 * XP * BKT * BV,
+    bytes_moved=B * H * (8 * NT * K * V + 12 * T * V * NKT + 12 * T * K),
+    tc_flops=B * H * T * _tc(6 * K * V),
+    fp32_flops=B * H * NT * 2 * K * V,
+    serial_steps=sp.Integer(1), count=1, base=32)
+
+_chunk_grads_p = DeltaKernel(
+    "delta_chunk_grads_p",
+    grid=B * H * NT,
+    # dP = dO uᵀ, M = du Vᵀ [BT, BT] over V-tiles of four [BT, BV] row tiles
+    smem=4 * (3 * S * BT * BV + BT * BT),
+    live_fp32=BT * BT + 20 * XP * BT * BV,
+    bytes_moved=B * H * T * (V * (db + 12) + 8 * BT),
+    tc_flops=B * H * T * _tc(4 * BT * V),
+    fp32_flops=sp.Integer(0),
+    serial_steps=sp.Integer(1), count=1, base=80)
+
+_chunk_grads_k = DeltaKernel(
+    "delta_chunk_grads_k",
+    grid=B * H * NT,
+    # everything K-sized: three grams (loops over K-tiles), the inverse, ~8 [BT, BT] tiles and
+    # ~6 [BT, BK] tiles (K, Q, dQa, dKb, dX, dK), the two-sided dA product
+    smem=4 * (BT * BK + 4 * BT * BT + (S - 1) * 2 * BT * BKT),
+    live_fp32=XP * (4 * BT * BK + 12 * BT * BT),
+    bytes_moved=B * H * T * (4 * K * db + 20 * K + 12 * BT),
+    tc_flops=B * H * T * _tc(16 * BT * K + 4 * BT * BT, _INV_PER_TOKEN),
+    fp32_flops=B * H * T * (20 * BT + 10 * K),
+    serial_steps=sp.Integer(1), count=1, base=160)
+
+_chunk_dv = DeltaKernel(
+    "delta_chunk_dv",
+    grid=B * H * NT * NV,
+    smem=4 * (BT * BT + BT * BV),
+    live_fp32=4 * XP * BT * BT + 2 * XP * BT * BV,
+    bytes_moved=B * H * T * (4 * BT * NV + 8 * V),
+    tc_flops=B * H * T * _tc(2 * BT * V),
+    fp32_flops=sp.Integer(0),
+    serial_steps=sp.Integer(1), count=1, base=28)
+
+CHUNKED_KERNELS = (_chunk_prep, _chunk_states, _chunk_output, _chunk_dstates, _chunk_grads_v,
+                   _chunk_grads_p, _chunk_grads_k, _chunk_dv)
+
+
+def _dot_constraints(dims, shape):
+    """tl.dot operand dims: >= 16 and multiples of the tf32 MMA K (8) - every delta dot takes fp32
+    operands, tf32 or tf32x3."""
+    prec = "tf32x3" if shape.dtype == "fp32" else "tf32"
+    out = []
+    for d in dims:
+        out.append(Constraint(f"dot_min_{d}", d, "ge", sp.Integer(16), f"tl.dot operand dim {d} >= 16"))
+        out.append(Constraint(f"dot_mma_{d}", d, "mod", sp.Integer(8),
+                              f"tl.dot operand dim {d} a multiple of the {prec} MMA K=8"))
+    return out
+
+
+def _chunked_extra(shape, gpu):
+    pv, pt = padded(shape.V), max(16, pow2(shape.T))
+    return _dot_constraints((BT, BK, BV, BKT), shape) + [
+        Constraint("bk_le_max_head_k", BK, "le", sp.Integer(MAX_HEAD_K),
+                   f"the chunked delta kernels hold K in one tile: padded K <= {MAX_HEAD_K}"),
+        Constraint("bkt_le_bk", BKT, "le", BK, "K-tile BKT <= padded K"),
+        Constraint("bv_le_padded_v", BV, "le", sp.Integer(pv), f"BV <= padded V = {pv}"),
+        Constraint("bt_le_padded_t", BT, "le", sp.Integer(pt), f"BT <= padded T = {pt}"),
+    ]
+
+
+def _chunked_config(values: dict, shape=None) -> dict:
+    return {k: int(values[k]) for k in ("BT", "BK", "BV", "BKT", "num_warps", "num_stages")}
+
+
+CHUNKED = Space(
+    name="delta_chunked", strategy="chunked",
+    params={BT: (16, 32, 64), BK: lambda shape: (padded(shape.K),),
+            # BKT: only the K-tiles the register model was calibrated on (a model pick with
+            # BKT = 64, fp32 K = 64 on sm_80, spilled 16 B in delta_chunk_dstates)
+            BV: (16, 32, 64, 128, 256), BKT: (16, 32),
+            W: (2, 4, 8, 16), S: (1, 2, 3)},
+    kernels=CHUNKED_KERNELS, dot_dims=(), arange_dims=(BT, BK, BV, BKT),
+    extra=_chunked_extra, to_config=_chunked_config)
+
+
+# ---- the recurrent (fused token loop) space --------------------------------------------------
+NVF = cdiv_expr(V, BV)               # forward V-tiles
+NVB = cdiv_expr(V, BVB)              # backward V-tiles
+NC = cdiv_expr(T, C)                 # checkpoints per sequence
+
+_rec_fwd = DeltaKernel(
+    "delta_recurrent_fwd",
+    grid=B * H * NVF,
+    # the state S [BK, BV] in registers; per token a = Sᵀk, the rank-1 update, o = Sᵀq; the
+    # K-reductions cross warps through shared memory
+    smem=4 * BK + 4 * BV * W,
+    live_fp32=2 * BK * BV + 2 * BK,
+    bytes_moved=B * H * (T * (2 * K * db * NVF + V * (db + 4) + 8) + 4 * NC * K * V),
+    tc_flops=sp.Integer(0),
+    fp32_flops=7 * B * H * T * K * V,
+    serial_steps=T, count=2, base=40)
+
+_rec_bwd = DeltaKernel(
+    "delta_recurrent_bwd",
+    grid=B * H * NVB,
+    # dS, S_{t-1} (from the scratch slab) and the recomputed S [BK, bwd_BV], with the slab's
+    # store and load offsets; per-V-tile partial sums of dq, dk, dbeta, dg
+    smem=4 * (BVB + BK) * W,
+    live_fp32=4 * BK * BVB,
+    bytes_moved=B * H * (T * (2 * (2 * K * db + V * (db + 4)) * NVB + 8 * K * NVB + 4 * V + 8 * NVB)
+                         + 4 * NC * K * V + 2 * T * K * V),
+    tc_flops=sp.Integer(0),
+    fp32_flops=19 * B * H * T * K * V,
+    serial_steps=2 * T, count=1, base=104)
+
+RECURRENT_KERNELS = (_rec_fwd, _rec_bwd)
+#: num_warps of the recurrent kernels: 8 warps do not relieve registers (measured with bf16,
+#: K = V = 128: forward BV = 32 needs 108 registers at 8 warps, 80 at 4) and the forward spills at
+#: 128 registers with BV = 64 at 8 warps (ptxas on sm_80 / sm_90), so the space stops at 4
+RECURRENT_WARPS = (1, 2, 4)
+
+
+def _slab_cap(shape, gpu) -> int:
+    """The largest checkpoint interval whose scratch slabs (B·H·C·K·V·4 bytes) fit in L2, never
+    below the template's default 16 (``delta_recurrent.default_config``)."""
+    per = max(1, shape.B * shape.H * padded(shape.K) * padded(shape.V) * 4)
+    cap = 16
+    while cap * 2 * per <= gpu.l2_bytes and cap < 64:
+        cap *= 2
+    return cap
+
+
+def _recurrent_extra(shape, gpu):
+    pv = padded(shape.V)
+    cap = _slab_cap(shape, gpu)
+    return [
+        Constraint("bv_le_padded_v", BV, "le", sp.Integer(pv), f"BV <= padded V = {pv}"),
+        Constraint("bwd_bv_le_padded_v", BVB, "le", sp.Integer(pv), f"bwd_BV <= padded V = {pv}"),
+        Constraint("scratch_in_l2", C, "le", sp.Integer(cap),
+                   f"checkpoint_every <= {cap}: above 16 only while the backward's scratch slabs "
+                   f"(B·H·C·K·V·4 bytes) fit in {gpu.name}'s L2 ({gpu.l2_bytes >> 20} MiB)"),
+    ]
+
+
+def _recurrent_config(values: dict, shape=None) -> dict:
+    return {k: int(values[k]) for k in ("BK", "BV", "bwd_BV", "checkpoint_every", "num_warps",
+                                        "num_stages")}
+
+
+RECURRENT = Space(
+    name="delta_recurrent", strategy="recurrent",
+    params={BK: lambda shape: (padded(shape.K),), BV: (16, 32, 64, 128, 256),
+            BVB: (16, 32, 64, 128, 256), C: (8, 16, 32, 64), W: RECURRENT_WARPS, S: (1,)},
+    kernels=RECURRENT_KERNELS, dot_dims=(), arange_dims=(BK, BV, BVB),
+    extra=_recurrent_extra, to_config=_recurrent_config)
+
+SPACES = {"chunked": CHUNKED, "recurrent": RECURRENT}
+
+
+def space(strategy: str) -> Space:
+    if strategy not in SPACES:
+        raise TuningError(f"no delta tuning space for strategy {strategy!r}; known: {', '.join(SPACES)}")
+    return SPACES[strategy]
+
+
+def shape(B_: int, T_: int, H_: int, K_: int, V_: int, dtype: str) -> Shape:
+    """The ``spaces.Shape`` of the delta core (``fp32_dots=False``: the cost model then takes the
+    16-bit tensor peak for every launch, which ``TC_UNITS`` converts to tf32)."""
+    from ...autotune.db import dtype_name
+    return Shape(int(B_), int(T_), int(H_), int(K_), int(V_), dtype_name(dtype), fp32_dots=False)
+
+
+# ---- feasibility and the model's best config ---------------------------------------------------
+def _check_head(strategy, shape_):
+    if strategy == "chunked" and padded(shape_.K) > MAX_HEAD_K:
+        raise TuningError(f"no feasible config for delta_chunked with K={shape_.K}: the chunked delta "
+                          f"kernels hold K in one tile (padded K = {padded(shape_.K)} > {MAX_HEAD_K}); "
+                          f"use the recurrent strategy")
+
+
+def feasible(strategy: str, shape_: Shape, gpu, constraints=None) -> list:
+    """Every feasible config (CP-SAT when ortools is installed, else the brute-force filter);
+    ``TuningError`` naming the binding constraint when there is none."""
+    from ...autotune import solver
+    sp_ = space(strategy)
+    gpu = hardware.get(gpu)
+    _check_head(strategy, shape_)
+    if solver.available():
+        return solver.enumerate_feasible(sp_, shape_, gpu, constraints=constraints)
+    out = spaces.feasible_bruteforce(sp_, shape_, gpu, constraints=constraints)
+    if not out:
+        raise TuningError(f"no feasible config for {sp_.name} with K={shape_.K}, V={shape_.V} in "
+                          f"{shape_.dtype} on {gpu.name} (install ortools for an explanation)")
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _best(strategy, gpu_name, dtype, K_, V_, BH, T_):
+    from ...autotune import cost
+    gpu = hardware.get(gpu_name)
+    shp = shape(1, T_, BH, K_, V_, dtype)
+    sp_ = space(strategy)
+    feas = spaces.feasible_bruteforce(sp_, shp, gpu)     # no solver at run time (the spaces are small)
+    if not feas:
+        return None
+    return tuple(sorted(sp_.to_config(cost.rank(sp_, shp, gpu, feas)[0][0], shp).items()))
+
+
+def model_best(strategy: str, gpu, dtype, K_: int, V_: int, B_: int, T_: int, H_: int) -> dict | None:
+    """The cost model's best feasible config for the core shape (T and B·H bucketed to powers of
+    two), or None when nothing is feasible."""
+    from ...autotune.db import bucket, dtype_name
+    g = hardware.get(gpu)
+    best = _best(strategy, g.name, dtype_name(dtype), int(K_), int(V_), bucket(int(B_) * int(H_)),
+                 bucket(int(T_)))
+    return None if best is None else dict(best)
+
+
+# ---- AOT: record the template launches of one config and compile them -----------------------
+TEMPLATE_MODULES = ("householder.kernels.chunked", "householder.kernels.recurrent")
+
+
+def _is_template(rec) -> bool:
+    return any(f".{m}." in rec.kernel.name for m in TEMPLATE_MODULES)
+
+
+def record_config(mixer, strategy: str, config: dict, *, dtype: str = "bf16", K: int = 64, V: int = 64,
+                  backward: bool = True) -> list:
+    """The delta template ``LaunchRecord``s that running ``mixer`` with ``config`` makes on tiny
+    CPU inputs (launch parameters as on a GPU: ``targets_gpu`` holds while recording, so the dots
+    are recorded as "tf32" / "tf32x3"). 16-bit inputs are recorded in their own dtype: the kernels
+    convert every load to fp32, so the interpreter's bf16 dot issue does not arise."""
+    import numpy as np
+    import torch
+
+    import mixir
+    from ..common.launch import record_launches
+    from ...verify import example_inputs
+    from ...autotune.aot_check import _torch_dtype
+    T_ = int(config.get("BT", 16)) + 3 if strategy == "chunked" else 3
+    arrays, h0 = example_inputs(mixer, B=1, T=T_, H=1, K=K, V=V)
+    dt = _torch_dtype(dtype)
+    compiled = mixir.compile(mixer, strategy=strategy, config=dict(config))
+    with record_launches() as records:
+        xs = [torch.tensor(np.asarray(a), dtype=dt if spec.kind == "input" else torch.float32)
+              .requires_grad_(backward) for spec, a in zip(mixer.inputs, arrays)]
+        init = torch.tensor(np.asarray(h0), dtype=torch.float32, requires_grad=backward)
+        o, hT = compiled(*xs, initial_state=init, output_final_state=True, strategy=strategy)
+        if backward:
+            (o.float().sum() + hT.sum()).backward()
+    return [r for r in records.values() if _is_template(r)]
+
+
+def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: str = "bf16",
+                    K: int = 64, V: int = 64, backward: bool = True, workers=None,
+                    timeout_s: float = 300, progress=None) -> list:
+    """``aot_check.compile_configs`` for the delta templates: one ``CompiledConfig`` per config
+    (kernels shared between configs compile once)."""
+    from ...autotune.aot_check import compile_recorded
+    return compile_recorded(
+        configs, lambda cfg: record_config(mixer, strategy, cfg, dtype=dtype, K=K, V=V, backward=backward),
+        arch, workers=workers, timeout_s=timeout_s, progress=progress)
+
+
+# ---- the pipeline (mixir tune <a Householder mixer>) ------------------------------------------
+def core_sizes(mixer, K_: int, V_: int):
+    """(K, V, n_h, strategies) of the core for user-level head sizes K, V (library mixers map them
+    to their feature dims, as ``pipeline.form_sizes`` does)."""
+    from ..family import analyse
+    from ...autotune.pipeline import feature_sizes
+    plan = analyse(mixer)
+    sizes = feature_sizes(mixer, {plan.k_dim}, K_, V_)
+    return sizes[plan.k_dim], sizes[plan.v_dim], plan.num_householder, plan.strategies
+
+
+def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=128, V=128, dtype="bf16", strategies=None,
+         top_k=4, aot=True, timed=False, write=True, directory=None, workers=None, progress=None,
+         feedback=None, max_rounds=None):
+    """``pipeline.tune`` for a Householder mixer: per strategy, solve the delta space → rank →
+    AOT-compile the top-k for the GPU's arch (spilling configs dropped, mismatches fed back as
+    constraints, re-solved) → (time) → database. B, T, H are the user-level shape (the database
+    key); the model sees the core's sequence T·n_h."""
+    from ...autotune import db
+    from ...autotune import pipeline as pl
+    from ...autotune.feedback import Store
+    if timed:
+        pl.require_cuda()
+    say = progress or (lambda msg: None)
+    gpu = hardware.get(gpu)
+    dtype = db.dtype_name(dtype)
+    cK, cV, n_h, avail = core_sizes(mixer, K, V)
+    if strategies is None and padded(cK) > MAX_HEAD_K:
+        avail = tuple(s for s in avail if s != "chunked")     # the runtime refuses it too
+    strategies = [s for s in (strategies or avail) if s in avail]
+    for s_ in strategies:
+        _check_head(s_, shape(B, T, H, cK, cV, dtype))
+    store = feedback if feedback is not None else Store()
+    results = []
+    for strategy in strategies:
+        shp = shape(B, T * n_h, H, cK, cV, dtype)
+        r = pl._tune_strategy(mixer, strategy, gpu, B, T, H, K, V, cK, cV, dtype, top_k, aot, workers,
+                              say, store, max_rounds or pl.MAX_ROUNDS, space_=space(strategy),
+                              shape=shp, compile_fn=compile_configs)
+        if timed:
+            pl._time(mixer, r, B, T, H, K, V, dtype, gpu, say)
+        if r.best is not None and write:
+            r.db_path = pl._write(mixer, gpu, dtype, B, T, H, r, directory)
+        results.append(r)
+    return pl.TuneResult(mixer.name, gpu, results)
+
+
+def formulas_markdown() -> str:
+    """The formulas of both spaces as markdown (docs/autotune.md)."""
+    out = []
+    for sp_ in (CHUNKED, RECURRENT):
+        out.append(f"#### `{sp_.name}`\n")
+        for k in sp_.kernels:
+            out.append(f"**{k.name}** (launches per training step: {k.count})\n\n| quantity | formula |\n|---|---|")
+            for name, e in spaces.formulas(sp_)[k.name].items():
+                if name != "launches per step":
+                    out.append(f"| {name} | `{sp.sstr(sp.sympify(e))}` |")
+            out.append("")
+    return "\n".join(out)
+
+
+__all__ = ["CHUNKED", "RECURRENT", "SPACES", "space", "shape", "feasible", "model_best",
+           "record_config", "compile_configs", "tune", "core_sizes", "formulas_markdown"]

@@ -1,0 +1,28 @@
+"""The LTI family (constant, input-independent transitions: S4, S4D, LSSL, LMU) under the family
+contract (``lowering/family.py``). Tried before the gated-linear family: it accepts only mixers
+whose transition, input term and read-out depend on parameters, scalars and ``head()`` alone, with
+the one per-token input entering linearly — RetNet, GLA, Mamba and the rest are refused here and go
+on to gated_linear."""
+from __future__ import annotations
+
+from ..family import Family, register
+from .analysis import analyse
+
+
+class LTIFamily(Family):
+    name = "lti"
+    priority = 10
+
+    def analyse(self, mixer):
+        return analyse(mixer)
+
+    def compile(self, mixer, plan, *, strategy=None, config=None):
+        from .runtime import CompiledLTIMixer
+        return CompiledLTIMixer(mixer, plan, strategy=strategy, config=config)
+
+    def tunable_strategies(self, plan) -> tuple:
+        """Only the conv strategy has tiles (its Vandermonde or Cauchy kernel pair)."""
+        return ("conv",)
+
+
+FAMILY = register(LTIFamily())

@@ -1,0 +1,129 @@
+"""The LTI system of one call and its convolution kernel: the complex half-basis system (λ, β, c,
+low-rank factors) per head, the kernel powers by the Vandermonde or Cauchy product, the final
+state by Krylov blocks, and the FFT convolution (docs/lti.md)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import ops
+
+class System:
+    """The complex half-basis system of one call (every tensor per head, differentiable)."""
+
+    def __init__(self, lam, beta, U, V, c, feed):
+        self.lam, self.beta, self.U, self.V, self.c, self.feed = lam, beta, U, V, c, feed
+
+    @property
+    def rank(self):
+        return self.U.shape[1]
+
+    def full_transition(self):
+        """Ā in the full (z, z̄) basis: [H, 2N, 2N] (materialised: O(N²) per head)."""
+        lam = torch.cat([self.lam, self.lam.conj()], -1)
+        A = torch.diag_embed(lam)
+        if self.rank:
+            Uf = torch.cat([self.U, self.U.conj()], -1)
+            Vf = torch.cat([self.V, self.V.conj()], -1)
+            A = A + torch.einsum("hkn,hkm->hnm", Uf, Vf)
+        return A
+
+
+def _full(x):
+    return torch.cat([x, x.conj()], -1)
+
+
+def kernel_powers(system: System, b, M: int, groups: int = 1, config=None):
+    """``k[r, m] = c_full Ā^m b_full`` for m < M (real), rows r = g·H + h; ``b`` [G·H, N] complex.
+    ``config``: the kernels' tiles (``kernels.launch_config``), None for the default rule."""
+    H, N = system.lam.shape
+    R = b.shape[0]
+    rdtype = system.lam.real.dtype
+    if M == 0:
+        return torch.zeros((R, 0), dtype=rdtype, device=b.device)
+    rep = lambda x: x.repeat((groups,) + (1,) * (x.dim() - 1))      # noqa: E731
+    if system.rank == 0:
+        lam = rep(system.lam)
+        v = 2 * rep(system.c) * b
+        return ops.vandermonde(torch.log(lam.abs()).clamp(min=-1e4), torch.angle(lam),
+                                       v.real, v.imag, M, config)
+    # Cauchy + Woodbury at the M-th roots of unity: Σ_m k_m ω^m = c̃ (I − ωĀ)^{-1} b,
+    # c̃ = c (I − Ā^M) (ω^M = 1); R(ω) = (I − ωΛ)^{-1} = z/(z − Λ), z = 1/ω. Every sum over the
+    # 2N poles pairs conjugates (c̃, Ũ, Ṽ, b̃ are conjugate-symmetric): the Cauchy kernel takes
+    # the N poles of one half
+    A = system.full_transition()
+    cf = _full(system.c)
+    ct = (cf - torch.einsum("hn,hnm->hm", cf, torch.linalg.matrix_power(A, M)))[..., :N]
+    U, V, poles = system.U, system.V, system.lam                                    # [H, r, N]
+    # k is real, so its DFT is Hermitian: evaluate at the M//2 + 1 points z_j, j ≤ M/2, only
+    j = torch.arange(M // 2 + 1, device=b.device, dtype=rdtype)
+    z = torch.polar(torch.ones_like(j), 2 * math.pi * j / M)                        # [M//2 + 1]
+    r_ = system.rank
+    # per head: c̃ R Ũ_k, Ṽ_k R Ũ_k'
+    a_vecs = torch.cat([ct[:, None], V], 1)                                         # [H, 1+r, N]
+    num_h = (a_vecs[:, :, None, :] * U[:, None, :, :]).reshape(H, (1 + r_) * r_, -1)
+    kh = ops.cauchy(num_h, poles, z, config).reshape(H, 1 + r_, r_, -1) * z  # [H, 1+r, r, J]
+    # per row: c̃ R b, Ṽ_k R b
+    num_b = rep(a_vecs) * b[:, None, :]                                             # [R, 1+r, N]
+    kb = ops.cauchy(num_b, rep(poles), z, config) * z                       # [R, 1+r, J]
+    kh = rep(kh)
+    k00, k10 = kb[:, 0], kb[:, 1:]                                                  # [R, J], [R, r, J]
+    k01, k11 = kh[:, 0], kh[:, 1:]                                                  # [R, r, J], [R, r, r, J]
+    cap = z[:, None, None] * torch.eye(r_, dtype=z.dtype, device=z.device) - k11.permute(0, 3, 1, 2)
+    sol = torch.linalg.solve(cap, k10.permute(0, 2, 1)[..., None])[..., 0]          # [R, J, r]
+    khat = k00 + (k01.permute(0, 2, 1) * sol).sum(-1)
+    return torch.fft.irfft(khat, n=M, dim=-1)
+
+
+def kernel_materialised(system: System, b, M: int, groups: int = 1):
+    """The naive kernel ``c_full Ā^m b_full`` by powers of the dense Ā: O(N·M) memory (tests,
+    benchmarks)."""
+    A = system.full_transition()
+    rep = lambda x: x.repeat((groups,) + (1,) * (x.dim() - 1))      # noqa: E731
+    A, cf, x = rep(A), rep(_full(system.c)), _full(b)
+    out = []
+    for _ in range(M):
+        out.append((cf * x).sum(-1).real)
+        x = torch.einsum("rnm,rm->rn", A, x)
+    return torch.stack(out, -1) if out else torch.zeros((b.shape[0], 0), dtype=A.real.dtype)
+
+
+def final_state_blocked(system: System, u, z0=None):
+    """``z_T = Ā^T z_0 + Σ_{j<T} Ā^j B̄ u_{T−1−j}`` for a diagonal-plus-low-rank Ā in O(log T)
+    dense steps (no token loop): u [B, H, T] real, z0 [B, H, N] complex or None → [B, H, N].
+
+    With blocks of M ≈ √T tokens (u zero-padded at the front to a power-of-two number of
+    blocks; leading zeros leave a zero state zero): the Krylov columns ``Ā^j B̄`` (j < M) by
+    doubling, each block's local state ``s_b = Σ_j Ā^j B̄ u_{b, M−1−j}`` as one contraction, then
+    a pairwise tree ``s ← Ā^{len} s_left + s_right`` with ``Ā^{M·2^k}`` by squaring. Works in
+    the full (z, z̄) basis with the dense Ā the Cauchy path already forms (O(N²) per head)."""
+    B, H, T = u.shape
+    N = system.lam.shape[1]
+    A = system.full_transition()                                               # [H, 2N, 2N]
+    cd = A.dtype
+    M = 1 << max(0, math.ceil(math.log2(max(T, 1)) / 2))
+    nb = 1 << (-(-T // M) - 1).bit_length()
+    kry, P = _full(system.beta)[..., None], A                                   # [H, 2N, 1]
+    while kry.shape[-1] < M:
+        kry = torch.cat([kry, P @ kry], -1)
+        P = P @ P                                                               # Ā^(columns)
+    w = torch.nn.functional.pad(u, (nb * M - T, 0)).reshape(B, H, nb, M).flip(-1)
+    st = torch.einsum("hnj,bhkj->bhkn", kry, w.to(cd))                          # [B, H, nb, 2N]
+    while st.shape[2] > 1:
+        st = torch.einsum("hnm,bhkm->bhkn", P, st[:, :, 0::2]) + st[:, :, 1::2]
+        P = P @ P
+    x = st[:, :, 0]
+    if z0 is not None:
+        x = x + torch.einsum("hnm,bhm->bhn", torch.linalg.matrix_power(A, T), _full(z0))
+    return x[..., :N]
+
+
+def fft_conv(u, K):
+    """Causal convolution ``y[.., t] = Σ_{s≤t} K[.., t−s] u[.., s]`` by real FFTs of length 2T."""
+    T = u.shape[-1]
+    n = 2 * T
+    return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :T]
+
+
+# --------------------------------------------------------------------------- the compiled mixer
