@@ -48,7 +48,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import mixir.attention as mxa  # noqa: E402
-from mixir.dsl.mask import evaluate  # noqa: E402
+from mixir.reference.attention import evaluate_mask  # noqa: E402
 from mixir.lowering.attention.tiles import choose  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -156,7 +156,7 @@ def density(mask, B, H, T, data, device) -> float:
             "h": torch.arange(Hm, device=device)[None, :, None, None], "kv": kv}
     for q0 in range(0, T, chunk):
         q = torch.arange(q0, min(T, q0 + chunk), device=device)[None, None, :, None]
-        r = evaluate(mask.node, dict(env0, q=q), data)
+        r = evaluate_mask(mask.node, dict(env0, q=q), data)
         r = r if r.dtype == torch.bool else r != 0
         total += int(r.expand(Bm, Hm, q.shape[2], T).sum())
     return total / (Bm * Hm * T * T)

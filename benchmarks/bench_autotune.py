@@ -4,7 +4,7 @@ accuracy against the compiler (CPU only; the AOT step needs Triton's ptxas, no G
     python benchmarks/bench_autotune.py [--shape B,T,H,K,V] [--dtype bf16]
                                         [--aot-mixers gla,hgrn] [--aot-gpus h100] [--aot-k 4]
 
-The accuracy part runs the tuner's AOT loop (``mixir.autotune.tune``, nothing written) per mixer
+The accuracy part runs the tuner's AOT loop (``mixir.tuning.tune``, nothing written) per mixer
 and GPU and prints predicted vs compiled shared memory and registers per validated config, the
 share of predicted-feasible configs that compile without spills, and the mismatches fed back as
 constraints. ``--aot-k 0`` skips it.
@@ -58,15 +58,15 @@ def main(argv=None):
 
 
 def accuracy(a, B, T, H, K, V):
-    from mixir.autotune import tune
     from mixir.autotune.report import accuracy_text
+    from mixir.tuning import tune
     from mixir.library import MIXERS
     results = []
     for g in a.aot_gpus.split(","):
         for name in a.aot_mixers.split(","):
             t0 = time.perf_counter()
-            res = tune(MIXERS[name].mixer, g, B=B, T=T, H=H, K=K, V=V, dtype=a.dtype, top_k=a.aot_k,
-                       write=False)
+            res = tune(MIXERS[name].mixer, gpu=g, B=B, T=T, H=H, K=K, V=V, dtype=a.dtype,
+                       top_k=a.aot_k, write=False)
             print()
             print(res.table())
             print(f"({name} on {res.gpu.name}: {time.perf_counter() - t0:.1f} s)")

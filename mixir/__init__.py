@@ -9,12 +9,12 @@ from .dsl import (In, Mixer, Param, Scalar, Scale, State, abs, amax, contract, c
 from .dsl import sum_ as sum  # noqa: A001 - mixir.sum(x, "K") reduces over a named dim
 from .errors import DeclarationError, InputError, MixirError, TuningError, UnsupportedMixerError
 from .reference import reference
+from .version import __version__ as __version__
 
-__version__ = "0.1.0"
 
 
 def __getattr__(name):
-    if name in ("attention", "library", "testing", "autotune"):   # sub-packages, imported on use
+    if name in ("autotune", "tuning", "library", "testing", "attention"):   # sub-packages, on use
         import importlib
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'mixir' has no attribute {name!r}")
@@ -22,7 +22,7 @@ def __getattr__(name):
 
 def compile(mixer, **options):  # noqa: A001 - the public verb
     """Analyse ``mixer``, choose a strategy and return a ``CompiledMixer`` on torch tensors."""
-    from .lowering.gated_linear.runtime import compile_mixer
+    from .lowering.family import compile_mixer
     return compile_mixer(mixer, **options)
 
 

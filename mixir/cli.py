@@ -107,7 +107,7 @@ def cmd_demo(args):
     return rc
 
 
-# ---- `mixir tune` (mixir/autotune) ------------------------------------------------------------
+# ---- `mixir tune` (mixir/tuning.py) ----------------------------------------------------------
 def _parse_shapes(text):
     """``B=..,T=..,H=..[,K=..,V=..]``, several separated by ``;`` → [dict]."""
     from .errors import InputError
@@ -125,54 +125,54 @@ def _parse_shapes(text):
 
 
 def cmd_tune(args):
-    from .autotune.pipeline import STANDARD_SHAPES, require_cuda, tune, tune_all
+    from . import tuning
     from .autotune.report import accuracy_text
-    from .library import MIXERS
     if args.time:
-        require_cuda()            # TuningError before any work
+        tuning.require_cuda()            # TuningError before any work
     if not args.all and not args.mixer:
         raise MixirError("mixir tune: give a mixer (NAME or module:function) or --all")
     if args.all and args.mixer:
         raise MixirError("mixir tune: give a mixer or --all, not both")
     shapes = _parse_shapes(args.shapes) if args.shapes else (
-        [dict(s) for s in STANDARD_SHAPES] if args.all else [{"B": 8, "T": 4096, "H": 16}])
+        [dict(s) for s in tuning.STANDARD_SHAPES] if args.all else [{"B": 8, "T": 4096, "H": 16}])
     strategies = None if args.strategy == "all" else [args.strategy]
 
     def progress(msg):
         print(f"  .. {msg}", file=sys.stderr, flush=True)
+    req = tuning.request(gpu=args.gpu, dtype=args.dtype, strategies=strategies, top_k=args.top_k,
+                         aot=not args.no_aot, timed=args.time, write=not args.dry_run,
+                         directory=args.db, workers=args.workers, progress=progress)
     if args.mixer and args.mixer.startswith("attention:"):
-        return _tune_attention(args, shapes, progress)
-    opts = dict(dtype=args.dtype, strategies=strategies, top_k=args.top_k, aot=not args.no_aot,
-                timed=args.time, write=not args.dry_run, directory=args.db, workers=args.workers,
-                progress=progress)
+        return _tune_attention(args, shapes, req)
     results = []
     rc = 0
     if args.all:
+        from .library import MIXERS
         failures = []
 
         def on_error(m, shp, e):
             print(f"mixir: {m.name} {shp}: {e}", file=sys.stderr)
             failures.append(m.name)
-        from .autotune.pipeline import TUNED_FAMILIES, tunable_strategies
-        mixers = [MIXERS[n].mixer for n in sorted(MIXERS) if MIXERS[n].family in TUNED_FAMILIES]
-        skipped = sorted(n for n in MIXERS if MIXERS[n].family not in TUNED_FAMILIES)
+        mixers = [MIXERS[n].mixer for n in sorted(MIXERS)]
+        skipped = sorted(m.name for m in mixers if not tuning.tunable(m, req))
+        mixers = [m for m in mixers if m.name not in skipped]
         if skipped:
             print(f"mixir: not tuned (no tuning pipeline for their family yet): {', '.join(skipped)}",
                   file=sys.stderr)
         if strategies:
-            other = [m.name for m in mixers if strategies[0] not in tunable_strategies(m)]
+            other = [m.name for m in mixers if strategies[0] not in tuning.tunable_strategies(m)]
             mixers = [m for m in mixers if m.name not in other]
             if other:
                 print(f"mixir: not tuned (no {strategies[0]!r} strategy): {', '.join(other)}",
                       file=sys.stderr)
-        results = tune_all(mixers, args.gpu, shapes, share=not args.no_share, on_error=on_error,
-                           on_result=lambda r: print(r.table(), flush=True), **opts)
+        results = tuning.tune_all(mixers, req, shapes, share=not args.no_share, on_error=on_error,
+                                  on_result=lambda r: print(r.table(), flush=True))
         rc = 1 if failures else 0
     else:
         m = resolve(args.mixer)
         for shp in shapes:
             kw = {k: shp[k] for k in ("B", "T", "H", "K", "V") if k in shp}
-            res = tune(m, args.gpu, **kw, **opts)
+            res = tuning.tune(m, req, **kw)
             print(res.table(), flush=True)
             results.append(res)
     if not args.no_aot:
@@ -180,17 +180,16 @@ def cmd_tune(args):
     return rc
 
 
-def _tune_attention(args, shapes, progress):
-    """``mixir tune attention:NAME[:ARG,...]``: a library attention mask (mixir/attention/tuning.py);
-    K of --shapes is the head dim (default 128); --strategy does not apply."""
-    from .lowering.attention.tuning import tune_library_mask
+def _tune_attention(args, shapes, req):
+    """``mixir tune attention:NAME[:ARG,...]``: a library attention mask (``mixir.tuning``, through
+    the attention family's tuning target); K of --shapes is the head dim (default 128);
+    --strategy does not apply."""
+    from . import tuning
     from .autotune.report import accuracy_text
     results = []
     for shp in shapes:
-        res = tune_library_mask(args.mixer.split(":", 1)[1], args.gpu, B=shp["B"], T=shp["T"],
-                                H=shp["H"], D=shp.get("K", 128), dtype=args.dtype, top_k=args.top_k,
-                                aot=not args.no_aot, write=not args.dry_run, directory=args.db,
-                                workers=args.workers, progress=progress)
+        res = tuning.tune_library_mask(args.mixer.split(":", 1)[1], req, B=shp["B"], T=shp["T"],
+                                       H=shp["H"], K=shp.get("K", 128))
         print(res.table(), flush=True)
         results.append(res)
     if not args.no_aot:

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from .lowering.family import classify
+from .lowering.family import classify, compile_mixer
 from .lowering.common.launch import record_launches
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -68,9 +68,8 @@ class VerifyReport:
 
 def verify(mixer, *, dtypes=("float32", "bfloat16", "float16"), T=40, seed=0, grads=True):
     """Run the differential checker for every strategy and dtype; return a ``VerifyReport``."""
-    import mixir
     from .testing.checker import check
-    compiled = mixir.compile(mixer)
+    compiled = compile_mixer(mixer)
     arrays, h0 = example_inputs(mixer, T=T, seed=seed)
     rows, ok = [], True
     for strategy in compiled.strategies:
@@ -91,8 +90,7 @@ def verify(mixer, *, dtypes=("float32", "bfloat16", "float16"), T=40, seed=0, gr
 def record_kernels(mixer, *, dtype="bfloat16", T=40, seed=0):
     """Run every strategy forward and backward on small CPU inputs and record each kernel launch
     (signature, constexprs, launch options) for the ahead-of-time builder."""
-    import mixir
-    compiled = mixir.compile(mixer)
+    compiled = compile_mixer(mixer)
     arrays, h0 = example_inputs(mixer, T=T, seed=seed)
     dt = parse_dtype(dtype)
     with record_launches() as records:

@@ -8,7 +8,7 @@ import torch
 import triton.language as tl
 
 from mixir.errors import InputError, MixirError
-from mixir.lowering.common import aot
+from mixir.lowering.common import aot, ptxas
 from mixir.lowering.common.launch import LaunchRecord, kernel, record_launches
 
 
@@ -180,11 +180,11 @@ def test_build_all_workers(tmp_path, small_record):
 def test_missing_tools(small_record, monkeypatch):
     reference = aot.build(small_record, "sm_80")
     # without cuobjdump the register count comes from the ptxas -v numbers: the same
-    real = aot._tool_path
-    monkeypatch.setattr(aot, "_tool_path", lambda name: None if name == "cuobjdump" else real(name))
+    real = ptxas._tool_path
+    monkeypatch.setattr(ptxas, "_tool_path", lambda name: None if name == "cuobjdump" else real(name))
     assert aot.build(small_record, "sm_80") == reference
     # without ptxas nothing can be built: a clear error naming kernel and arch
-    monkeypatch.setattr(aot, "_triton_bin", lambda name: None)
+    monkeypatch.setattr(ptxas, "_triton_bin", lambda name: None)
     monkeypatch.delenv("TRITON_PTXAS_PATH", raising=False)
     with pytest.raises(MixirError, match=r"aot_matmul for sm_80: .*no ptxas"):
         aot.build(small_record, "sm_80")

@@ -1,5 +1,5 @@
-"""The attention tuning space (mixir/autotune/attention_space.py), the runtime's config choice
-(mixir/attention/tiles.py, autotune/select.py) and `mixir tune attention:<mask>`."""
+"""The attention tuning space (mixir/lowering/attention/space.py), the runtime's config choice
+(mixir/lowering/attention/tiles.py, autotune/select.py) and `mixir tune attention:<mask>`."""
 import pytest
 import sympy as sp
 import torch
@@ -105,14 +105,18 @@ def test_select_reads_the_database_then_the_model(monkeypatch, tmp_path):
     monkeypatch.setenv("MIXIR_TUNING_DB", str(tmp_path))
     monkeypatch.setattr(select, "_gpu_for", lambda i: hardware.get("h100"))
     key = L.causal_mask().key
-    model = select.tuned_attention_config(key, 64, "bf16", 4, 1024, 8, 0)
+
+    def gpu_config(BM=0, BN=0):     # what tiles.choose asks for on "cuda:0"
+        return dict(zip(tiles.KEYS, tiles.gpu_config(0, key, "bf16", 64, 4, 1024, 8, BM, BN)))
+    model = gpu_config()
     assert model == asp.default_config("h100", "bf16", 64, B=4, T=1024, H=8)
     mine = {"BM": 128, "BN": 16, "num_warps": 8, "num_stages": 3}
     db.record(key, "h100", "bf16", 4, 1024, 8, 64, 64, "attention", mine, source="model")
-    assert select.tuned_attention_config(key, 64, "bf16", 4, 1024, 8, 0) == mine
+    assert gpu_config() == mine
     # a database entry whose tiles contradict the given block size is not used
-    fixed = select.tuned_attention_config(key, 64, "bf16", 4, 1024, 8, 0, {"BM": 32, "BN": 32})
+    fixed = gpu_config(32, 32)
     assert (fixed["BM"], fixed["BN"]) == (32, 32)
+    assert fixed == asp.default_config("h100", "bf16", 64, B=4, T=1024, H=8, fixed={"BM": 32, "BN": 32})
 
 
 def test_mixir_tune_attention_without_aot(tmp_path, capsys, monkeypatch):
@@ -129,8 +133,9 @@ def test_mixir_tune_attention_without_aot(tmp_path, capsys, monkeypatch):
 
 def test_tune_with_aot_drops_spilling_configs(monkeypatch):
     """The AOT round compiles the candidates; one that spills is dropped, the next one wins."""
-    from mixir.autotune.aot_check import CompiledConfig
     from mixir.lowering.common.aot import KernelResources
+    from mixir.lowering.common.candidates import CompiledConfig
+    from mixir.tuning import tune_library_mask
 
     def fake(mask, configs, arch, **kw):
         out = []
@@ -140,7 +145,7 @@ def test_tune_with_aot_drops_spilling_configs(monkeypatch):
             out.append(CompiledConfig(dict(c), [r], []))
         return out
     monkeypatch.setattr(tuning, "compile_configs", fake)
-    res = tuning.tune_library_mask("causal", "a100", B=2, T=512, H=4, D=64, top_k=2, write=False)
+    res = tune_library_mask("causal", gpu="a100", B=2, T=512, H=4, K=64, top_k=2, write=False)
     r = res.results[0]
     assert r.candidates[0].dropped.startswith("fwd spills") and r.best is r.candidates[1]
     assert "dropped: fwd spills" in res.table()

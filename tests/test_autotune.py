@@ -11,6 +11,7 @@ import pytest
 
 from mixir.autotune import cost, db, hardware, space as spaces
 from mixir.errors import TuningError
+from mixir.lowering.gated_linear import space as gla_space
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings, strategies as st  # noqa: E402
@@ -121,15 +122,15 @@ def _have_ptxas():
 
 @pytest.mark.skipif(not _have_ptxas(), reason="Triton's ptxas is not available")
 def test_top_configs_compile_sm90():
-    from mixir.autotune import aot_check
     from mixir.autotune.pipeline import diverse
     from mixir.library import MIXERS
+    from mixir.tuning import request
     gpu = hardware.get("h100")
     shape = spaces.Shape(8, 4096, 16, 64, 64, "bf16")
     feas = solver.enumerate_feasible(gla_space.CHUNKED, shape, gpu)
     top = [c for c, _ in diverse(cost.rank(gla_space.CHUNKED, shape, gpu, feas), 2)]
-    res = aot_check.compile_configs(MIXERS["gla"].mixer, "chunked", top, "sm_90", dtype="bf16",
-                                    K=64, V=64, backward=False, workers=0)
+    res = gla_space.compile_configs(MIXERS["gla"].mixer, "chunked", top, "sm_90",
+                                    request(dtype="bf16", K=64, V=64), backward=False, workers=0)
     for cfg, r in zip(top, res):
         assert not r.errors, r.errors
         assert all(x.fits for x in r.resources), cfg
@@ -183,7 +184,6 @@ _WRITER = r"""
 import sys
 sys.path.insert(0, {root!r})
 from mixir.autotune import db
-from mixir.lowering.gated_linear import space as gla_space
 i = 0
 big = {{"BT": 64, "pad": 1}}
 while True:
@@ -230,11 +230,13 @@ def test_runtime_selection(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXIR_TUNING_DB", str(tmp_path))
     monkeypatch.setattr(select, "_gpu_for", lambda idx: hardware.get("h100"))
     dev = torch.device("cuda", 0)
-    cfg = select.tuned_config("fpX", "chunked", 64, 64, torch.bfloat16, 8, 4096, 16, dev)
+    key = db.Key("fpX", "chunked", torch.bfloat16, 8, 4096, 16, 64, 64)
+    shape = gla_space.core_shape(8, 4096, 16, 64, 64, torch.bfloat16)
+    cfg = select.tuned_config(gla_space.CHUNKED, key, shape, dev)
     assert cfg and set(cfg) == {"BT", "BC", "BK", "BV", "num_warps", "num_stages"}   # model's best
     mine = dict(cfg, num_warps=2)
     db.record("fpX", "h100", "bf16", 8, 4096, 16, 64, 64, "chunked", mine, source="aot")
-    assert select.tuned_config("fpX", "chunked", 64, 64, torch.bfloat16, 8, 4096, 16, dev) == mine
+    assert select.tuned_config(gla_space.CHUNKED, key, shape, dev) == mine
 
     # CPU tensors keep the default config
     import mixir

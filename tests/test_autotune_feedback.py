@@ -10,10 +10,12 @@ import pytest
 import sympy as sp
 
 from mixir.autotune import cost, db, feedback, hardware, pipeline, report, space as spaces, timing
-from mixir.autotune.aot_check import CompiledConfig
 from mixir.errors import TuningError
 from mixir.lowering.common.aot import KernelResources
+from mixir.lowering.common.candidates import CompiledConfig
 from mixir.lowering.gated_linear import space as gla_space
+from mixir.lowering.gated_linear.family import GatedLinearFamily
+from mixir.tuning import request, tune, tune_all
 
 solver = pytest.importorskip("mixir.autotune.solver")
 pytest.importorskip("ortools")
@@ -131,7 +133,7 @@ def test_guarded_and_forbid_constraints_match_bruteforce():
 
 
 def _fake_compiler(bad_keys, log):
-    def compile_configs(mixer, strategy, configs, arch, **kw):
+    def compile_configs(mixer, strategy, configs, arch, request, **kw):
         log.append([dict(c) for c in configs])
         out = []
         for c in configs:
@@ -143,17 +145,16 @@ def _fake_compiler(bad_keys, log):
 
 
 def test_pipeline_feeds_mismatches_back_and_re_solves(monkeypatch):
-    from mixir.autotune import aot_check
     from mixir.library import MIXERS
     shape = spaces.Shape(8, 4096, 16, 64, 64, "bf16")
     feas = solver.enumerate_feasible(gla_space.CHUNKED, shape, H100)
     top2 = [c for c, _ in pipeline.diverse(cost.rank(gla_space.CHUNKED, shape, H100, feas), 2)]
     bad = {_key(c) for c in top2}                   # the model's two favourites spill
     log = []
-    monkeypatch.setattr(aot_check, "compile_configs", _fake_compiler(bad, log))
+    monkeypatch.setattr(gla_space, "compile_configs", _fake_compiler(bad, log))
     store = feedback.Store()
-    res = pipeline.tune(MIXERS["gla"].mixer, "h100", B=8, T=4096, H=16, K=64, V=64,
-                        strategies=["chunked"], top_k=2, write=False, feedback=store)
+    res = tune(MIXERS["gla"].mixer, gpu="h100", B=8, T=4096, H=16, K=64, V=64,
+               strategies=["chunked"], top_k=2, write=False, feedback=store)
     (r,) = res.results
     assert len(log) >= 2                              # round 1 failed: re-solved, round 2
     assert r.discrepancies and r.n_feasible_after < r.n_feasible == len(feas)
@@ -177,14 +178,13 @@ def test_pipeline_feeds_mismatches_back_and_re_solves(monkeypatch):
 
 
 def test_feedback_persists_in_the_database_entry(monkeypatch, tmp_path):
-    from mixir.autotune import aot_check
     from mixir.library import MIXERS
     shape = spaces.Shape(8, 4096, 16, 128, 128, "bf16")
     feas = solver.enumerate_feasible(gla_space.RECURRENT, shape, H100)
     top = cost.rank(gla_space.RECURRENT, shape, H100, feas)[0][0]
-    monkeypatch.setattr(aot_check, "compile_configs", _fake_compiler({_key(top)}, []))
-    pipeline.tune(MIXERS["simple_gla"].mixer, "h100", strategies=["recurrent"], top_k=2,
-                  directory=str(tmp_path))
+    monkeypatch.setattr(gla_space, "compile_configs", _fake_compiler({_key(top)}, []))
+    tune(MIXERS["simple_gla"].mixer, gpu="h100", strategies=["recurrent"], top_k=2,
+         directory=str(tmp_path))
     (entry,) = db.load(str(tmp_path / "H100-SXM.json")).values()
     (d,) = entry["provenance"]["discrepancies"]
     assert d["config"] == top and d["compiled_regs"] == 255 and d["predicted_regs"] > 0
@@ -192,14 +192,14 @@ def test_feedback_persists_in_the_database_entry(monkeypatch, tmp_path):
 
 
 def test_tune_all_shares_aot_results_between_identical_kernels(monkeypatch, tmp_path):
-    from mixir.autotune import aot_check
     from mixir.library import MIXERS
     log = []
-    monkeypatch.setattr(aot_check, "compile_configs", _fake_compiler(set(), log))
-    monkeypatch.setattr(pipeline, "kernel_signature", lambda m, *a, **k: "g" if m.name != "gla" else "x")
+    monkeypatch.setattr(gla_space, "compile_configs", _fake_compiler(set(), log))
+    monkeypatch.setattr(GatedLinearFamily, "kernel_signature",
+                        lambda self, m, plan, req: "g" if m.name != "gla" else "x")
     mixers = [MIXERS[n].mixer for n in ("gla", "retention", "simple_gla")]
-    out = pipeline.tune_all(mixers, "h100", [{"B": 8, "T": 4096, "H": 16}], top_k=1,
-                            directory=str(tmp_path))
+    out = tune_all(mixers, request(gpu="h100"), [{"B": 8, "T": 4096, "H": 16}], top_k=1,
+                   directory=str(tmp_path))
     assert [t.mixer for t in out] == ["gla", "retention", "simple_gla"]
     assert len(log) == 4                               # gla and retention, 2 strategies each
     ents = db.load(str(tmp_path / "H100-SXM.json"))
@@ -211,8 +211,12 @@ def test_tune_all_shares_aot_results_between_identical_kernels(monkeypatch, tmp_
 
 def test_kernel_signature_groups_identical_template_kernels():
     from mixir.library import MIXERS
-    sig = {n: pipeline.kernel_signature(MIXERS[n].mixer, strategies=["recurrent"])
-           for n in ("simple_gla", "retention", "gla")}
+    from mixir.lowering.family import classify
+    req = request(strategies=["recurrent"])
+    sig = {}
+    for n in ("simple_gla", "retention", "gla"):
+        fam, plan = classify(MIXERS[n].mixer)
+        sig[n] = fam.kernel_signature(MIXERS[n].mixer, plan, req)
     assert sig["simple_gla"] == sig["retention"] != sig["gla"]
 
 
@@ -231,9 +235,8 @@ def test_show_prints_the_formulas_from_the_sympy_expressions(capsys):
 
 
 def test_cli_tune_prints_the_accuracy_report(monkeypatch, tmp_path, capsys):
-    from mixir.autotune import aot_check
     from mixir.cli import main
-    monkeypatch.setattr(aot_check, "compile_configs", _fake_compiler(set(), []))
+    monkeypatch.setattr(gla_space, "compile_configs", _fake_compiler(set(), []))
     assert main(["tune", "retention", "--top-k", "2", "--db", str(tmp_path),
                  "--shapes", "B=2,T=512,H=4;B=4,T=1024,H=4"]) == 0
     out = capsys.readouterr().out
@@ -249,10 +252,12 @@ def test_time_without_cuda_is_a_clear_error(monkeypatch, capsys):
     from mixir.cli import main
     from mixir.library import MIXERS
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from mixir.lowering.common.candidates import time_configs
     with pytest.raises(TuningError, match="needs a CUDA device"):
-        pipeline.tune(MIXERS["gla"].mixer, "h100", timed=True, aot=False, write=False)
+        tune(MIXERS["gla"].mixer, gpu="h100", timed=True, aot=False, write=False)
     with pytest.raises(TuningError, match="CUDA device"):
-        timing.time_configs(MIXERS["gla"].mixer, "chunked", [{}], B=1, T=16, H=1, K=16, V=16)
+        time_configs(MIXERS["gla"].mixer, request(B=1, T=16, H=1, K=16, V=16), [{}],
+                     strategy="chunked", reference="recurrent")
     assert main(["tune", "gla", "--time", "--no-aot", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "mixir: error: mixir tune --time needs a CUDA device" in err
@@ -292,6 +297,7 @@ def test_timing_schedule_interleaves_rotates_and_retimes_close_contenders():
 # ---- 4. shipped defaults ------------------------------------------------------------------------
 def test_shipped_defaults_cover_every_library_mixer_on_h100():
     from mixir.library import MIXERS
+    from mixir.lowering.family import classify
     path = os.path.join(db.SHIPPED_DIR, "H100-SXM.json")
     with open(path) as f:
         data = json.load(f)
@@ -309,7 +315,9 @@ def test_shipped_defaults_cover_every_library_mixer_on_h100():
         if entry.family != "gated_linear" or entry.requires:   # the tuner's spaces: gated-linear
             continue
         m = entry.mixer
-        fK, fV, strategies = pipeline.form_sizes(m)
+        plan = classify(m)[1]
+        fK, fV = gla_space.form_sizes(m, plan, request())
+        strategies = plan.strategies
         for shp in pipeline.STANDARD_SHAPES:
             for s in strategies:
                 key = db.make_key(m.fingerprint, "bf16", s, shp["B"], shp["T"], shp["H"], fK, fV)
@@ -319,7 +327,7 @@ def test_shipped_defaults_cover_every_library_mixer_on_h100():
                 assert e["compiled"]["spills"] == 0 and e["compiled"]["max_shared"] <= H100.smem_block
                 cfg = e["config"]
                 sh = spaces.Shape(shp["B"], shp["T"], shp["H"], fK, fV, "bf16")
-                assert not spaces.violated(spaces.space(s), sh, H100, cfg), (key, cfg)
+                assert not spaces.violated(gla_space.SPACES[s], sh, H100, cfg), (key, cfg)
 
 
 # ---- 5. predicted-feasible configs compile for their arch ---------------------------------------
@@ -336,7 +344,7 @@ REP_SHAPE = spaces.Shape(8, 4096, 16, 64, 64, "bf16")       # gla (per-key decay
 
 
 def _sample(strategy, n, seed=0):
-    space = spaces.space(strategy)
+    space = gla_space.SPACES[strategy]
     feas = solver.enumerate_feasible(space, REP_SHAPE, H100)
     feas = sorted(feas, key=_key)
     regs = lambda c: spaces.resources(space, REP_SHAPE, c)["regs"]  # noqa: E731
@@ -348,10 +356,10 @@ def _sample(strategy, n, seed=0):
 
 
 def _check_compiles(strategy, configs, backward, workers=None):
-    from mixir.autotune import aot_check
     from mixir.library import MIXERS
-    res = aot_check.compile_configs(MIXERS["gla"].mixer, strategy, configs, "sm_90", dtype="bf16",
-                                    K=REP_SHAPE.K, V=REP_SHAPE.V, backward=backward, workers=workers)
+    res = gla_space.compile_configs(MIXERS["gla"].mixer, strategy, configs, "sm_90",
+                                    request(dtype="bf16", K=REP_SHAPE.K, V=REP_SHAPE.V),
+                                    backward=backward, workers=workers)
     spills = 0
     for cfg, r in zip(configs, res):
         assert not r.errors, (cfg, r.errors)
@@ -377,5 +385,5 @@ def test_sample_of_feasible_configs_compiles_sm90():
 def test_every_feasible_config_compiles_sm90(strategy):
     """Every predicted-feasible config of the template for one representative shape (gla,
     B=8 T=4096 H=16 K=V=64, bf16) compiles for sm_90, forward and backward (spills are counted)."""
-    feas = solver.enumerate_feasible(spaces.space(strategy), REP_SHAPE, H100)
+    feas = solver.enumerate_feasible(gla_space.SPACES[strategy], REP_SHAPE, H100)
     _check_compiles(strategy, feas, backward=True)

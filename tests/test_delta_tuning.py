@@ -1,4 +1,4 @@
-"""The Householder (delta-rule) templates in the autotuner (mixir/autotune/delta_space.py): the
+"""The Householder (delta-rule) templates in the autotuner (mixir/lowering/householder/space.py): the
 CP-SAT enumeration equals the brute-force filter, the template defaults are feasible in the model,
 infeasible requests name the binding constraint, the resource model bounds one real AOT build,
 the runtime takes its config from the database / the model on CUDA tensors only, and
@@ -15,6 +15,7 @@ from mixir.lowering.householder import space as ds
 from mixir.errors import TuningError
 from mixir.library import MIXERS
 from mixir.lowering.householder import core as delta_core
+from mixir.tuning import request, tune
 
 pytest.importorskip("ortools")
 from mixir.autotune import solver  # noqa: E402
@@ -36,8 +37,9 @@ def _values(strategy, K, V, dtype):
 def test_cpsat_enumeration_equals_brute_force(strategy, K, V, dtype, gpu):
     shape = ds.shape(8, 4096, 16, K, V, dtype)
     g = hardware.get(gpu)
-    sp_ = spaces.space(f"delta_{strategy}")
-    assert sp_ is ds.space(strategy) and sp_.name not in {s.name for s in gla_space.SPACES.values()}
+    sp_ = ds.space(strategy)
+    assert sp_ is ds.SPACES[strategy] and sp_.name == f"delta_{strategy}"
+    assert sp_.name not in {s.name for s in gla_space.SPACES.values()}
     got = solver.enumerate_feasible(sp_, shape, g)
     assert got == spaces.feasible_bruteforce(sp_, shape, g)
     assert got and all(not spaces.violated(sp_, shape, g, c) for c in got)
@@ -86,17 +88,21 @@ def test_model_best_and_runtime_selection(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXIR_TUNING_DB", str(tmp_path))
     monkeypatch.setattr(select, "_gpu_for", lambda idx: hardware.get("h100"))
     dev = torch.device("cuda", 0)
-    best = select.tuned_delta_config("fpD", "chunked", 64, 64, torch.bfloat16, 8, 4096, 16, dev)
+
+    def tuned(strategy, dtype, T, n_h=1):
+        """The runtime's lookup, as ``CompiledHouseholder._config`` makes it for mixer "fpD"."""
+        return select.tuned_config(ds.space(strategy), db.Key("fpD", strategy, dtype, 8, T, 16, 64, 64),
+                                   ds.core_shape(8, T, 16, 64, 64, dtype, n_h), dev)
+    best = tuned("chunked", torch.bfloat16, 4096)
     assert best == ds.model_best("chunked", "h100", "bf16", 64, 64, 8, 4096, 16)
     assert set(best) == {"BT", "BK", "BV", "BKT", "num_warps", "num_stages"} and best["BK"] == 64
-    rec = select.tuned_delta_config("fpD", "recurrent", 64, 64, torch.float32, 8, 4096, 16, dev)
+    rec = tuned("recurrent", torch.float32, 4096)
     assert set(rec) == {"BK", "BV", "bwd_BV", "checkpoint_every", "num_warps", "num_stages"}
     # DeltaProduct's core runs T·n_h tokens: the model sees the longer sequence
-    assert select.tuned_delta_config("fpD", "chunked", 64, 64, torch.bfloat16, 8, 2048, 16, dev, 2) == \
-        ds.model_best("chunked", "h100", "bf16", 64, 64, 8, 4096, 16)
+    assert tuned("chunked", torch.bfloat16, 2048, 2) == ds.model_best("chunked", "h100", "bf16", 64, 64, 8, 4096, 16)
     mine = dict(best, BT=16, num_warps=4)
     db.record("fpD", "h100", "bf16", 8, 4096, 16, 64, 64, "chunked", mine, source="aot")
-    assert select.tuned_delta_config("fpD", "chunked", 64, 64, torch.bfloat16, 8, 3000, 16, dev) == mine
+    assert tuned("chunked", torch.bfloat16, 3000) == mine
 
     # the compiled mixer: CUDA tensors ask the tuner, CPU tensors keep the template default, a
     # user's config= wins
@@ -116,14 +122,13 @@ def test_model_best_and_runtime_selection(tmp_path, monkeypatch):
 
 
 def test_pipeline_feeds_aot_mismatches_back(monkeypatch):
-    """The delta spaces run through pipeline._tune_strategy: a spilling top config is dropped,
-    turned into a constraint, and the re-solved model's best is chosen."""
-    from mixir.autotune import pipeline
-    from mixir.autotune.aot_check import CompiledConfig
+    """The delta spaces run through the engine (``pipeline.tune_target``): a spilling top config is
+    dropped, turned into a constraint, and the re-solved model's best is chosen."""
     from mixir.lowering.common.aot import KernelResources
+    from mixir.lowering.common.candidates import CompiledConfig
     calls = []
 
-    def fake(mixer, strategy, configs, arch, **kw):
+    def fake(mixer, strategy, configs, arch, request, **kw):
         out = []
         for cfg in configs:
             spill = not calls       # the first config compiled spills
@@ -134,8 +139,8 @@ def test_pipeline_feeds_aot_mismatches_back(monkeypatch):
             out.append(CompiledConfig(dict(cfg), [r], []))
         return out
     monkeypatch.setattr(ds, "compile_configs", fake)
-    res = pipeline.tune(MIXERS["delta_rule"].mixer, "h100", K=64, V=64, strategies=["chunked"],
-                        top_k=2, write=False)
+    res = tune(MIXERS["delta_rule"].mixer, gpu="h100", K=64, V=64, strategies=["chunked"],
+               top_k=2, write=False)
     r = res.results[0]
     assert r.discrepancies and r.discrepancies[0].kernel == "delta_chunk_grads_k"
     assert r.best is not None and r.best.config != calls[0] and r.best.compiled.ok
@@ -167,7 +172,7 @@ def test_predicted_resources_bound_a_real_aot_build(fresh_triton_cache):
     from mixir.lowering.common import aot
     m = MIXERS["gated_delta_rule"].mixer
     vals = _values("chunked", 64, 64, "bf16")
-    recs = ds.record_config(m, "chunked", vals, dtype="bf16", K=64, V=64)
+    recs = ds.record_config(m, "chunked", vals, request(dtype="bf16", K=64, V=64))
     names = {r.kernel.name.rsplit(".", 1)[-1] for r in recs}
     assert names == {k.name for k in ds.CHUNKED_KERNELS}
     shape = ds.shape(8, 4096, 16, 64, 64, "bf16")

@@ -10,6 +10,7 @@ import torch
 import mixir as mx
 from mixir.library import MIXERS, LibraryEntry
 from mixir.lowering.gated_linear.analysis import analyse
+from mixir.lowering import family as lowering_family
 
 B, T, H, K, V = 2, 7, 3, 4, 5
 TOL = dict(rtol=1e-11, atol=1e-11)
@@ -322,7 +323,7 @@ class _ReferenceCompile:
 @pytest.fixture
 def fake_compile(monkeypatch):
     fake = _ReferenceCompile()
-    monkeypatch.setattr(mx, "compile", fake)
+    monkeypatch.setattr(lowering_family, "compile_mixer", fake)
     return fake
 
 
@@ -457,7 +458,7 @@ def test_wrappers_cache_one_compiled_object_per_mixer(monkeypatch):
     def counting(mixer, **options):
         calls.append(mixer.name)
         return real(mixer, **options)
-    monkeypatch.setattr(mx, "compile", counting)
+    monkeypatch.setattr(lowering_family, "compile_mixer", counting)
     arrays, _ = _inputs("gla")
     for _ in range(3):
         mx.library.gla(*_t(*arrays))

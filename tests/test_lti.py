@@ -242,6 +242,57 @@ def test_generated_kernel_against_materialised(name):
     assert rel_rms_error(kernel_powers(s, x0, 20, groups=3), want, 1e-12) < 1e-10
 
 
+def _small_step_case(seed):
+    """The S4 arrays of the family contract's shape (B = 1, T = 20, H = 1, N = 8) whose Δ is small
+    (seed 0: Δ = e^{−5.57} ≈ 3.8e-3, seed 3: Δ ≈ 1.2e-3, both inside the sampler's range): Ā ≈ I,
+    every λ^20 ≈ 1."""
+    e = ENTRIES["s4"]
+    rng = np.random.default_rng(seed)
+    arrays = e.make_inputs(rng, 1, 20, 1, 8, 8)
+    return arrays, e.make_initial_state(rng, 1, 1, 8, 8)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_cauchy_kernel_small_step_fp32(seed):
+    """The DPLR kernel of an initial state at M = 20 with Ā ≈ I, fp32 against fp64 on the same
+    (fp32-rounded) system, value and gradient in (λ, U, V, c, x_0). On the unit circle
+    ``c (I − Ā^M)`` (an O(MΔ) difference of O(1) numbers) and the resolvent near z = 1 (O(1/Δ))
+    are both near-singular: the λ gradient was off by 7.7e-4 (seed 0) and 1.8e-3 (seed 3), V's by
+    3e-4; on the shifted contour (``system.contour_shift``) all ≤ 2e-6 (measured)."""
+    from mixir.lowering.lti.system import System, contour_shift
+    e = ENTRIES["s4"]
+    arrays, h0 = _small_step_case(seed)
+    params = {s.name: torch.tensor(a, dtype=torch.float32) for s, a in zip(e.mixer.inputs, arrays)
+              if s.kind == "param"}
+    s = mx.compile(e.mixer).system(params, 1, {"N": 8}, {}, torch.float32, "cpu")
+    assert float(contour_shift(s.lam, 20)[0]) > 0          # the case the shift is for
+    x0 = torch.complex(torch.tensor(h0[0]), torch.tensor(h0[1])).reshape(1, 8)
+    W = torch.randn(1, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+    def run(cd):
+        leaves = [t.detach().to(cd).requires_grad_() for t in (s.lam, s.U, s.V, s.c, x0)]
+        k = kernel_powers(System(leaves[0], s.beta.to(cd), leaves[1], leaves[2], leaves[3], s.feed),
+                          leaves[4], 20)
+        return [k] + list(torch.autograd.grad((k.double() * W).sum(), leaves))
+    want, got = run(torch.complex128), run(torch.complex64)
+    sm = System(*(t.detach().to(torch.complex128) for t in (s.lam, s.beta, s.U, s.V, s.c)), s.feed)
+    x64 = x0.to(torch.complex128)
+    assert rel_rms_error(want[0], kernel_materialised(sm, x64, 20), 1e-12) < 1e-10
+    for name, a, b in zip(("k", "dλ", "dU", "dV", "dc", "dx0"), got, want):
+        assert rel_rms_error(a.detach(), b.detach(), 1e-12) < 1e-5, name
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_s4_conv_fp32_gradients_small_step_with_initial_state(seed):
+    """Regression (family contract): S4, strategy conv, fp32, an initial state, T = 20 and Δ ≈ 4e-3
+    / 1.2e-3 — dlog_dt, dΛ, dP were 3e-4 … 3e-3 against the 3e-4 bound (the recurrent strategy
+    passed); with the shifted contour they are within the recurrent strategy's errors."""
+    e = ENTRIES["s4"]
+    arrays, h0 = _small_step_case(seed)
+    assert_close(check(e.mixer, mx.compile(e.mixer), arrays, dtype=torch.float32, strategy="conv",
+                       initial_state=h0))
+
+
 def test_low_rank_final_state_without_token_loop(monkeypatch):
     """The conv strategy's final state for a low-rank Ā (Krylov blocks + a tree of powers) equals
     the dense recurrence for T around block and power-of-two boundaries, with and without an

@@ -104,14 +104,14 @@ def test_cuda_selection_reads_the_database_then_the_model(tmp_path, monkeypatch)
     monkeypatch.setenv("MIXIR_TUNING_DB", str(tmp_path))
     monkeypatch.setattr(select, "_gpu_for", lambda idx: H100)
     args = ("vandermonde", "fp32", 8, 1, 64, 4096, 0)
-    model = select.tuned_lti_config(*args)
+    model = lti_space.tuned(*args)
     assert model == lti_space.default_config("vandermonde", R=8, N=64, L=4096, gpu=H100)
     tuned = {"BN": 16, "BL": 256, "num_warps": 8, "num_stages": 2}
     db.record("lti_vandermonde", H100, "fp32", 1, 4096, 8, 64, 1, "lti_vandermonde", tuned,
               source="timed")
-    assert select.tuned_lti_config(*args) == tuned
+    assert lti_space.tuned(*args) == tuned
     # fp64 has no database key: the model's choice
-    assert select.tuned_lti_config("vandermonde", "fp64", 8, 1, 64, 4096, 0) == \
+    assert lti_space.tuned("vandermonde", "fp64", 8, 1, 64, 4096, 0) == \
         lti_space.default_config("vandermonde", "fp64", R=8, N=64, L=4096, gpu=H100)
 
 

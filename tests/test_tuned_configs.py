@@ -10,7 +10,9 @@ import torch
 
 import mixir as mx
 from mixir.autotune import hardware, select
+from mixir.autotune.space import Shape
 from mixir.library import MIXERS
+from mixir.lowering.gated_linear import space as gla_space
 from mixir.testing.checker import assert_close, check
 from mixir.verify import example_inputs
 
@@ -48,6 +50,6 @@ def test_shipped_database_configs_are_correct(fp, strategy, config, K):
 def test_cost_model_choice_is_correct(gpu, strategy):
     pytest.importorskip("ortools")
     name = hardware.get(gpu).name
-    cfg = select.model_best(strategy, 8, 4096, 16, 64, 64, "bf16", name)
+    cfg = select.model_best(gla_space.SPACES[strategy], Shape(8, 4096, 16, 64, 64, "bf16"), name)
     assert cfg is not None
     _run(MIXERS["gla"].mixer, strategy, cfg, 64)

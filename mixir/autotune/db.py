@@ -22,6 +22,7 @@ corrupted file or one with a newer version is ignored with a warning when readin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -51,6 +52,26 @@ def bucket(n: int) -> int:
 def make_key(fingerprint, dtype, strategy, B, T, H, K, V) -> str:
     return (f"{fingerprint}|{dtype_name(dtype)}|{strategy}|K{int(K)}|V{int(V)}"
             f"|T{bucket(T)}|BH{bucket(int(B) * int(H))}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One database key, as the runtime looks it up: the mixer (``fingerprint``; a mask's key for
+    attention, a kernel pair's name for the LTI kernel-level entries), the database ``strategy``,
+    the input ``dtype`` (a torch dtype or a name: normalised by ``dtype_name`` when looked up), the
+    user-level shape B, T, H and the head sizes K, V the entry was tuned for."""
+    fingerprint: str
+    strategy: str
+    dtype: object
+    B: int
+    T: int
+    H: int
+    K: int
+    V: int
+
+    def text(self) -> str:
+        return make_key(self.fingerprint, self.dtype, self.strategy, self.B, self.T, self.H, self.K,
+                        self.V)
 
 
 def user_dir() -> str:
@@ -158,7 +179,7 @@ def provenance(source: str) -> dict:
         with contextlib.suppress(Exception):
             vers[mod] = metadata.version(mod)
     if "mixir" not in vers:
-        from .. import __version__
+        from ..version import __version__
         vers["mixir"] = __version__
     return {"source": source, **vers,
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -227,5 +248,5 @@ def record(fingerprint, gpu, dtype, B, T, H, K, V, strategy, config, *, source, 
     return write(gpu, {key: entry}, directory)
 
 
-__all__ = ["lookup", "record", "write", "load", "entries", "make_key", "bucket", "read_dirs",
+__all__ = ["Key", "lookup", "record", "write", "load", "entries", "make_key", "bucket", "read_dirs",
            "write_dir", "user_dir", "path_for", "FORMAT_VERSION", "SHIPPED_DIR"]

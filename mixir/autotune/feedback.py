@@ -117,8 +117,9 @@ class Feedback:
         return out
 
     def observe(self, config: dict, compiled) -> list:
-        """Record the AOT result ``compiled`` (``aot_check.CompiledConfig``) of ``config``;
-        returns the new discrepancies (each already turned into a constraint)."""
+        """Record the AOT result ``compiled`` (a ``CompiledConfig`` of
+        ``lowering.common.candidates``) of ``config``; returns the new discrepancies (each already
+        turned into a constraint)."""
         values = self._values(config)
         limit = self.gpu.smem_block
         if compiled.ok and compiled.max_shared <= limit:

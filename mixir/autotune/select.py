@@ -1,38 +1,30 @@
-"""Runtime config selection (used by ``CompiledMixer._config`` for CUDA tensors):
-tuning database for the current GPU → the cost model's best feasible config → None (the caller
-keeps ``gla_core.default_config``). Never raises; results are cached per key."""
+"""Runtime config selection, one function for every family: ``tuned_config(space, key, shape,
+device)`` is the tuning database's entry for ``key`` on the GPU of ``device`` → the cost model's
+best feasible config of ``space`` at ``shape`` for that GPU → None (the caller keeps its
+template default). It never raises (a failure is one warning per kind and None: tuning must never
+break a call), and the model's choice is cached per (space, shape, GPU).
+
+A family's runtime assembles its own key (mixer fingerprint, database strategy, user-level shape,
+head sizes) and the core shape its space's formulas see, and calls this; ``model=`` replaces the
+cost-model step where the family ranks its configs its own way, ``accept=`` rejects database
+entries the call cannot use (tiles fixed by the caller)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import warnings
 
-from . import db
+from . import db, hardware, space as spaces
+
+#: spaces with at most this many points are enumerated in pure Python at run time (no solver)
+SMALL_SPACE = 1024
 
 _warned = set()
 
 
-def _never_raises(what: str):
-    """Decorator of a config lookup: any exception becomes ``None`` (the caller keeps its default
-    config) and one warning per (kind of lookup, exception type) — tuning must never break a call."""
-    def wrap(fn):
-        @functools.wraps(fn)
-        def safe(*args, **kwargs):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as e:  # noqa: BLE001
-                key = (what, type(e).__name__)
-                if key not in _warned:
-                    _warned.add(key)
-                    warnings.warn(f"mixir autotune: {what}config lookup failed ({e}); using the "
-                                  f"default config")
-                return None
-        return safe
-    return wrap
-
-
 @functools.lru_cache(maxsize=None)
 def _gpu_for(device_index: int):
-    from . import hardware
+    """The GPU table entry of CUDA device ``device_index``, or None (no CUDA, an unknown GPU)."""
     try:
         import torch
         major, minor = torch.cuda.get_device_capability(device_index)
@@ -41,121 +33,77 @@ def _gpu_for(device_index: int):
         return None
 
 
+def _index(device) -> int:
+    if isinstance(device, int):
+        return device
+    if device.index is not None:
+        return device.index
+    try:
+        import torch
+        return torch.cuda.current_device()
+    except Exception:
+        return 0
+
+
+def current_gpu(device):
+    """The GPU (``hardware.GPU``) of CUDA ``device`` (a ``torch.device`` or an index), or None."""
+    return _gpu_for(_index(device))
+
+
 @functools.lru_cache(maxsize=1024)
-def model_best(strategy, B, T, H, K, V, dtype, gpu_name):
-    """The cost model's best feasible config (the solver's enumeration); None without ortools or
-    when nothing is feasible."""
-    from . import cost, hardware, solver, space as spaces
-    if not solver.available():
-        return None
+def _model_best(space, shape, gpu_name):
+    from . import cost, solver
     gpu = hardware.get(gpu_name)
-    sp_ = spaces.space(strategy)
-    shape = spaces.Shape(B, db.bucket(T), H, K, V, dtype)
-    feas = solver.enumerate_feasible(sp_, shape, gpu, explain=False)
+    if spaces.size(space, shape) <= SMALL_SPACE:
+        feas = spaces.feasible_bruteforce(space, shape, gpu)
+    elif solver.available():
+        feas = solver.enumerate_feasible(space, shape, gpu, explain=False)
+    else:                       # a large space without ortools: no model choice at run time
+        return None
     if not feas:
         return None
-    best = cost.rank(sp_, shape, gpu, feas)[0][0]
-    return sp_.to_config(best, shape)
+    best = cost.rank(space, shape, gpu, feas)[0][0]
+    return tuple(space.to_config(best, shape).items())
 
 
-@_never_raises("")
-def tuned_config(fingerprint, strategy, K, V, dtype, B, T, H, device) -> dict | None:
-    gpu = _gpu_for(device.index if device.index is not None else 0)
-    if gpu is None:
+def model_best(space, shape, gpu) -> dict | None:
+    """The cost model's best feasible config of ``space`` at ``shape`` on ``gpu`` (a name or a
+    ``GPU``): small spaces are enumerated in pure Python, large ones by the CP-SAT solver (None
+    without ortools); None when nothing is feasible. Cached."""
+    best = _model_best(space, shape, hardware.get(gpu).name)
+    return None if best is None else dict(best)
+
+
+def tuned_config(space, key, shape, device, *, accept=None, model=None) -> dict | None:
+    """The config of one call on CUDA ``device`` (a ``torch.device`` or an index):
+
+    1. the tuning database's entry for ``key`` (a ``db.Key``; None: no database entry applies) on
+       the device's GPU, when ``accept(config)`` (default: always);
+    2. else ``model(gpu)`` when given, else the cost model's best of ``space`` at ``shape`` (the
+       core shape the space's formulas see; its dtype may be a torch dtype) — ``model_best``;
+    3. None when the GPU is not identified or nothing applies.
+
+    Never raises: a failure is a warning (once per exception type) and None."""
+    try:
+        gpu = current_gpu(device)
+        if gpu is None:
+            return None
+        if key is not None:
+            cfg = db.lookup(key.fingerprint, gpu, db.dtype_name(key.dtype), key.B, key.T, key.H,
+                            K=key.K, V=key.V, strategy=key.strategy)
+            if cfg is not None and (accept is None or accept(cfg)):
+                return cfg
+        if model is not None:
+            return model(gpu)
+        if space is None or shape is None:
+            return None
+        return model_best(space, dataclasses.replace(shape, dtype=db.dtype_name(shape.dtype)), gpu)
+    except Exception as e:  # noqa: BLE001 - tuning must never break a call
+        what = key.strategy if key is not None else getattr(space, "name", "")
+        if type(e).__name__ not in _warned:
+            _warned.add(type(e).__name__)
+            warnings.warn(f"mixir autotune: {what} config lookup failed ({e}); using the default config")
         return None
-    dt = db.dtype_name(dtype)
-    cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=K, V=V, strategy=strategy)
-    if cfg is not None:
-        return cfg
-    cfg = model_best(strategy, int(B), int(db.bucket(T)), int(H), int(K), int(V), dt, gpu.name)
-    return dict(cfg) if cfg else None
 
 
-@_never_raises("attention ")
-def tuned_attention_config(mask_key, D, dtype, B, T, H, device_index, fixed=None) -> dict | None:
-    """The attention kernels' config on CUDA device ``device_index`` (``mixir.lowering.attention.tiles``):
-    the tuning database's entry for the mask (strategy ``"attention"``, K = V = head dim; used
-    when its tiles agree with ``fixed``) → the attention space's cost-model best
-    (``attention_space.model_best``) → None. Never raises; cached like ``tuned_config``."""
-    gpu = _gpu_for(device_index)
-    if gpu is None:
-        return None
-    dt = db.dtype_name(dtype)
-    cfg = db.lookup(mask_key, gpu, dt, B, T, H, K=D, V=D, strategy="attention")
-    if cfg is not None and all(cfg.get(k) == v for k, v in (fixed or {}).items()):
-        return cfg
-    from ..lowering.attention import space as attention_space
-    return attention_space.model_best(gpu, dt, D, B, T, H, fixed)
-
-
-@_never_raises("LTI ")
-def tuned_lti_config(kind, compute, R, Q, N, L, device_index) -> dict | None:
-    """The LTI kernels' tiles on CUDA device ``device_index`` (``lti_space.gpu_config``): the
-    tuning database's entry (fingerprint ``lti_<kind>``, strategy ``lti_<kind>``, K = N, V = Q,
-    T = L, B·H = R rows; fp32 compute only: the database has no fp64 key) → the LTI space's
-    cost-model best for the GPU (``lti_space.model_best``) → None. Never raises."""
-    gpu = _gpu_for(device_index)
-    if gpu is None:
-        return None
-    name = f"lti_{kind}"
-    if compute == "fp32":
-        cfg = db.lookup(name, gpu, "fp32", 1, L, R, K=N, V=Q, strategy=name)
-        if cfg is not None:
-            return cfg
-    from ..lowering.lti import space as lti_space
-    return lti_space.model_best(gpu, kind, compute, R, Q, N, L)
-
-
-@_never_raises("delta-rule ")
-def tuned_delta_config(fingerprint, strategy, K, V, dtype, B, T, H, device, num_householder=1) -> dict | None:
-    """The Householder (delta-rule) core's config on CUDA ``device``
-    (``householder_family.CompiledHouseholder``): the tuning database's entry for (mixer
-    fingerprint, GPU, dtype, strategy, the core's K and V, user-level shape bucket of T and B·H) →
-    the delta space's cost-model best for the core's shape (sequence T·num_householder;
-    ``delta_space.model_best``) → None (the caller keeps ``delta_core.default_config``). Never
-    raises."""
-    gpu = _gpu_for(device.index if device.index is not None else 0)
-    if gpu is None:
-        return None
-    dt = db.dtype_name(dtype)
-    cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=K, V=V, strategy=strategy)
-    if cfg is not None:
-        return cfg
-    from ..lowering.householder import space as delta_space
-    return delta_space.model_best(strategy, gpu, dt, K, V, B, int(T) * int(num_householder), H)
-
-
-@_never_raises("LTI mixer ")
-def tuned_lti_mixer_config(fingerprint, kind, dtype, B, T, H, N, Q, device_index) -> dict | None:
-    """The tiles ``mixir tune`` recorded for one LTI mixer (``lti_space.tune``) on CUDA device
-    ``device_index``: the tuning database's entry for (mixer fingerprint, dtype, strategy
-    ``lti_<kind>``, K = N modes, V = Q vectors per row, user-level T and B·H buckets), or None —
-    the kernels then take ``lti_space.gpu_config`` (the kernel-level entry ``lti_<kind>``, the cost
-    model's best for the GPU, the template default). Never raises."""
-    gpu = _gpu_for(device_index)
-    if gpu is None:
-        return None
-    name = f"lti_{kind}"
-    cfg = db.lookup(fingerprint, gpu, db.dtype_name(dtype), B, T, H, K=N, V=Q, strategy=name)
-    return {k: int(cfg[k]) for k in ("BN", "BL", "num_warps", "num_stages")} if cfg else None
-
-
-@_never_raises("RNN ")
-def tuned_rnn_config(fingerprint, strategy, gates, states, D, dtype, B, T, H, device_index,
-                     backward=True) -> dict | None:
-    """The RNN kernels' ``BR`` / ``num_warps`` / ``num_stages`` on CUDA device ``device_index``
-    (``rnn_runtime.CompiledRNN.launch_config``): the tuning database's entry for (mixer
-    fingerprint, dtype, strategy, K = V = D, user-level T and B·H buckets; ``rnn_space.tune``) →
-    the RNN space's cost-model best for the GPU (``rnn_space.best_config``) → None (the caller
-    keeps its template default). Never raises."""
-    gpu = _gpu_for(device_index)
-    if gpu is None:
-        return None
-    dt = db.dtype_name(dtype)
-    if T is not None and H is not None:
-        cfg = db.lookup(fingerprint, gpu, dt, B, T, H, K=D, V=D, strategy=strategy)
-        if cfg is not None:
-            return cfg
-    from ..lowering.rnn import space as rnn_space
-    return rnn_space.best_config(strategy, gates, states, rnn_space.shape_of(B, 1024, 1, D, dt), gpu,
-                                 backward)
+__all__ = ["tuned_config", "model_best", "current_gpu", "SMALL_SPACE"]

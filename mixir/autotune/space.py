@@ -105,10 +105,13 @@ def _term(env, p, op, v) -> bool:
     return x == int(v) if op == "==" else x >= int(v)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class Space:
-    name: str                       # "gla_chunked" / "gla_recurrent"
-    strategy: str                   # gla_core strategy
+    """One tuning space: the parameters with their domains, the kernel models of one config's
+    launches and the template's extra constraints. Compared and hashed by identity (a family builds
+    each space once), so the runtime's model-best lookup can cache by space."""
+    name: str                       # e.g. "gla_chunked", "delta_recurrent", "lti_cauchy"
+    strategy: str                   # the strategy (cost.STEP_LATENCY_S looks it up)
     params: dict                    # symbol -> tuple of allowed values (powers of two)
     kernels: tuple                  # KernelModel, ...
     dot_dims: tuple = ()            # (symbol or expr) used as tl.dot operand dims
@@ -208,22 +211,6 @@ def _num(expr, env):
     return v
 
 
-def space(strategy: str) -> Space:
-    if strategy == "attention":   # block-sparse softmax attention: attention_space.py (kept out of
-        from ..lowering.attention.space import ATTENTION   # SPACES, which the gated-linear reports iterate)
-        return ATTENTION
-    if strategy in ("delta_chunked", "delta_recurrent"):   # the Householder (delta-rule) templates:
-        from ..lowering.householder.space import SPACES as _DELTA          # delta_space.py (also kept out of SPACES)
-        return _DELTA[strategy.split("_", 1)[1]]
-    if strategy in ("lti_vandermonde", "lti_cauchy"):   # the LTI kernel pairs: lti_space.py
-        from ..lowering.lti.space import space as _lti_space       # (also kept out of SPACES)
-        return _lti_space(strategy[len("lti_"):])
-    from ..lowering.gated_linear.space import SPACES
-    if strategy not in SPACES:
-        raise TuningError(f"no tuning space for strategy {strategy!r}; known: {', '.join(SPACES)}")
-    return SPACES[strategy]
-
-
 # ---- evaluation (no solver) ----------------------------------------------------------------------
 _LAMBDA_CACHE: dict = {}
 
@@ -271,6 +258,11 @@ def _check(c: Constraint, space_, shape, values) -> bool:
     return _checker(c, space_, shape)(tuple(values[str(p)] for p in space_.params))
 
 
+def size(space_: Space, shape: Shape) -> int:
+    """The number of points of the space at ``shape`` (the product of its domains)."""
+    return math.prod(len(d) for d in space_.domains(shape).values())
+
+
 def all_configs(space_: Space, shape: Shape):
     doms = space_.domains(shape)
     names = [str(s) for s in doms]
@@ -314,6 +306,6 @@ def formulas(space_: Space) -> dict:
     return out
 
 
-__all__ = ["Space", "Shape", "KernelModel", "Constraint", "space",
+__all__ = ["Space", "Shape", "KernelModel", "Constraint", "size",
            "feasible_bruteforce", "all_configs", "violated", "resources", "formulas", "evaluate",
            "padded", "pow2"]

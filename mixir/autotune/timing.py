@@ -1,13 +1,14 @@
-"""GPU timing of candidate configs (``mixir tune --time``). Needs a CUDA device: ``time_configs``
-raises ``TuningError`` without one.
+"""The schedule of GPU timing of candidate configs (``mixir tune --time``). What runs a compiled
+mixer on CUDA is ``mixir.lowering.common.candidates.time_configs`` (a family's ``TuningTarget.time``);
+it raises ``TuningError`` without a CUDA device and hands its runs to ``measure`` here.
 
 NOTE: reviewed and unit-tested (the schedule, with a fake timer) without a GPU; it has not run on
 one yet.
 
 Per candidate: the compiled mixer's forward + backward on random CUDA inputs of the tuned shape.
 
-1. **Check first**: the candidate's forward output is compared with the recurrent strategy's
-   (relative RMS error <= ``tol``); a candidate that fails, or raises, gets ``inf`` and is never
+1. **Check first**: the candidate's forward output is compared with a reference strategy's
+   (the family's: recurrent, or alternating for RNNs; relative RMS error <= ``tol``); a candidate that fails, or raises, gets ``inf`` and is never
    timed.
 2. **Warm-up**: ``warmup`` untimed runs per candidate (the first builds the kernels), then a
    device synchronise.
@@ -28,8 +29,6 @@ from __future__ import annotations
 
 import math
 import statistics
-
-from ..errors import TuningError
 
 FLUSH_BYTES = 256 * 2**20
 
@@ -87,76 +86,9 @@ def measure(runs, timer, *, warmup=3, reps=10, close=0.05, extra_reps=10, sync=N
     return med
 
 
-def _inputs(mixer, B, T, H, K, V, dtype, seed=0):
-    import numpy as np
-    import torch
-
-    from ..verify import example_inputs
-    arrays, _ = example_inputs(mixer, B=B, T=T, H=H, K=K, V=V, seed=seed)
-    return [torch.tensor(np.asarray(a), dtype=dtype if s.kind == "input" else torch.float32, device="cuda")
-            for s, a in zip(mixer.inputs, arrays)]
-
-
 def rel_rms(o, ref) -> float:
     o, ref = o.float(), ref.float()
     return float(((o - ref).pow(2).mean() / ref.pow(2).mean().clamp_min(1e-30)).sqrt())
 
 
-def time_configs(mixer, strategy, configs, *, B, T, H, K, V, dtype="bf16", warmup=3, reps=10,
-                 tol=2e-2, close=0.05, extra_reps=10, flush_bytes=FLUSH_BYTES, l2_bytes=None,
-                 progress=None) -> list:
-    """Median seconds of one forward + backward per config (``inf``: wrong output or failure).
-    ``K``, ``V``: user-level head sizes."""
-    import torch
-
-    import mixir
-    if not torch.cuda.is_available():
-        raise TuningError("timing configs needs a CUDA device; torch.cuda.is_available() is False")
-    say = progress or (lambda m: None)
-    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    xs = _inputs(mixer, B, T, H, K, V, tdt)
-    with torch.no_grad():
-        ref = mixir.compile(mixer, strategy="recurrent")(*xs, strategy="recurrent").float()
-    nbytes = max(int(flush_bytes), 2 * int(l2_bytes or 0))
-    flush = torch.empty(nbytes // 4, dtype=torch.int32, device="cuda")
-
-    def make_run(cfg):
-        f = mixir.compile(mixer, strategy=strategy, config=dict(cfg))
-        leaves = [x.detach().clone().requires_grad_(True) for x in xs]
-
-        def run():
-            for t in leaves:
-                t.grad = None
-            o = f(*leaves, strategy=strategy)
-            o.float().sum().backward()
-        return f, run
-
-    runs = []
-    for i, cfg in enumerate(configs):
-        try:
-            f, run = make_run(cfg)
-            with torch.no_grad():
-                err = rel_rms(f(*xs, strategy=strategy), ref)
-        except Exception as e:
-            say(f"config {i + 1}/{len(configs)} {cfg}: failed ({type(e).__name__}: {e})")
-            runs.append(None)
-            continue
-        good = math.isfinite(err) and err <= tol
-        say(f"checked config {i + 1}/{len(configs)}: rel. RMS error vs recurrent {err:.1e}"
-            + ("" if good else f" > {tol:.0e}: not timed"))
-        runs.append(run if good else None)
-
-    def timer(run):
-        flush.zero_()                                   # evict L2 (outside the events)
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        run()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b) / 1e3                   # ms -> s
-
-    return measure(runs, timer, warmup=warmup, reps=reps, close=close, extra_reps=extra_reps,
-                   sync=torch.cuda.synchronize, progress=say)
-
-
-__all__ = ["measure", "time_configs", "rel_rms", "FLUSH_BYTES"]
+__all__ = ["measure", "rel_rms", "FLUSH_BYTES"]

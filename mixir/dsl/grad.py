@@ -1,15 +1,28 @@
-"""Symbolic derivatives over the IR (a pass from IR to IR).
+"""Symbolic derivatives over the IR (a pass from IR to IR): the one forward mode.
 
-``tangent(root, wrt)`` is the *pointwise* forward-mode derivative of ``root`` with respect to the
-leaf ``wrt``: it is defined when ``wrt`` is never summed over one of its own dims on the way to
-``root`` (otherwise ``NotPointwise`` names the reduction). The analysis uses it to read off the
-transition of an affine state update, ``S_new = A ⊙ S + U`` gives ``A = tangent(S_new, S)``.
+``tangent(root, wrt)`` is the *pointwise* forward-mode derivative d root / d wrt of ``root`` with
+respect to the node ``wrt``: it is defined when ``wrt`` is never summed over one of its own dims
+on the way to ``root`` (otherwise ``NotPointwise`` names the reduction). The chain rule runs
+sources first; a node whose sources all have derivative 0 has derivative 0. Comparisons, logic
+and the piecewise-constant index ops of the attention masks (``floordiv``, ``not``, ``load``:
+indices are integers, data gets no gradient) have derivative 0; ``mod a b = a - b ⌊a/b⌋`` has
+``da - ⌊a/b⌋ db``.
+
+Users: the gated-linear analysis reads off the transition of an affine state update
+(``S_new = A ⊙ S + U`` gives ``A = tangent(S_new, S)``); a score modification's derivative with
+respect to the score (``ScoreMod.dnode``) is ``tangent(score_mod, score)``.
 """
 from __future__ import annotations
+
+import dataclasses
 
 from . import ir
 from .ir import binary as B
 from .ir import const, unary as U
+
+
+#: piecewise-constant ops of the attention masks (dsl/mask.py): derivative 0
+_STEPS = ("floordiv", "not", "load")
 
 
 class NotPointwise(Exception):
@@ -63,9 +76,10 @@ def _rules(n, a, da, b=None, db=None, c=None, dc=None):
     if op == "abs":
         return _mul(ir.where(B("ge", a, zero), const(1.0), const(-1.0)), da)
     if op == "pow":
-        if not (ir.is_const(db, 0.0)):
-            raise NotPointwise(n)  # exponent depending on the variable: not needed by the analysis
-        return _mul(_mul(b, B("pow", a, B("sub", b, const(1.0)))), da)
+        return B("add", _mul(_mul(b, B("pow", a, B("sub", b, const(1.0)))), da),
+                 _mul(_mul(n, U("log", a)), db))
+    if op == "mod":       # ⌊a/b⌋ is the floordiv node of the same sources (a mask node)
+        return B("sub", da, _mul(dataclasses.replace(n, op="floordiv"), db))
     if op == "max":
         return ir.where(B("ge", a, b), da, db)
     if op == "min":
@@ -78,12 +92,13 @@ def _rules(n, a, da, b=None, db=None, c=None, dc=None):
 
 
 def tangent(root: ir.Node, wrt: ir.Node) -> ir.Node:
+    """d root / d wrt as an IR tree (see the module docstring)."""
     memo: dict = {}
     for n in ir.toposort(root):
         if n == wrt:
             memo[n] = const(1.0)
             continue
-        if not n.src or all(ir.is_const(memo[s], 0.0) for s in n.src):
+        if not n.src or n.op in _STEPS or all(ir.is_const(memo[s], 0.0) for s in n.src):
             memo[n] = const(0.0)
             continue
         if n.op in ("sum", "amax"):

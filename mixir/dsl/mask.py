@@ -35,6 +35,7 @@ import inspect
 import numbers
 
 from . import ir
+from .grad import tangent
 from .ops import Value
 from ..errors import DeclarationError
 
@@ -42,10 +43,13 @@ INDEX_NAMES = ("b", "h", "q", "kv")
 SCORE_NAME = "score"
 EXTRA_OPS = ("mod", "floordiv", "not", "load")
 BOOL_OPS = ("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not")
+#: the ops whose value is a float whatever their operands (integer operands are converted)
+FLOAT_OPS = ("div", "pow", "exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "recip", "softplus",
+             "logsigmoid", "silu")
 
 __all__ = ["Mask", "ScoreMod", "mask", "score_mod", "Expr", "Data", "MaskNode", "where", "exp",
            "log", "tanh", "sigmoid", "sqrt", "abs_", "maximum", "minimum", "and_masks", "or_masks",
-           "FULL", "evaluate", "derivative", "infer_types", "REGISTRY"]
+           "FULL", "infer_types", "REGISTRY"]
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -178,8 +182,7 @@ def node_type(n: ir.Node, types: dict, data_kinds: dict) -> str:
         return "f" if n.arg == SCORE_NAME else "i"
     if n.op == "load":
         return data_kinds.get(n.arg, "f")
-    if n.op in ("div", "exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "softplus",
-                "logsigmoid", "silu", "recip", "pow"):
+    if n.op in FLOAT_OPS:
         return "f"
     if n.op == "where":
         ts = {types[s] for s in n.src[1:]}
@@ -288,13 +291,13 @@ class Mask(_Traced):
 class ScoreMod(_Traced):
     """A traced score modification ``score' = f(score, b, h, q, kv, *data)`` (applied to the
     scaled score ``scale * q.k`` before the mask and the softmax). Its derivative with respect to
-    the score is derived symbolically (``dscore``) for the backward; data tensors get no
-    gradient."""
+    the score, ``dnode``, is derived symbolically (``dsl.grad.tangent``) for the backward; data
+    tensors get no gradient."""
     kind = "score_mod"
 
     def __init__(self, node: ir.Node, data_names=(), name="score_mod"):
         self.node, self.data_names, self.name = node, tuple(data_names), name
-        self.dnode = derivative(node, ir.leaf("input", SCORE_NAME))
+        self.dnode = tangent(node, ir.leaf("input", SCORE_NAME))
         self._register()
 
 
@@ -329,174 +332,3 @@ def and_masks(*masks) -> Mask:
 def or_masks(*masks) -> Mask:
     """The union of masks (data arguments are shared by name)."""
     return _combine("or", masks)
-
-
-# ----------------------------------------------------------------------- derivative w.r.t. score
-
-def derivative(root: ir.Node, wrt: ir.Node) -> ir.Node:
-    """Forward-mode derivative d root / d wrt as an IR tree (index ops and data have derivative 0)."""
-    B, U, c = ir.binary, ir.unary, ir.const
-    d = {}
-    for n in ir.toposort(root):
-        if n == wrt:
-            d[n] = c(1.0)
-            continue
-        if not n.src or n.op in BOOL_OPS or n.op in EXTRA_OPS:
-            d[n] = c(0.0)
-            continue
-        a = n.src[0]
-        da = d[a]
-        b = n.src[1] if len(n.src) > 1 else None
-        db = d[b] if b is not None else None
-        op = n.op
-        if op == "add":
-            r = B("add", da, db)
-        elif op == "sub":
-            r = B("sub", da, db)
-        elif op == "mul":
-            r = B("add", B("mul", da, b), B("mul", a, db))
-        elif op == "div":
-            r = B("sub", B("div", da, b), B("div", B("mul", a, db), B("mul", b, b)))
-        elif op == "neg":
-            r = U("neg", da)
-        elif op == "exp":
-            r = B("mul", n, da)
-        elif op == "log":
-            r = B("div", da, a)
-        elif op == "tanh":
-            r = B("mul", B("sub", c(1.0), B("mul", n, n)), da)
-        elif op == "sigmoid":
-            r = B("mul", B("mul", n, B("sub", c(1.0), n)), da)
-        elif op == "sqrt":
-            r = B("div", da, B("mul", c(2.0), n))
-        elif op == "rsqrt":
-            r = B("mul", B("mul", c(-0.5), B("mul", n, B("mul", n, n))), da)
-        elif op == "recip":
-            r = U("neg", B("mul", B("mul", n, n), da))
-        elif op == "abs":
-            r = ir.where(B("ge", a, c(0.0)), da, U("neg", da))
-        elif op == "softplus":
-            r = B("mul", U("sigmoid", a), da)
-        elif op == "logsigmoid":
-            r = B("mul", U("sigmoid", U("neg", a)), da)
-        elif op == "silu":
-            s = U("sigmoid", a)
-            r = B("mul", B("add", s, B("mul", a, B("mul", s, B("sub", c(1.0), s)))), da)
-        elif op in ("max", "min"):
-            r = ir.where(B("ge" if op == "max" else "le", a, b), da, db)
-        elif op == "pow":
-            r = B("add", B("mul", B("mul", b, B("pow", a, B("sub", b, c(1.0)))), da),
-                  B("mul", B("mul", n, U("log", a)), db))
-        elif op == "where":
-            r = ir.where(a, d[n.src[1]], d[n.src[2]])
-        else:
-            raise DeclarationError(f"score_mod: no derivative for op {op!r} ({ir.render(n)})")
-        d[n] = r
-    return d[root]
-
-
-# ------------------------------------------------------------------------ evaluation in torch
-
-def evaluate(root: ir.Node, env: dict, data: dict):
-    """Evaluate ``root`` with torch: ``env`` maps "b", "h", "q", "kv" (and "score") to ints or
-    broadcastable tensors; ``data`` maps data names to tensors. Integer arithmetic stays integer
-    (int64), float ops run in float64 unless the score is of another float dtype; comparisons give
-    bool tensors. Used by the block-mask builder (tile by tile) and by the dense reference."""
-    import torch
-
-    fdt = torch.float64
-    if isinstance(env.get(SCORE_NAME), torch.Tensor):
-        fdt = env[SCORE_NAME].dtype
-
-    def t(x):
-        return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
-
-    def num(x):  # bool -> int64 for arithmetic
-        x = t(x)
-        return x.to(torch.int64) if x.dtype == torch.bool else x
-
-    def flt(x):
-        x = t(x)
-        return x if x.is_floating_point() else x.to(fdt)
-
-    def boo(x):
-        x = t(x)
-        return x if x.dtype == torch.bool else x != 0
-
-    v = {}
-    for n in ir.toposort(root):
-        s = [v[x] for x in n.src]
-        op = n.op
-        if op == "const":
-            r = int(n.arg) if float(n.arg).is_integer() and abs(n.arg) < 2**62 else float(n.arg)
-            r = torch.as_tensor(r)
-        elif op == "input":
-            r = env[n.arg]
-        elif op == "load":
-            d = data[n.arg]
-            if d.dim() != len(s):
-                raise DeclarationError(f"data {n.arg!r} is indexed with {len(s)} indices but has "
-                                       f"shape {tuple(d.shape)}")
-            idx = [num(i).clamp(0, d.shape[k] - 1) for k, i in enumerate(s)]
-            idx = torch.broadcast_tensors(*idx)
-            r = d[tuple(idx)]
-            if r.is_floating_point():
-                r = r.to(fdt)
-        elif op in ("add", "sub", "mul", "max", "min"):
-            a, b = num(s[0]), num(s[1])
-            if a.is_floating_point() != b.is_floating_point():
-                a, b = flt(a), flt(b)
-            r = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "max": torch.maximum,
-                 "min": torch.minimum}[op](a, b)
-        elif op == "div":
-            r = flt(s[0]) / flt(s[1])
-        elif op == "mod":
-            r = torch.remainder(num(s[0]), num(s[1]))
-        elif op == "floordiv":
-            r = torch.div(num(s[0]), num(s[1]), rounding_mode="floor")
-        elif op == "pow":
-            r = torch.pow(flt(s[0]), flt(s[1]))
-        elif op in ("lt", "le", "gt", "ge", "eq", "ne"):
-            a, b = num(s[0]), num(s[1])
-            if a.is_floating_point() != b.is_floating_point():
-                a, b = flt(a), flt(b)
-            r = getattr(torch, op)(a, b)
-        elif op == "and":
-            r = boo(s[0]) & boo(s[1])
-        elif op == "or":
-            r = boo(s[0]) | boo(s[1])
-        elif op == "not":
-            r = ~boo(s[0])
-        elif op == "where":
-            a, b = num(s[1]), num(s[2])
-            if a.is_floating_point() != b.is_floating_point():
-                a, b = flt(a), flt(b)
-            r = torch.where(boo(s[0]), a, b)
-        elif op == "neg":
-            r = -num(s[0])
-        elif op == "abs":
-            r = num(s[0]).abs()
-        elif op == "exp":
-            r = flt(s[0]).exp()
-        elif op == "log":
-            r = flt(s[0]).log()
-        elif op == "tanh":
-            r = flt(s[0]).tanh()
-        elif op == "sigmoid":
-            r = flt(s[0]).sigmoid()
-        elif op == "sqrt":
-            r = flt(s[0]).sqrt()
-        elif op == "rsqrt":
-            r = flt(s[0]).rsqrt()
-        elif op == "recip":
-            r = 1.0 / flt(s[0])
-        elif op == "softplus":
-            r = torch.nn.functional.softplus(flt(s[0]))
-        elif op == "logsigmoid":
-            r = torch.nn.functional.logsigmoid(flt(s[0]))
-        elif op == "silu":
-            r = torch.nn.functional.silu(flt(s[0]))
-        else:
-            raise DeclarationError(f"op {op!r} is not supported in attention masks")
-        v[n] = r
-    return v[root]

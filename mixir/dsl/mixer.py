@@ -19,7 +19,7 @@ import dataclasses
 import inspect
 
 from ..errors import DeclarationError
-from . import ir
+import mixir.dsl.ir as ir
 from .ops import Value
 
 

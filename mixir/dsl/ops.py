@@ -4,7 +4,7 @@ from __future__ import annotations
 import numbers
 
 from ..errors import DeclarationError
-from . import ir
+import mixir.dsl.ir as ir
 
 
 class Value:

@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..dsl.mixer import Mixer
+from ..lowering import family as lowering_family
 
 # ---- value ranges ------------------------------------------------------------------------------
 
@@ -148,16 +149,17 @@ _COMPILED: dict = {}
 
 
 def compiled(mixer: Mixer):
-    """``mixir.compile(mixer)``, once per (mixer fingerprint, compile function).
+    """``mixir.compile(mixer)`` (``lowering.family.compile_mixer``), once per (mixer fingerprint,
+    compile function).
 
-    ``mixir.compile`` is looked up at call time (not at import), so a test that substitutes it, or a
-    later import of the runtime, is honoured; keying on the function keeps such substitutes apart.
+    The compile function is looked up at call time (not at import), so a test that substitutes it
+    is honoured; keying on the function keeps such substitutes apart.
     """
-    import mixir
-    key = (mixer.fingerprint, mixir.compile)
+    compile_mixer = lowering_family.compile_mixer
+    key = (mixer.fingerprint, compile_mixer)
     fn = _COMPILED.get(key)
     if fn is None:
-        fn = _COMPILED[key] = mixir.compile(mixer)
+        fn = _COMPILED[key] = compile_mixer(mixer)
     return fn
 
 

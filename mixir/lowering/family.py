@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 
 from ..dsl.mixer import Mixer
 from ..errors import InputError, UnsupportedMixerError
+from .common.call import check_strategy  # noqa: F401 - part of the registry's API
 
 
 class Family(abc.ABC):
@@ -182,14 +183,6 @@ def classify(declaration):
 def analyse(declaration):
     """The plan of ``declaration`` in whichever family accepts it (see ``classify``)."""
     return classify(declaration)[1]
-
-
-def check_strategy(strategies, strategy):
-    """``strategy`` if it names one of ``strategies`` (a compiled mixer's, for a call or for
-    ``mixir.compile(..., strategy=)``); an ``InputError`` naming them otherwise."""
-    if strategy not in tuple(strategies):
-        raise InputError(f"strategy must be one of {tuple(strategies)}, got {strategy!r}")
-    return strategy
 
 
 def compile_mixer(declaration, *, strategy: str | None = None, config: dict | None = None):

@@ -1,7 +1,21 @@
-"""Evaluate the expression IR on arrays with named dims, on NumPy or torch.
+"""The one evaluator of the expression IR: every op's meaning, on NumPy or torch.
 
-A value is an array of shape ``lead + [size of d for d in dims]``; ``lead`` is a fixed prefix of
-axes (heads, or batch·time·heads) shared by every value. Elementwise ops align operands by name.
+``OPS[op](xp, *operands)`` is the value of ``op`` on arrays of a backend ``xp`` (``NumpyBackend``,
+``TorchBackend``), elementwise with broadcasting (``sum``/``amax`` take the axes as well):
+
+    neg a = -a,   recip a = 1 / a,   rsqrt a = 1 / sqrt a,   silu a = a σ(a),
+    logsigmoid a = -softplus(-a),   exp, log, tanh, sqrt, abs, sigmoid, softplus, cos, sin,
+    a + b,  a - b,  a b,  a / b,  a ** b,  max(a, b),  min(a, b),
+    mod a b = a - b ⌊a / b⌋,   floordiv a b = ⌊a / b⌋         (the attention-mask index ops)
+    a < b, a ≤ b, a > b, a ≥ b, a = b, a ≠ b,  a ∧ b,  a ∨ b,  ¬a    (``PREDICATES``: booleans)
+    where(c, a, b) = a if c else b,   Σ_axes a,   max_axes a,
+
+where a condition (``and``/``or``/``not``/``where``) is any nonzero value. Three layouts call it:
+``evaluate`` below (values ``lead + dims``, named dims aligned by name: the reference, the
+constant folding of the code generator, the analyses), the LTI parameter trees per head
+(``lowering/lti/params.py``) and the attention masks over index tensors
+(``reference/attention.evaluate_mask``). Each keeps its own value representation (the IR's
+booleans are 0/1 floats here and in LTI, bool tensors in masks), never its own op semantics.
 The torch backend exists so that autograd of the *same* semantics, in float64, checks gradients.
 """
 from __future__ import annotations
@@ -21,6 +35,7 @@ class NumpyBackend:
     exp, log, tanh, sqrt, abs = (staticmethod(f) for f in (np.exp, np.log, np.tanh, np.sqrt, np.abs))
     cos, sin = staticmethod(np.cos), staticmethod(np.sin)
     maximum, minimum, where = (staticmethod(f) for f in (np.maximum, np.minimum, np.where))
+    remainder, floor_divide = staticmethod(np.remainder), staticmethod(np.floor_divide)
 
     @staticmethod
     def sigmoid(x):
@@ -30,6 +45,22 @@ class NumpyBackend:
     @staticmethod
     def softplus(x):
         return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)
+
+    @staticmethod
+    def logsigmoid(x):
+        return -NumpyBackend.softplus(-x)
+
+    @staticmethod
+    def silu(x):
+        return x * NumpyBackend.sigmoid(x)
+
+    @staticmethod
+    def rsqrt(x):
+        return 1.0 / np.sqrt(x)
+
+    @staticmethod
+    def truth(x):
+        return x if x.dtype == np.bool_ else x != 0
 
     @staticmethod
     def transpose(x, axes):
@@ -57,14 +88,22 @@ class TorchBackend:
 
     def __init__(self, dtype=None):
         import torch
+        F = torch.nn.functional
         self.torch = torch
         self.dtype = dtype or torch.float64   # of constants: float64 for the reference
         self.exp, self.log, self.tanh, self.sqrt, self.abs = (
             torch.exp, torch.log, torch.tanh, torch.sqrt, torch.abs)
-        self.cos, self.sin = torch.cos, torch.sin
+        self.cos, self.sin, self.rsqrt = torch.cos, torch.sin, torch.rsqrt
         self.maximum, self.minimum, self.where = torch.maximum, torch.minimum, torch.where
-        self.sigmoid = torch.sigmoid
-        self.softplus = torch.nn.functional.softplus
+        self.sigmoid, self.softplus, self.logsigmoid, self.silu = (
+            torch.sigmoid, F.softplus, F.logsigmoid, F.silu)
+        self.remainder = torch.remainder
+
+    def floor_divide(self, a, b):
+        return self.torch.div(a, b, rounding_mode="floor")
+
+    def truth(self, x):
+        return x if x.dtype == self.torch.bool else x != 0
 
     def asarray(self, x, like=None):
         return x if isinstance(x, self.torch.Tensor) else self.torch.as_tensor(x, dtype=self.dtype)
@@ -83,6 +122,42 @@ class TorchBackend:
 
     def to_float(self, mask):
         return mask.to(self.dtype) if mask.dtype == self.torch.bool else mask
+
+
+def _unary(name):
+    return lambda xp, a: getattr(xp, name)(a)
+
+
+#: op -> f(xp, *operands): the semantics of every non-leaf op (see the module docstring)
+OPS = {
+    "neg": lambda xp, a: -a,
+    "recip": lambda xp, a: 1.0 / a,
+    **{op: _unary(op) for op in ("exp", "log", "tanh", "sqrt", "rsqrt", "abs", "sigmoid",
+                                  "softplus", "logsigmoid", "silu", "cos", "sin")},
+    "add": lambda xp, a, b: a + b,
+    "sub": lambda xp, a, b: a - b,
+    "mul": lambda xp, a, b: a * b,
+    "div": lambda xp, a, b: a / b,
+    "pow": lambda xp, a, b: a ** b,
+    "max": lambda xp, a, b: xp.maximum(a, b),
+    "min": lambda xp, a, b: xp.minimum(a, b),
+    "mod": lambda xp, a, b: xp.remainder(a, b),
+    "floordiv": lambda xp, a, b: xp.floor_divide(a, b),
+    "lt": lambda xp, a, b: a < b,
+    "le": lambda xp, a, b: a <= b,
+    "gt": lambda xp, a, b: a > b,
+    "ge": lambda xp, a, b: a >= b,
+    "eq": lambda xp, a, b: a == b,
+    "ne": lambda xp, a, b: a != b,
+    "and": lambda xp, a, b: xp.truth(a) & xp.truth(b),
+    "or": lambda xp, a, b: xp.truth(a) | xp.truth(b),
+    "not": lambda xp, a: ~xp.truth(a),
+    "where": lambda xp, c, a, b: xp.where(xp.truth(c), a, b),
+    "sum": lambda xp, a, axes: xp.sum(a, axes),
+    "amax": lambda xp, a, axes: xp.amax(a, axes),
+}
+#: the ops whose value is a boolean
+PREDICATES = ir.COMPARE + ("not",)
 
 
 def align(xp, arr, dims, target, nlead):
@@ -147,49 +222,9 @@ def _eval(n, memo, env, xp, nlead, sizes):
         if not hasattr(v, "shape"):
             v = xp.reshape(xp.asarray(float(v)), (1,) * (nlead + len(n.dims)))
         return v
-    src = [align(xp, memo[s], s.dims, n.dims, nlead) if op not in ("sum", "amax") else memo[s]
-           for s in n.src]
     if op in ("sum", "amax"):
-        (a,) = n.src
-        axes = tuple(nlead + a.dims.index(d) for d in n.arg)
-        arr = src[0]
         # a broadcast (size-1) axis under a sum stands for a full dim: it was expanded by sizes
-        return xp.sum(arr, axes) if op == "sum" else xp.amax(arr, axes)
-    a = src[0]
-    if op == "neg":
-        return -a
-    if op == "recip":
-        return 1.0 / a
-    if op == "rsqrt":
-        return 1.0 / xp.sqrt(a)
-    if op == "silu":
-        return a * xp.sigmoid(a)
-    if op == "logsigmoid":
-        return -xp.softplus(-a)
-    if op in ("exp", "log", "tanh", "sqrt", "abs", "sigmoid", "softplus", "cos", "sin"):
-        return getattr(xp, op)(a)
-    b = src[1] if len(src) > 1 else None
-    if op == "add":
-        return a + b
-    if op == "sub":
-        return a - b
-    if op == "mul":
-        return a * b
-    if op == "div":
-        return a / b
-    if op == "pow":
-        return a ** b
-    if op == "max":
-        return xp.maximum(a, b)
-    if op == "min":
-        return xp.minimum(a, b)
-    if op in ("lt", "le", "gt", "ge", "eq", "ne"):
-        res = {"lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b, "eq": a == b, "ne": a != b}[op]
-        return xp.to_float(res)
-    if op == "and":
-        return xp.to_float((a != 0) & (b != 0))
-    if op == "or":
-        return xp.to_float((a != 0) | (b != 0))
-    if op == "where":
-        return xp.where(a != 0, b, src[2])
-    raise AssertionError(op)
+        (a,) = n.src
+        return OPS[op](xp, memo[a], tuple(nlead + a.dims.index(d) for d in n.arg))
+    r = OPS[op](xp, *(align(xp, memo[s], s.dims, n.dims, nlead) for s in n.src))
+    return xp.to_float(r) if op in PREDICATES else r

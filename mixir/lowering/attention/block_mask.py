@@ -30,7 +30,8 @@ import math
 import torch
 
 from ...errors import InputError
-from ...dsl.mask import FULL, Mask, evaluate
+from ...dsl.mask import FULL, Mask
+from ...reference.attention import evaluate_mask
 
 EMPTY, PARTIAL, FULL_TILE = 0, 1, 2
 
@@ -115,7 +116,7 @@ def classify_tiles(mask: Mask, B: int, H: int, q_len: int, kv_len: int, block_m:
         q = torch.arange(m * block_m, (m + 1) * block_m, device=device)
         ok = (q < q_len)[None, None, :, None] & kv_ok
         env = {"b": bidx, "h": hidx, "q": q[None, None, :, None], "kv": kv[None, None, None, :]}
-        r = evaluate(mask.node, env, data)
+        r = evaluate_mask(mask.node, env, data)
         r = (r if r.dtype == torch.bool else r != 0).to(device).expand(Bm, Hm, block_m, NN * block_n)
         r = r.reshape(Bm, Hm, block_m, NN, block_n)
         okr = ok.expand(Bm, Hm, block_m, NN * block_n).reshape(Bm, Hm, block_m, NN, block_n)

@@ -4,6 +4,7 @@ masks only. ``mixir.attention`` is the public facade over this package."""
 from __future__ import annotations
 
 from ...dsl.mask import Mask
+from ...errors import InputError
 from ..family import Family, check_strategy, register
 from .analysis import analyse
 
@@ -26,8 +27,11 @@ class CompiledAttention:
         from . import kernels
         return [kernels.__file__]
 
-    def __call__(self, q, k, v, *, config=None, **options):
+    def __call__(self, *tensors, config=None, **options):
+        if len(tensors) != 3:
+            raise InputError(f"{self.mask.name}: attention takes 3 tensors (q, k, v), got {len(tensors)}")
         from .ops import attention
+        q, k, v = tensors
         return attention(q, k, v, mask=self.mask, config=config or self.config, **options)
 
 
@@ -41,6 +45,12 @@ class AttentionFamily(Family):
 
     def compile(self, mask, plan, *, strategy=None, config=None):
         return CompiledAttention(plan, strategy=strategy, config=config)
+
+    def tuning_targets(self, mask, plan, request) -> list:
+        """The attention space of the mask's tile profile, head dim ``request.K``
+        (``tuning.targets``)."""
+        from .tuning import targets
+        return targets(mask, plan, request)
 
 
 FAMILY = register(AttentionFamily())

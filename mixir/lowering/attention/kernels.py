@@ -43,13 +43,15 @@ import triton
 import triton.language as tl
 '''
 
-_FWD = '''
+# Fragments shared by the templates. A query-row program (fwd, dq) starts with _Q_PROGRAM; every
+# kernel walks the tiles its row lists, full ones first (BODY_FULL: no mask code), then the partial
+# ones (BODY_PART); the fwd and dq bodies score a K tile with _SCORE_TILE.
 
-def attn_fwd(Q, K, V, O, LSE, KV_NUM, KV_IDX, FKV_NUM, FKV_IDX, meta_sb, meta_sh, NM, NN,
-             DATA_ARGST_Q, T_KV, H, HK, scale,
-             D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-             EVEN_N: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr):
-    pid_m = tl.program_id(0)
+_CONSTEXPRS = '''D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+{pad}EVEN_N: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr):
+'''
+
+_Q_PROGRAM = '''    pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -58,26 +60,53 @@ def attn_fwd(Q, K, V, O, LSE, KV_NUM, KV_IDX, FKV_NUM, FKV_IDX, meta_sb, meta_sh
     offs_n = tl.arange(0, BN)
     offs_d = tl.arange(0, BD)
     qi = offs_m[:, None]
-    q_base = Q + b.to(tl.int64) * T_Q * H * D + h * D
-    k_base = K + b.to(tl.int64) * T_KV * HK * D + kh * D
+'''
+
+_KV_BASES = '''    k_base = K + b.to(tl.int64) * T_KV * HK * D + kh * D
     v_base = V + b.to(tl.int64) * T_KV * HK * D + kh * D
-    qx = tl.load(q_base + qi * (H * D) + offs_d[None, :], mask=(qi < T_Q) & (offs_d[None, :] < D),
+'''
+
+
+def _tile_loops(pad: str, pid: str, full: str, part: str, var: str, stride: str) -> str:
+    """The loops of a program over the tiles of its row in the block-mask lists: the full tiles
+    (``<full>_NUM`` / ``<full>_IDX``) with BODY_FULL, then the partial ones with BODY_PART."""
+    return (f"{pad}mo = b * meta_sb + h * meta_sh + {pid}\n"
+            f"{pad}n_full = tl.load({full}_NUM + mo)\n"
+            f"{pad}for j in range(0, n_full):\n"
+            f"{pad}    {var} = tl.load({full}_IDX + mo * {stride} + j)\n"
+            "BODY_FULL\n"
+            f"{pad}n_part = tl.load({part}_NUM + mo)\n"
+            f"{pad}for j in range(0, n_part):\n"
+            f"{pad}    {var} = tl.load({part}_IDX + mo * {stride} + j)\n"
+            "BODY_PART\n")
+
+
+_Q_LOOPS = _tile_loops("    ", "pid_m", "FKV", "KV", "n", "NN")
+
+_SCORE_TILE = '''s_raw = tl.dot(qx, kT, input_precision=PREC) * scale
+@@SCORE@@
+@@MASK@@
+if not EVEN_N:
+    s = tl.where(ki < T_KV, s, float("-inf"))
+'''
+
+_KT_TILE = '''kT = tl.load(k_base + ki * (HK * D) + offs_d[:, None], mask=(ki < T_KV) & (offs_d[:, None] < D),
+             other=0.0)
+'''
+
+_FWD = '''
+
+def attn_fwd(Q, K, V, O, LSE, KV_NUM, KV_IDX, FKV_NUM, FKV_IDX, meta_sb, meta_sh, NM, NN,
+             DATA_ARGST_Q, T_KV, H, HK, scale,
+             ''' + _CONSTEXPRS.format(pad=" " * 13) + _Q_PROGRAM + '''    q_base = Q + b.to(tl.int64) * T_Q * H * D + h * D
+''' + _KV_BASES + '''    qx = tl.load(q_base + qi * (H * D) + offs_d[None, :], mask=(qi < T_Q) & (offs_d[None, :] < D),
                  other=0.0)
     if DOT_F32:
         qx = qx.to(tl.float32)
     m_i = tl.full([BM], float("-inf"), tl.float32)
     l_i = tl.full([BM], 0.0, tl.float32)
     acc = tl.full([BM, BD], 0.0, tl.float32)
-    mo = b * meta_sb + h * meta_sh + pid_m
-    n_full = tl.load(FKV_NUM + mo)
-    for j in range(0, n_full):
-        n = tl.load(FKV_IDX + mo * NN + j)
-BODY_FULL
-    n_part = tl.load(KV_NUM + mo)
-    for j in range(0, n_part):
-        n = tl.load(KV_IDX + mo * NN + j)
-BODY_PART
-    l_ok = l_i > 0.0
+''' + _Q_LOOPS + '''    l_ok = l_i > 0.0
     l_safe = tl.where(l_ok, l_i, 1.0)
     o = acc / l_safe[:, None]
     tl.store(O + b.to(tl.int64) * T_Q * H * D + h * D + qi * (H * D) + offs_d[None, :],
@@ -88,18 +117,11 @@ BODY_PART
 
 _FWD_BODY = '''ki = n * BN + offs_n[None, :]
 kc = n * BN + offs_n[:, None]
-kT = tl.load(k_base + ki * (HK * D) + offs_d[:, None], mask=(ki < T_KV) & (offs_d[:, None] < D),
-             other=0.0)
-vx = tl.load(v_base + kc * (HK * D) + offs_d[None, :], mask=(kc < T_KV) & (offs_d[None, :] < D),
+''' + _KT_TILE + '''vx = tl.load(v_base + kc * (HK * D) + offs_d[None, :], mask=(kc < T_KV) & (offs_d[None, :] < D),
              other=0.0)
 if DOT_F32:
     kT = kT.to(tl.float32)
-s_raw = tl.dot(qx, kT, input_precision=PREC) * scale
-@@SCORE@@
-@@MASK@@
-if not EVEN_N:
-    s = tl.where(ki < T_KV, s, float("-inf"))
-m_new = tl.maximum(m_i, tl.max(s, 1))
+''' + _SCORE_TILE + '''m_new = tl.maximum(m_i, tl.max(s, 1))
 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
 p = tl.exp(s - m_safe[:, None])
 alpha = tl.exp(m_i - m_safe)
@@ -115,22 +137,9 @@ _DQ = '''
 
 def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_NUM, KV_IDX, FKV_NUM, FKV_IDX, meta_sb, meta_sh,
                 NM, NN, DATA_ARGST_Q, T_KV, H, HK, scale,
-                D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                EVEN_N: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    kh = h // (H // HK)
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_n = tl.arange(0, BN)
-    offs_d = tl.arange(0, BD)
-    qi = offs_m[:, None]
-    row = b.to(tl.int64) * T_Q * H * D + h * D + qi * (H * D) + offs_d[None, :]
+                ''' + _CONSTEXPRS.format(pad=" " * 16) + _Q_PROGRAM + '''    row = b.to(tl.int64) * T_Q * H * D + h * D + qi * (H * D) + offs_d[None, :]
     row_ok = (qi < T_Q) & (offs_d[None, :] < D)
-    k_base = K + b.to(tl.int64) * T_KV * HK * D + kh * D
-    v_base = V + b.to(tl.int64) * T_KV * HK * D + kh * D
-    qx = tl.load(Q + row, mask=row_ok, other=0.0)
+''' + _KV_BASES + '''    qx = tl.load(Q + row, mask=row_ok, other=0.0)
     dox = tl.load(DO + row, mask=row_ok, other=0.0)
     if DOT_F32:
         qx = qx.to(tl.float32)
@@ -139,32 +148,16 @@ def attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, KV_NUM, KV_IDX, FKV_NUM, FKV_IDX, m
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
     delta = tl.load(DELTA + bh.to(tl.int64) * T_Q + offs_m, mask=offs_m < T_Q, other=0.0)
     dq = tl.full([BM, BD], 0.0, tl.float32)
-    mo = b * meta_sb + h * meta_sh + pid_m
-    n_full = tl.load(FKV_NUM + mo)
-    for j in range(0, n_full):
-        n = tl.load(FKV_IDX + mo * NN + j)
-BODY_FULL
-    n_part = tl.load(KV_NUM + mo)
-    for j in range(0, n_part):
-        n = tl.load(KV_IDX + mo * NN + j)
-BODY_PART
-    tl.store(DQ + row, dq * scale, mask=row_ok)
+''' + _Q_LOOPS + '''    tl.store(DQ + row, dq * scale, mask=row_ok)
 '''
 
 _DQ_BODY = '''ki = n * BN + offs_n[None, :]
-kT = tl.load(k_base + ki * (HK * D) + offs_d[:, None], mask=(ki < T_KV) & (offs_d[:, None] < D),
-             other=0.0)
-vT = tl.load(v_base + ki * (HK * D) + offs_d[:, None], mask=(ki < T_KV) & (offs_d[:, None] < D),
+''' + _KT_TILE + '''vT = tl.load(v_base + ki * (HK * D) + offs_d[:, None], mask=(ki < T_KV) & (offs_d[:, None] < D),
              other=0.0)
 if DOT_F32:
     kT = kT.to(tl.float32)
     vT = vT.to(tl.float32)
-s_raw = tl.dot(qx, kT, input_precision=PREC) * scale
-@@SCORE@@
-@@MASK@@
-if not EVEN_N:
-    s = tl.where(ki < T_KV, s, float("-inf"))
-p = tl.exp(s - lse[:, None])
+''' + _SCORE_TILE + '''p = tl.exp(s - lse[:, None])
 dp = tl.dot(dox, vT, input_precision=PREC)
 ds = p * (dp - delta[:, None])
 @@DSCORE@@
@@ -175,9 +168,7 @@ _DKDV = '''
 
 def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, Q_NUM, Q_IDX, FQ_NUM, FQ_IDX, meta_sb, meta_sh,
                   NM, NN, DATA_ARGST_Q, T_KV, H, HK, scale,
-                  D: tl.constexpr, BD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                  EVEN_N: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr):
-    pid_n = tl.program_id(0)
+                  ''' + _CONSTEXPRS.format(pad=" " * 18) + '''    pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
     b = bhk // HK
     kh = bhk % HK
@@ -200,16 +191,7 @@ def attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, Q_NUM, Q_IDX, FQ_NUM, FQ_IDX,
         bh = b * H + h
         q_base = Q + b.to(tl.int64) * T_Q * H * D + h * D
         do_base = DO + b.to(tl.int64) * T_Q * H * D + h * D
-        mo = b * meta_sb + h * meta_sh + pid_n
-        n_full = tl.load(FQ_NUM + mo)
-        for j in range(0, n_full):
-            m = tl.load(FQ_IDX + mo * NM + j)
-BODY_FULL
-        n_part = tl.load(Q_NUM + mo)
-        for j in range(0, n_part):
-            m = tl.load(Q_IDX + mo * NM + j)
-BODY_PART
-    tl.store(DK + krow, dk * scale, mask=krow_ok)
+''' + _tile_loops("        ", "pid_n", "FQ", "Q", "m", "NM") + '''    tl.store(DK + krow, dk * scale, mask=krow_ok)
     tl.store(DV + krow, dv, mask=krow_ok)
 '''
 

@@ -69,13 +69,18 @@ def gpu_config(device_index: int, mask_key: str, dtype: str, D: int, B: int, T: 
     ``device_index`` -1: no GPU (a recording): the reference GPU. ``BM`` / ``BN`` 0: free, else
     fixed."""
     from . import space as attention_space
-    from ...autotune import select
+    from ...autotune.db import Key
+    from ...autotune.select import current_gpu, tuned_config
     fixed = {k: v for k, v in (("BM", BM), ("BN", BN)) if v}
     cfg = None
     gpu = attention_space.REFERENCE_GPU
     if device_index >= 0:
-        cfg = select.tuned_attention_config(mask_key, D, dtype, B, T, H, device_index, fixed)
-        gpu = select._gpu_for(device_index) or gpu
+        # the database's entry for the mask (K = V = head dim), used when its tiles agree with the
+        # fixed ones → the attention space's cost-model best with those tiles → None
+        cfg = tuned_config(None, Key(mask_key, attention_space.STRATEGY, dtype, B, T, H, D, D), None,
+                           device_index, accept=lambda c: all(c.get(k) == v for k, v in fixed.items()),
+                           model=lambda g: attention_space.model_best(g, dtype, D, B, T, H, fixed))
+        gpu = current_gpu(device_index) or gpu
     if not cfg:
         cfg = attention_space.default_config(gpu, dtype, D, B=B, T=T, H=H, fixed=fixed)
     return tuple(int(cfg[k]) for k in KEYS)

@@ -52,7 +52,7 @@ def _pairs(items) -> tuple:
 
 
 def _resources(d: dict):
-    from .aot import KernelResources
+    from .ptxas import KernelResources
     return KernelResources(**{**d, "constexprs": _pairs(d["constexprs"])})
 
 
@@ -126,7 +126,7 @@ def _resolve_fn(spec):
 
 def _run_spec(spec, arch, align_pointers, timeout_s):
     import triton
-    from .aot import _build_fn          # not at the top: aot imports this module
+    from .ptxas import _build_fn
     fn = _resolve_fn(spec)
     return _build_fn(triton.jit(fn), spec["name"], _pairs(spec["signature"]), _pairs(spec["constexprs"]),
                      spec["num_warps"], spec["num_stages"], arch, align_pointers=align_pointers,

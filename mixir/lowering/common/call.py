@@ -85,3 +85,34 @@ def shift_by_one(o, init, cu_seqlens, N):
     first = (init.float()[seg.clamp(max=N - 1)] if init is not None else torch.zeros_like(o[0]))
     mask = is_start.reshape((T,) + (1,) * (o.dim() - 2))
     return torch.where(mask, first, shifted[0])[None]
+
+
+def check_strategy(strategies, strategy):
+    """``strategy`` if it names one of ``strategies`` (a compiled mixer's, for a call or for
+    ``mixir.compile(..., strategy=)``); an ``InputError`` naming them otherwise."""
+    if strategy not in tuple(strategies):
+        raise InputError(f"strategy must be one of {tuple(strategies)}, got {strategy!r}")
+    return strategy
+
+
+class CompiledBase:
+    """What every family's compiled mixer holds: the declaration, its plan, the strategies it can
+    run, the strategy and config given to ``mixir.compile`` (checked here, before any kernel)."""
+
+    kind = "CompiledMixer"        # the name ``repr`` shows
+
+    def __init__(self, mixer, plan, strategy: str | None = None, config: dict | None = None):
+        self.mixer, self.plan = mixer, plan
+        self.strategies = plan.strategies
+        if strategy is not None:
+            self._check_strategy(strategy)
+        self.strategy = strategy
+        self.config = dict(config or {})
+        self.__name__ = mixer.name
+
+    def _check_strategy(self, strategy):
+        return check_strategy(self.strategies, strategy)
+
+    def __repr__(self):
+        return f"<mixir.{self.kind} {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
+

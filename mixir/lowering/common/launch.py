@@ -20,6 +20,7 @@ import threading
 
 import torch
 import triton
+import triton.language as tl
 from triton.runtime import interpreter as _interp
 from triton.runtime.interpreter import InterpretedFunction
 from triton.runtime.jit import JITFunction
@@ -47,12 +48,26 @@ class LaunchRecord:
 _local = threading.local()
 _interpret_lock = threading.RLock()
 _twins: dict = {}
+_plain: dict = {}      # id(JITFunction) -> _sees_only_tl(its function)
+
+
+def _sees_only_tl(fn) -> bool:
+    """Whether ``fn`` reaches Triton's language only through the ``triton.language`` module (no
+    ``triton.language.core`` of its own): then the patches the running interpreted kernel made to
+    that module (for its whole grid) are all the callee needs."""
+    langs = {id(v) for v in fn.__globals__.values() if v is tl or v is tl.core}
+    return langs == {id(tl)}
 
 
 def _call_jit_interpreted(self, *args, **kwargs):
     twin = _twins.get(id(self))
     if twin is None:
         twin = _twins[id(self)] = InterpretedFunction(self.fn)
+        _plain[id(self)] = _sees_only_tl(self.fn)
+    if _plain[id(self)]:
+        # a helper of the kernel's own kind (``@triton.jit`` over ``tl``): the language is patched
+        # already, and patching it again per call (then restoring it) costs more than the call
+        return twin.rewrite()(*args, **kwargs)
     patch = getattr(_interp, "_patch_lang", None)
     scope = patch(twin.fn) if patch is not None else None
     if scope is None or not hasattr(scope, "restore"):

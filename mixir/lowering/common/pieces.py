@@ -17,7 +17,6 @@ constants); a parameter's gradient is the sum over batch and time of the kernel'
 from __future__ import annotations
 
 import math
-import os
 import threading
 from typing import Optional
 
@@ -29,6 +28,7 @@ from ...tiles import pow2
 from ...errors import InputError
 from . import launch
 from . import codegen
+from .chunks import empty
 
 __all__ = ["PiecesKernel", "get_pieces_kernel", "REGISTRY"]
 
@@ -37,16 +37,6 @@ _lock = threading.Lock()
 
 # elements of the largest tile of one program (rows x padded feature extent)
 TILE_ELEMS = {"cuda_fwd": 1024, "cuda_bwd": 1024, "cpu": 1 << 16}
-
-
-def _poison() -> bool:
-    return os.environ.get("MIXIR_POISON", "") not in ("", "0")
-
-
-def _new(shape, device):
-    """An fp32 output buffer (NaN-filled under MIXIR_POISON, so unwritten elements show up)."""
-    t = torch.empty(shape, dtype=torch.float32, device=device)
-    return t.fill_(float("nan")) if _poison() else t
 
 
 class PiecesKernel:
@@ -176,7 +166,7 @@ class PiecesKernel:
             args[arg] = float(v)
         outs = []
         for sa in info.stores:
-            o = _new(self.piece_shape(sa.name, shape), device)
+            o = empty(self.piece_shape(sa.name, shape), device=device)  # NaN under MIXIR_POISON
             args[sa.arg] = o
             outs.append(o)
         if n_rows > 0:
@@ -207,7 +197,7 @@ class PiecesKernel:
         B, T, H = shape[:3]
         out = {}
         for sa in info.stores:
-            buf = _new((B, T, H) + tuple(size[d] for d in sa.dims), device)
+            buf = empty((B, T, H) + tuple(size[d] for d in sa.dims), device=device)
             args[sa.arg] = buf
             out[sa.name] = buf
         if n_rows > 0:

@@ -13,20 +13,13 @@ are kept as ``log|a|`` plus a sign, which the runtime folds into q, k (or v) and
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from ...dsl import ir
 from ...dsl.grad import NotPointwise, tangent
 from ...errors import UnsupportedMixerError
+from ..common.algebra import Decay, decay, factors, product, readout, render_plan
 
 STRATEGIES = ("recurrent", "chunked")
-
-
-@dataclasses.dataclass(frozen=True)
-class Decay:
-    """One group of transition factors: ``exp(log)`` times ``sign`` (a ±1 node, or None)."""
-    log: ir.Node
-    sign: ir.Node | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,125 +59,13 @@ class GatedLinearForm:
         return text + (" (may be negative: sign tracked)" if signed else "")
 
     def describe(self) -> str:
-        lines = [f"class: affine state update, {self.transition} transition",
-                 f"state {self.state.name}{list(self.state.dims)}: K = {self.k_dim or '1'}, "
-                 f"V = {self.v_dim or '1'}"]
-        for name, node in self.pieces().items():
-            lines.append(f"  {name:8s} = {ir.render(node)}")
-        lines.append(f"strategies: {', '.join(self.strategies)}")
-        return "\n".join(lines)
+        return render_plan([f"class: affine state update, {self.transition} transition",
+                            f"state {self.state.name}{list(self.state.dims)}: K = {self.k_dim or '1'}, "
+                            f"V = {self.v_dim or '1'}"], self.pieces(), self.strategies)
 
 
 def _unsupported(mixer, why: str):
     return UnsupportedMixerError(f"mixer {mixer.name}: not supported by any strategy yet: {why}")
-
-
-def factors(n: ir.Node) -> list:
-    """Flatten a product into its factors (division → reciprocal, negation → -1)."""
-    if n.op == "mul":
-        return factors(n.src[0]) + factors(n.src[1])
-    if n.op == "div":
-        return factors(n.src[0]) + [ir.unary("recip", f) for f in factors(n.src[1])]
-    if n.op == "neg":
-        return [ir.const(-1.0)] + factors(n.src[0])
-    return [n]
-
-
-def product(nodes) -> ir.Node:
-    out = ir.const(1.0)
-    for f in nodes:
-        out = ir.binary("mul", out, f)
-    return out
-
-
-def _log_of(f: ir.Node):
-    """(log|f|, sign node or None) of one transition factor."""
-    if f.op == "exp":
-        return f.src[0], None
-    if f.op == "sigmoid":
-        return ir.unary("logsigmoid", f.src[0]), None
-    if f.op == "softplus":
-        return ir.unary("log", f), None
-    if f.op == "recip":
-        lg, s = _log_of(f.src[0])
-        return ir.unary("neg", lg), s
-    if f.op == "const":
-        if f.arg == 0:
-            return None, None
-        return ir.const(math.log(abs(f.arg))), (ir.const(-1.0) if f.arg < 0 else None)
-    if f.op == "pow" and f.src[1].op == "const":
-        lg, s = _log_of(f.src[0])
-        if lg is None:
-            return None, None
-        return ir.binary("mul", f.src[1], lg), (None if s is None else ir.binary("pow", s, f.src[1]))
-    sign = ir.where(ir.binary("lt", f, ir.const(0.0)), ir.const(-1.0), ir.const(1.0))
-    return ir.unary("log", ir.unary("abs", f)), sign
-
-
-def _decay(mixer, fs) -> Decay | None:
-    if not fs:
-        return None
-    logs, signs = [], []
-    for f in fs:
-        lg, s = _log_of(f)
-        if lg is None:
-            raise _unsupported(mixer, f"the transition factor `{ir.render(f)}` is identically 0")
-        logs.append(lg)
-        if s is not None:
-            signs.append(s)
-    log = logs[0]
-    for lg in logs[1:]:
-        log = ir.binary("add", log, lg)
-    if ir.is_const(log, 0.0) and not signs:
-        return None
-    return Decay(log, product(signs) if signs else None)
-
-
-def _readout(mixer, out, snew, S):
-    """Split the output into e ⊙ (q @ S_new) + d. Returns (q, k_dim, e, d)."""
-    if ir.contains(out, S):
-        raise _unsupported(mixer, f"the output `{ir.render(out)}` reads the state {S.arg!r} before its "
-                                  "update; return the read-out of the new state")
-    sums = [n for n in ir.toposort(out) if n.op == "sum" and ir.contains(n.src[0], snew)]
-    outer_sums = [n for n in sums if not any(m is not n and ir.contains(m, n) for m in sums)]
-    if len(outer_sums) > 1:
-        raise _unsupported(mixer, "the output reads the state through several contractions: "
-                                  + ", ".join(f"`{ir.render(n)}`" for n in outer_sums))
-    if not outer_sums:
-        if len(S.dims) == 2:
-            raise _unsupported(mixer, "the output is the whole matrix state; contract it with a "
-                                      "query (`q @ S`)")
-        q, k_dim, rleaf = ir.const(1.0), None, snew
-        rest = out
-    else:
-        (R,) = outer_sums
-        fs = factors(R.src[0])
-        hits = [f for f in fs if f == snew]
-        others = [f for f in fs if f != snew]
-        if len(hits) != 1 or any(ir.contains(f, snew) for f in others):
-            raise _unsupported(mixer, f"the read-out `{ir.render(R)}` is not linear in the state")
-        contracted = [d for d in R.arg if d in S.dims]
-        if len(contracted) != 1 or len(R.arg) != 1:
-            raise _unsupported(mixer, f"the read-out `{ir.render(R)}` must contract exactly one state dim")
-        k_dim = contracted[0]
-        qf = [f for f in others if k_dim in f.dims or not f.dims]
-        outside = [f for f in others if f not in qf]   # value-side factors move to the output
-        q = product(qf)
-        rleaf = ir.leaf("input", "__readout__", R.dims)
-        moved = product(outside)
-        rest = ir.substitute(out, {R: ir.binary("mul", moved, rleaf)})
-        if bad := [d for d in q.dims if d != k_dim]:
-            raise _unsupported(mixer, f"the query `{ir.render(q)}` has dims {bad} outside the state")
-    if rleaf is not snew and ir.contains(rest, snew):
-        raise _unsupported(mixer, f"the output `{ir.render(out)}` uses the state outside its read-out")
-    try:
-        e = tangent(rest, rleaf)
-    except NotPointwise as err:
-        raise _unsupported(mixer, f"the output reduces its read-out in `{ir.render(err.node)}`") from None
-    if ir.contains(e, rleaf):
-        raise _unsupported(mixer, f"the output `{ir.render(out)}` is not linear in the state")
-    d = ir.substitute(rest, {rleaf: ir.const(0.0, rleaf.dims)})
-    return q, k_dim, e, d
 
 
 def analyse_state(mixer, spec, F, output) -> GatedLinearForm:
@@ -204,7 +85,7 @@ def analyse_state(mixer, spec, F, output) -> GatedLinearForm:
     U = ir.substitute(F, {S: ir.const(0.0, S.dims)})
     snew = ir.leaf("state", spec.name + "'", S.dims)
     out = ir.substitute(output, {F: snew})
-    q, k_dim, e, d = _readout(mixer, out, snew, S)
+    q, k_dim, e, d = readout(mixer, out, snew, S, _unsupported)
     v_dim = next((x for x in spec.dims if x != k_dim), None)
     # transition factors → scalar / along K / along V
     groups = {(): [], (k_dim,): [], (v_dim,): []}
@@ -232,8 +113,9 @@ def analyse_state(mixer, spec, F, output) -> GatedLinearForm:
             raise _unsupported(mixer, f"the {name} `{ir.render(node)}` has dims {bad} beyond the read-out's")
     return GatedLinearForm(
         state=spec, k_dim=k_dim, v_dim=v_dim, q=q, k=product(kf), v=product(vf),
-        g=_decay(mixer, groups[()]), gk=_decay(mixer, groups[(k_dim,)]) if k_dim else None,
-        gv=_decay(mixer, groups[(v_dim,)]) if v_dim else None, out_scale=e, out_bias=d)
+        g=decay(mixer, groups[()], _unsupported),
+        gk=decay(mixer, groups[(k_dim,)], _unsupported) if k_dim else None,
+        gv=decay(mixer, groups[(v_dim,)], _unsupported) if v_dim else None, out_scale=e, out_bias=d)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,11 +150,8 @@ class MaxPlusForm:
         return "max-plus (stabiliser)"
 
     def describe(self) -> str:
-        lines = [f"class: max-plus stabiliser {self.state.name}' = max({self.state.name} + a, b), "
-                 f"state {self.state.name}{list(self.state.dims)}"]
-        for name, node in self.pieces().items():
-            lines.append(f"  {name:8s} = {ir.render(node)}")
-        return "\n".join(lines)
+        return render_plan([f"class: max-plus stabiliser {self.state.name}' = max({self.state.name} + a, b), "
+                            f"state {self.state.name}{list(self.state.dims)}"], self.pieces())
 
 
 def _max_terms(n: ir.Node) -> list:

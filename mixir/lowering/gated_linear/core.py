@@ -20,31 +20,20 @@ and dgk = reverse cumsum over the sequence; gv uses o * do - v * dv, g uses the 
 Notes: inputs are made contiguous here (non-contiguous / expanded views are fine); ``cu_seqlens``
 is read on the host (one device sync per call, like fla) to build the chunk tables; the chunked
 backward rounds ``do`` to the input dtype; the chunked strategy floors per-step log-decays at
-``LOG_FLOOR`` (see below), the recurrent one uses them as given.
+``LOG_FLOOR`` (``common.chunks``: exp(-100) is 0 in fp32 terms) before their chunk-local
+cumsums, the recurrent one uses them as given.
 """
-import os
-
 import torch
 
-from ...tiles import cdiv, pow2
-from mixir.lowering.common.launch import targets_gpu
-
-from mixir.lowering.gated_linear.kernels import chunked as _ck
-from mixir.lowering.gated_linear.kernels import recurrent as _rc
+from ...tiles import cdiv
+from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
+from ..common.launch import targets_gpu
+from .kernels import chunked as _ck
+from .kernels import recurrent as _rc
 
 STRATEGIES = ("recurrent", "chunked")
 
 _FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
-
-# The chunked strategy floors every per-step log-decay at LOG_FLOOR before its chunk-local cumsum
-# (exp(-100) ~ 4e-44: a gate that is already 0 in fp32 terms). It bounds |cumsum| by BT * 100, so
-# differences of cumulative sums stay accurate when tiny and huge (-1e4) decays are mixed.
-LOG_FLOOR = -100.0
-
-
-def _tile(n: int, cap: int) -> int:
-    """Power-of-two tile extent for a dimension of size n: >= 16 (tl.dot), <= max(cap, 16)."""
-    return max(16, min(pow2(n), cap))
 
 
 def default_config(strategy, K, V, dtype) -> dict:
@@ -58,65 +47,16 @@ def default_config(strategy, K, V, dtype) -> dict:
     recurrent: BK (the whole K extent), BV.
     """
     if strategy == "chunked":
-        BK, BV = _tile(K, 64), _tile(V, 64)
+        BK, BV = tile(K, 64), tile(V, 64)
         # 64 x 64 fp32 tiles spill registers at 4 warps on sm_90 (checked with ptxas): use 8
         return {"BT": 64, "BC": 16, "BK": BK, "BV": BV,
                 "bwd_dot_fp32": int(dtype in (torch.float16, torch.bfloat16)),
                 "num_warps": 8 if BK * BV >= 4096 else 4, "num_stages": 2}
     if strategy == "recurrent":
-        BK = _tile(K, 1 << 30)                     # the whole K extent is one register tile
-        BV = _tile(V, max(16, min(64, 4096 // BK)))
+        BK = tile(K, 1 << 30)                     # the whole K extent is one register tile
+        BV = tile(V, max(16, min(64, 4096 // BK)))
         return {"BK": BK, "BV": BV, "num_warps": 4 if BK * BV >= 2048 else 2, "num_stages": 1}
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-
-
-def _poison() -> bool:
-    return os.environ.get("MIXIR_POISON", "") not in ("", "0")
-
-
-def _empty(*shape, device, dtype=torch.float32):
-    t = torch.empty(*shape, device=device, dtype=dtype)
-    if _poison():
-        t.fill_(float("nan"))
-    return t
-
-
-class _Plan:
-    """Packed-sequence bookkeeping shared by the kernels of one call."""
-
-    def __init__(self, q, cu_seqlens, BT):
-        B, T, H, K = q.shape
-        device = q.device
-        if cu_seqlens is None:
-            offsets = torch.arange(B + 1, dtype=torch.int64) * T
-        else:
-            assert B == 1, "cu_seqlens requires B == 1 (packed sequences)"
-            offsets = cu_seqlens.detach().to("cpu", torch.int64)
-            assert offsets.dim() == 1 and offsets.numel() >= 2
-            assert int(offsets[0]) == 0 and int(offsets[-1]) == T
-            assert bool((offsets[1:] >= offsets[:-1]).all()), "cu_seqlens must be non-decreasing"
-        self.B, self.T, self.H = B, T, H
-        self.N = offsets.numel() - 1
-        self.T_total = B * T
-        self.cu = offsets.to(device=device, dtype=torch.int32)
-        if BT is not None:
-            lens = offsets[1:] - offsets[:-1]
-            nts = (lens + BT - 1) // BT
-            chunk_off = torch.zeros(self.N + 1, dtype=torch.int64)
-            chunk_off[1:] = torch.cumsum(nts, 0)
-            self.NT = int(chunk_off[-1])
-            seq = torch.repeat_interleave(torch.arange(self.N, dtype=torch.int64), nts)
-            local = torch.arange(self.NT, dtype=torch.int64) - torch.repeat_interleave(chunk_off[:-1], nts)
-            self.chunk_tbl = torch.stack([seq, local], 1).to(device=device, dtype=torch.int32).contiguous()
-            self.chunk_off = chunk_off.to(device=device, dtype=torch.int32)
-
-
-def _packed(x):
-    """[B, T, H(, D)] -> contiguous [B*T, H(, D)]."""
-    if x is None:
-        return None
-    x = x.contiguous()
-    return x.view(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 def _check(q, k, v, g, gk, gv, strategy):
@@ -143,7 +83,7 @@ def _state(x, N, H, K, V):
 
 
 def _f32(x):
-    return None if x is None else _packed(x).to(torch.float32)
+    return None if x is None else packed(x).to(torch.float32)
 
 
 def _dot_mode(x, cfg, backward=False):
@@ -174,9 +114,9 @@ def _local_cumsums(plan, x, cfg):
     if x is None:
         return None, None
     D = 1 if x.dim() == 2 else x.shape[-1]
-    G = _empty(*x.shape, device=x.device)
-    R = _empty(*x.shape, device=x.device)
-    BD = _tile(D, 64)
+    G = empty(*x.shape, device=x.device)
+    R = empty(*x.shape, device=x.device)
+    BD = tile(D, 64)
     if plan.NT > 0:
         _ck.chunk_gla_cumsum[(plan.NT, plan.H, cdiv(D, BD))](
             x, G, R, plan.cu, plan.chunk_tbl, plan.H, D, LOG_FLOOR=LOG_FLOOR, BT=cfg["BT"], BD=BD,
@@ -187,9 +127,9 @@ def _local_cumsums(plan, x, cfg):
 def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot):
     """Sequential chunk pass; returns (per-chunk matrices [NT, H, K, V], final matrix or None)."""
     N, H = plan.N, plan.H
-    HS = _empty(max(plan.NT, 1), H, K, V, device=kx.device)
-    out = _empty(N, H, K, V, device=kx.device) if store_out else None
-    BK, BV = _tile(K, cfg["BK"]), _tile(V, cfg["BV"])
+    HS = empty(max(plan.NT, 1), H, K, V, device=kx.device)
+    out = empty(N, H, K, V, device=kx.device) if store_out else None
+    BK, BV = tile(K, cfg["BK"]), tile(V, cfg["BV"])
     if N > 0:
         _ck.chunk_gla_states[(N * H, cdiv(K, BK), cdiv(V, BV))](
             kx, vx, F[0], F[1], F[2], Gl[0], Gl[1], Gl[2], h_in, out, HS, plan.cu, plan.chunk_off,
@@ -204,12 +144,12 @@ def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot):
 def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot):
     """out = inter(X, HS) + intra(X, Y, Z) with decays F = (FA, FB over DK, FC over DV)."""
     H = plan.H
-    O = _empty(plan.T_total, H, DV, device=X.device)
+    O = empty(plan.T_total, H, DV, device=X.device)
     BT, BC = cfg["BT"], cfg["BC"]
     assert BT % BC == 0 and BC >= 16
-    BK = _tile(DK, cfg["BK"])
+    BK = tile(DK, cfg["BK"])
     # the exact diagonal-block V factors live on a [BC, BC, BV] tile: keep it small
-    BV = _tile(DV, cfg["BV"] if F[2] is None else min(cfg["BV"], cfg.get("BV_DIAG", 32)))
+    BV = tile(DV, cfg["BV"] if F[2] is None else min(cfg["BV"], cfg.get("BV_DIAG", 32)))
     s_hk, s_hv = (1, DK) if transposed else (DV, 1)
     if plan.NT > 0:
         _ck.chunk_gla_output[(plan.NT * (BT // BC), cdiv(DV, BV), H)](
@@ -225,8 +165,8 @@ def _rev_cumsum(plan, x, init, cfg):
     """Per-sequence reverse cumsum of x [T, H(, D)] plus init [N, H(, D)] (fp32)."""
     D = 1 if x.dim() == 2 else x.shape[-1]
     x = x.to(torch.float32).contiguous()
-    out = _empty(*x.shape, device=x.device)
-    BD = _tile(D, 64)
+    out = empty(*x.shape, device=x.device)
+    BD = tile(D, 64)
     if plan.N > 0:
         _ck.chunk_gla_rev_cumsum[(plan.N * plan.H, cdiv(D, BD))](
             x, None if init is None else init.to(torch.float32).contiguous(), out, plan.cu,
@@ -240,9 +180,9 @@ class _Chunked:
         B, T, H, K, V = _check(q, k, v, g, gk, gv, "chunked")
         self.cfg = dict(default_config("chunked", K, V, q.dtype), **(config or {}))
         self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
-        self.plan = _Plan(q, cu_seqlens, self.cfg["BT"])
+        self.plan = ChunkPlan(q, cu_seqlens, self.cfg["BT"])
         self.dot = _dot_mode(q, self.cfg, backward)
-        self.q, self.k, self.v = _packed(q), _packed(k), _packed(v)
+        self.q, self.k, self.v = packed(q), packed(k), packed(v)
         self.Ga, self.Ra = _local_cumsums(self.plan, _f32(g), self.cfg)
         self.Gb, self.Rb = _local_cumsums(self.plan, _f32(gk), self.cfg)
         self.Gc, self.Rc = _local_cumsums(self.plan, _f32(gv), self.cfg)
@@ -271,7 +211,7 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config):
     N, H = plan.N, c.H
     h0 = _state(h0, N, H, K, V)
     dhT = _state(dhT, N, H, K, V)
-    do = _packed(do).to(q.dtype)
+    do = packed(do).to(q.dtype)
     need_hT = dhT is not None and (g is not None or gk is not None or gv is not None)
     HS, hT = c.states(h0, need_hT)
     DHS, dh0 = _states(plan, c.q, do, (c.Ga, c.Gb, c.Gc), (c.Ga, c.Gb, c.Gc), dhT,
@@ -290,15 +230,15 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config):
 def _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state):
     B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent")
     cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
-    plan = _Plan(q, cu_seqlens, None)
+    plan = ChunkPlan(q, cu_seqlens, None)
     N = plan.N
     h0 = _state(h0, N, H, K, V)
-    BK, BV = _tile(K, 1 << 30), _tile(V, cfg["BV"])   # the whole K extent is one tile
-    o = _empty(plan.T_total, H, V, device=q.device)
-    hT = _empty(N, H, K, V, device=q.device) if output_final_state else None
+    BK, BV = tile(K, 1 << 30), tile(V, cfg["BV"])   # the whole K extent is one tile
+    o = empty(plan.T_total, H, V, device=q.device)
+    hT = empty(N, H, K, V, device=q.device) if output_final_state else None
     if N > 0:
         _rc.recurrent_gla_fwd[(N * H, cdiv(V, BV))](
-            _packed(q), _packed(k), _packed(v), _f32(g), _f32(gk), _f32(gv), h0, o, hT, plan.cu,
+            packed(q), packed(k), packed(v), _f32(g), _f32(gk), _f32(gv), h0, o, hT, plan.cu,
             H, K, V, USE_G=g is not None, USE_GK=gk is not None, USE_GV=gv is not None,
             USE_H0=h0 is not None, STORE_HT=output_final_state, BK=BK, BV=BV,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -308,19 +248,19 @@ def _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_
 def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config):
     B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent")
     cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
-    plan = _Plan(q, cu_seqlens, None)
+    plan = ChunkPlan(q, cu_seqlens, None)
     N, TT = plan.N, plan.T_total
     h0 = _state(h0, N, H, K, V)
     dhT = _state(dhT, N, H, K, V)
-    BK, BV = _tile(K, 1 << 30), _tile(V, cfg["BV"])
+    BK, BV = tile(K, 1 << 30), tile(V, cfg["BV"])
     NV = cdiv(V, BV)
-    qp, kp, vp, dop = _packed(q), _packed(k), _packed(v), _packed(do)
-    dq_p = _empty(NV, TT, H, K, device=q.device)
-    dk_p = _empty(NV, TT, H, K, device=q.device)
-    dv = _empty(TT, H, V, device=q.device)
-    dh0 = _empty(N, H, K, V, device=q.device) if h0 is not None else None
-    o = _empty(TT, H, V, device=q.device) if gv is not None else None
-    hT = _empty(N, H, K, V, device=q.device)
+    qp, kp, vp, dop = packed(q), packed(k), packed(v), packed(do)
+    dq_p = empty(NV, TT, H, K, device=q.device)
+    dk_p = empty(NV, TT, H, K, device=q.device)
+    dv = empty(TT, H, V, device=q.device)
+    dh0 = empty(N, H, K, V, device=q.device) if h0 is not None else None
+    o = empty(TT, H, V, device=q.device) if gv is not None else None
+    hT = empty(N, H, K, V, device=q.device)
     if N > 0:
         _rc.recurrent_gla_bwd[(N * H, NV)](
             qp, kp, vp, _f32(g), _f32(gk), _f32(gv), h0, dop, dhT,

@@ -22,6 +22,15 @@ class GatedLinearFamily(Family):
         return (plan.describe() + "\n"
                 f"default strategy: recurrent for T <= {RECURRENT_MAX_T}, chunked above")
 
+    def tuning_targets(self, mixer, plan, request) -> list:
+        from .space import targets
+        return targets(mixer, plan, request)
+
+    def kernel_signature(self, mixer, plan, request):
+        """The template launches a probe config records, per strategy (``space.kernel_signature``)."""
+        from .space import kernel_signature
+        return kernel_signature(mixer, plan, request)
+
     def tuning_formulas(self, plan) -> str | None:
         from ...autotune.report import formulas_text
         from .space import SPACES

@@ -13,28 +13,20 @@ import torch
 from ...dsl import ir
 from ...errors import InputError
 from . import ops as core_ops, core as gla_core
-from ..family import check_strategy
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
-from ..common.call import RECURRENT_MAX_T, check_call, shift_by_one
+from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
 from ..common.launch import encode_config
 from ..common.pieces import PiecesKernel
 
 
 
-class CompiledMixer:
+class CompiledMixer(CompiledBase):
     """A mixer compiled for torch tensors. Call it like the reference, on tensors."""
 
     def __init__(self, mixer, strategy: str | None = None, config: dict | None = None,
                  plan: Plan | None = None):
-        self.mixer = mixer
-        self.plan: Plan = plan if plan is not None else analyse(mixer)
+        super().__init__(mixer, plan if plan is not None else analyse(mixer), strategy, config)
         self.form: GatedLinearForm = self.plan.main
-        self.strategies = self.plan.strategies
-        if strategy is not None:
-            check_strategy(self.strategies, strategy)
-        self.strategy = strategy
-        self.config = dict(config or {})
-        self.__name__ = mixer.name
         # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
         # (an auxiliary state's pieces may read the auxiliary states scanned before it)
         specs = list(mixer.inputs)
@@ -47,15 +39,13 @@ class CompiledMixer:
         self.pieces_kernels[self.form.state.name] = PiecesKernel(
             mixer.name, self.form.pieces(), specs + aux_specs)
 
-    def __repr__(self):
-        return f"<mixir.CompiledMixer {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
-
     def source_files(self):
         """The Triton source files of this mixer's kernels: the generated pieces kernels (one file
         per form, in the content-addressed cache) and the core templates."""
+        from ..common import packed_tiles
         from .kernels import chunked as gla_chunked, recurrent as gla_recurrent
         return ([pk.source_path for pk in self.pieces_kernels.values()]
-                + [gla_recurrent.__file__, gla_chunked.__file__])
+                + [gla_recurrent.__file__, gla_chunked.__file__, packed_tiles.__file__])
     def _check(self, arrays, initial_state, cu_seqlens, scalars):
         return check_call(self.mixer, arrays, initial_state, cu_seqlens, scalars)
 
@@ -150,8 +140,12 @@ class CompiledMixer:
         # on CUDA tensors: the tuning database's config for the current GPU, else the cost
         # model's best; on CPU (or when nothing applies) the default. A user's config= wins.
         if device is not None and device.type == "cuda" and shape is not None:
+            from ...autotune.db import Key
             from ...autotune.select import tuned_config
-            tuned = tuned_config(self.mixer.fingerprint, strategy, K, V, dtype, *shape, device)
+            from .space import SPACES, core_shape
+            B, T, H = shape
+            key = Key(self.mixer.fingerprint, strategy, dtype, B, T, H, K, V)
+            tuned = tuned_config(SPACES.get(strategy), key, core_shape(B, T, H, K, V, dtype), device)
             if tuned:
                 cfg.update(tuned)
         cfg.update(self.config)
@@ -259,9 +253,3 @@ def _segment_cumprod(s, cu_seqlens):
     before = (starts[seg] - 1)
     prev = torch.where((before >= 0)[:, None, None], P[0, before.clamp(min=0)], torch.ones_like(P[0]))
     return P * prev[None]   # ±1: dividing by the prefix is multiplying by it
-
-
-def compile_mixer(mixer, *, strategy: str | None = None, config: dict | None = None):
-    """``mixir.compile``: classify ``mixer`` into a family (see ``families``) and compile it."""
-    from ..family import compile_mixer as compile_any
-    return compile_any(mixer, strategy=strategy, config=config)

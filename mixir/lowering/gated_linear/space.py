@@ -2,11 +2,18 @@
 ``kernels/recurrent.py``, launched by ``core.py``): one config (BT, BC, BK, BV, num_warps,
 num_stages) drives every kernel of a strategy, forward and backward, so the resource constraints
 hold for the maximum over the kernels and the cost is the sum over one training step's launches.
-Resource needs are sympy expressions of the parameters and the shape (``autotune.space``)."""
+Resource needs are sympy expressions of the parameters and the shape (``autotune.space``).
+
+The family's tuning targets (``targets``: one per strategy, the form's head sizes) and the AOT
+recording of one config (``record_config``: the template launches of a forward + backward on tiny
+CPU inputs) are here too; ``kernel_signature`` groups mixers whose template kernels are identical
+(``mixir tune --all`` tunes them once)."""
 from __future__ import annotations
 
 import sympy as sp
 
+from ...autotune.db import bucket
+from ...autotune.pipeline import TuningTarget
 from ...autotune.space import (BC, BK, BT, BV, PK, PV, Constraint, KernelModel, Shape, Space, B, H, K,
                                S, T, V, W, cdiv_expr, db, ob)
 from ...tiles import padded, pow2
@@ -136,5 +143,103 @@ RECURRENT = Space(
 
 SPACES = {"chunked": CHUNKED, "recurrent": RECURRENT}
 
+#: the template modules whose launches an AOT check compiles
+TEMPLATE_MODULES = ("gated_linear.kernels.chunked", "gated_linear.kernels.recurrent")
 
-__all__ = ["CHUNKED", "RECURRENT", "SPACES"]
+
+def core_shape(B_: int, T_: int, H_: int, K_: int, V_: int, dtype) -> Shape:
+    """The shape the runtime's model choice sees for a call of shape B, T, H with the form's head
+    sizes K, V: T in its database bucket (the next power of two)."""
+    return Shape(int(B_), bucket(int(T_)), int(H_), int(K_), int(V_), dtype)
+
+
+def form_sizes(mixer, plan, request) -> tuple:
+    """(K, V) of the plan's main form for the request's head sizes (the library maps them to its
+    feature dims: ``request.feature_sizes``)."""
+    sizes = request.feature_sizes(mixer, {f.k_dim for _, f in list(plan.aux) + [(None, plan.main)]
+                                          if f.k_dim})
+    f = plan.main
+    return (sizes[f.k_dim] if f.k_dim else 1), (sizes[f.v_dim] if f.v_dim else 1)
+
+
+def _is_template(rec) -> bool:
+    return any(f".{m}." in rec.kernel.name for m in TEMPLATE_MODULES)
+
+
+def record_config(mixer, strategy: str, config: dict, request, *, T: int | None = None,
+                  backward: bool = True) -> list:
+    """The template ``LaunchRecord``s that running ``mixer`` with ``config`` makes on tiny CPU
+    inputs (the request's example inputs with its head sizes K, V), as a GPU makes them
+    (``candidates.gpu_faithful``: bf16 recorded as fp16)."""
+    from ..common.candidates import gpu_faithful, record, state_tensors, tensors, torch_dtype
+    from ..family import compile_mixer
+    dtype = request.dtype_name
+    if T is None:
+        T = int(config.get("BT", 16)) + 3 if strategy == "chunked" else 3
+    arrays, h0 = request.example_inputs(mixer, B=1, T=T, H=1, K=request.K, V=request.V)
+    rec_dtype = torch_dtype("fp16" if dtype == "bf16" else dtype)
+    compiled = compile_mixer(mixer, strategy=strategy, config=dict(config))
+
+    def run():
+        xs = tensors(mixer, arrays, rec_dtype, requires_grad=backward)
+        init = state_tensors(h0, requires_grad=backward)
+        o, S = compiled(*xs, initial_state=init, output_final_state=True, strategy=strategy)
+        if backward:
+            loss = o.float().sum() + sum(s.sum() for s in (S if isinstance(S, tuple) else (S,)))
+            loss.backward()
+    return record(run, keep=_is_template, rewrite=lambda r: gpu_faithful(r, dtype))
+
+
+def compile_configs(mixer, strategy: str, configs: list, arch: str, request, *, backward=True,
+                    workers=None, timeout_s: float = 300, progress=None) -> list:
+    """Every config's template kernels built for ``arch``: one ``CompiledConfig`` per config."""
+    from ..common.candidates import compile_recorded
+    return compile_recorded(
+        configs, lambda cfg: record_config(mixer, strategy, cfg, request, backward=backward), arch,
+        workers=workers, timeout_s=timeout_s, progress=progress)
+
+
+def probe_config(strategy: str, fK: int, fV: int) -> dict:
+    """A small valid config whose launches show which template kernels a mixer runs."""
+    PK, PV = padded(fK), padded(fV)
+    if strategy == "chunked":
+        return {"BT": 32, "BC": 16, "BK": min(64, PK), "BV": min(64, PV), "num_warps": 4, "num_stages": 1}
+    return {"BK": PK, "BV": min(32, PV), "num_warps": 4, "num_stages": 1}
+
+
+def kernel_signature(mixer, plan, request) -> tuple:
+    """What decides a mixer's AOT results: the form's (K, V), its strategies and, per strategy, the
+    set of template launches (kernel, argument types, constexprs such as USE_G / USE_GK / USE_GV,
+    warps, stages) that a probe config records. Two mixers with equal signatures compile to the
+    same template kernels for every config (the config only sets the block sizes, warps and
+    stages of the same launches), so one AOT run serves both."""
+    fK, fV = form_sizes(mixer, plan, request)
+    avail = tuple(plan.strategies)
+    request.say(f"recording {mixer.name}'s template launches")
+    sig = [("form", fK, fV, avail, request.dtype_name)]
+    for s in (request.strategies or avail):
+        if s in avail:
+            recs = record_config(mixer, s, probe_config(s, fK, fV), request)
+            sig.append((s, frozenset(r.key() for r in recs)))
+    return tuple(sig)
+
+
+def _compiler(mixer, strategy, request):
+    return lambda configs, arch, **kw: compile_configs(mixer, strategy, configs, arch, request, **kw)
+
+
+def targets(mixer, plan, request) -> list:
+    """One ``TuningTarget`` per strategy of the request that the plan runs: the strategy's space at
+    the user-level B, T, H with the form's head sizes (database strategy = the strategy name);
+    timed against the recurrent strategy."""
+    from ..common.candidates import timer
+    fK, fV = form_sizes(mixer, plan, request)
+    avail = tuple(plan.strategies)
+    shape = Shape(request.B, request.T, request.H, fK, fV, request.dtype_name)
+    return [TuningTarget(s, SPACES[s], shape, compile=_compiler(mixer, s, request),
+                         time=timer(mixer, request, strategy=s, reference="recurrent"))
+            for s in (request.strategies or avail) if s in avail and s in SPACES]
+
+
+__all__ = ["CHUNKED", "RECURRENT", "SPACES", "TEMPLATE_MODULES", "core_shape", "form_sizes",
+           "record_config", "compile_configs", "probe_config", "kernel_signature", "targets"]

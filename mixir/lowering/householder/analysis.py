@@ -30,7 +30,7 @@ import dataclasses
 
 from ...dsl import ir
 from ...errors import UnsupportedMixerError
-from ..gated_linear.analysis import Decay, _decay, _readout, factors, product
+from ..common.algebra import Decay, decay, factors, product, readout, render_plan
 
 STRATEGIES = ("recurrent", "chunked")
 
@@ -103,14 +103,11 @@ class HouseholderPlan:
         return ranges
 
     def describe(self) -> str:
-        lines = [f"class: affine state update, {self.transition}",
-                 f"state {self.state.name}{list(self.state.dims)}: K = {self.k_dim}, V = {self.v_dim}; "
-                 f"{len(self.steps)} sub-step(s) per token: "
-                 + ("X ↦ (I − β k kᵀ) Diag(exp g) X + k vᵀ" if self.gate_k else "X ↦ exp(g) (I − β k kᵀ) X + k vᵀ")]
-        for name, node in self.pieces().items():
-            lines.append(f"  {name:8s} = {ir.render(node)}")
-        lines.append(f"strategies: {', '.join(self.strategies)}")
-        return "\n".join(lines)
+        step = "X ↦ (I − β k kᵀ) Diag(exp g) X + k vᵀ" if self.gate_k else "X ↦ exp(g) (I − β k kᵀ) X + k vᵀ"
+        return render_plan([f"class: affine state update, {self.transition}",
+                            f"state {self.state.name}{list(self.state.dims)}: K = {self.k_dim}, "
+                            f"V = {self.v_dim}; {len(self.steps)} sub-step(s) per token: {step}"],
+                           self.pieces(), self.strategies)
 
 
 def _unsupported(mixer, why: str):
@@ -317,12 +314,12 @@ def fold(mixer, steps: list, k_dim: str) -> tuple:
     out = []
     for s in subs:
         gate = [f for f in s["gate"] if not ir.is_const(f, 1.0)]
-        decay = _decay(mixer, gate)
-        if decay is not None and decay.sign is not None:
+        gdecay = decay(mixer, gate, _unsupported)
+        if gdecay is not None and gdecay.sign is not None:
             raise _unsupported(mixer, f"the gate `{ir.render(product(gate))}` may be negative; the Householder "
                                       "lowering takes positive gates (negative eigenvalues come from β)")
         v = s["v"] if s["v"] is not None else ir.const(0.0)
-        out.append(SubStep(k=_ordered(s["key"]), beta=_ordered(s["beta"]), v=v, g=decay))
+        out.append(SubStep(k=_ordered(s["key"]), beta=_ordered(s["beta"]), v=v, g=gdecay))
     return tuple(out)
 
 
@@ -338,7 +335,7 @@ def analyse(mixer) -> HouseholderPlan:
         raise _unsupported(mixer, "the update never contracts the state (no k @ S): no rank-1 correction")
     snew = ir.leaf("state", spec.name + "'", spec.dims)
     out = ir.substitute(mixer.output, {F: snew})
-    q, k_dim, e, d = _readout(mixer, out, snew, S)
+    q, k_dim, e, d = readout(mixer, out, snew, S, _unsupported)
     if k_dim is None:
         raise _unsupported(mixer, "the output does not contract the state with a query")
     v_dim = next(x for x in spec.dims if x != k_dim)

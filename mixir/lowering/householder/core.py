@@ -8,8 +8,8 @@ Per sequence and head, state S ∈ R^{K×V} (fp32):
 ``delta_forward`` → (o fp32 [B, T, H, V], hT fp32 [N, H, K, V]);
 ``delta_backward`` → fp32 (dq, dk, dv, dbeta, dg or None, dh0 or None).
 
-Strategies: "recurrent" (templates/delta_recurrent.py: a fused token loop, also the decode path)
-and "chunked" (templates/delta_chunked.py: the WY/UT representation, docs/delta_rule.md). The
+Strategies: "recurrent" (kernels/recurrent.py: a fused token loop, also the decode path)
+and "chunked" (kernels/chunked.py: the WY/UT representation, docs/delta_rule.md). The
 chunked backward recomputes the forward's chunk states instead of keeping them from the forward
 (one extra pass of the two forward kernels; no K×V-per-chunk tensor lives between the passes).
 """
@@ -18,13 +18,12 @@ from __future__ import annotations
 import torch
 
 from ...tiles import cdiv, pow2
-from ..gated_linear.core import _empty, _Plan, _tile
+from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
 from ..common.launch import targets_gpu
 from .kernels import chunked as _ck
 from .kernels import recurrent as _rc
 
 STRATEGIES = ("recurrent", "chunked")
-LOG_FLOOR = -100.0       # as in the gated-linear core: exp(-100) is 0 in fp32 terms
 MAX_HEAD_K = 256         # the chunked kernels hold the whole K extent in one register tile
 
 
@@ -37,12 +36,12 @@ def default_config(strategy, K, V, dtype) -> dict:
     tf32 (one tensor-core pass), those of fp32 inputs as tf32x3 (three passes, about fp32
     accuracy), which needs twice the operand registers, hence smaller tiles."""
     if strategy == "chunked":
-        BK = _tile(K, MAX_HEAD_K)
+        BK = tile(K, MAX_HEAD_K)
         if dtype == torch.float32:
             BT, BV = 16, (32 if BK <= 64 else 16)
         else:
             BT, BV = (32 if BK <= 64 else 16), 32
-        return {"BT": BT, "BK": BK, "BV": _tile(V, BV), "BKT": 32, "num_warps": 8, "num_stages": 1}
+        return {"BT": BT, "BK": BK, "BV": tile(V, BV), "BKT": 32, "num_warps": 8, "num_stages": 1}
     if strategy == "recurrent":
         return dict(_rc.default_config(K, V, dtype))
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -68,13 +67,6 @@ def _prec(x) -> str:
     return "tf32x3" if x.dtype == torch.float32 else "tf32"
 
 
-def _packed(x, dtype=None):
-    if x is None:
-        return None
-    x = x.contiguous() if dtype is None else x.to(dtype).contiguous()
-    return x.view(x.shape[0] * x.shape[1], *x.shape[2:])
-
-
 class _Call:
     """The bookkeeping of one chunked call: packed tensors, chunk tables, launch parameters."""
 
@@ -88,36 +80,36 @@ class _Call:
         if K > MAX_HEAD_K:
             raise ValueError(f"the chunked delta kernels hold K in one tile: K = {K} > {MAX_HEAD_K}")
         self.cfg = dict(default_config("chunked", K, V, q.dtype), **(config or {}))
-        self.plan = _Plan(q, cu_seqlens, self.cfg["BT"])
-        self.q, self.k, self.v = _packed(q), _packed(k), _packed(v)
-        self.beta = _packed(beta, torch.float32)
-        self.g = _packed(g, torch.float32)
+        self.plan = ChunkPlan(q, cu_seqlens, self.cfg["BT"])
+        self.q, self.k, self.v = packed(q), packed(k), packed(v)
+        self.beta = packed(beta, torch.float32)
+        self.g = packed(g, torch.float32)
         self.prec, self.iprec = _prec(q), _inverse_prec(q)
         self.device = q.device
 
     def launch_opts(self):
         c = self.cfg
-        BK = _tile(self.K, c["BK"])
+        BK = tile(self.K, c["BK"])
         return dict(USE_G=self.g is not None, LOG_FLOOR=LOG_FLOOR, BT=c["BT"], BK=BK,
-                    BV=_tile(self.V, c["BV"]), PREC=self.prec, num_warps=c["num_warps"],
+                    BV=tile(self.V, c["BV"]), PREC=self.prec, num_warps=c["num_warps"],
                     num_stages=c["num_stages"])
 
     def bkt(self):
         """The K-tile of the K-sums that run as loops (at most BK, at least 16)."""
-        return min(_tile(self.K, self.cfg["BK"]), _tile(self.K, self.cfg.get("BKT", 32)))
+        return min(tile(self.K, self.cfg["BK"]), tile(self.K, self.cfg.get("BKT", 32)))
 
     def forward_states(self, h0, store_ht):
         """prep + states: (HS [NT, H, K, V], u [T_total, H, V], hT or None, W [T_total, H, K])."""
         p, H, K, V, dev = self.plan, self.H, self.K, self.V, self.device
         opts = self.launch_opts()
-        W = _empty(p.T_total, H, K, device=dev)
-        U = _empty(p.T_total, H, V, device=dev)
+        W = empty(p.T_total, H, K, device=dev)
+        U = empty(p.T_total, H, V, device=dev)
         if p.NT > 0:
             _ck.delta_chunk_prep[(p.NT, H)](self.k, self.v, self.beta, self.g, W, U, p.cu, p.chunk_tbl,
                                            H, K, V, BKT=self.bkt(), IPREC=self.iprec, **opts)
-        HS = _empty(max(p.NT, 1), H, K, V, device=dev)
-        Unew = _empty(p.T_total, H, V, device=dev)
-        hT = _empty(p.N, H, K, V, device=dev) if store_ht else None
+        HS = empty(max(p.NT, 1), H, K, V, device=dev)
+        Unew = empty(p.T_total, H, V, device=dev)
+        hT = empty(p.N, H, K, V, device=dev) if store_ht else None
         if p.N > 0:
             _ck.delta_chunk_states[(p.N * H, cdiv(V, opts["BV"]))](
                 self.k, W, U, self.g, h0, hT, HS, Unew, p.cu, p.chunk_off, H, K, V,
@@ -143,12 +135,12 @@ def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None, n_h=1):
     h0 = _state_arg(h0, p.N, H, K, V, "h0")
     HS, Unew, hT, _ = c.forward_states(h0, True)
     B, T = q.shape[:2]
-    O = _empty(B * T, H, V, device=c.device)
+    O = empty(B * T, H, V, device=c.device)
     opts = c.launch_opts()
     if p.NT > 0:
         BR = opts["BT"] if n_h == 1 else max(16, pow2(-(-opts["BT"] // n_h)))
         _ck.delta_chunk_output[(p.NT, cdiv(V, opts["BV"]), H)](
-            _packed(q), c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, BKT=c.bkt(),
+            packed(q), c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, BKT=c.bkt(),
             NH=n_h, BR=BR, **opts)
     return O.view(B, T, H, V), hT
 
@@ -168,25 +160,25 @@ def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
     dhT = _state_arg(dhT, p.N, H, K, V, "dhT")
     HS, Unew, _, W = c.forward_states(h0, False)
     opts = c.launch_opts()
-    dO = _packed(do, torch.float32)
-    DHS = _empty(max(p.NT, 1), H, K, V, device=dev)
-    DU = _empty(p.T_total, H, V, device=dev)
-    dh0 = _empty(p.N, H, K, V, device=dev) if h0 is not None else None
+    dO = packed(do, torch.float32)
+    DHS = empty(max(p.NT, 1), H, K, V, device=dev)
+    DU = empty(p.T_total, H, V, device=dev)
+    dh0 = empty(p.N, H, K, V, device=dev) if h0 is not None else None
     if p.N > 0:
         _ck.delta_chunk_dstates[(p.N * H, cdiv(V, opts["BV"]))](
             c.q, c.k, W, c.g, dO, dhT, DHS, DU, dh0, p.cu, p.chunk_off, H, K, V,
             USE_DHT=dhT is not None, STORE_DH0=h0 is not None, BKT=c.bkt(), **opts)
-    dq = _empty(p.T_total, H, K, device=dev)
-    dk = _empty(p.T_total, H, K, device=dev)
-    dv = _empty(p.T_total, H, V, device=dev)
-    db = _empty(p.T_total, H, device=dev)
-    dg = _empty(p.T_total, H, device=dev) if g is not None else None
+    dq = empty(p.T_total, H, K, device=dev)
+    dk = empty(p.T_total, H, K, device=dev)
+    dv = empty(p.T_total, H, V, device=dev)
+    db = empty(p.T_total, H, device=dev)
+    dg = empty(p.T_total, H, device=dev) if g is not None else None
     BT = opts["BT"]
-    dQa, dWa, dKb = (_empty(p.T_total, H, K, device=dev) for _ in range(3))
-    dP, dM, Ainv = (_empty(p.T_total, H, BT, device=dev) for _ in range(3))
+    dQa, dWa, dKb = (empty(p.T_total, H, K, device=dev) for _ in range(3))
+    dP, dM, Ainv = (empty(p.T_total, H, BT, device=dev) for _ in range(3))
     BKT = c.bkt()
     NK = cdiv(K, BKT)
-    hdh = _empty(NK, max(p.NT, 1), H, device=dev)
+    hdh = empty(NK, max(p.NT, 1), H, device=dev)
     if p.NT > 0:
         small = dict(PREC=opts["PREC"], num_warps=opts["num_warps"], num_stages=opts["num_stages"])
         _ck.delta_chunk_grads_v[(p.NT, H, NK)](

@@ -18,5 +18,10 @@ class HouseholderFamily(Family):
         from .runtime import CompiledHouseholder
         return CompiledHouseholder(mixer, plan, strategy=strategy, config=config)
 
+    def tuning_targets(self, mixer, plan, request) -> list:
+        """The delta spaces at the core's shape, per strategy (``space.targets``)."""
+        from .space import targets
+        return targets(mixer, plan, request)
+
 
 FAMILY = register(HouseholderFamily())

@@ -9,24 +9,17 @@ from ...dsl import ir
 from ...errors import InputError
 from . import core as delta_core
 from . import ops as _ops  # noqa: F401 - registers the custom ops mixir::delta_fwd / delta_bwd
-from ..family import check_strategy
 from .analysis import HouseholderPlan
 from ..common.launch import encode_config
 from ..common.pieces import PiecesKernel
-from ..common.call import RECURRENT_MAX_T, check_call
+from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy
 
 
-class CompiledHouseholder:
+class CompiledHouseholder(CompiledBase):
     """A Householder-transition mixer compiled for torch tensors (call it like the reference)."""
 
     def __init__(self, mixer, plan: HouseholderPlan, strategy=None, config=None):
-        self.mixer, self.plan = mixer, plan
-        self.strategies = plan.strategies
-        if strategy is not None:
-            self._check_strategy(strategy)
-        self.strategy = strategy
-        self.config = dict(config or {})
-        self.__name__ = mixer.name
+        super().__init__(mixer, plan, strategy, config)
         self.pieces_kernel = PiecesKernel(mixer.name, plan.pieces(), list(mixer.inputs))
 
     def _check_strategy(self, strategy):
@@ -36,26 +29,31 @@ class CompiledHouseholder:
                              "mixir runs with strategy='recurrent' only")
         check_strategy(self.strategies, strategy)
 
-    def __repr__(self):
-        return f"<mixir.CompiledMixer {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
-
     def _config(self, strategy, K, V, dtype, shape, device):
         """The core's launch parameters: on CUDA tensors the tuning database's config for the
-        current GPU, else the delta space's cost-model best (``autotune.select.tuned_delta_config``);
-        on CPU (or when nothing applies) ``delta_core.default_config``. A user's config= wins."""
+        current GPU, else the delta space's cost-model best at the core's shape (sequence T·n_h;
+        ``autotune.select.tuned_config``); on CPU (or when nothing applies)
+        ``delta_core.default_config``. A user's config= wins."""
         cfg = delta_core.default_config(strategy, K, V, dtype)
         if device is not None and torch.device(device).type == "cuda":
-            from ...autotune.select import tuned_delta_config
-            tuned = tuned_delta_config(self.mixer.fingerprint, strategy, K, V, dtype, *shape,
-                                       torch.device(device), self.plan.num_householder)
+            from ...autotune.db import Key
+            from ...autotune.select import tuned_config
+            from .space import SPACES, core_shape
+            B, T, H = shape
+            key = Key(self.mixer.fingerprint, strategy, dtype, B, T, H, K, V)
+            tuned = tuned_config(SPACES.get(strategy), key,
+                                 core_shape(B, T, H, K, V, dtype, self.plan.num_householder),
+                                 torch.device(device))
             if tuned:
                 cfg.update(tuned)
         cfg.update(self.config)
         return cfg
 
     def source_files(self):
+        from ..common import packed_tiles
         from .kernels import chunked as delta_chunked, recurrent as delta_recurrent
-        return [self.pieces_kernel.source_path, delta_recurrent.__file__, delta_chunked.__file__]
+        return [self.pieces_kernel.source_path, delta_recurrent.__file__, delta_chunked.__file__,
+                packed_tiles.__file__]
 
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
                  strategy=None, **scalars):

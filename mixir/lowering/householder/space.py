@@ -1,11 +1,10 @@
 """Tuning spaces of the Householder (delta-rule) templates: the chunked WY/UT kernels
-(``lowering/templates/delta_chunked.py``) and the fused token loop
-(``lowering/templates/delta_recurrent.py``), both launched by ``lowering/delta_core.py``.
+(``lowering/householder/kernels/chunked.py``) and the fused token loop
+(``lowering/householder/kernels/recurrent.py``), both launched by ``lowering/householder/core.py``.
 
-Built from the machinery of ``spaces.py`` (``Space``, ``KernelModel``, ``Constraint``; the CP-SAT
-solver, the brute-force filter, the cost model, the AOT feedback and the database work on them
-unchanged). Kept out of ``spaces.SPACES`` (the gated-linear reports iterate that); reached through
-``spaces.space("delta_chunked")`` / ``spaces.space("delta_recurrent")``.
+Built from the machinery of ``autotune.space`` (``Space``, ``KernelModel``, ``Constraint``; the
+CP-SAT solver, the brute-force filter, the cost model, the AOT feedback and the database work on
+them unchanged); the family's tuning targets (``targets``) and AOT recording are at the end.
 
 Shape symbols (``spaces``): B, T, H; K, V head sizes of the core (T is the core's sequence:
 T·n_h for DeltaProduct); PK, PV padded (max(16, next_pow2)); db bytes per input element. Every
@@ -330,26 +329,18 @@ def feasible(strategy: str, shape_: Shape, gpu, constraints=None) -> list:
     return out
 
 
-@functools.lru_cache(maxsize=512)
-def _best(strategy, gpu_name, dtype, K_, V_, BH, T_):
-    from ...autotune import cost
-    gpu = hardware.get(gpu_name)
-    shp = shape(1, T_, BH, K_, V_, dtype)
-    sp_ = space(strategy)
-    feas = spaces.feasible_bruteforce(sp_, shp, gpu)     # no solver at run time (the spaces are small)
-    if not feas:
-        return None
-    return tuple(sorted(sp_.to_config(cost.rank(sp_, shp, gpu, feas)[0][0], shp).items()))
+def core_shape(B_: int, T_: int, H_: int, K_: int, V_: int, dtype, num_householder: int = 1) -> Shape:
+    """The shape the runtime's model choice sees for a call of shape B, T, H: the core's sequence
+    T·n_h and B·H rows, both in their database buckets (next powers of two), B = 1."""
+    from ...autotune.db import bucket
+    return shape(1, bucket(int(T_) * int(num_householder)), bucket(int(B_) * int(H_)), K_, V_, dtype)
 
 
 def model_best(strategy: str, gpu, dtype, K_: int, V_: int, B_: int, T_: int, H_: int) -> dict | None:
     """The cost model's best feasible config for the core shape (T and B·H bucketed to powers of
-    two), or None when nothing is feasible."""
-    from ...autotune.db import bucket, dtype_name
-    g = hardware.get(gpu)
-    best = _best(strategy, g.name, dtype_name(dtype), int(K_), int(V_), bucket(int(B_) * int(H_)),
-                 bucket(int(T_)))
-    return None if best is None else dict(best)
+    two: ``core_shape``), or None when nothing is feasible."""
+    from ...autotune.select import model_best as best
+    return best(space(strategy), core_shape(B_, T_, H_, K_, V_, dtype), gpu)
 
 
 # ---- AOT: record the template launches of one config and compile them -----------------------
@@ -360,89 +351,69 @@ def _is_template(rec) -> bool:
     return any(f".{m}." in rec.kernel.name for m in TEMPLATE_MODULES)
 
 
-def record_config(mixer, strategy: str, config: dict, *, dtype: str = "bf16", K: int = 64, V: int = 64,
-                  backward: bool = True) -> list:
+def record_config(mixer, strategy: str, config: dict, request, *, backward: bool = True) -> list:
     """The delta template ``LaunchRecord``s that running ``mixer`` with ``config`` makes on tiny
-    CPU inputs (launch parameters as on a GPU: ``targets_gpu`` holds while recording, so the dots
-    are recorded as "tf32" / "tf32x3"). 16-bit inputs are recorded in their own dtype: the kernels
-    convert every load to fp32, so the interpreter's bf16 dot issue does not arise."""
-    import numpy as np
-    import torch
-
-    import mixir
-    from ..common.launch import record_launches
-    from ...verify import example_inputs
-    from ...autotune.aot_check import _torch_dtype
+    CPU inputs (the request's example inputs, head sizes K, V; launch parameters as on a GPU:
+    ``targets_gpu`` holds while recording, so the dots are recorded as "tf32" / "tf32x3"). 16-bit
+    inputs are recorded in their own dtype: the kernels convert every load to fp32, so the
+    interpreter's bf16 dot issue does not arise."""
+    from ..common.candidates import record, state_tensors, tensors, torch_dtype
+    from ..family import compile_mixer
     T_ = int(config.get("BT", 16)) + 3 if strategy == "chunked" else 3
-    arrays, h0 = example_inputs(mixer, B=1, T=T_, H=1, K=K, V=V)
-    dt = _torch_dtype(dtype)
-    compiled = mixir.compile(mixer, strategy=strategy, config=dict(config))
-    with record_launches() as records:
-        xs = [torch.tensor(np.asarray(a), dtype=dt if spec.kind == "input" else torch.float32)
-              .requires_grad_(backward) for spec, a in zip(mixer.inputs, arrays)]
-        init = torch.tensor(np.asarray(h0), dtype=torch.float32, requires_grad=backward)
+    arrays, h0 = request.example_inputs(mixer, B=1, T=T_, H=1, K=request.K, V=request.V)
+    dt = torch_dtype(request.dtype_name)
+    compiled = compile_mixer(mixer, strategy=strategy, config=dict(config))
+
+    def run():
+        xs = tensors(mixer, arrays, dt, requires_grad=backward)
+        init = state_tensors(h0, requires_grad=backward)
         o, hT = compiled(*xs, initial_state=init, output_final_state=True, strategy=strategy)
         if backward:
             (o.float().sum() + hT.sum()).backward()
-    return [r for r in records.values() if _is_template(r)]
+    return record(run, keep=_is_template)
 
 
-def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: str = "bf16",
-                    K: int = 64, V: int = 64, backward: bool = True, workers=None,
-                    timeout_s: float = 300, progress=None) -> list:
-    """``aot_check.compile_configs`` for the delta templates: one ``CompiledConfig`` per config
+def compile_configs(mixer, strategy: str, configs: list, arch: str, request, *, backward=True,
+                    workers=None, timeout_s: float = 300, progress=None) -> list:
+    """The delta templates of every config built for ``arch``: one ``CompiledConfig`` per config
     (kernels shared between configs compile once)."""
-    from ...autotune.aot_check import compile_recorded
+    from ..common.candidates import compile_recorded
     return compile_recorded(
-        configs, lambda cfg: record_config(mixer, strategy, cfg, dtype=dtype, K=K, V=V, backward=backward),
-        arch, workers=workers, timeout_s=timeout_s, progress=progress)
+        configs, lambda cfg: record_config(mixer, strategy, cfg, request, backward=backward), arch,
+        workers=workers, timeout_s=timeout_s, progress=progress)
 
 
-# ---- the pipeline (mixir tune <a Householder mixer>) ------------------------------------------
-def core_sizes(mixer, K_: int, V_: int):
-    """(K, V, n_h, strategies) of the core for user-level head sizes K, V (library mixers map them
-    to their feature dims, as ``pipeline.form_sizes`` does)."""
-    from ..family import analyse
-    from ...autotune.pipeline import feature_sizes
-    plan = analyse(mixer)
-    sizes = feature_sizes(mixer, {plan.k_dim}, K_, V_)
-    return sizes[plan.k_dim], sizes[plan.v_dim], plan.num_householder, plan.strategies
+# ---- the tuning targets (mixir tune <a Householder mixer>) -------------------------------------
+def core_sizes(mixer, plan, request) -> tuple:
+    """(K, V) of the core for the request's head sizes (the library maps them to its feature
+    dims: ``request.feature_sizes``)."""
+    sizes = request.feature_sizes(mixer, {plan.k_dim})
+    return sizes[plan.k_dim], sizes[plan.v_dim]
 
 
-def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=128, V=128, dtype="bf16", strategies=None,
-         top_k=4, aot=True, timed=False, write=True, directory=None, workers=None, progress=None,
-         feedback=None, max_rounds=None):
-    """``pipeline.tune`` for a Householder mixer: per strategy, solve the delta space → rank →
-    AOT-compile the top-k for the GPU's arch (spilling configs dropped, mismatches fed back as
-    constraints, re-solved) → (time) → database. B, T, H are the user-level shape (the database
-    key); the model sees the core's sequence T·n_h."""
-    from ...autotune import db
-    from ...autotune import pipeline as pl
-    from ...autotune.feedback import Store
-    if timed:
-        pl.require_cuda()
-    say = progress or (lambda msg: None)
-    gpu = hardware.get(gpu)
-    dtype = db.dtype_name(dtype)
-    cK, cV, n_h, avail = core_sizes(mixer, K, V)
-    if strategies is None and padded(cK) > MAX_HEAD_K:
-        avail = tuple(s for s in avail if s != "chunked")     # the runtime refuses it too
-    strategies = [s for s in (strategies or avail) if s in avail]
-    for s_ in strategies:
-        _check_head(s_, shape(B, T, H, cK, cV, dtype))
-    store = feedback if feedback is not None else Store()
-    results = []
-    for strategy in strategies:
-        shp = shape(B, T * n_h, H, cK, cV, dtype)
-        r = pl._tune_strategy(mixer, strategy, gpu, B, T, H, K, V, cK, cV, dtype, top_k, aot, workers,
-                              say, store, max_rounds or pl.MAX_ROUNDS, space_=space(strategy),
-                              shape=shp, compile_fn=compile_configs)
-        if timed:
-            pl._time(mixer, r, B, T, H, K, V, dtype, gpu, say)
-        if r.best is not None and write:
-            r.db_path = pl._write(mixer, gpu, dtype, B, T, H, r, directory)
-        results.append(r)
-    return pl.TuneResult(mixer.name, gpu, results)
+def targets(mixer, plan, request) -> list:
+    """Per strategy of the request the plan runs, the delta space at the core's shape (sequence
+    T·n_h, the core's K and V): the model sees the core, the database key is the user-level
+    B, T, H. Without a strategy named, a K too large for the chunked kernels tunes the recurrent
+    one only (the runtime refuses chunked too); naming chunked then is a ``TuningError``."""
+    from ...autotune.pipeline import TuningTarget
+    from ..common.candidates import timer
+    dtype = request.dtype_name
+    cK, cV = core_sizes(mixer, plan, request)
+    avail = tuple(plan.strategies)
+    if request.strategies is None and padded(cK) > MAX_HEAD_K:
+        avail = tuple(s for s in avail if s != "chunked")
+    chosen = [s for s in (request.strategies or avail) if s in avail]
+    for s in chosen:
+        _check_head(s, shape(request.B, request.T, request.H, cK, cV, dtype))
+    shp = shape(request.B, request.T * plan.num_householder, request.H, cK, cV, dtype)
+    return [TuningTarget(s, space(s), shp, compile=_compiler(mixer, s, request),
+                         time=timer(mixer, request, strategy=s, reference="recurrent"))
+            for s in chosen]
+
+
+def _compiler(mixer, strategy, request):
+    return lambda configs, arch, **kw: compile_configs(mixer, strategy, configs, arch, request, **kw)
 
 
 def formulas_markdown() -> str:
@@ -459,5 +430,5 @@ def formulas_markdown() -> str:
     return "\n".join(out)
 
 
-__all__ = ["CHUNKED", "RECURRENT", "SPACES", "space", "shape", "feasible", "model_best",
-           "record_config", "compile_configs", "tune", "core_sizes", "formulas_markdown"]
+__all__ = ["CHUNKED", "RECURRENT", "SPACES", "space", "shape", "core_shape", "feasible", "model_best",
+           "record_config", "compile_configs", "targets", "core_sizes", "formulas_markdown"]

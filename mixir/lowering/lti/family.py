@@ -24,5 +24,15 @@ class LTIFamily(Family):
         """Only the conv strategy has tiles (its Vandermonde or Cauchy kernel pair)."""
         return ("conv",)
 
+    def tuning_targets(self, mixer, plan, request) -> list:
+        """The conv strategy's kernel pair at its launch shape (``space.targets``)."""
+        from .space import targets
+        return targets(mixer, plan, request)
+
+    def kernel_signature(self, mixer, plan, request):
+        """The kernel pair and the launch shape's (Q, N): the shared LTI kernels."""
+        from .space import kernel_signature
+        return kernel_signature(mixer, plan, request)
+
 
 FAMILY = register(LTIFamily())

@@ -75,6 +75,28 @@ def launch_config(kind: str, R: int, Q: int, N: int, L: int, dtype, device, conf
     return {**cfg, **user}
 
 
+# --------------------------------------------------------------------------- complex pairs
+
+@triton.jit
+def _load_c(RE, IM, offs, mask):
+    """The complex vector at RE + offs, IM + offs as its (re, im) pair of real tensors (zeros where
+    ``mask`` is false); callers pass RE, IM already moved to their row."""
+    return tl.load(RE + offs, mask=mask, other=0.0), tl.load(IM + offs, mask=mask, other=0.0)
+
+
+@triton.jit
+def _zeros_c(BLOCK: tl.constexpr, dtype: tl.constexpr):
+    """A zero complex vector of BLOCK lanes, (re, im): an accumulator."""
+    return tl.zeros([BLOCK], dtype=dtype), tl.zeros([BLOCK], dtype=dtype)
+
+
+@triton.jit
+def _store_c(RE, IM, offs, re, im, mask):
+    """Store the complex vector (re, im) at RE + offs, IM + offs (where ``mask``)."""
+    tl.store(RE + offs, re, mask=mask)
+    tl.store(IM + offs, im, mask=mask)
+
+
 # --------------------------------------------------------------------------- Vandermonde
 
 def lti_vandermonde_fwd(RHO, THETA, VRE, VIM, OUT, N, L,
@@ -89,10 +111,8 @@ def lti_vandermonde_fwd(RHO, THETA, VRE, VIM, OUT, N, L,
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        rho = tl.load(RHO + r * N + offs_n, mask=mask_n, other=0.0)
-        theta = tl.load(THETA + r * N + offs_n, mask=mask_n, other=0.0)
-        vre = tl.load(VRE + r * N + offs_n, mask=mask_n, other=0.0)
-        vim = tl.load(VIM + r * N + offs_n, mask=mask_n, other=0.0)
+        rho, theta = _load_c(RHO + r * N, THETA + r * N, offs_n, mask_n)
+        vre, vim = _load_c(VRE + r * N, VIM + r * N, offs_n, mask_n)
         mag = tl.exp(lf[None, :] * rho[:, None])
         ang = lf[None, :] * theta[:, None]
         term = mag * (vre[:, None] * tl.cos(ang) - vim[:, None] * tl.sin(ang))
@@ -107,12 +127,9 @@ def lti_vandermonde_red(RHO, THETA, W, SRE, SIM, PRE, PIM, N, L,
     nb = tl.program_id(1)
     offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    rho = tl.load(RHO + r * N + offs_n, mask=mask_n, other=0.0)
-    theta = tl.load(THETA + r * N + offs_n, mask=mask_n, other=0.0)
-    s_re = tl.zeros([BLOCK_N], dtype=SRE.dtype.element_ty)
-    s_im = tl.zeros([BLOCK_N], dtype=SRE.dtype.element_ty)
-    p_re = tl.zeros([BLOCK_N], dtype=SRE.dtype.element_ty)
-    p_im = tl.zeros([BLOCK_N], dtype=SRE.dtype.element_ty)
+    rho, theta = _load_c(RHO + r * N, THETA + r * N, offs_n, mask_n)
+    s_re, s_im = _zeros_c(BLOCK_N, SRE.dtype.element_ty)
+    p_re, p_im = _zeros_c(BLOCK_N, SRE.dtype.element_ty)
     for l0 in range(0, L, BLOCK_L):
         offs_l = l0 + tl.arange(0, BLOCK_L)
         mask_l = offs_l < L
@@ -128,11 +145,9 @@ def lti_vandermonde_red(RHO, THETA, W, SRE, SIM, PRE, PIM, N, L,
             wl = w * lf
             p_re += tl.sum(c * wl[None, :], axis=1)
             p_im += tl.sum(s * wl[None, :], axis=1)
-    tl.store(SRE + r * N + offs_n, s_re, mask=mask_n)
-    tl.store(SIM + r * N + offs_n, s_im, mask=mask_n)
+    _store_c(SRE + r * N, SIM + r * N, offs_n, s_re, s_im, mask_n)
     if WITH_P:
-        tl.store(PRE + r * N + offs_n, p_re, mask=mask_n)
-        tl.store(PIM + r * N + offs_n, p_im, mask=mask_n)
+        _store_c(PRE + r * N, PIM + r * N, offs_n, p_re, p_im, mask_n)
 
 
 # --------------------------------------------------------------------------- Cauchy
@@ -147,18 +162,14 @@ def lti_cauchy_fwd(VRE, VIM, LRE, LIM, ZRE, ZIM, ORE, OIM, Q, N, M,
     mb = tl.program_id(1)
     offs_m = mb * BLOCK_L + tl.arange(0, BLOCK_L)
     mask_m = offs_m < M
-    zre = tl.load(ZRE + offs_m, mask=mask_m, other=0.0)
-    zim = tl.load(ZIM + offs_m, mask=mask_m, other=0.0)
+    zre, zim = _load_c(ZRE, ZIM, offs_m, mask_m)
     zim2 = 2.0 * zim
-    acc_re = tl.zeros([BLOCK_L], dtype=ORE.dtype.element_ty)
-    acc_im = tl.zeros([BLOCK_L], dtype=ORE.dtype.element_ty)
+    acc_re, acc_im = _zeros_c(BLOCK_L, ORE.dtype.element_ty)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         mask_n = offs_n < N
-        vre = tl.load(VRE + rq * N + offs_n, mask=mask_n, other=0.0)
-        vim = tl.load(VIM + rq * N + offs_n, mask=mask_n, other=0.0)
-        lre = tl.load(LRE + r * N + offs_n, mask=mask_n, other=0.0)
-        lim = tl.load(LIM + r * N + offs_n, mask=mask_n, other=0.0)
+        vre, vim = _load_c(VRE + rq * N, VIM + rq * N, offs_n, mask_n)
+        lre, lim = _load_c(LRE + r * N, LIM + r * N, offs_n, mask_n)
         # (z − λ)(z − λ̄) from the differences (the expanded z² − 2 Re(λ) z + |λ|² cancels
         # catastrophically near the poles in fp32); numerator v (z − λ̄) + v̄ (z − λ)
         dre = zre[None, :] - lre[:, None]
@@ -175,8 +186,7 @@ def lti_cauchy_fwd(VRE, VIM, LRE, LIM, ZRE, ZIM, ORE, OIM, Q, N, M,
         t_im = (num_im * den_re - num_re * den_im) * inv
         acc_re += tl.sum(tl.where(ok, t_re, 0.0), axis=0)
         acc_im += tl.sum(tl.where(ok, t_im, 0.0), axis=0)
-    tl.store(ORE + rq * M + offs_m, acc_re, mask=mask_m)
-    tl.store(OIM + rq * M + offs_m, acc_im, mask=mask_m)
+    _store_c(ORE + rq * M, OIM + rq * M, offs_m, acc_re, acc_im, mask_m)
 
 
 def lti_cauchy_bwd(GRE, GIM, VRE, VIM, LRE, LIM, ZRE, ZIM, DVRE, DVIM, DLRE, DLIM, Q, N, M,
@@ -189,21 +199,15 @@ def lti_cauchy_bwd(GRE, GIM, VRE, VIM, LRE, LIM, ZRE, ZIM, DVRE, DVIM, DLRE, DLI
     nb = tl.program_id(1)
     offs_n = nb * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    lre = tl.load(LRE + r * N + offs_n, mask=mask_n, other=0.0)
-    lim = tl.load(LIM + r * N + offs_n, mask=mask_n, other=0.0)
-    vre = tl.load(VRE + rq * N + offs_n, mask=mask_n, other=0.0)
-    vim = tl.load(VIM + rq * N + offs_n, mask=mask_n, other=0.0)
-    a1re = tl.zeros([BLOCK_N], dtype=DVRE.dtype.element_ty)
-    a1im = tl.zeros([BLOCK_N], dtype=DVRE.dtype.element_ty)
-    a2re = tl.zeros([BLOCK_N], dtype=DVRE.dtype.element_ty)
-    a2im = tl.zeros([BLOCK_N], dtype=DVRE.dtype.element_ty)
+    lre, lim = _load_c(LRE + r * N, LIM + r * N, offs_n, mask_n)
+    vre, vim = _load_c(VRE + rq * N, VIM + rq * N, offs_n, mask_n)
+    a1re, a1im = _zeros_c(BLOCK_N, DVRE.dtype.element_ty)
+    a2re, a2im = _zeros_c(BLOCK_N, DVRE.dtype.element_ty)
     for m0 in range(0, M, BLOCK_L):
         offs_m = m0 + tl.arange(0, BLOCK_L)
         mask_m = offs_m < M
-        zre = tl.load(ZRE + offs_m, mask=mask_m, other=0.0)
-        zim = tl.load(ZIM + offs_m, mask=mask_m, other=0.0)
-        gre = tl.load(GRE + rq * M + offs_m, mask=mask_m, other=0.0)
-        gim = tl.load(GIM + rq * M + offs_m, mask=mask_m, other=0.0)
+        zre, zim = _load_c(ZRE, ZIM, offs_m, mask_m)
+        gre, gim = _load_c(GRE + rq * M, GIM + rq * M, offs_m, mask_m)
         ok = mask_n[:, None] & mask_m[None, :]
         dre = zre[None, :] - lre[:, None]               # z − λ and conj(z) − λ share Re
         dim = zim[None, :] - lim[:, None]
@@ -227,8 +231,7 @@ def lti_cauchy_bwd(GRE, GIM, VRE, VIM, LRE, LIM, ZRE, ZIM, DVRE, DVIM, DLRE, DLI
         u2im = 2.0 * ure * uim
         a2re += tl.sum(g_re * w2re + g_im * w2im + (g_re * u2re - g_im * u2im), axis=1)
         a2im += tl.sum(g_im * w2re - g_re * w2im - (g_re * u2im + g_im * u2re), axis=1)
-    tl.store(DVRE + rq * N + offs_n, a1re, mask=mask_n)
-    tl.store(DVIM + rq * N + offs_n, a1im, mask=mask_n)
+    _store_c(DVRE + rq * N, DVIM + rq * N, offs_n, a1re, a1im, mask_n)
     tl.store(DLRE + rq * N + offs_n, vre * a2re + vim * a2im, mask=mask_n)
     tl.store(DLIM + rq * N + offs_n, vre * a2im - vim * a2re, mask=mask_n)
 
@@ -254,6 +257,19 @@ def _head_low_rank(URE, UIM, VRE, VIM, h, RANK, N, offs, m, RP: tl.constexpr):
             tl.load(VRE + kn, mask=mk, other=0.0), tl.load(VIM + kn, mask=mk, other=0.0))
 
 
+@triton.jit
+def _advance(zre, zim, ut, lre, lim, bre, bim, ure, uim, vre, vim, RP: tl.constexpr):
+    """One token of the recurrence: ``λ z + Σ_k U_k · 2 Re(V_k·z) + β u`` (U, V unused when
+    RP = 0: no low-rank term)."""
+    nre = lre * zre - lim * zim + bre * ut
+    nim = lre * zim + lim * zre + bim * ut
+    if RP > 0:
+        f = 2.0 * tl.sum(vre * zre[None, :] - vim * zim[None, :], axis=1)      # [RP]
+        nre += tl.sum(ure * f[:, None], axis=0)
+        nim += tl.sum(uim * f[:, None], axis=0)
+    return nre, nim
+
+
 def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VIM, Z0RE, Z0IM,
                       Y, ZTRE, ZTIM, CKRE, CKIM, H, T, N, RANK, CHUNK, NSEG,
                       HAS_Z0: tl.constexpr, WRITE_CK: tl.constexpr, RP: tl.constexpr,
@@ -270,32 +286,23 @@ def lti_recurrent_fwd(UIN, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VI
     m = offs < N
     lre, lim, bre, bim, cre, cim, feed = _head_system(LRE, LIM, BRE, BIM, CRE, CIM, FEED, h, N, offs, m)
     if HAS_Z0:
-        zre = tl.load(Z0RE + bh * N + offs, mask=m, other=0.0)
-        zim = tl.load(Z0IM + bh * N + offs, mask=m, other=0.0)
+        zre, zim = _load_c(Z0RE + bh * N, Z0IM + bh * N, offs, m)
     else:
-        zre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
-        zim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+        zre, zim = _zeros_c(BLOCK_N, LRE.dtype.element_ty)
     if RP > 0:
         ure, uim, vre, vim = _head_low_rank(URE, UIM, VRE, VIM, h, RANK, N, offs, m, RP)
+    else:                           # placeholders (no low-rank term)
+        ure, uim, vre, vim = lre, lim, lre, lim
     for t in range(T):
         if WRITE_CK:
             ck = (bh * NSEG + t // CHUNK) * N + offs
             first = (offs * 0 + t % CHUNK) == 0      # a vector: the interpreter refuses a scalar mask
-            tl.store(CKRE + ck, zre, mask=m & first)
-            tl.store(CKIM + ck, zim, mask=m & first)
+            _store_c(CKRE, CKIM, ck, zre, zim, m & first)
         ut = tl.load(UIN + bh * T + t)
         y = 2.0 * tl.sum(cre * zre - cim * zim, axis=0) + feed * ut
         tl.store(Y + bh * T + t, y)
-        nre = lre * zre - lim * zim + bre * ut
-        nim = lre * zim + lim * zre + bim * ut
-        if RP > 0:
-            f = 2.0 * tl.sum(vre * zre[None, :] - vim * zim[None, :], axis=1)      # [RP]
-            nre += tl.sum(ure * f[:, None], axis=0)
-            nim += tl.sum(uim * f[:, None], axis=0)
-        zre = nre
-        zim = nim
-    tl.store(ZTRE + bh * N + offs, zre, mask=m)
-    tl.store(ZTIM + bh * N + offs, zim, mask=m)
+        zre, zim = _advance(zre, zim, ut, lre, lim, bre, bim, ure, uim, vre, vim, RP)
+    _store_c(ZTRE + bh * N, ZTIM + bh * N, offs, zre, zim, m)
 
 
 def lti_recurrent_bwd(UIN, GY, GZRE, GZIM, LRE, LIM, BRE, BIM, CRE, CIM, FEED, URE, UIM, VRE, VIM,
@@ -324,14 +331,10 @@ def lti_recurrent_bwd(UIN, GY, GZRE, GZIM, LRE, LIM, BRE, BIM, CRE, CIM, FEED, U
     offs = tl.arange(0, BLOCK_N)
     m = offs < N
     lre, lim, bre, bim, cre, cim, feed = _head_system(LRE, LIM, BRE, BIM, CRE, CIM, FEED, h, N, offs, m)
-    pre = tl.load(GZRE + bh * N + offs, mask=m, other=0.0)
-    pim = tl.load(GZIM + bh * N + offs, mask=m, other=0.0)
-    dlre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
-    dlim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
-    dbre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
-    dbim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
-    dcre = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
-    dcim = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)
+    pre, pim = _load_c(GZRE + bh * N, GZIM + bh * N, offs, m)
+    dlre, dlim = _zeros_c(BLOCK_N, LRE.dtype.element_ty)
+    dbre, dbim = _zeros_c(BLOCK_N, LRE.dtype.element_ty)
+    dcre, dcim = _zeros_c(BLOCK_N, LRE.dtype.element_ty)
     dfeed = tl.zeros([BLOCK_N], dtype=LRE.dtype.element_ty)      # g·u in every lane, lane 0 kept
     if RP > 0:
         ure, uim, vre, vim = _head_low_rank(URE, UIM, VRE, VIM, h, RANK, N, offs, m, RP)
@@ -339,30 +342,25 @@ def lti_recurrent_bwd(UIN, GY, GZRE, GZIM, LRE, LIM, BRE, BIM, CRE, CIM, FEED, U
         duim = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
         dvre = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
         dvim = tl.zeros([RP, BLOCK_N], dtype=LRE.dtype.element_ty)
+    else:                           # placeholders (no low-rank term)
+        ure, uim, vre, vim = lre, lim, lre, lim
     for jj in range(NSEG):
         start = (NSEG - 1 - jj) * CHUNK
         ln = tl.minimum(T - start, CHUNK)
-        sre = tl.load(CKRE + (bh * NSEG + NSEG - 1 - jj) * N + offs, mask=m, other=0.0)
-        sim = tl.load(CKIM + (bh * NSEG + NSEG - 1 - jj) * N + offs, mask=m, other=0.0)
+        ck = (bh * NSEG + NSEG - 1 - jj) * N
+        sre, sim = _load_c(CKRE + ck, CKIM + ck, offs, m)
         tl.debug_barrier()          # the previous segment's reads of WS are done
         for i in range(ln):         # recompute s_start … s_{start+ln−1} into WS
-            tl.store(WSRE + (bh * CHUNK + i) * N + offs, sre, mask=m)
-            tl.store(WSIM + (bh * CHUNK + i) * N + offs, sim, mask=m)
+            ws = (bh * CHUNK + i) * N
+            _store_c(WSRE + ws, WSIM + ws, offs, sre, sim, m)
             ut = tl.load(UIN + bh * T + start + i)
-            nre = lre * sre - lim * sim + bre * ut
-            nim = lre * sim + lim * sre + bim * ut
-            if RP > 0:
-                f = 2.0 * tl.sum(vre * sre[None, :] - vim * sim[None, :], axis=1)
-                nre += tl.sum(ure * f[:, None], axis=0)
-                nim += tl.sum(uim * f[:, None], axis=0)
-            sre = nre
-            sim = nim
+            sre, sim = _advance(sre, sim, ut, lre, lim, bre, bim, ure, uim, vre, vim, RP)
         tl.debug_barrier()          # WS was written by other threads of this program
         for ii in range(ln):        # the adjoint, t = start + ln − 1 … start; p = p_{t+1}
             i = ln - 1 - ii
             t = start + i
-            sre = tl.load(WSRE + (bh * CHUNK + i) * N + offs, mask=m, other=0.0)
-            sim = tl.load(WSIM + (bh * CHUNK + i) * N + offs, mask=m, other=0.0)
+            ws = (bh * CHUNK + i) * N
+            sre, sim = _load_c(WSRE + ws, WSIM + ws, offs, m)
             ut = tl.load(UIN + bh * T + t)
             g = tl.load(GY + bh * T + t)
             dlre += pre * sre + pim * sim
@@ -387,23 +385,17 @@ def lti_recurrent_bwd(UIN, GY, GZRE, GZIM, LRE, LIM, BRE, BIM, CRE, CIM, FEED, U
             pre = npre
             pim = npim
     o = bh * N + offs
-    tl.store(DLRE + o, dlre, mask=m)
-    tl.store(DLIM + o, dlim, mask=m)
-    tl.store(DBRE + o, dbre, mask=m)
-    tl.store(DBIM + o, dbim, mask=m)
-    tl.store(DCRE + o, dcre, mask=m)
-    tl.store(DCIM + o, dcim, mask=m)
-    tl.store(DZRE + o, pre, mask=m)
-    tl.store(DZIM + o, pim, mask=m)
+    _store_c(DLRE, DLIM, o, dlre, dlim, m)
+    _store_c(DBRE, DBIM, o, dbre, dbim, m)
+    _store_c(DCRE, DCIM, o, dcre, dcim, m)
+    _store_c(DZRE, DZIM, o, pre, pim, m)
     tl.store(DFEED + bh + offs, dfeed, mask=offs == 0)
     if RP > 0:
         offs_k = tl.arange(0, RP)
         mk = (offs_k[:, None] < RANK) & m[None, :]
         okn = bh * RANK * N + offs_k[:, None] * N + offs[None, :]
-        tl.store(DURE + okn, dure, mask=mk)
-        tl.store(DUIM + okn, duim, mask=mk)
-        tl.store(DVRE + okn, dvre, mask=mk)
-        tl.store(DVIM + okn, dvim, mask=mk)
+        _store_c(DURE, DUIM, okn, dure, duim, mk)
+        _store_c(DVRE, DVIM, okn, dvre, dvim, mk)
 
 
 VANDERMONDE_FWD = launch.Kernel(lti_vandermonde_fwd)

@@ -1,11 +1,19 @@
 """The LTI family's parameter trees evaluated per head in torch: the parameter-only IR of a
 declaration (the transition, input and read-out coefficients) as tensors ``[H, *dims]``, built
-into a flat program once per compiled mixer (``flatten_param_trees``) and run per call."""
+into a flat program once per compiled mixer (``flatten_param_trees``) and run per call.
+
+The ops mean what the reference's evaluator says (``reference.evaluate.OPS``, on its torch
+backend); this module only lays values out per head (``[H|1, *dims]``, aligned by name) and
+expands a reduction's broadcast dims to their sizes before it sums."""
 from __future__ import annotations
 
 import torch
 
 from ...dsl import ir
+from ...reference.evaluate import OPS, PREDICATES, TorchBackend
+
+_TORCH = TorchBackend()
+
 
 def _align(x, dims, target):
     """``x`` [H|1, *dims] → [H|1, *target] (transposed, size-1 where broadcast)."""
@@ -17,16 +25,6 @@ def _align(x, dims, target):
     for d in target:
         shape.append(next(it) if d in dims else 1)
     return x.reshape(shape)
-
-
-_UNARY = {"neg": torch.neg, "exp": torch.exp, "log": torch.log, "sigmoid": torch.sigmoid,
-          "softplus": torch.nn.functional.softplus, "tanh": torch.tanh, "sqrt": torch.sqrt,
-          "rsqrt": torch.rsqrt, "abs": torch.abs, "recip": torch.reciprocal, "cos": torch.cos,
-          "sin": torch.sin, "silu": torch.nn.functional.silu,
-          "logsigmoid": torch.nn.functional.logsigmoid}
-_BINARY = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div,
-           "max": torch.maximum, "min": torch.minimum, "pow": torch.pow}
-_CMP = {"lt": torch.lt, "le": torch.le, "gt": torch.gt, "ge": torch.ge, "eq": torch.eq, "ne": torch.ne}
 
 
 def flatten_param_trees(roots):
@@ -83,19 +81,6 @@ def _eval_step(op, arg, dims, src, src_dims, env, H, sizes, dtype, device):
     if op in ("sum", "amax"):
         x, xd = src[0], src_dims[0]
         full = x.expand((x.shape[0],) + tuple(sizes[d] for d in xd))
-        axes = tuple(1 + xd.index(d) for d in arg)
-        return full.sum(axes) if op == "sum" else full.amax(axes)
-    src = [_align(x, d, dims) for x, d in zip(src, src_dims)]
-    if op in _UNARY:
-        return _UNARY[op](src[0])
-    if op in _BINARY:
-        return _BINARY[op](src[0], src[1])
-    if op in _CMP:
-        return _CMP[op](src[0], src[1]).to(dtype)
-    if op == "and":
-        return ((src[0] != 0) & (src[1] != 0)).to(dtype)
-    if op == "or":
-        return ((src[0] != 0) | (src[1] != 0)).to(dtype)
-    if op == "where":
-        return torch.where(src[0] != 0, src[1], src[2])
-    raise AssertionError(op)
+        return OPS[op](_TORCH, full, tuple(1 + xd.index(d) for d in arg))
+    r = OPS[op](_TORCH, *(_align(x, d, dims) for x, d in zip(src, src_dims)))
+    return r.to(dtype) if op in PREDICATES else r

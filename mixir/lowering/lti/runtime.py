@@ -32,8 +32,7 @@ from ...dsl import ir
 from ...dsl.signature import bind
 from ...errors import InputError
 from . import kernels, ops
-from ..common.call import RECURRENT_MAX_T, is_compiling
-from ..family import check_strategy
+from ..common.call import RECURRENT_MAX_T, CompiledBase, check_strategy, is_compiling
 from .analysis import LTIPlan
 from .params import flatten_param_trees, run_param_program
 from .system import System, final_state_blocked, fft_conv, kernel_powers
@@ -41,18 +40,11 @@ from .system import System, final_state_blocked, fft_conv, kernel_powers
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-class CompiledLTIMixer:
+class CompiledLTIMixer(CompiledBase):
     """An LTI mixer compiled for torch tensors: ``strategies = ("conv", "recurrent")``."""
 
     def __init__(self, mixer, plan: LTIPlan, strategy: str | None = None, config: dict | None = None):
-        self.mixer = mixer
-        self.plan = plan
-        self.strategies = plan.strategies
-        if strategy is not None:
-            check_strategy(self.strategies, strategy)
-        self.strategy = strategy
-        self.config = dict(config or {})
-        self.__name__ = mixer.name
+        super().__init__(mixer, plan, strategy, config)
         p = plan
         self._roots = [p.lam_re, p.lam_im, p.beta_re, p.beta_im, p.feed]
         for t in p.lowrank:
@@ -63,7 +55,7 @@ class CompiledLTIMixer:
         self._lam_args = sorted({n.arg for n in ir.toposort(p.lam_re) + ir.toposort(p.lam_im)
                                  if n.op in ("param", "scalar")})
 
-    def __repr__(self):
+    def __repr__(self):     # the transition line names its strategies' kernels already
         return f"<mixir.CompiledLTIMixer {self.mixer.name} ({self.plan.transition})>"
 
     def source_files(self):
@@ -207,16 +199,19 @@ class CompiledLTIMixer:
     def _tiles(self, dtype, B, T, H, N, device):
         """The conv kernels' tiles for this call: the user's ``config=`` wins; on CUDA (16-bit or
         fp32 inputs, outside ``torch.compile``) the tuning database's entry for this mixer and
-        shape (``mixir tune``: ``select.tuned_lti_mixer_config``, never raising); else None, and
+        shape (``mixir tune``: strategy ``lti_<kind>``, K = N modes, V = Q vectors per row; the
+        database only, through ``autotune.select.tuned_config``, never raising); else None, and
         ``kernels.launch_config`` takes the kernel-level entry / the cost model / the default."""
         if self.config or device.type != "cuda" or dtype == torch.float64 or is_compiling():
             return self.config or None
         from . import space as lti_space
-        from ...autotune import select
+        from ...autotune.db import Key
+        from ...autotune.select import tuned_config
         Q = lti_space.launch_shape(self.plan, B, T, H, N).V
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        return select.tuned_lti_mixer_config(self.mixer.fingerprint, lti_space.kind_of(self.plan),
-                                             dtype, int(B), int(T), int(H), int(N), int(Q), int(idx))
+        key = Key(self.mixer.fingerprint, f"lti_{lti_space.kind_of(self.plan)}", dtype, int(B), int(T),
+                  int(H), int(N), int(Q))
+        cfg = tuned_config(None, key, None, device)
+        return {k: int(cfg[k]) for k in ("BN", "BL", "num_warps", "num_stages")} if cfg else None
 
     def _run(self, s: System, u, z0, strategy, want_state, tiles=None):
         """u [B, H, T] real, z0 [B, H, N] complex or None → (y [B, H, T], z_T [B, H, N] or None);

@@ -190,52 +190,56 @@ def predicted(kind: str, shape_: LTIShape, config: dict) -> dict:
     return spaces.resources(space(kind), shape_, config)
 
 
-@functools.lru_cache(maxsize=1024)
-def _best(gpu_name: str, kind: str, compute: str, R: int, Q: int, N: int, L: int) -> tuple:
-    gpu = hardware.get(gpu_name)
-    shp = shape(R, Q, N, L, compute)
-    feas = feasible(kind, shp, gpu)
-    if not feas:
+def default_config(kind: str, compute: str = "fp32", *, R: int = 8, Q: int = 1, N: int = 64,
+                   L: int = 4096, gpu=None) -> dict:
+    """The cost model's best feasible config for ``gpu`` (default ``REFERENCE_GPU``) at
+    ``lookup_shape`` (R and L bucketed to powers of two, N to a power of two ≥ 8);
+    ``TuningError`` naming the binding constraint when nothing is feasible."""
+    from ...autotune.select import model_best
+    gpu = REFERENCE_GPU if gpu is None else hardware.get(gpu)
+    shp = lookup_shape(R, Q, N, L, compute)
+    best = model_best(space(kind), shp, gpu)
+    if best is None:
         from ...autotune.solver import explain_infeasible
         from ...errors import TuningError
         raise TuningError(explain_infeasible(space(kind), shp, gpu, space(kind).constraints(shp, gpu)))
-    best = cost.rank(space(kind), shp, gpu, feas)[0][0]
-    return tuple(sorted(to_config(best).items()))
+    return best
 
 
-def default_config(kind: str, compute: str = "fp32", *, R: int = 8, Q: int = 1, N: int = 64,
-                   L: int = 4096, gpu=None) -> dict:
-    """The cost model's best feasible config for ``gpu`` (default ``REFERENCE_GPU``); R and L are
-    bucketed to powers of two, N to a power of two ≥ 8."""
+def lookup_shape(R: int, Q: int, N: int, L: int, compute: str = "fp32") -> LTIShape:
+    """The launch shape the model choice sees: R and L bucketed to powers of two, N to a power of
+    two >= 8 (``default_config``'s buckets)."""
     from ...autotune.db import bucket
-    gpu = REFERENCE_GPU if gpu is None else hardware.get(gpu)
-    return dict(_best(gpu.name, kind, compute, bucket(R), int(Q), max(8, bucket(N)), bucket(L)))
+    return shape(bucket(R), int(Q), max(8, bucket(N)), bucket(L), compute)
 
 
-def model_best(gpu, kind, compute, R, Q, N, L) -> dict | None:
-    try:
-        return default_config(kind, compute, R=R, Q=Q, N=N, L=L, gpu=gpu)
-    except Exception:
-        return None
+def tuned(kind: str, compute: str, R: int, Q: int, N: int, L: int, device) -> dict | None:
+    """The kernel-level tiles on CUDA ``device`` (``autotune.select.tuned_config``): the tuning
+    database's entry (fingerprint and strategy ``lti_<kind>``, K = N, V = Q, T = L, B·H = R rows;
+    fp32 compute only: the database has no fp64 key) → the space's cost-model best at
+    ``lookup_shape`` → None. Never raises."""
+    from ...autotune.db import Key
+    from ...autotune.select import tuned_config
+    name = f"lti_{kind}"
+    key = Key(name, name, "fp32", 1, int(L), int(R), int(N), int(Q)) if compute == "fp32" else None
+    return tuned_config(space(kind), key, lookup_shape(R, Q, N, L, compute), device)
 
 
 @functools.lru_cache(maxsize=1024)
 def gpu_config(device_index: int, kind: str, compute: str, R: int, Q: int, N: int, L: int) -> dict:
-    """The tiles of a GPU launch: on CUDA device ``device_index`` the tuning database's entry
-    (``select.tuned_lti_config``) → the cost model's best for that GPU; ``device_index`` -1 (a
-    recording for the AOT builder: no GPU) → the cost model's best for ``REFERENCE_GPU``."""
-    from ...autotune import select
+    """The tiles of a GPU launch: on CUDA device ``device_index`` the tuning database's entry →
+    the cost model's best for that GPU (``tuned``); ``device_index`` -1 (a recording for the AOT
+    builder: no GPU) → the cost model's best for ``REFERENCE_GPU``."""
     from ...autotune.db import bucket
     cfg = None
     if device_index >= 0:
-        cfg = select.tuned_lti_config(kind, compute, bucket(R), int(Q), int(N), bucket(L),
-                                      device_index)
+        cfg = tuned(kind, compute, bucket(R), int(Q), int(N), bucket(L), int(device_index))
     if not cfg:
         cfg = default_config(kind, compute, R=R, Q=Q, N=N, L=L)
     return {k: int(cfg[k]) for k in ("BN", "BL", "num_warps", "num_stages")}
 
 
-# ---- the pipeline (mixir tune <an LTI mixer>) ---------------------------------------------------
+# ---- the tuning targets (mixir tune <an LTI mixer>) ----------------------------------------------
 #: the LTI kernels' module: its launches are the ones a tuning run compiles ahead of time
 KERNEL_MODULE = "lti.kernels"
 
@@ -258,23 +262,19 @@ def launch_shape(plan, B_: int, T_: int, H_: int, N_: int, compute: str = "fp32"
     return shape(int(H_), (1 + r) * r, int(N_), M // 2 + 1, compute)
 
 
-def state_size(mixer, K_: int, V_: int) -> tuple:
-    """(plan, N): the mixer's LTI plan and its state size for user-level head sizes K, V (the
-    library maps them to its feature dims, as ``pipeline.form_sizes`` does)."""
-    from ..family import analyse
-    from ...autotune.pipeline import feature_sizes
-    plan = analyse(mixer)
-    sizes = feature_sizes(mixer, set(getattr(plan, "key_dims", ())), K_, V_)
-    return plan, int(sizes.get(plan.dim, K_))
+def state_size(mixer, plan, request) -> int:
+    """The mixer's state size N for the request's head sizes (the library maps them to its feature
+    dims: ``request.feature_sizes``)."""
+    sizes = request.feature_sizes(mixer, set(getattr(plan, "key_dims", ())))
+    return int(sizes.get(plan.dim, request.K))
 
 
-def kernel_signature(mixer, K_: int = 128, V_: int = 128) -> tuple:
-    """What decides an LTI mixer's AOT results: the kernel pair and the launch shape's (Q, N).
-    Two LTI mixers with equal signatures launch the same kernels with the same tiles for every
-    config (``pipeline.group_by_kernels`` tunes them once)."""
-    plan, N_ = state_size(mixer, K_, V_)
-    shp = launch_shape(plan, 1, 4096, 1, N_)
-    return ("lti", kind_of(plan), shp.V, shp.K)
+def kernel_signature(mixer, plan, request) -> tuple:
+    """What decides an LTI mixer's AOT results: the kernel pair and the launch shape's (Q, N), and
+    the dtype. Two LTI mixers with equal signatures launch the same kernels with the same tiles for
+    every config (``mixir tune --all`` tunes them once)."""
+    shp = launch_shape(plan, 1, 4096, 1, state_size(mixer, plan, request))
+    return ("lti", kind_of(plan), shp.V, shp.K, request.dtype_name)
 
 
 def _is_template(rec) -> bool:
@@ -282,98 +282,59 @@ def _is_template(rec) -> bool:
         "lti_vandermonde_fwd", "lti_vandermonde_red", "lti_cauchy_fwd", "lti_cauchy_bwd")
 
 
-def record_config(mixer, config: dict, *, K: int = 8, V: int = 8, T: int = 12,
+def record_config(mixer, config: dict, request, *, K: int = 8, V: int = 8, T: int = 12,
                   backward: bool = True) -> list:
     """The LTI kernels' ``LaunchRecord``s that running ``mixer`` (strategy "conv") with ``config``
-    makes on tiny fp32 CPU inputs (the kernels compute in fp32 for 16-bit inputs too), forward and
-    backward, with launch parameters as on a GPU (``record_launches``)."""
+    makes on tiny fp32 CPU inputs (the request's example inputs at head sizes K, V; the kernels
+    compute in fp32 for 16-bit inputs too), forward and backward, with launch parameters as on a
+    GPU (``record_launches``)."""
     import numpy as np
     import torch
 
-    import mixir
-    from ..common.launch import record_launches
-    from ...verify import example_inputs
-    arrays, _ = example_inputs(mixer, B=1, T=T, H=1, K=K, V=V)
-    compiled = mixir.compile(mixer, strategy="conv", config=dict(config))
-    with record_launches() as records:
+    from ..common.candidates import record
+    from ..family import compile_mixer
+    arrays, _ = request.example_inputs(mixer, B=1, T=T, H=1, K=K, V=V)
+    compiled = compile_mixer(mixer, strategy="conv", config=dict(config))
+
+    def run():
         xs = [torch.tensor(np.asarray(a), dtype=torch.float32).requires_grad_(backward)
               for a in arrays]
         o = compiled(*xs, strategy="conv")
         if backward:
             o.float().sum().backward()
-    out = {}
-    for r in records.values():
-        if _is_template(r) and "recurrent" not in r.kernel.name:
-            out.setdefault(r.key(), r)
-    return list(out.values())
+    return record(run, keep=lambda r: _is_template(r) and "recurrent" not in r.kernel.name)
 
 
-def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: str = "bf16",
-                    K: int = 64, V: int = 64, backward: bool = True, workers=None,
-                    timeout_s: float = 300, progress=None) -> list:
-    """``aot_check.compile_configs`` for the LTI kernels (``strategy``: "lti_<kind>", unused: the
-    mixer's plan decides the pair): one ``CompiledConfig`` per config. The recording uses tiny
+def compile_configs(mixer, strategy: str, configs: list, arch: str, request, *, backward=True,
+                    workers=None, timeout_s: float = 300, progress=None) -> list:
+    """The LTI kernel pair of every config built for ``arch`` (``strategy``: "lti_<kind>", unused:
+    the mixer's plan decides the pair): one ``CompiledConfig`` per config. The recording uses tiny
     head sizes; the tiles are constexprs, so the kernels are those of the real shape."""
-    from ...autotune.aot_check import compile_recorded
+    from ..common.candidates import compile_recorded
     return compile_recorded(
-        configs, lambda cfg: record_config(mixer, cfg, backward=backward), arch, workers=workers,
-        timeout_s=timeout_s, progress=progress)
+        configs, lambda cfg: record_config(mixer, cfg, request, backward=backward), arch,
+        workers=workers, timeout_s=timeout_s, progress=progress)
 
 
-def _time(mixer, r, B_, T_, H_, K_, V_, dtype, gpu, say):
-    """Time the AOT survivors on the GPU (strategy "conv"; checked against "recurrent")."""
-    import math
-
-    from ...autotune.timing import time_configs
-    survivors = [c for c in r.candidates if c.ok] if r.source == "aot" else list(r.candidates)
-    if not survivors:
-        return
-    ts = time_configs(mixer, "conv", [c.config for c in survivors], B=B_, T=T_, H=H_, K=K_, V=V_,
-                      dtype=dtype, l2_bytes=gpu.l2_bytes, progress=lambda m: say(f"[{r.strategy}] {m}"))
-    for c, t in zip(survivors, ts):
-        c.measured_s = t
-    good = sorted((c for c in survivors if c.measured_s is not None and math.isfinite(c.measured_s)),
-                  key=lambda c: c.measured_s)
-    r.best, r.source = (good[0], "timed") if good else (None, r.source)
-
-
-def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=64, V=64, N=None, dtype="bf16",
-         strategies=None, top_k=4, aot=True, timed=False, write=True, directory=None, workers=None,
-         progress=None, feedback=None, max_rounds=None):
-    """``pipeline.tune`` for an LTI mixer: the kernel pair its conv strategy runs (``kind_of``)
-    is solved with CP-SAT for ``gpu`` at the launch shape of user-level (B, T, H, N)
-    (``launch_shape``; N defaults to the mixer's state size for head sizes K, V) → ranked by the
-    cost model → the top-k AOT-compiled for the GPU's arch (spilling configs dropped and fed back
-    as constraints, re-solved) → (timed on CUDA) → the best written to the tuning database under
-    (mixer fingerprint, dtype, strategy "lti_<kind>", K = N, V = Q, user-level T and B·H).
-    ``strategies``: None, or a list naming the kind ("vandermonde" / "lti_vandermonde", ...)."""
+def targets(mixer, plan, request) -> list:
+    """The kernel pair the conv strategy runs (``kind_of``) at the launch shape of the request's
+    B, T, H with the mixer's state size N (``launch_shape``): one ``TuningTarget`` with database
+    strategy "lti_<kind>" (K = N, V = Q); timed as strategy "conv" against "recurrent".
+    ``request.strategies``: None, or naming the kind ("vandermonde" / "lti_vandermonde") or
+    "conv"; anything else is a ``TuningError``."""
+    from ...autotune.pipeline import TuningTarget
     from ...errors import TuningError
-    from ...autotune import db
-    from ...autotune import pipeline as pl
-    from ...autotune.feedback import Store
-    if timed:
-        pl.require_cuda()
-    say = progress or (lambda msg: None)
-    gpu = hardware.get(gpu)
-    dtype = db.dtype_name(dtype)
-    plan, n_modes = state_size(mixer, K, V)
-    if N is not None:
-        n_modes = int(N)
+    from ..common.candidates import timer
     kind = kind_of(plan)
     name = f"lti_{kind}"
-    if strategies is not None and not ({kind, name, "conv"} & set(strategies)):
+    if request.strategies is not None and not ({kind, name, "conv"} & set(request.strategies)):
         raise TuningError(f"{mixer.name}: its conv strategy runs the {kind} kernels ({name}); "
-                          f"nothing to tune for strategies {list(strategies)}")
-    store = feedback if feedback is not None else Store()
-    shp = launch_shape(plan, B, T, H, n_modes)
-    r = pl._tune_strategy(mixer, name, gpu, B, T, H, K, V, n_modes, shp.V, dtype, top_k, aot,
-                          workers, say, store, max_rounds or pl.MAX_ROUNDS, space_=space(kind),
-                          shape=shp, compile_fn=compile_configs)
-    if timed:
-        _time(mixer, r, B, T, H, K, V, dtype, gpu, say)
-    if r.best is not None and write:
-        r.db_path = pl._write(mixer, gpu, dtype, B, T, H, r, directory)
-    return pl.TuneResult(mixer.name, gpu, [r])
+                          f"nothing to tune for strategies {list(request.strategies)}")
+    shp = launch_shape(plan, request.B, request.T, request.H, state_size(mixer, plan, request))
+    return [TuningTarget(name, space(kind), shp,
+                         compile=lambda configs, arch, **kw: compile_configs(mixer, name, configs, arch,
+                                                                             request, **kw),
+                         time=timer(mixer, request, strategy="conv", reference="recurrent"))]
 
 
 def formulas_markdown() -> str:
@@ -388,6 +349,7 @@ def formulas_markdown() -> str:
     return "\n".join(out)
 
 
-__all__ = ["space", "shape", "feasible", "predicted", "default_config", "model_best", "gpu_config",
-           "to_config", "BN", "BL", "KINDS", "REFERENCE_GPU", "LTIShape", "kind_of", "launch_shape",
-           "state_size", "kernel_signature", "record_config", "compile_configs", "tune"]
+__all__ = ["space", "shape", "feasible", "predicted", "default_config", "lookup_shape", "tuned",
+           "gpu_config", "to_config", "BN", "BL", "KINDS", "REFERENCE_GPU", "LTIShape", "kind_of",
+           "launch_shape", "state_size", "kernel_signature", "record_config", "compile_configs",
+           "targets"]

@@ -12,7 +12,7 @@ vector over the hidden dim ``D``) with a per-head recurrent weight (a parameter 
 ``W x_t`` are computed outside (FlashRNN's convention) and arrive as inputs; biases are params.
 
 ``analyse_rnn`` finds the matmuls, replaces each by a leaf ``a_g`` (an fp32 vector over ``D``)
-and returns an ``RNNForm`` whose *cell* (new states and output as IR trees over inputs, params,
+and returns an ``RNNPlan`` whose *cell* (new states and output as IR trees over inputs, params,
 scalars, the old states and the ``a_g`` leaves) is what the kernels splice in; the backward
 of the cell is ``vjp`` of it, and the matmuls' backward (``dh += R_g da_g``, ``dR_g += h ⊗ da_g``)
 is the template's. Anything else raises ``UnsupportedMixerError`` naming the sub-expression.
@@ -41,7 +41,7 @@ class Gate:
 
 
 @dataclasses.dataclass(frozen=True)
-class RNNForm:
+class RNNPlan:
     """A nonlinear head-wise RNN: the plan of the ``rnn`` family."""
     mixer_name: str
     hidden: str                     # the state fed back through R
@@ -125,7 +125,7 @@ def _matmul(n: ir.Node, state_leaves, params):
     return h, w.arg, w.dims.index(E), E, D
 
 
-def analyse_rnn(mixer) -> RNNForm:
+def analyse_rnn(mixer) -> RNNPlan:
     """Classify ``mixer`` as a head-wise nonlinear RNN, or raise ``UnsupportedMixerError``."""
     leaves = [mixer.state_leaf(i) for i in range(len(mixer.states))]
     roots = list(mixer.updates) + [mixer.output]
@@ -182,7 +182,7 @@ def analyse_rnn(mixer) -> RNNForm:
         p = params[w]
         if p.dims not in ((E, D), (D, E)):
             raise _unsupported(mixer, f"recurrent weight {w!r} has dims {p.dims}")
-    return RNNForm(mixer_name=mixer.name, hidden=hidden.arg, hidden_index=leaves.index(hidden),
+    return RNNPlan(mixer_name=mixer.name, hidden=hidden.arg, hidden_index=leaves.index(hidden),
                    dim=D, rdim=E, states=tuple(s.name for s in mixer.states),
                    state_leaves=tuple(leaves), gates=tuple(gates), updates=tuple(updates),
                    output=output, inputs=inputs, weights=weights)

@@ -1,4 +1,4 @@
-"""IR → Triton source for a nonlinear head-wise RNN cell (``RNNForm``): four kernels in one module.
+"""IR → Triton source for a nonlinear head-wise RNN cell (``RNNPlan``): four kernels in one module.
 
 * ``<m>_rnn_fwd_fused``: a program owns ``BR`` sequences of one head; it loads the head's recurrent
   weights ``R_g`` ([D, D], one per gate) **once** and keeps them on chip for all T steps; each step
@@ -28,7 +28,7 @@ import hashlib
 from ...dsl import ir
 from ...dsl.vjp import vjp
 from ..common.codegen_expr import ROW, _Body, _Names, _Val
-from .analysis import RNNForm
+from .analysis import RNNPlan
 
 CODEGEN_VERSION = "2"
 
@@ -45,7 +45,7 @@ class RNNGenerated:
 
 
 class _Gen:
-    def __init__(self, form: RNNForm):
+    def __init__(self, form: RNNPlan):
         self.form = form
         self.names = _Names()
         self.dn = self.names("dim", form.dim)
@@ -372,7 +372,7 @@ def _all_nodes(roots):
     return multi_toposort(roots)
 
 
-def generate(form: RNNForm):
+def generate(form: RNNPlan):
     """The module text (and metadata) of the four kernels of ``form``."""
     gen = _Gen(form)
     base = gen.names("fn", form.mixer_name)

@@ -1,4 +1,4 @@
-"""CUDA C lowering of the fused RNN forward: source generated from the cell's IR (``RNNForm``).
+"""CUDA C lowering of the fused RNN forward: source generated from the cell's IR (``RNNPlan``).
 
 One thread block per (sequence, head). The head's recurrent weights ``R_g`` ([D, D] per gate)
 are copied to **shared memory** once and stay there for all T steps (so head sizes whose R does
@@ -30,7 +30,7 @@ import re
 from ...dsl import ir
 from ...dsl.vjp import multi_toposort, vjp
 from ...errors import UnsupportedMixerError
-from .analysis import RNNForm
+from .analysis import RNNPlan
 
 _IDENT = re.compile(r"[^A-Za-z0-9_]")
 
@@ -88,7 +88,7 @@ def _expr_lines(roots, leaf_expr: dict) -> tuple:
     return lines, name
 
 
-def _cell_lines(form: RNNForm, leaf_expr: dict) -> tuple:
+def _cell_lines(form: RNNPlan, leaf_expr: dict) -> tuple:
     """C statements computing every node of the cell (one ``float`` per node, per thread)."""
     return _expr_lines(form.cell_roots(), leaf_expr)
 
@@ -109,7 +109,7 @@ def _input_loads(inputs) -> tuple:
     return leaf_expr, loads, args
 
 
-def _forward_kernel(form: RNNForm, inputs, fn: str, save: bool) -> list:
+def _forward_kernel(form: RNNPlan, inputs, fn: str, save: bool) -> list:
     """The lines of the forward kernel ``fn``; with ``save`` it also writes every step's states
     (``save{i}``) and gate pre-activations (``asave{g}``), fp32 ``[B, T, H, D]``, for the backward."""
     S, G = len(form.states), len(form.gates)
@@ -157,13 +157,13 @@ def _forward_kernel(form: RNNForm, inputs, fn: str, save: bool) -> list:
     return L
 
 
-def _header(form: RNNForm, what: str, r_type: str) -> list:
+def _header(form: RNNPlan, what: str, r_type: str) -> list:
     return [f"// mixir generated CUDA C ({what}) for mixer " + repr(form.mixer_name) + ". Do not edit.",
             "#include <cuda_fp16.h>", "#include <cuda_bf16.h>", "#include <math.h>", "",
             f"typedef {r_type} rtype;", ""]
 
 
-def generate(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> str:
+def generate(form: RNNPlan, inputs, r_type: str = "__nv_bfloat16") -> str:
     """The CUDA C++ source of ``rnn_fwd_<mixer>`` (kernel) and its launcher for R of ``r_type``
     ("float", "__half" or "__nv_bfloat16"); inputs are read as ``float`` views of contiguous
     fp32 tensors ``[B, T, H, (D)]`` / ``[H, (D)]``, states ``[B, H, D]`` fp32."""
@@ -184,7 +184,7 @@ class TrainingKernels:
     dpar: tuple
 
 
-def cell_vjp(form: RNNForm, inputs):
+def cell_vjp(form: RNNPlan, inputs):
     """The cell's VJP as IR (``mixir.dsl.vjp``): cotangent leaves of the new states and of the
     output, and the gradient trees w.r.t. the old states, the gate pre-activations ``a_g`` and the
     cell's inputs/params (in ``inputs`` order)."""
@@ -197,7 +197,7 @@ def cell_vjp(form: RNNForm, inputs):
     return cts, cto, gs[:S], gs[S:S + G], dict(zip(leaves, gs[S + G:]))
 
 
-def _backward_kernel(form: RNNForm, inputs, fn: str) -> tuple:
+def _backward_kernel(form: RNNPlan, inputs, fn: str) -> tuple:
     """BPTT, one block per (sequence, head), thread ``d`` owns unit ``d``. ``R_gᵀ`` is resident in
     shared memory (``Rt[g][o·D + i] = R_g[i, o]``: thread ``d`` reads consecutive words). From
     ``t = T−1`` down: the previous states (saved, or the initial ones at ``t = 0``) and ``a_g``
@@ -287,7 +287,7 @@ def _backward_kernel(form: RNNForm, inputs, fn: str) -> tuple:
     return L, tuple(lf.arg for lf, _ in din), tuple(lf.arg for lf, _ in dpar)
 
 
-def generate_training(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> TrainingKernels:
+def generate_training(form: RNNPlan, inputs, r_type: str = "__nv_bfloat16") -> TrainingKernels:
     """The CUDA C of training ``form``: ``rnn_fwd_save_<m>`` (``generate``'s forward plus the saved
     states ``save{i}`` and pre-activations ``asave{g}``, fp32 ``[B, T, H, D]``) and
     ``rnn_bwd_<m>`` (``_backward_kernel``). Shared memory: forward ``G·D²·sizeof(R) + 4·D``,
@@ -310,7 +310,7 @@ def training_shared_bytes(gates: int, D: int, r_bytes: int) -> tuple:
 R_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 
 
-def launcher_source(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> tuple:
+def launcher_source(form: RNNPlan, inputs, r_type: str = "__nv_bfloat16") -> tuple:
     """(C++ declaration, CUDA source) for ``torch.utils.cpp_extension.load_inline``: the kernel of
     ``generate`` plus ``void launch(xs, Rs, states, out, B, T, H, D)`` that launches it on the
     current stream, grid ``(B, H)``, ``ceil32(D)`` threads, ``G·D²·sizeof(R) + 4·D`` bytes of
@@ -348,7 +348,7 @@ def launcher_source(form: RNNForm, inputs, r_type: str = "__nv_bfloat16") -> tup
 _LOADED: dict = {}
 
 
-def load_launcher(form: RNNForm, inputs, r_type: str):
+def load_launcher(form: RNNPlan, inputs, r_type: str):
     """The compiled extension module (``load_inline``, cached per source) with ``launch``."""
     import hashlib
     decl, src = launcher_source(form, inputs, r_type)
@@ -362,7 +362,7 @@ def load_launcher(form: RNNForm, inputs, r_type: str):
     return _LOADED[key]
 
 
-def run_forward(form: RNNForm, cell_specs, cell, weights_by_gate, inits, B, T, H, D, dtype):
+def run_forward(form: RNNPlan, cell_specs, cell, weights_by_gate, inits, B, T, H, D, dtype):
     """The fused CUDA C forward on CUDA tensors: (out fp32 [B, T, H, D], final states [B, H, D]).
     ``weights_by_gate``: ``R_g`` as ``[H, D_in, D_out]``; ``inits``: fp32 ``[B, H, D]`` or None."""
     import torch

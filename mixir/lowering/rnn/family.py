@@ -24,5 +24,10 @@ class RNNFamily(Family):
         from .runtime import CompiledRNN
         return CompiledRNN(mixer, plan, strategy=strategy, config=config)
 
+    def tuning_targets(self, mixer, plan, request) -> list:
+        """The fused / alternating spaces of the cell, per feasible strategy (``space.targets``)."""
+        from .space import targets
+        return targets(mixer, plan, request)
+
 
 FAMILY = register(RNNFamily())

@@ -1,4 +1,4 @@
-"""``CompiledRNN``: run a nonlinear head-wise RNN cell (``RNNForm``) forward and backward.
+"""``CompiledRNN``: run a nonlinear head-wise RNN cell (``RNNPlan``) forward and backward.
 
 Strategies (both agree with the reference, forward and backward):
 
@@ -23,29 +23,21 @@ import torch
 
 from ...tiles import pow2
 from ...errors import InputError
-from ..common.call import check_call
-from ..family import check_strategy
+from ..common.call import CompiledBase, check_call, check_strategy
 from ..common.kernel_cache import import_source
 from ..common.launch import Kernel, targets_gpu
-from .analysis import RNNForm
+from .analysis import RNNPlan
 from .codegen import generate
 
 
 CUDA_STRATEGIES = ("fused_cuda",)    # accepted on CUDA tensors only, so not in ``strategies``
 
 
-class CompiledRNN:
+class CompiledRNN(CompiledBase):
     """A nonlinear RNN mixer compiled for torch tensors; call it like the reference."""
 
-    def __init__(self, mixer, plan: RNNForm, strategy: str | None = None, config: dict | None = None):
-        self.mixer = mixer
-        self.plan = plan
-        self.strategies = plan.strategies
-        if strategy is not None:
-            check_strategy(self.strategies, strategy)
-        self.strategy = strategy
-        self.config = dict(config or {})
-        self.__name__ = mixer.name
+    def __init__(self, mixer, plan: RNNPlan, strategy: str | None = None, config: dict | None = None):
+        super().__init__(mixer, plan, strategy, config)
         self.generated = g = generate(plan)
         self.source_path, module = import_source(g.source, g.sha)
         tag = f"mixir.rnn.{mixer.name}.{g.sha[:12]}"
@@ -54,8 +46,7 @@ class CompiledRNN:
         from . import ops as rnn_ops
         self.key = rnn_ops.register(self)    # the string the custom ops find this instance by
 
-    def __repr__(self):
-        return f"<mixir.CompiledRNN {self.mixer.name} ({self.plan.transition}; {', '.join(self.strategies)})>"
+    kind = "CompiledRNN"
 
     def source_files(self):
         return [self.source_path]
@@ -145,17 +136,23 @@ class CompiledRNN:
     def launch_config(self, D, device, dtype, B=16, strategy="fused", backward=True, T=None, H=None):
         """BR (rows per program) and num_warps: on CUDA the tuning database's entry for this mixer,
         strategy and shape (``mixir tune``; needs T and H), else the tuning space's best config
-        (its resource formulas, rnn_space; ``select.tuned_rnn_config``, never raising), a fixed
-        default elsewhere; ``config=`` overrides."""
+        (its resource formulas ranked by ``rnn_space.best_config`` at T = 1024, H = 1;
+        ``autotune.select.tuned_config``, never raising), a fixed default elsewhere; ``config=``
+        overrides."""
         BD = max(16, pow2(D))
         cfg = {"BR": 16, "num_warps": 4 if BD <= 32 else 8, "num_stages": 1}
         if device.type == "cuda":
-            from ...autotune import select
-            name = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
-            best = select.tuned_rnn_config(
-                self.mixer.fingerprint, strategy, len(self.plan.gates), len(self.plan.states), int(D),
-                name, int(B), None if T is None else int(T), None if H is None else int(H),
-                device.index if device.index is not None else torch.cuda.current_device(), bool(backward))
+            from . import space as rnn_space
+            from ...autotune.db import Key, dtype_name
+            from ...autotune.select import tuned_config
+            G, S = len(self.plan.gates), len(self.plan.states)
+            key = None if T is None or H is None else Key(
+                self.mixer.fingerprint, strategy, dtype, int(B), int(T), int(H), int(D), int(D))
+
+            def model(gpu):
+                shape = rnn_space.shape_of(int(B), 1024, 1, int(D), dtype_name(dtype))
+                return rnn_space.best_config(strategy, G, S, shape, gpu, bool(backward))
+            best = tuned_config(None, key, None, device, model=model)
             if best:
                 cfg.update(BR=best["BR"], num_warps=best["num_warps"])
         cfg.update({k: v for k, v in self.config.items() if k in cfg})

@@ -181,7 +181,7 @@ def choose_strategy(gates, D, dtype, device, states=2, backward=True) -> str:
     return "fused" if fits_on_chip(gates, states, D, name, gpu, backward=backward) else "alternating"
 
 
-# ---- the pipeline (mixir tune <an RNN mixer>) ---------------------------------------------------
+# ---- the tuning targets (mixir tune <an RNN mixer>) ----------------------------------------------
 #: per serial step (one token of the recurrence) of a program, for ``cost.rank`` (the same 1 µs
 #: per step as ``_cost``)
 for _s in ("fused", "alternating"):
@@ -189,160 +189,91 @@ for _s in ("fused", "alternating"):
     _cost_mod.STEP_LATENCY_S.setdefault(_s, 1.0e-6)
 
 
-def hidden_size(mixer, K_: int, V_: int) -> tuple:
-    """(plan, D): the mixer's RNN plan and its hidden size for user-level head sizes K, V (the
-    library maps them to its feature dims, as ``pipeline.form_sizes`` does)."""
-    from ..family import analyse
-    from ...autotune.pipeline import feature_sizes
-    plan = analyse(mixer)
-    sizes = feature_sizes(mixer, set(getattr(plan, "key_dims", ())), K_, V_)
-    return plan, int(sizes.get(plan.dim, V_))
+def hidden_size(mixer, plan, request) -> int:
+    """The mixer's hidden size D for the request's head sizes (the library maps them to its feature
+    dims: ``request.feature_sizes``)."""
+    sizes = request.feature_sizes(mixer, set(getattr(plan, "key_dims", ())))
+    return int(sizes.get(plan.dim, request.V))
 
 
-def record_config(mixer, strategy: str, config: dict, *, dtype: str = "bf16", D: int = 32,
+def record_config(mixer, strategy: str, config: dict, request, *, D: int = 32,
                   backward: bool = True) -> list:
     """The generated RNN kernels' ``LaunchRecord``s that running ``mixer`` with ``strategy`` and
-    ``config`` makes on tiny CPU inputs of hidden size ``D`` (forward and backward), with launch
-    parameters as on a GPU (``record_launches``: 16-bit dots as on tensor cores)."""
+    ``config`` makes on tiny CPU inputs of hidden size ``D`` (the request's example inputs and
+    dtype; forward and backward), with launch parameters as on a GPU (``record_launches``: 16-bit
+    dots as on tensor cores)."""
     import numpy as np
     import torch
 
-    import mixir
-    from ..common.launch import record_launches
-    from ...verify import example_inputs
-    from ...autotune.aot_check import _torch_dtype
-    arrays, h0 = example_inputs(mixer, B=2, T=3, H=1, K=D, V=D)
-    dt = _torch_dtype(dtype)
-    compiled = mixir.compile(mixer, strategy=strategy, config=dict(config))
-    with record_launches() as records:
+    from ..common.candidates import record, state_tensors, torch_dtype
+    from ..family import compile_mixer
+    arrays, h0 = request.example_inputs(mixer, B=2, T=3, H=1, K=D, V=D)
+    dt = torch_dtype(request.dtype_name)
+    compiled = compile_mixer(mixer, strategy=strategy, config=dict(config))
+
+    def run():
         xs = [torch.tensor(np.asarray(a), dtype=dt).requires_grad_(backward) for a in arrays]
-        init = tuple(torch.tensor(np.asarray(h), dtype=torch.float32) for h in h0) \
-            if isinstance(h0, tuple) else torch.tensor(np.asarray(h0), dtype=torch.float32)
-        o, _ = compiled(*xs, initial_state=init, output_final_state=True, strategy=strategy)
+        o, _ = compiled(*xs, initial_state=state_tensors(h0), output_final_state=True,
+                        strategy=strategy)
         if backward:
             o.float().sum().backward()
-    out = {}
-    for r in records.values():
-        if r.kernel.name.startswith("mixir.rnn."):
-            out.setdefault(r.key(), r)
-    return list(out.values())
+    return record(run, keep=lambda r: r.kernel.name.startswith("mixir.rnn."))
 
 
-def compile_configs(mixer, strategy: str, configs: list, arch: str, *, dtype: str = "bf16",
-                    K: int = 64, V: int = 64, backward: bool = True, workers=None,
-                    timeout_s: float = 300, progress=None) -> list:
-    """``aot_check.compile_configs`` for the generated RNN kernels of ``strategy``: one
+def compile_configs(mixer, strategy: str, configs: list, arch: str, request, *, backward=True,
+                    workers=None, timeout_s: float = 300, progress=None) -> list:
+    """The generated RNN kernels of ``strategy`` for every config, built for ``arch``: one
     ``CompiledConfig`` per config, recorded at the real hidden size (the resident R's tile
     [PK, PK] is what decides registers and shared memory)."""
-    from ...autotune.aot_check import compile_recorded
-    _, D = hidden_size(mixer, K, V)
+    from ..common.candidates import compile_recorded
+    from .analysis import analyse_rnn
+    D = hidden_size(mixer, analyse_rnn(mixer), request)
     return compile_recorded(
-        configs, lambda cfg: record_config(mixer, strategy, cfg, dtype=dtype, D=D, backward=backward),
+        configs, lambda cfg: record_config(mixer, strategy, cfg, request, D=D, backward=backward),
         arch, workers=workers, timeout_s=timeout_s, progress=progress)
 
 
-def _time(mixer, r, B_, T_, H_, D, dtype, gpu, say):
-    """Time the survivors on the GPU: forward + backward of the compiled mixer per config, each
-    checked first against the alternating strategy (``timing.measure``'s schedule)."""
-    import math
-
-    import torch
-
-    import mixir
-    from ...autotune.timing import FLUSH_BYTES, _inputs, measure, rel_rms
-    survivors = [c for c in r.candidates if c.ok] if r.source == "aot" else list(r.candidates)
-    if not survivors:
-        return
-    tdt = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    xs = _inputs(mixer, B_, T_, H_, D, D, tdt)
-    with torch.no_grad():
-        ref = mixir.compile(mixer)(*xs, strategy="alternating").float()
-    flush = torch.empty(max(FLUSH_BYTES, 2 * gpu.l2_bytes) // 4, dtype=torch.int32, device="cuda")
-    runs = []
-    for c in survivors:
-        try:
-            f = mixir.compile(mixer, strategy=r.strategy, config=dict(c.config))
-            with torch.no_grad():
-                err = rel_rms(f(*xs, strategy=r.strategy), ref)
-        except Exception as e:      # noqa: BLE001 - a failing candidate is out, not the tuning
-            say(f"[{r.strategy}] {c.config}: failed ({type(e).__name__}: {e})")
-            runs.append(None)
-            continue
-        leaves = [x.detach().clone().requires_grad_(True) for x in xs]
-
-        def run(f=f, leaves=leaves):
-            for t in leaves:
-                t.grad = None
-            f(*leaves, strategy=r.strategy).float().sum().backward()
-        runs.append(run if math.isfinite(err) and err <= 2e-2 else None)
-
-    def timer(run):
-        flush.zero_()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        run()
-        b.record()
-        b.synchronize()
-        return a.elapsed_time(b) / 1e3
-    ts = measure(runs, timer, sync=torch.cuda.synchronize, progress=lambda m: say(f"[{r.strategy}] {m}"))
-    for c, t in zip(survivors, ts):
-        c.measured_s = t
-    good = sorted((c for c in survivors if math.isfinite(c.measured_s)), key=lambda c: c.measured_s)
-    r.best, r.source = (good[0], "timed") if good else (None, r.source)
-
-
-def tune(mixer, gpu="h100", *, B=8, T=4096, H=16, K=128, V=128, dtype="bf16", strategies=None,
-         top_k=4, aot=True, timed=False, write=True, directory=None, workers=None, progress=None,
-         feedback=None, max_rounds=None):
-    """``pipeline.tune`` for a nonlinear RNN mixer: per strategy ("fused", "alternating"), the
-    space of the mixer's cell (G gates, S states, hidden size D from the head sizes K, V) solved
-    with CP-SAT for ``gpu`` at user-level (B, T, H) → ranked by the cost model → the top-k
-    AOT-compiled for the GPU's arch (spilling configs dropped and fed back as constraints,
-    re-solved) → (timed on CUDA) → the best written to the tuning database under (mixer
-    fingerprint, dtype, strategy, K = V = D, user-level T and B·H). A strategy with no feasible
-    config (fused when R does not fit on chip: the runtime runs alternating then) is skipped
-    unless named in ``strategies``."""
+def targets(mixer, plan, request) -> list:
+    """Per strategy ("fused", "alternating") the space of the mixer's cell (G gates, S states,
+    hidden size D from the request's head sizes) at the user-level B, T, H (database key K = V =
+    D); timed against the alternating strategy. A strategy with no feasible config (fused when R
+    does not fit on chip: the runtime runs alternating then) is skipped unless named in
+    ``request.strategies``; ``TuningError`` when none is left."""
+    from ...autotune import hardware
+    from ...autotune.pipeline import TuningTarget
     from ...errors import TuningError
-    from ...autotune import db, hardware
-    from ...autotune import pipeline as pl
-    from ...autotune.feedback import Store
-    if timed:
-        pl.require_cuda()
-    say = progress or (lambda msg: None)
-    gpu = hardware.get(gpu)
-    dtype = db.dtype_name(dtype)
-    plan, D = hidden_size(mixer, K, V)
+    from ..common.candidates import timer
+    gpu = hardware.get(request.gpu)
+    dtype = request.dtype_name
+    D = hidden_size(mixer, plan, request)
     G_, S_ = len(plan.gates), len(plan.states)
     avail = tuple(plan.strategies)
-    if strategies is not None and not set(strategies) & set(avail):
-        raise TuningError(f"{mixer.name}: no RNN strategy among {list(strategies)} (strategies: "
+    named = request.strategies
+    if named is not None and not set(named) & set(avail):
+        raise TuningError(f"{mixer.name}: no RNN strategy among {list(named)} (strategies: "
                           f"{', '.join(avail)})")
-    chosen = [s for s in (strategies or avail) if s in avail]
-    shp = shape_of(B, T, H, D, dtype)
-    store = feedback if feedback is not None else Store()
-    results = []
-    for strategy in chosen:
+    shp = shape_of(request.B, request.T, request.H, D, dtype)
+    out = []
+    for strategy in [s for s in (named or avail) if s in avail]:
         if not feasible(strategy, G_, S_, shp, gpu):
             msg = (f"{mixer.name}: no feasible {strategy} config for D={D} in {dtype} on {gpu.name} "
                    f"(the recurrent weights do not fit on chip)")
-            if strategies is not None:
+            if named is not None:
                 raise TuningError(msg)
-            say(f"[{strategy}] skipped: {msg}")
+            request.say(f"[{strategy}] skipped: {msg}")
             continue
-        r = pl._tune_strategy(mixer, strategy, gpu, B, T, H, K, V, D, D, dtype, top_k, aot, workers,
-                              say, store, max_rounds or pl.MAX_ROUNDS,
-                              space_=rnn_space(strategy, G_, S_), shape=shp,
-                              compile_fn=compile_configs)
-        if timed:
-            _time(mixer, r, B, T, H, D, dtype, gpu, say)
-        if r.best is not None and write:
-            r.db_path = pl._write(mixer, gpu, dtype, B, T, H, r, directory)
-        results.append(r)
-    if not results:
+        out.append(TuningTarget(strategy, rnn_space(strategy, G_, S_), shp,
+                                compile=_compiler(mixer, strategy, request),
+                                time=timer(mixer, request, strategy=strategy, reference="alternating",
+                                           K=D, V=D)))
+    if not out:
         raise TuningError(f"{mixer.name}: no RNN strategy has a feasible config for D={D} on {gpu.name}")
-    return pl.TuneResult(mixer.name, gpu, results)
+    return out
+
+
+def _compiler(mixer, strategy, request):
+    return lambda configs, arch, **kw: compile_configs(mixer, strategy, configs, arch, request, **kw)
 
 
 __all__ = ["rnn_space", "feasible", "predicted", "best_config", "fits_on_chip", "choose_strategy",
-           "shape_of", "BR", "G", "S", "hidden_size",
-           "record_config", "compile_configs", "tune"]
+           "shape_of", "BR", "G", "S", "hidden_size", "record_config", "compile_configs", "targets"]

@@ -20,38 +20,32 @@ Kernels (all launched from ``mixir.lowering.gated_linear.core``):
                          by swapping the roles of its operands
   chunk_gla_rev_cumsum   segmented reverse cumsum with an initial carry (decay gradients)
 
-These are plain functions turned into ``Kernel`` objects by ``@kernel`` (no @triton.jit helpers).
+These are plain functions turned into ``Kernel`` objects by ``@kernel``; the bookkeeping of packed
+sequences (chunk bounds, row and state tiles) is ``common.packed_tiles``'s ``@triton.jit`` helpers.
 """
 import triton.language as tl
 
 from mixir.lowering.common.launch import kernel
+from mixir.lowering.common.packed_tiles import (chunk_bounds, chunk_program, load_rows, load_state,
+                                                sequence_chunks, sequence_head, state_offsets,
+                                                store_rows, store_state)
 
 
 @kernel
 def chunk_gla_cumsum(X, G, R, cu_seqlens, chunk_tbl, H, D,
                      LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     # grid: (num chunks, H, cdiv(D, BD)); X, G, R: [T_total, H, D]
-    i_c = tl.program_id(0)
+    _, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_h = tl.program_id(1)
-    i_d = tl.program_id(2)
-    i_n = tl.load(chunk_tbl + i_c * 2)
-    i_tc = tl.load(chunk_tbl + i_c * 2 + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    cs = bos + i_tc * BT
-    L = tl.minimum(eos - cs, BT)
-    o_t = tl.arange(0, BT)
-    o_d = i_d * BD + tl.arange(0, BD)
-    m = (o_t < L)[:, None] & (o_d < D)[None, :]
-    offs = ((cs + o_t)[:, None] * H + i_h) * D + o_d[None, :]
-    x = tl.load(X + offs, mask=m, other=0.).to(tl.float32)
+    o_d = tl.program_id(2) * BD + tl.arange(0, BD)
+    x = load_rows(X, cs, L, i_h, H, D, o_t, o_d)
     # Floor each step's log-decay: exp(LOG_FLOOR) is already 0 in fp32 terms, and keeping the
     # cumulative sums small (|G| <= BT * |LOG_FLOOR|) keeps their differences accurate.
     x = tl.maximum(x, LOG_FLOOR)
     g = tl.associative_scan(x, 0, tl.standard._sum_combine)
     g_last = tl.reduce(tl.where((o_t == L - 1)[:, None], g, 0.), 0, tl.standard._sum_combine)
-    tl.store(G + offs, g, mask=m)
-    tl.store(R + offs, g_last[None, :] - g, mask=m)
+    store_rows(G, g, cs, L, i_h, H, D, o_t, o_d)
+    store_rows(R, g_last[None, :] - g, cs, L, i_h, H, D, o_t, o_d)
 
 
 @kernel
@@ -69,30 +63,15 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
     # where *_L are the inclusive chunk-local cumsums at the chunk's last row.
     # forward: KX=k, VX=v, F* = reverse-exclusive cumsums R -> HS[c] = state before chunk c.
     # backward: KX=q, VX=do, F* = inclusive cumsums G, REVERSE -> HS[c] = adjoint after chunk c.
-    i_nh = tl.program_id(0)
-    i_k = tl.program_id(1)
-    i_v = tl.program_id(2)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    nt = (eos - bos + BT - 1) // BT
-    co = tl.load(chunk_off + i_n).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < DK
-    m_v = o_v < DV
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * DV + o_v[None, :]
+    i_n, i_h, bos, eos, co, nt = sequence_chunks(cu_seqlens, chunk_off, tl.program_id(0), H, BT)
+    o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(tl.program_id(1), tl.program_id(2), DK, DV, BK, BV)
     o_t = tl.arange(0, BT)
     if DOT_F32:
         dt = tl.float32
     else:
         dt = KX.dtype.element_ty
 
-    h = tl.full([BK, BV], 0., tl.float32)
-    if USE_H0:
-        h += tl.load(H0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
     for it in range(0, nt):
         if REVERSE:
             tc = nt - 1 - it
@@ -104,6 +83,8 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
         last = cs + L - 1
         m_t = o_t < L
         rows = cs + o_t
+        # loads written out, not load_rows: its address arithmetic cost this kernel up to 12 more
+        # registers (ptxas, sm_90)
         kx = tl.load(KX + (rows[:, None] * H + i_h) * DK + o_k[None, :],
                      mask=m_t[:, None] & m_k[None, :], other=0.)
         vx = tl.load(VX + (rows[:, None] * H + i_h) * DV + o_v[None, :],
@@ -127,7 +108,7 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
             h = h * tl.exp(tl.load(GC + (last * H + i_h) * DV + o_v, mask=m_v, other=0.))[None, :]
         h += tl.dot(tl.trans(kx.to(dt)), vx.to(dt), input_precision=PREC)
     if STORE_HT:
-        tl.store(HT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, h, mask=m_kv)
+        store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
 
 @kernel
@@ -153,12 +134,7 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, cu_seqlens, chunk_tbl,
     NC: tl.constexpr = BT // BC
     i_c = i_s // NC
     i_i = i_s % NC
-    i_n = tl.load(chunk_tbl + i_c * 2)
-    i_tc = tl.load(chunk_tbl + i_c * 2 + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    cs = bos + i_tc * BT
-    L = tl.minimum(eos - cs, BT)
+    cs, L = chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
     if i_i * BC >= L:
         return
     i0 = cs + i_i * BC
@@ -287,14 +263,9 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, cu_seqlens, chunk_tbl,
 def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D,
                          USE_INIT: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
     # grid: (N * H, cdiv(D, BD)). OUT_t = INIT[n] + sum_{s >= t, s in sequence n} X_s (fp32).
-    i_nh = tl.program_id(0)
-    i_d = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     nt = (eos - bos + BT - 1) // BT
-    o_d = i_d * BD + tl.arange(0, BD)
+    o_d = tl.program_id(1) * BD + tl.arange(0, BD)
     m_d = o_d < D
     o_t = tl.arange(0, BT)
     carry = tl.full([BD], 0., tl.float32)
@@ -303,12 +274,10 @@ def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D,
     for it in range(0, nt):
         cs = bos + (nt - 1 - it) * BT
         L = tl.minimum(eos - cs, BT)
-        m = (o_t < L)[:, None] & m_d[None, :]
-        offs = ((cs + o_t)[:, None] * H + i_h) * D + o_d[None, :]
-        x = tl.load(X + offs, mask=m, other=0.).to(tl.float32)
+        x = load_rows(X, cs, L, i_h, H, D, o_t, o_d)
         tot = tl.reduce(x, 0, tl.standard._sum_combine)
         out = carry[None, :] + (tot[None, :] - tl.associative_scan(x, 0, tl.standard._sum_combine) + x)
-        tl.store(OUT + offs, out, mask=m)
+        store_rows(OUT, out, cs, L, i_h, H, D, o_t, o_d)
         carry += tot
 
 

@@ -7,9 +7,36 @@ N + 1 offsets). One program per (sequence * head, V-tile); the whole K extent is
 The per-step gate is applied as exp(g) * exp(gk)[:, None] * exp(gv)[None, :] (single log-decays,
 no cumulative sums, every factor <= 1 for non-positive log-decays).
 """
+import triton
 import triton.language as tl
 
 from mixir.lowering.common.launch import kernel
+from mixir.lowering.common.packed_tiles import load_state, sequence_head, state_offsets, store_state
+
+
+@triton.jit
+def _decay(h, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v,
+           USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr):
+    """h * exp(g_t + gk_t[:, None] + gv_t[None, :]), one factor at a time (each <= 1 for
+    non-positive log-decays)."""
+    if USE_G:
+        h = h * tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
+    if USE_GK:
+        h = h * tl.exp(tl.load(GK + base_k + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
+    if USE_GV:
+        h = h * tl.exp(tl.load(GV + base_v + o_v, mask=m_v, other=0.).to(tl.float32))[None, :]
+    return h
+
+
+@triton.jit
+def _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v,
+          USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr):
+    """One token: S_t = exp(g_t + gk_t[:, None] + gv_t[None, :]) * S_{t-1} + k_t v_t^T (row t of
+    head i_h of the packed tensors starts at base_k / base_v)."""
+    k = tl.load(K_ + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
+    v = tl.load(V_ + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
+    h = _decay(h, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
+    return h + k[:, None] * v[None, :]
 
 
 @kernel
@@ -18,38 +45,18 @@ def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, H0, O, HT, cu_seqlens, H, DK, DV,
                       USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV))
-    i_nh = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < DK
-    m_v = o_v < DV
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * DV + o_v[None, :]
-    h = tl.full([BK, BV], 0., tl.float32)
-    if USE_H0:
-        h += tl.load(H0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
+    o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, tl.program_id(1), DK, DV, BK, BV)
+    h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
     for t in range(bos, eos):
         base_k = (t * H + i_h) * DK
         base_v = (t * H + i_h) * DV
         q = tl.load(Q + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
-        k = tl.load(K_ + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
-        v = tl.load(V_ + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
-        if USE_G:
-            h = h * tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
-        if USE_GK:
-            h = h * tl.exp(tl.load(GK + base_k + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
-        if USE_GV:
-            h = h * tl.exp(tl.load(GV + base_v + o_v, mask=m_v, other=0.).to(tl.float32))[None, :]
-        h += k[:, None] * v[None, :]
+        h = _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
         o = tl.reduce(h * q[:, None], 0, tl.standard._sum_combine)
         tl.store(O + base_v + o_v, o, mask=m_v)
     if STORE_HT:
-        tl.store(HT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, h, mask=m_kv)
+        store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
 
 @kernel
@@ -63,46 +70,25 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, H0, DO, DHT,
     # Pass 1 (forward in time): S_t, dq_t = S_t do_t, optionally o_t = S_t^T q_t, and S_T -> HT.
     # Pass 2 (reverse): D_t = A_{t+1} * D_{t+1} + q_t do_t^T (D_T = dhT + q_T do_T^T),
     #   dk_t = D_t v_t, dv_t = D_t^T k_t; finally dh0 = A_1 * D_1.
-    i_nh = tl.program_id(0)
     i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < DK
-    m_v = o_v < DV
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * DV + o_v[None, :]
+    i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
+    o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, i_v, DK, DV, BK, BV)
     part = i_v.to(tl.int64) * T_total * H * DK
 
-    h = tl.full([BK, BV], 0., tl.float32)
-    if USE_H0:
-        h += tl.load(H0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
     for t in range(bos, eos):
         base_k = (t * H + i_h) * DK
         base_v = (t * H + i_h) * DV
-        k = tl.load(K_ + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
-        v = tl.load(V_ + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
+        h = _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
         do = tl.load(DO + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
-        if USE_G:
-            h = h * tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
-        if USE_GK:
-            h = h * tl.exp(tl.load(GK + base_k + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
-        if USE_GV:
-            h = h * tl.exp(tl.load(GV + base_v + o_v, mask=m_v, other=0.).to(tl.float32))[None, :]
-        h += k[:, None] * v[None, :]
         dq = tl.reduce(h * do[None, :], 1, tl.standard._sum_combine)
         tl.store(DQ + part + base_k + o_k, dq, mask=m_k)
         if STORE_O:
             q = tl.load(Q + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
             tl.store(O + base_v + o_v, tl.reduce(h * q[:, None], 0, tl.standard._sum_combine), mask=m_v)
-    tl.store(HT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, h, mask=m_kv)
+    store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
-    dh = tl.full([BK, BV], 0., tl.float32)
-    if USE_DHT:
-        dh += tl.load(DHT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    dh = load_state(DHT, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_DHT)
     for it in range(bos, eos):
         t = eos - 1 - (it - bos)
         base_k = (t * H + i_h) * DK
@@ -114,14 +100,9 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, H0, DO, DHT,
         dh += q[:, None] * do[None, :]
         tl.store(DK_ + part + base_k + o_k, tl.reduce(dh * v[None, :], 1, tl.standard._sum_combine), mask=m_k)
         tl.store(DV_ + base_v + o_v, tl.reduce(dh * k[:, None], 0, tl.standard._sum_combine), mask=m_v)
-        if USE_G:
-            dh = dh * tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
-        if USE_GK:
-            dh = dh * tl.exp(tl.load(GK + base_k + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
-        if USE_GV:
-            dh = dh * tl.exp(tl.load(GV + base_v + o_v, mask=m_v, other=0.).to(tl.float32))[None, :]
+        dh = _decay(dh, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
     if STORE_DH0:
-        tl.store(DH0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, dh, mask=m_kv)
+        store_state(DH0, dh, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
 
 KERNELS = (recurrent_gla_fwd, recurrent_gla_bwd)

@@ -12,7 +12,7 @@ D_ij = exp(G_i − G_j), h the state before the chunk):
 A⁻¹ is computed inside the kernels by forward substitution on the BT × BT register tile
 (``unit_lower_inverse``); nothing dense leaves the chip.
 
-Layout: packed [T_total, H, D] contiguous tensors; chunk tables as in gla_chunked.py.
+Layout: packed [T_total, H, D] contiguous tensors; chunk tables as in ``common.chunks``.
 Kernels (launched from ``mixir.lowering.householder.core``):
   delta_chunk_prep     parallel over chunks: G, W, Ũ
   delta_chunk_states   sequential over chunks per (sequence, head, V-tile): h per chunk, u, hT
@@ -24,79 +24,21 @@ import triton
 import triton.language as tl
 
 from mixir.lowering.common.launch import kernel
-
-
-@triton.jit
-def _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT: tl.constexpr):
-    i_n = tl.load(chunk_tbl + i_c * 2)
-    i_tc = tl.load(chunk_tbl + i_c * 2 + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    cs = bos + i_tc * BT
-    L = tl.minimum(eos - cs, BT)
-    return cs, L
-
-
-@triton.jit
-def _load_rows(X, cs, L, i_h, H, D, o_t, o_d):
-    """[BT, BD] fp32 tile of a packed [T_total, H, D] tensor (zeros outside)."""
-    m = (o_t < L)[:, None] & (o_d < D)[None, :]
-    offs = ((cs + o_t)[:, None] * H + i_h) * D + o_d[None, :]
-    return tl.load(X + offs, mask=m, other=0.).to(tl.float32)
-
-
-@triton.jit
-def _store_rows(X, val, cs, L, i_h, H, D, o_t, o_d):
-    m = (o_t < L)[:, None] & (o_d < D)[None, :]
-    offs = ((cs + o_t)[:, None] * H + i_h) * D + o_d[None, :]
-    tl.store(X + offs, val, mask=m)
-
-
-@triton.jit
-def _load_scalars(X, cs, L, i_h, H, o_t):
-    return tl.load(X + (cs + o_t) * H + i_h, mask=o_t < L, other=0.).to(tl.float32)
+from mixir.lowering.common.packed_tiles import (chunk_program, load_rows, load_scalars, load_state,
+                                                sequence_chunks, state_offsets, store_rows, store_state)
 
 
 @triton.jit
 def _gates(Gin, cs, L, i_h, H, o_t, USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr):
     """Chunk-local inclusive cumsum G of the log-gates (0 without gates); rows ≥ L repeat G_{L−1}."""
     if USE_G:
-        g = tl.maximum(_load_scalars(Gin, cs, L, i_h, H, o_t), LOG_FLOOR)
+        g = tl.maximum(load_scalars(Gin, cs, L, i_h, H, o_t), LOG_FLOOR)
         g = tl.where(o_t < L, g, 0.)
         G = tl.cumsum(g, 0)
     else:
         G = tl.zeros([o_t.shape[0]], dtype=tl.float32)
     G_last = tl.sum(tl.where(o_t == L - 1, G, 0.), 0)
     return G, G_last
-
-
-@triton.jit
-def _sequence_program(cu_seqlens, chunk_off, H, DK: tl.constexpr, DV: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr):
-    """The (sequence × head, V-tile) program of a sequential pass: its sequence bounds, first chunk
-    and the offsets / mask of its [BK, BV] state tile."""
-    i_nh = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    co = tl.load(chunk_off + i_n).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_kv = (o_k < DK)[:, None] & (o_v < DV)[None, :]
-    o_kv = o_k[:, None] * DV + o_v[None, :]
-    return i_n, i_h, bos, eos, co, o_k, o_v, m_kv, o_kv
-
-
-@triton.jit
-def _state_tile(P, i_n, i_h, H, DK: tl.constexpr, DV: tl.constexpr, o_kv, m_kv,
-                BK: tl.constexpr, BV: tl.constexpr, USE: tl.constexpr):
-    """The program's [BK, BV] tile of an [N, H, DK, DV] state (zeros when USE is false)."""
-    h = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE:
-        h += tl.load(P + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, mask=m_kv, other=0.)
-    return h
 
 
 @triton.jit
@@ -135,8 +77,8 @@ def _gram(X, Y, cs, L, i_h, H, D: tl.constexpr, o_t, BKT: tl.constexpr, PREC: tl
     acc = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
     for k0 in range(0, D, BKT):
         o_k = k0 + tl.arange(0, BKT)
-        acc += tl.dot(_load_rows(X, cs, L, i_h, H, D, o_t, o_k),
-                      tl.trans(_load_rows(Y, cs, L, i_h, H, D, o_t, o_k)), input_precision=PREC)
+        acc += tl.dot(load_rows(X, cs, L, i_h, H, D, o_t, o_k),
+                      tl.trans(load_rows(Y, cs, L, i_h, H, D, o_t, o_k)), input_precision=PREC)
     return acc
 
 
@@ -157,21 +99,19 @@ def delta_chunk_prep(K_, V_, B_, Gin, W, U, cu_seqlens, chunk_tbl, H, DK: tl.con
                      USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
                      BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr, IPREC: tl.constexpr):
     # grid: (num chunks, H). W = A⁻¹ diag(βγ) K [T, H, DK], U = A⁻¹ V [T, H, DV] (fp32)
-    i_c = tl.program_id(0)
+    i_c, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_h = tl.program_id(1)
-    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
-    o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
-    beta = _load_scalars(B_, cs, L, i_h, H, o_t)
+    beta = load_scalars(B_, cs, L, i_h, H, o_t)
     G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
     KKD, Dm, Ainv = _wy_matrix(_gram(K_, K_, cs, L, i_h, H, DK, o_t, BKT, PREC), beta, G, o_t, IPREC)
-    Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
+    Kt = load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
     Wt = tl.dot(Ainv, Kt * (beta * tl.exp(G))[:, None], input_precision=PREC)
-    _store_rows(W, Wt, cs, L, i_h, H, DK, o_t, o_k)
+    store_rows(W, Wt, cs, L, i_h, H, DK, o_t, o_k)
     for v0 in range(0, DV, BV):
         o_v = v0 + tl.arange(0, BV)
-        Vt = _load_rows(V_, cs, L, i_h, H, DV, o_t, o_v)
-        _store_rows(U, tl.dot(Ainv, Vt, input_precision=PREC), cs, L, i_h, H, DV, o_t, o_v)
+        Vt = load_rows(V_, cs, L, i_h, H, DV, o_t, o_v)
+        store_rows(U, tl.dot(Ainv, Vt, input_precision=PREC), cs, L, i_h, H, DV, o_t, o_v)
 
 
 @kernel
@@ -180,23 +120,23 @@ def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H
                        LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                        BV: tl.constexpr, PREC: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV)). For each chunk: HS[c] = h; u = U − W h; h = γ_L h + (K γ_L/γ)ᵀ u
-    i_n, i_h, bos, eos, co, o_k, o_v, m_kv, o_kv = _sequence_program(cu_seqlens, chunk_off, H, DK, DV, BK, BV)
+    i_n, i_h, bos, eos, co, nt = sequence_chunks(cu_seqlens, chunk_off, tl.program_id(0), H, BT)
+    o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, tl.program_id(1), DK, DV, BK, BV)
     o_t = tl.arange(0, BT)
-    h = _state_tile(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
-    nt = (eos - bos + BT - 1) // BT
+    h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
     for c in range(0, nt):
         cs = bos + c * BT
         L = tl.minimum(eos - cs, BT)
         tl.store(HS + ((co + c) * H + i_h) * DK * DV + o_kv, h, mask=m_kv)
-        Wt = _load_rows(W, cs, L, i_h, H, DK, o_t, o_k)
-        u = _load_rows(U, cs, L, i_h, H, DV, o_t, o_v) - tl.dot(Wt, h, input_precision=PREC)
-        _store_rows(Unew, u, cs, L, i_h, H, DV, o_t, o_v)
+        Wt = load_rows(W, cs, L, i_h, H, DK, o_t, o_k)
+        u = load_rows(U, cs, L, i_h, H, DV, o_t, o_v) - tl.dot(Wt, h, input_precision=PREC)
+        store_rows(Unew, u, cs, L, i_h, H, DV, o_t, o_v)
         G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
-        Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
+        Kt = load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
         Kd = Kt * tl.where(o_t < L, tl.exp(G_last - G), 0.)[:, None]
         h = tl.exp(G_last) * h + tl.dot(tl.trans(Kd), u, input_precision=PREC)
     if STORE_HT:
-        tl.store(HT + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, h, mask=m_kv)
+        store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
 
 @kernel
@@ -209,11 +149,9 @@ def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl
     # NH > 1 (DeltaProduct): the sequence is T·NH sub-steps and only each token's last sub-step
     # is read out, so the program takes the BR (≥ ⌈BT/NH⌉) rows p ≡ NH − 1 (mod NH) of its chunk,
     # reads Q and writes O at token p // NH of the compact [T, H, ·] tensors: 1/NH of the work.
-    i_c = tl.program_id(0)
+    i_c, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_v = tl.program_id(1)
     i_h = tl.program_id(2)
-    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
-    o_t = tl.arange(0, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
     if NH == 1:
@@ -234,13 +172,13 @@ def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl
         o_k = k0 + tl.arange(0, BKT)
         Qt = tl.load(Q + (tok[:, None] * H + i_h) * DK + o_k[None, :],
                      mask=row_ok[:, None] & (o_k < DK)[None, :], other=0.).to(tl.float32)
-        QK += tl.dot(Qt, tl.trans(_load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)), input_precision=PREC)
+        QK += tl.dot(Qt, tl.trans(load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)), input_precision=PREC)
         h = tl.load(HS + base_h + o_k[:, None] * DV + o_v[None, :],
                     mask=(o_k < DK)[:, None] & (o_v < DV)[None, :], other=0.)
         o += tl.dot(Qt, h, input_precision=PREC)
     causal = o_r[:, None] >= o_t[None, :]
     P = tl.where(causal, QK * tl.exp(tl.where(causal, Gr[:, None] - G[None, :], float("-inf"))), 0.)
-    u = _load_rows(Unew, cs, L, i_h, H, DV, o_t, o_v)
+    u = load_rows(Unew, cs, L, i_h, H, DV, o_t, o_v)
     o = o * tl.exp(Gr)[:, None] + tl.dot(P, u, input_precision=PREC)
     tl.store(O + (tok[:, None] * H + i_h) * DV + o_v[None, :], o,
              mask=row_ok[:, None] & (o_v < DV)[None, :])
@@ -253,10 +191,10 @@ def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_
                         BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV)). Reverse over chunks, dh = adjoint of the chunk-end state:
     #   DHS[c] = dh;  du = tril(QKᵀ⊙D)ᵀ dO + (K γ_L/γ) dh;  dh ← γ_L dh + (Q γ)ᵀ dO − Wᵀ du
-    i_n, i_h, bos, eos, co, o_k, o_v, m_kv, o_kv = _sequence_program(cu_seqlens, chunk_off, H, DK, DV, BK, BV)
+    i_n, i_h, bos, eos, co, nt = sequence_chunks(cu_seqlens, chunk_off, tl.program_id(0), H, BT)
+    o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, tl.program_id(1), DK, DV, BK, BV)
     o_t = tl.arange(0, BT)
-    dh = _state_tile(DHT, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_DHT)
-    nt = (eos - bos + BT - 1) // BT
+    dh = load_state(DHT, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_DHT)
     causal = o_t[:, None] >= o_t[None, :]
     for cr in range(0, nt):
         c = nt - 1 - cr
@@ -271,22 +209,22 @@ def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_
         Kdh = tl.zeros([BT, BV], dtype=tl.float32)
         for k0 in range(0, DK, BKT):
             o_kt = k0 + tl.arange(0, BKT)
-            Kt = _load_rows(K_, cs, L, i_h, H, DK, o_t, o_kt)
-            QK += tl.dot(_load_rows(Q, cs, L, i_h, H, DK, o_t, o_kt), tl.trans(Kt), input_precision=PREC)
+            Kt = load_rows(K_, cs, L, i_h, H, DK, o_t, o_kt)
+            QK += tl.dot(load_rows(Q, cs, L, i_h, H, DK, o_t, o_kt), tl.trans(Kt), input_precision=PREC)
             dh_t = tl.load(DHS + base_c + o_kt[:, None] * DV + o_v[None, :],
                            mask=(o_kt < DK)[:, None] & (o_v < DV)[None, :], other=0.)
             Kdh += tl.dot(Kt, dh_t, input_precision=PREC)
         P = tl.where(causal, QK * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
-        dO = _load_rows(DO, cs, L, i_h, H, DV, o_t, o_v)
+        dO = load_rows(DO, cs, L, i_h, H, DV, o_t, o_v)
         du = tl.dot(tl.trans(P), dO, input_precision=PREC) + Kdh * ratio[:, None]
-        _store_rows(DU, du, cs, L, i_h, H, DV, o_t, o_v)
-        Qt = _load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
-        Wt = _load_rows(W, cs, L, i_h, H, DK, o_t, o_k)
+        store_rows(DU, du, cs, L, i_h, H, DV, o_t, o_v)
+        Qt = load_rows(Q, cs, L, i_h, H, DK, o_t, o_k)
+        Wt = load_rows(W, cs, L, i_h, H, DK, o_t, o_k)
         dh = (tl.exp(G_last) * dh + tl.dot(tl.trans(Qt * tl.exp(G)[:, None]), dO, input_precision=PREC)
               - tl.dot(tl.trans(Wt), du, input_precision=PREC))
         tl.debug_barrier()          # every read of DHS[c] is done before the next chunk's store
     if STORE_DH0:
-        tl.store(DH0 + (i_n * H + i_h).to(tl.int64) * DK * DV + o_kv, dh, mask=m_kv)
+        store_state(DH0, dh, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
 
 @kernel
@@ -296,11 +234,9 @@ def delta_chunk_grads_v(HS, DHS, Unew, DU, DO, DQA, DWA, DKB, HDH,
     # grid: (num chunks, H, cdiv(DK, BKT)). The K-sized sums over V of the chunk's backward, one
     # K-tile per program (exact: no sum over K), a loop over V-tiles, written to fp32 scratch:
     #   dQa = dO hᵀ;  dWa = −du hᵀ;  dKb = u dhᵀ;  HDH[i_k] = ⟨h, dh⟩ over the K-tile.
-    i_c = tl.program_id(0)
+    i_c, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_h = tl.program_id(1)
     i_k = tl.program_id(2)
-    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
-    o_t = tl.arange(0, BT)
     o_k = i_k * BKT + tl.arange(0, BKT)
     dQa = tl.zeros([BT, BKT], dtype=tl.float32)
     dWa = tl.zeros([BT, BKT], dtype=tl.float32)
@@ -313,13 +249,13 @@ def delta_chunk_grads_v(HS, DHS, Unew, DU, DO, DQA, DWA, DKB, HDH,
         o_kv = o_k[:, None] * DV_ + o_v[None, :]
         h = tl.load(HS + base_h + o_kv, mask=m_kv, other=0.)
         dh = tl.load(DHS + base_h + o_kv, mask=m_kv, other=0.)
-        dQa += tl.dot(_load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(h), input_precision=PREC)
-        dWa -= tl.dot(_load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(h), input_precision=PREC)
-        dKb += tl.dot(_load_rows(Unew, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(dh), input_precision=PREC)
+        dQa += tl.dot(load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(h), input_precision=PREC)
+        dWa -= tl.dot(load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(h), input_precision=PREC)
+        dKb += tl.dot(load_rows(Unew, cs, L, i_h, H, DV_, o_t, o_v), tl.trans(dh), input_precision=PREC)
         hdh += tl.sum(h * dh, 1)
-    _store_rows(DQA, dQa, cs, L, i_h, H, DK_, o_t, o_k)
-    _store_rows(DWA, dWa, cs, L, i_h, H, DK_, o_t, o_k)
-    _store_rows(DKB, dKb, cs, L, i_h, H, DK_, o_t, o_k)
+    store_rows(DQA, dQa, cs, L, i_h, H, DK_, o_t, o_k)
+    store_rows(DWA, dWa, cs, L, i_h, H, DK_, o_t, o_k)
+    store_rows(DKB, dKb, cs, L, i_h, H, DK_, o_t, o_k)
     tl.store(HDH + (i_k * NT + i_c) * H + i_h, tl.sum(hdh, 0))
 
 
@@ -327,35 +263,31 @@ def delta_chunk_grads_v(HS, DHS, Unew, DU, DO, DQA, DWA, DKB, HDH,
 def delta_chunk_grads_p(V_, Unew, DU, DO, DP, DM, cu_seqlens, chunk_tbl, H, DV_: tl.constexpr,
                         BT: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
     # grid: (num chunks, H). The [BT, BT] sums over V: dP = dO uᵀ, M = du Vᵀ (fp32 scratch).
-    i_c = tl.program_id(0)
+    i_c, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_h = tl.program_id(1)
-    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
-    o_t = tl.arange(0, BT)
     dP = tl.zeros([BT, BT], dtype=tl.float32)
     dM = tl.zeros([BT, BT], dtype=tl.float32)
     for v0 in range(0, DV_, BV):
         o_v = v0 + tl.arange(0, BV)
-        du = _load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v)
-        dP += tl.dot(_load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v),
-                     tl.trans(_load_rows(Unew, cs, L, i_h, H, DV_, o_t, o_v)), input_precision=PREC)
-        dM += tl.dot(du, tl.trans(_load_rows(V_, cs, L, i_h, H, DV_, o_t, o_v)), input_precision=PREC)
-    _store_rows(DP, dP, cs, L, i_h, H, BT, o_t, o_t)
-    _store_rows(DM, dM, cs, L, i_h, H, BT, o_t, o_t)
+        du = load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v)
+        dP += tl.dot(load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v),
+                     tl.trans(load_rows(Unew, cs, L, i_h, H, DV_, o_t, o_v)), input_precision=PREC)
+        dM += tl.dot(du, tl.trans(load_rows(V_, cs, L, i_h, H, DV_, o_t, o_v)), input_precision=PREC)
+    store_rows(DP, dP, cs, L, i_h, H, BT, o_t, o_t)
+    store_rows(DM, dM, cs, L, i_h, H, BT, o_t, o_t)
 
 
 @kernel
 def delta_chunk_dv(AINV, DU, DV, cu_seqlens, chunk_tbl, H, DV_: tl.constexpr, BT: tl.constexpr,
                    BV: tl.constexpr, PREC: tl.constexpr):
     # grid: (num chunks, cdiv(DV, BV), H). dv = A⁻ᵀ du (A⁻¹ from delta_chunk_grads_k's scratch)
-    i_c = tl.program_id(0)
+    i_c, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_v = tl.program_id(1)
     i_h = tl.program_id(2)
-    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
-    o_t = tl.arange(0, BT)
     o_v = i_v * BV + tl.arange(0, BV)
-    Ainv = _load_rows(AINV, cs, L, i_h, H, BT, o_t, o_t)
-    du = _load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v)
-    _store_rows(DV, tl.dot(tl.trans(Ainv), du, input_precision=PREC), cs, L, i_h, H, DV_, o_t, o_v)
+    Ainv = load_rows(AINV, cs, L, i_h, H, BT, o_t, o_t)
+    du = load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v)
+    store_rows(DV, tl.dot(tl.trans(Ainv), du, input_precision=PREC), cs, L, i_h, H, DV_, o_t, o_v)
 
 
 @kernel
@@ -365,43 +297,41 @@ def delta_chunk_grads_k(Q, K_, B_, Gin, DQA, DWA, DKB, DP, DM, HDH, AINV, DQ, DK
                         BK: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr,
                         IPREC: tl.constexpr):
     # grid: (num chunks, H). The K-sized rest of the chunk's backward (docs/delta_rule.md).
-    i_c = tl.program_id(0)
+    i_c, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_h = tl.program_id(1)
-    cs, L = _chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
-    o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     # ordered so that each loaded or computed tile dies early (fewer live registers)
     causal = o_t[:, None] >= o_t[None, :]
     strict = o_t[:, None] > o_t[None, :]
     valid = o_t < L
-    beta = _load_scalars(B_, cs, L, i_h, H, o_t)
+    beta = load_scalars(B_, cs, L, i_h, H, o_t)
     G, G_last = _gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
     KKD, Dm, Ainv = _wy_matrix(_gram(K_, K_, cs, L, i_h, H, DK_, o_t, BKT, PREC), beta, G, o_t, IPREC)
-    _store_rows(AINV, Ainv, cs, L, i_h, H, BT, o_t, o_t)
+    store_rows(AINV, Ainv, cs, L, i_h, H, BT, o_t, o_t)
     gam = tl.exp(G)
     ratio = tl.where(valid, tl.exp(G_last - G), 0.)
     # the output's intra-chunk term P = tril(QKᵀ ⊙ D) and the inter-chunk term (Q ⊙ γ) h
-    dP = _load_rows(DP, cs, L, i_h, H, BT, o_t, o_t)
+    dP = load_rows(DP, cs, L, i_h, H, BT, o_t, o_t)
     T1 = dP * tl.where(causal, _gram(Q, K_, cs, L, i_h, H, DK_, o_t, BKT, PREC) * Dm, 0.)
     dG = tl.sum(T1, 1) - tl.sum(T1, 0)
     dPm = tl.where(causal, dP * Dm, 0.)
-    Kt = _load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k)
-    Qt = _load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k)
-    dQa = _load_rows(DQA, cs, L, i_h, H, DK_, o_t, o_k)
+    Kt = load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k)
+    Qt = load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k)
+    dQa = load_rows(DQA, cs, L, i_h, H, DK_, o_t, o_k)
     dG += gam * tl.sum(dQa * Qt, 1)
     dQ = dQa * gam[:, None] + tl.dot(dPm, Kt, input_precision=PREC)
-    _store_rows(DQ, dQ, cs, L, i_h, H, DK_, o_t, o_k)
+    store_rows(DQ, dQ, cs, L, i_h, H, DK_, o_t, o_k)
     dK = tl.dot(tl.trans(dPm), Qt, input_precision=PREC)
     # the chunk-end state h' = γ_L h + (K γ_L/γ)ᵀ u
-    dKb = _load_rows(DKB, cs, L, i_h, H, DK_, o_t, o_k)
+    dKb = load_rows(DKB, cs, L, i_h, H, DK_, o_t, o_k)
     dK += dKb * ratio[:, None]
     cend = ratio * tl.sum(dKb * Kt, 1)
     dG -= cend
     # u = Ũ − W h with Ũ = A⁻¹ V, W = A⁻¹ diag(βγ) K
     AinvT = tl.trans(Ainv)
-    dX = tl.dot(AinvT, _load_rows(DWA, cs, L, i_h, H, DK_, o_t, o_k), input_precision=PREC)
+    dX = tl.dot(AinvT, load_rows(DWA, cs, L, i_h, H, DK_, o_t, o_k), input_precision=PREC)
     # dv Ũᵀ + dX Wᵀ = A⁻ᵀ (M + (dWa Kᵀ) diag(βγ)) A⁻ᵀ with M = du Vᵀ (both from scratch)
-    Mx = (_load_rows(DM, cs, L, i_h, H, BT, o_t, o_t)
+    Mx = (load_rows(DM, cs, L, i_h, H, BT, o_t, o_t)
           + _gram(DWA, K_, cs, L, i_h, H, DK_, o_t, BKT, PREC) * (beta * gam)[None, :])
     dA = tl.where(strict, -tl.dot(tl.dot(AinvT, Mx, input_precision=PREC), AinvT, input_precision=PREC), 0.)
     kdx = tl.sum(dX * Kt, 1)
@@ -411,7 +341,7 @@ def delta_chunk_grads_k(Q, K_, B_, Gin, DQA, DWA, DKB, DP, DM, HDH, AINV, DQ, DK
     dbeta = gam * kdx + tl.sum(dA * KKD, 1)
     Fm = dA * beta[:, None] * Dm
     dK += tl.dot(Fm, Kt, input_precision=PREC) + tl.dot(tl.trans(Fm), Kt, input_precision=PREC)
-    _store_rows(DK, dK, cs, L, i_h, H, DK_, o_t, o_k)
+    store_rows(DK, dK, cs, L, i_h, H, DK_, o_t, o_k)
     T2 = dA * beta[:, None] * KKD
     dG += tl.sum(T2, 1) - tl.sum(T2, 0)
     o_nk = tl.arange(0, NKP)
@@ -421,7 +351,7 @@ def delta_chunk_grads_k(Q, K_, B_, Gin, DQA, DWA, DKB, DP, DM, HDH, AINV, DQ, DK
     dG = tl.where(valid, dG, 0.)
     dg = tl.sum(dG, 0) - tl.cumsum(dG, 0) + dG
     if USE_G:
-        graw = _load_scalars(Gin, cs, L, i_h, H, o_t)
+        graw = load_scalars(Gin, cs, L, i_h, H, o_t)
         dg = tl.where(graw >= LOG_FLOOR, dg, 0.)
     tl.store(DB + (cs + o_t) * H + i_h, dbeta, mask=valid)
     if USE_G:

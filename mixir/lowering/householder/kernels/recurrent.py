@@ -58,15 +58,16 @@ Cost (per head, T tokens in N sequences, 4-byte floats):
   default backward tile).
 """
 import dataclasses
-import os
 
 import torch
 import triton
 import triton.language as tl
 
-from ....tiles import cdiv, pow2
+from ....tiles import cdiv
 from mixir.errors import InputError
+from mixir.lowering.common.chunks import empty, packed, tile
 from mixir.lowering.common.launch import kernel
+from mixir.lowering.common.packed_tiles import load_state, sequence_head, state_offsets, store_state
 
 _SUM = tl.standard._sum_combine    # tl.reduce(x, axis, _SUM): tl.sum is slow in the interpreter
 
@@ -102,22 +103,9 @@ def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens,
                         STORE_O: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, GATE_K: tl.constexpr = False):
     # grid: (N * H, cdiv(DV, BV))
-    i_nh = tl.program_id(0)
-    i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < DK
-    m_v = o_v < DV
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * DV + o_v[None, :]
-    o_state = (i_n * H + i_h).to(tl.int64) * DK * DV
-    S = tl.full([BK, BV], 0., tl.float32)
-    if USE_H0:
-        S += tl.load(H0 + o_state + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
+    o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, tl.program_id(1), DK, DV, BK, BV)
+    S = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
     ck_base = 0
     if STORE_CKPT:
         ck_base = tl.load(CK_OFF + i_n).to(tl.int64)
@@ -133,7 +121,7 @@ def delta_recurrent_fwd(Q, K_, V_, BETA, G, H0, O, HT, CKPT, CK_OFF, cu_seqlens,
                 o = tl.reduce(S * q[:, None], 0, _SUM)
                 tl.store(O + (t * H + i_h) * DV + o_v, o, mask=m_v)
     if STORE_HT:
-        tl.store(HT + o_state + o_kv, S, mask=m_kv)
+        store_state(HT, S, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
 
 @kernel
@@ -147,25 +135,14 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
     # per-V-tile partial sums; DV_ [T_total, H, DV] is exact per tile. SCRATCH: [N * H, C, DK, DV].
     i_nh = tl.program_id(0)
     i_v = tl.program_id(1)
-    i_n = i_nh // H
-    i_h = i_nh % H
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k = o_k < DK
-    m_v = o_v < DV
-    m_kv = m_k[:, None] & m_v[None, :]
-    o_kv = o_k[:, None] * DV + o_v[None, :]
+    i_n, i_h, bos, eos = sequence_head(cu_seqlens, i_nh, H)
+    o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, i_v, DK, DV, BK, BV)
     part_k = i_v.to(tl.int64) * T_total * H * DK
     part_s = i_v.to(tl.int64) * T_total * H
     scratch = SCRATCH + i_nh.to(tl.int64) * C * DK * DV
     ck_base = tl.load(CK_OFF + i_n).to(tl.int64)
 
-    o_state = (i_n * H + i_h).to(tl.int64) * DK * DV
-    dS = tl.full([BK, BV], 0., tl.float32)
-    if USE_DHT:
-        dS += tl.load(DHT + o_state + o_kv, mask=m_kv, other=0.).to(tl.float32)
+    dS = load_state(DHT, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_DHT)
     n_seg = (eos - bos + C - 1) // C
     for jr in range(0, n_seg):
         j = n_seg - 1 - jr
@@ -215,7 +192,7 @@ def delta_recurrent_bwd(Q, K_, V_, BETA, G, DO, DHT, CKPT, CK_OFF, SCRATCH,
             dS = alpha * dSg
         tl.debug_barrier()  # the next segment overwrites the slab
     if STORE_DH0:
-        tl.store(DH0 + o_state + o_kv, dS, mask=m_kv)
+        store_state(DH0, dS, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
 
 KERNELS = (delta_recurrent_fwd, delta_recurrent_bwd)
@@ -236,11 +213,6 @@ class RecurrentSaved:
     interval: int
 
 
-def _tile(n: int, cap: int) -> int:
-    """Power-of-two tile extent for a dimension of size n: >= 16, <= max(cap, 16)."""
-    return max(16, min(pow2(n), cap))
-
-
 def default_config(K, V, dtype) -> dict:
     """Launch parameters (ints): BK (the whole K extent, power of two >= 16), BV (the forward's
     V-tile), bwd_BV (the backward's V-tile), num_warps, num_stages, and ``checkpoint_every`` (C:
@@ -254,30 +226,11 @@ def default_config(K, V, dtype) -> dict:
     to fp32 on load.
     """
     del dtype
-    BK = _tile(K, 1 << 30)
-    BV = _tile(V, max(16, min(64, 4096 // BK)))
-    bwd_BV = _tile(V, max(16, min(64, 1024 // BK)))
+    BK = tile(K, 1 << 30)
+    BV = tile(V, max(16, min(64, 4096 // BK)))
+    bwd_BV = tile(V, max(16, min(64, 1024 // BK)))
     return {"BK": BK, "BV": BV, "bwd_BV": bwd_BV, "num_warps": 4 if BK * BV >= 2048 else 2,
             "num_stages": 1, "checkpoint_every": 16}
-
-
-def _poison() -> bool:
-    return os.environ.get("MIXIR_POISON", "") not in ("", "0")
-
-
-def _empty(*shape, device, dtype=torch.float32):
-    t = torch.empty(*shape, device=device, dtype=dtype)
-    if _poison():
-        t.fill_(float("nan"))
-    return t
-
-
-def _packed(x):
-    """[1, T, H(, D)] -> contiguous [T, H(, D)] (None stays None)."""
-    if x is None:
-        return None
-    x = x.contiguous()
-    return x.view(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
 def _check(q, k, v, beta, g, h0, cu_seqlens):
@@ -319,8 +272,8 @@ def _state(x):
 def _config(K, V, dtype, config):
     """(config, BK, forward BV, backward BV, C); BK is always the whole K extent."""
     cfg = dict(default_config(K, V, dtype), **(config or {}))
-    BK = _tile(K, 1 << 30)
-    BV, bwd_BV = _tile(V, cfg["BV"]), _tile(V, cfg["bwd_BV"])
+    BK = tile(K, 1 << 30)
+    BV, bwd_BV = tile(V, cfg["BV"]), tile(V, cfg["bwd_BV"])
     C = int(cfg["checkpoint_every"])
     if C < 1:
         raise InputError(f"checkpoint_every must be >= 1, got {C}")
@@ -330,15 +283,15 @@ def _config(K, V, dtype, config):
 def _launch_forward(qp, kp, vp, bp, gp, h0, cu, T, H, K, V, N, cfg, BK, BV, C,
                     store_o, store_ht, store_ckpt):
     device = qp.device
-    o = _empty(T, H, V, device=device) if store_o else None
-    hT = _empty(N, H, K, V, device=device) if store_ht else None
+    o = empty(T, H, V, device=device) if store_o else None
+    hT = empty(N, H, K, V, device=device) if store_ht else None
     saved = None
     if store_ckpt:
         lens = cu[1:].to(torch.int64) - cu[:-1].to(torch.int64)
         offsets = torch.zeros(N + 1, dtype=torch.int64, device=device)
         offsets[1:] = torch.cumsum(torch.div(lens + (C - 1), C, rounding_mode="floor"), 0)
         rows = max(1, (T + N * (C - 1)) // C)   # >= sum_n ceil(len_n / C), known without a sync
-        saved = RecurrentSaved(_empty(rows, H, K, V, device=device), offsets, C)
+        saved = RecurrentSaved(empty(rows, H, K, V, device=device), offsets, C)
     delta_recurrent_fwd[(N * H, cdiv(V, BV))](
         qp, kp, vp, bp, gp, h0, o, hT, None if saved is None else saved.states,
         None if saved is None else saved.offsets, cu, H, K, V,
@@ -357,8 +310,8 @@ def delta_recurrent_forward(q, k, v, beta, g, h0, cu_seqlens, config=None,
     no checkpoint memory; the backward then recomputes them)."""
     T, H, K, V, N = _check(q, k, v, beta, g, h0, cu_seqlens)
     cfg, BK, BV, _, C = _config(K, V, q.dtype, config)
-    qp, kp, vp = _packed(q), _packed(k), _packed(v)
-    o, hT, saved = _launch_forward(qp, kp, vp, _packed(beta), _packed(g), _state(h0),
+    qp, kp, vp = packed(q), packed(k), packed(v)
+    o, hT, saved = _launch_forward(qp, kp, vp, packed(beta), packed(g), _state(h0),
                                    cu_seqlens.contiguous(), T, H, K, V, N, cfg, BK, BV, C,
                                    True, output_final_state, save_for_backward)
     return o.view(1, T, H, V), hT, saved
@@ -376,23 +329,23 @@ def delta_recurrent_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, saved, c
     if tuple(do.shape) != (1, T, H, V):
         raise InputError(f"do must be [1, {T}, {H}, {V}], got {tuple(do.shape)}")
     device = q.device
-    qp, kp, vp, bp, gp = _packed(q), _packed(k), _packed(v), _packed(beta), _packed(g)
+    qp, kp, vp, bp, gp = packed(q), packed(k), packed(v), packed(beta), packed(g)
     h0, dhT, cu = _state(h0), _state(dhT), cu_seqlens.contiguous()
     if saved is None:
         _, _, saved = _launch_forward(qp, kp, vp, bp, gp, h0, cu, T, H, K, V, N, cfg, BK, fwd_BV, C,
                                       False, False, True)
     C = saved.interval
     NV = cdiv(V, BV)
-    dq_p = _empty(NV, T, H, K, device=device)
-    dk_p = _empty(NV, T, H, K, device=device)
-    dv = _empty(T, H, V, device=device)
-    dbeta_p = _empty(NV, T, H, device=device)
+    dq_p = empty(NV, T, H, K, device=device)
+    dk_p = empty(NV, T, H, K, device=device)
+    dv = empty(T, H, V, device=device)
+    dbeta_p = empty(NV, T, H, device=device)
     gate_k = g is not None and g.dim() == 4
-    dg_p = None if g is None else _empty(*((NV, T, H, K) if gate_k else (NV, T, H)), device=device)
-    dh0 = _empty(N, H, K, V, device=device) if h0 is not None else None
-    scratch = _empty(N * H, C, K, V, device=device)
+    dg_p = None if g is None else empty(*((NV, T, H, K) if gate_k else (NV, T, H)), device=device)
+    dh0 = empty(N, H, K, V, device=device) if h0 is not None else None
+    scratch = empty(N * H, C, K, V, device=device)
     delta_recurrent_bwd[(N * H, NV)](
-        qp, kp, vp, bp, gp, _packed(do), dhT, saved.states, saved.offsets, scratch,
+        qp, kp, vp, bp, gp, packed(do), dhT, saved.states, saved.offsets, scratch,
         dq_p, dk_p, dv, dbeta_p, dg_p, dh0, cu, T, H, K, V,
         C=C, USE_G=g is not None, USE_DHT=dhT is not None, STORE_DH0=h0 is not None,
         BK=BK, BV=BV, GATE_K=gate_k, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
