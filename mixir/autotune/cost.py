@@ -1,6 +1,6 @@
 """Roofline cost model of a config: ranks the feasible configs (no solver, no GPU).
 
-Per kernel launch (formulas from ``spaces.py``):
+Per kernel launch (formulas from ``autotune/space.py``):
   occupancy   blocks/SM = min(max blocks, regs/SM // (regs x threads), smem/SM // smem,
               max threads/SM // threads);  slots = SMs x blocks/SM;  waves = ceil(grid / slots)
   efficiency  grid / (waves x slots) when the grid fills a wave (the tail wave is penalised),

@@ -3,7 +3,7 @@
 This is the only module that imports ``ortools`` (lazily, inside the functions): compiling with a
 shipped tuning database needs no solver.
 
-The sympy formulas of ``spaces.py`` are translated by ``_Translator``: sums stay linear, integer
+The sympy formulas of ``autotune/space.py`` are translated by ``_Translator``: sums stay linear, integer
 coefficients scale, products (and positive integer powers) get auxiliary variables through
 ``AddMultiplicationEquality``, ``ceiling(p / q)`` and ``floor(p / q)`` through
 ``AddDivisionEquality``, ``Max`` / ``Min`` through ``AddMaxEquality`` / ``AddMinEquality``. Every

@@ -3,7 +3,7 @@
 drives the three kernels (forward, dQ, dK/dV), so the resource constraints hold for the maximum
 over them and the cost is the sum of one training step (forward + backward).
 
-Resource formulas (sympy, shape symbols of ``spaces.py``: B, T, H; K = head dim D, PK = padded D
+Resource formulas (sympy, shape symbols of ``autotune/space.py``: B, T, H; K = head dim D, PK = padded D
 = max(16, next_pow2(D)); db bytes per input element; ob bytes per dot operand: 4 for fp32 inputs
 ("ieee" fp32 dots), else 2). Self-attention (Tq = Tkv = T); ``NM = ceil(T/BM)``, ``NN =
 ceil(T/BN)`` tile rows / columns; ``RHO`` the fraction of tiles the mask makes the kernels visit

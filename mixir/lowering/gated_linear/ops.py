@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..common.launch import decode_config
-from . import core as gla_core
+from . import core
 
 
 
@@ -25,7 +25,7 @@ def gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch
             gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
             cu_seqlens: Optional[torch.Tensor], strategy: str, config: str
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    o, hT = gla_core.gla_forward(q, k, v, g, gk, gv, h0, cu_seqlens, strategy=strategy,
+    o, hT = core.gla_forward(q, k, v, g, gk, gv, h0, cu_seqlens, strategy=strategy,
                                  config=decode_config(config), output_final_state=True)
     return o, hT
 
@@ -44,7 +44,7 @@ def gla_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch
             gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
             cu_seqlens: Optional[torch.Tensor], do: torch.Tensor, dhT: Optional[torch.Tensor],
             strategy: str, config: str) -> list[torch.Tensor]:
-    grads = gla_core.gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy=strategy,
+    grads = core.gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy=strategy,
                                   config=decode_config(config))
     return [q.new_empty((0,), dtype=torch.float32) if x is None else x for x in grads]
 

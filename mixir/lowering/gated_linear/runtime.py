@@ -12,7 +12,7 @@ import torch
 
 from ...dsl import ir
 from ...errors import InputError
-from . import ops as core_ops, core as gla_core
+from . import core, ops
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
 from ..common.launch import encode_config
@@ -103,7 +103,7 @@ class CompiledMixer(CompiledBase):
             P, Q = self._sign_products(p, shaped, cu_seqlens, B, T, H, K, V)
             q, k, v = q * P, k * P, v * Q
         h0 = None if init is None else self._to_canonical_state(f, init.float())
-        o, hT = core_ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype),
+        o, hT = ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype),
                                  None if g is None else g.float().contiguous(),
                                  None if gk is None else gk.float().contiguous(),
                                  None if gv is None else gv.float().contiguous(),
@@ -136,7 +136,7 @@ class CompiledMixer(CompiledBase):
         return maxplus_scan(a, c, m0, cu_seqlens)
 
     def _config(self, strategy, K, V, dtype, shape=None, device=None):
-        cfg = gla_core.default_config(strategy, K, V, dtype)
+        cfg = core.default_config(strategy, K, V, dtype)
         # on CUDA tensors: the tuning database's config for the current GPU, else the cost
         # model's best; on CPU (or when nothing applies) the default. A user's config= wins.
         if device is not None and device.type == "cuda" and shape is not None:

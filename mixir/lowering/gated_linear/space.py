@@ -24,8 +24,8 @@ NT = cdiv_expr(T, BT)
 # decay (gv, e.g. HGRN's), 1 for a scalar one (g). The formulas take the larger head size (an
 # upper bound for every gate combination; K for GLA, V for HGRN, where K = 1).
 DD = sp.Max(K, V)                 # decay channels (bound)
-BD = sp.Min(64, sp.Max(PK, PV))   # the cumsum kernels' channel tile (fixed by gla_core: _tile(D, 64))
-BKD = 16                          # diagonal-block key channels (gla_core default)
+BD = sp.Min(64, sp.Max(PK, PV))   # the cumsum kernels' channel tile (fixed by core.py: tile(D, 64))
+BKD = 16                          # diagonal-block key channels (core.py default)
 BVD = sp.Min(BV, 32)              # diagonal-block V tile when a V decay is used
 BX = sp.Max(BK, BV)               # the output kernel runs with K and V swapped for dq / dk
 

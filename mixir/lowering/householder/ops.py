@@ -1,6 +1,6 @@
 """The Householder core as torch custom ops (``mixir::delta_fwd`` / ``mixir::delta_bwd``), so that
 compiled delta-rule mixers trace under ``torch.compile`` as one opaque op per call (as the
-gated-linear core does in core_ops.py). Optional tensors the backward cannot return as ``None``
+gated-linear core does in gated_linear/ops.py). Optional tensors the backward cannot return as ``None``
 travel as empty tensors."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from . import core as delta_core
+from . import core
 from ..common.launch import decode_config
 
 
@@ -16,7 +16,7 @@ from ..common.launch import decode_config
 def delta_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
               g: Optional[torch.Tensor], h0: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
               strategy: str, config: str, n_h: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    return delta_core.delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy, decode_config(config), n_h)
+    return core.delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy, decode_config(config), n_h)
 
 
 @delta_fwd.register_fake
@@ -32,7 +32,7 @@ def delta_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Ten
               g: Optional[torch.Tensor], h0: Optional[torch.Tensor], cu_seqlens: Optional[torch.Tensor],
               do: torch.Tensor, dhT: Optional[torch.Tensor], strategy: str, config: str,
               n_h: int = 1) -> list[torch.Tensor]:
-    grads = delta_core.delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy,
+    grads = core.delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy,
                                       decode_config(config), n_h)
     return [q.new_empty((0,), dtype=torch.float32) if x is None else x for x in grads]
 

@@ -7,7 +7,7 @@ import torch
 
 from ...dsl import ir
 from ...errors import InputError
-from . import core as delta_core
+from . import core
 from . import ops as _ops  # noqa: F401 - registers the custom ops mixir::delta_fwd / delta_bwd
 from .analysis import HouseholderPlan
 from ..common.launch import encode_config
@@ -33,8 +33,8 @@ class CompiledHouseholder(CompiledBase):
         """The core's launch parameters: on CUDA tensors the tuning database's config for the
         current GPU, else the delta space's cost-model best at the core's shape (sequence T·n_h;
         ``autotune.select.tuned_config``); on CPU (or when nothing applies)
-        ``delta_core.default_config``. A user's config= wins."""
-        cfg = delta_core.default_config(strategy, K, V, dtype)
+        ``core.default_config``. A user's config= wins."""
+        cfg = core.default_config(strategy, K, V, dtype)
         if device is not None and torch.device(device).type == "cuda":
             from ...autotune.db import Key
             from ...autotune.select import tuned_config
@@ -66,9 +66,9 @@ class CompiledHouseholder(CompiledBase):
             raise InputError(f"initial_state: {m.name} has one state; pass a tensor")
         B, T, H = b.B, b.T, b.H
         K, V = b.sizes[p.k_dim], b.sizes[p.v_dim]
-        if strategy == "chunked" and K > delta_core.MAX_HEAD_K:
+        if strategy == "chunked" and K > core.MAX_HEAD_K:
             raise InputError(f"{m.name}: the chunked strategy holds the key dim in one tile: "
-                             f"{p.k_dim} = {K} > {delta_core.MAX_HEAD_K}; use strategy='recurrent'")
+                             f"{p.k_dim} = {K} > {core.MAX_HEAD_K}; use strategy='recurrent'")
         pieces = self.pieces_kernel(list(arrays), b.scalars, B, T, H, b.sizes)
 
         def shaped(name, size=None):

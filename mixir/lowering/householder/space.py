@@ -6,10 +6,10 @@ Built from the machinery of ``autotune.space`` (``Space``, ``KernelModel``, ``Co
 CP-SAT solver, the brute-force filter, the cost model, the AOT feedback and the database work on
 them unchanged); the family's tuning targets (``targets``) and AOT recording are at the end.
 
-Shape symbols (``spaces``): B, T, H; K, V head sizes of the core (T is the core's sequence:
+Shape symbols (``autotune.space``): B, T, H; K, V head sizes of the core (T is the core's sequence:
 T·n_h for DeltaProduct); PK, PV padded (max(16, next_pow2)); db bytes per input element. Every
 ``tl.dot`` of the delta kernels takes fp32 operands (loads are converted): "tf32" for 16-bit inputs,
-"tf32x3" for fp32 inputs (``delta_core._prec``) and "tf32x3" in the triangular inverse always.
+"tf32x3" for fp32 inputs (``core._prec``) and "tf32x3" in the triangular inverse always.
 ``XP = 1 + floor(db/4)`` (1 for 16-bit inputs, 2 for fp32) is the operand-register factor of
 tf32x3, which splits every operand into a high and a low tf32 part.
 
@@ -45,7 +45,7 @@ from ...autotune.space import (BK, BT, BV, H, K, B, Constraint, KernelModel, S, 
 
 BKT, BVB, C = sp.symbols("BKT bwd_BV checkpoint_every", integer=True, positive=True)
 
-#: the chunked kernels hold K in one tile (``delta_core.MAX_HEAD_K``)
+#: the chunked kernels hold K in one tile (``core.MAX_HEAD_K``)
 MAX_HEAD_K = 256
 #: operand-register factor: 1 for tf32 dots (16-bit inputs), 2 for tf32x3 (fp32 inputs)
 XP = 1 + sp.floor(db / 4)

@@ -17,7 +17,7 @@ plan's parameter-only IR trees per head (torch, differentiable) into the complex
 - ``recurrent``: token by token, ``y_t = 2 Re(c·z_{t−1}) + D' u_t``,
   ``z_t = Λ z_{t−1} + Σ_k U_k · 2 Re(V_k·z_{t−1}) + B̄ u_t`` (decoding, and any T): the Triton
   kernel ``lti_recurrent_fwd``; with gradients it also writes state checkpoints and the adjoint
-  kernel ``lti_recurrent_bwd`` is the backward (``lti_ops.lti_recurrent_train``).
+  kernel ``lti_recurrent_bwd`` is the backward (``ops.lti_recurrent_train``).
 
 Autograd flows through everything: the Triton kernels have their backward kernels
 (``kernels.py``, launched through the custom ops of ``ops.py``), the rest is torch. Compute is fp32 (complex64) for fp32/bf16/fp16 inputs and

@@ -5,7 +5,7 @@
 one config drives both kernels of a pair, so the resource constraints hold for the maximum over
 them and the cost is the sum of one training step (the forward kernel, then its adjoint).
 
-Shape symbols (those of ``spaces.py``, re-read for these kernels): ``H`` = rows R (heads, or
+Shape symbols (those of ``autotune/space.py``, re-read for these kernels): ``H`` = rows R (heads, or
 batch·heads with an initial state), ``V`` = Q (vectors per row: 1 for the Vandermonde kernels,
 the (1 + r)·r + (1 + r) Woodbury numerators of a rank-r S4 for the Cauchy kernels), ``K`` = N
 (modes of one conjugate half), ``T`` = L, ``B`` = 1; ``db`` = bytes per real number of the compute

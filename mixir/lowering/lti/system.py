@@ -34,30 +34,34 @@ def _full(x):
     return torch.cat([x, x.conj()], -1)
 
 
-#: The contour shift of the Cauchy path (``contour_shift``): a head whose poles come within
-#: ``|1 − λ^M| < SHIFT_WHEN`` of the truncation's degeneracy is evaluated on the circle of radius
-#: ρ with ``max |ρλ|^M = e^{−SHIFT}``; its taps are then scaled back by ``ρ^{−m} ≤ e^{SHIFT}``.
-SHIFT, SHIFT_WHEN = 1.0, 0.25
+#: The contour shift of the Cauchy path (``contour_shift``): when a pole comes within
+#: ``|1 − λ^M| < SHIFT_WHEN`` of the truncation's degeneracy, the generating function is evaluated
+#: on the circle |z| = 1/ρ with ``max |ρλ|^M ≤ e^{−SHIFT}`` for every such head; the taps are then
+#: scaled back by ``ρ^{−m} ≤ e^{SHIFT}``.
+SHIFT, SHIFT_WHEN = 1.0, 0.15
 
 
 def contour_shift(lam, M: int):
-    """``q = −log ρ ≥ 0`` per head [H] (no gradient: the kernel does not depend on ρ), the radius
-    of the circle on which ``kernel_powers`` evaluates a diagonal-plus-low-rank generating function.
+    """``q = −log ρ ≥ 0``, a 0-dim tensor without gradient (the kernel does not depend on ρ): the
+    radius ``1/ρ`` of the circle on which ``kernel_powers`` evaluates a diagonal-plus-low-rank
+    generating function — one radius per call, since the Cauchy points are shared by every row.
 
     On the unit circle, ``c (I − Ā^M)(I − ωĀ)^{-1} b`` is a ratio of two near-singular factors when
     some pole has ``λ^M ≈ 1`` (short M, small Δ: Ā ≈ I + ΔA): ``c (I − Ā^M)`` is an O(MΔ)
     difference of O(1) numbers and the resolvent at the nearby root of unity is O(1/(Δ|A|)). In
     fp32 that cost the kernel ~eps/(MΔ|A|) relative, and its gradient in λ — two O(M/Δ) terms
     (through Ā^M and through the Cauchy sum) cancelling to O(M²) — ~eps/(MΔ|A|)²: 1e-3 at T = 20,
-    Δ = 4e-3 with an initial state. On the circle |z| = 1/ρ the same sum is the generating function
-    of ρĀ (``Σ_m k_m ρ^m ω^m``) with ``|1 − (ρλ)^M| ≥ 1 − e^{−SHIFT}`` and resolvents ≤ O(M): no
-    cancellation, at the price of ``ρ^{−m}`` on the taps. Heads without such a pole keep ρ = 1
-    (bit for bit the unit-circle computation: the long-sequence regime, where λ^M is small or far
-    from 1)."""
+    Δ = 4e-3 with an initial state. At w = ρω, |w| = ρ, the same sum is ``Σ_m k_m ρ^m ω^m =
+    c (I − ρ^M Ā^M)(I − wĀ)^{-1} b`` with ``|1 − (ρλ)^M| ≥ 1 − e^{−SHIFT}`` and resolvents ≤ O(M):
+    no cancellation, at the price of ``ρ^{−m}`` on the taps. q = 0 when no head has such a pole:
+    then every value and gradient is bit for bit the unit-circle computation (the long-sequence
+    regime, where λ^M is small or far from 1)."""
+    if lam.numel() == 0:
+        return lam.real.new_zeros(())
     with torch.no_grad():
-        near = (1 - lam ** M).abs().amin(-1) < SHIFT_WHEN
-        q = torch.log(lam.abs().amax(-1)) + SHIFT / M
-        return torch.where(near, q.clamp(min=0), torch.zeros_like(q))
+        near = (1 - lam ** M).abs().amin(-1) < SHIFT_WHEN                         # [H]
+        q = torch.log(lam.abs().amax(-1)) + SHIFT / M                               # [H]
+        return torch.where(near, q.clamp(min=0), torch.zeros_like(q)).amax()
 
 
 def kernel_powers(system: System, b, M: int, groups: int = 1, config=None):
@@ -77,19 +81,20 @@ def kernel_powers(system: System, b, M: int, groups: int = 1, config=None):
     # Cauchy + Woodbury at the M-th roots of unity: Σ_m k_m ω^m = c̃ (I − ωĀ)^{-1} b,
     # c̃ = c (I − Ā^M) (ω^M = 1); R(ω) = (I − ωΛ)^{-1} = z/(z − Λ), z = 1/ω. Every sum over the
     # 2N poles pairs conjugates (c̃, Ũ, Ṽ, b̃ are conjugate-symmetric): the Cauchy kernel takes
-    # the N poles of one half. Per head, the system ρĀ (ρ = e^{−q}, ``contour_shift``: 1 unless a
-    # pole has λ^M ≈ 1): its taps are k_m ρ^m, scaled back at the end
-    q = contour_shift(system.lam, M)                                                # [H]
-    rho = torch.exp(-q).to(system.lam.dtype)
-    scaled = System(system.lam * rho[:, None], system.beta, system.U * rho[:, None, None],
-                    system.V, system.c, system.feed)
-    A = scaled.full_transition()
+    # the N poles of one half. The points are z = 1/(ρω), ρ = e^{−q} (``contour_shift``: 1 unless
+    # a pole has λ^M ≈ 1): Σ_m k_m ρ^m ω^m = c (I − ρ^M Ā^M)(I − ρωĀ)^{-1} b, scaled back at the end
+    # (every power of ρ is of the one rounded 1/ρ = r that places the points, in float64: a
+    # separately rounded ρ^{−m} would be off by m ulps against the points actually used)
+    r = torch.exp(contour_shift(system.lam, M))                                     # 1/ρ, 0-dim
+    r64 = r.to(torch.float64)
+    A = system.full_transition()
     cf = _full(system.c)
-    ct = (cf - torch.einsum("hn,hnm->hm", cf, torch.linalg.matrix_power(A, M)))[..., :N]
-    U, V, poles = scaled.U, scaled.V, scaled.lam                                    # [H, r, N]
+    AM = torch.einsum("hn,hnm->hm", cf, torch.linalg.matrix_power(A, M))
+    ct = (cf - (r64 ** -M).to(rdtype) * AM)[..., :N]                               # c (I − ρ^M Ā^M)
+    U, V, poles = system.U, system.V, system.lam                                    # [H, r, N]
     # k is real, so its DFT is Hermitian: evaluate at the M//2 + 1 points z_j, j ≤ M/2, only
     j = torch.arange(M // 2 + 1, device=b.device, dtype=rdtype)
-    z = torch.polar(torch.ones_like(j), 2 * math.pi * j / M)                        # [M//2 + 1]
+    z = torch.polar(r.expand_as(j), 2 * math.pi * j / M)                            # [M//2 + 1]
     r_ = system.rank
     # per head: c̃ R Ũ_k, Ṽ_k R Ũ_k'
     a_vecs = torch.cat([ct[:, None], V], 1)                                         # [H, 1+r, N]
@@ -104,8 +109,8 @@ def kernel_powers(system: System, b, M: int, groups: int = 1, config=None):
     cap = z[:, None, None] * torch.eye(r_, dtype=z.dtype, device=z.device) - k11.permute(0, 3, 1, 2)
     sol = torch.linalg.solve(cap, k10.permute(0, 2, 1)[..., None])[..., 0]          # [R, J, r]
     khat = k00 + (k01.permute(0, 2, 1) * sol).sum(-1)
-    m = torch.arange(M, device=b.device, dtype=rdtype)
-    return torch.fft.irfft(khat, n=M, dim=-1) * torch.exp(rep(q)[:, None] * m)     # × ρ^{−m}
+    m = torch.arange(M, device=b.device, dtype=torch.float64)
+    return torch.fft.irfft(khat, n=M, dim=-1) * (r64 ** m).to(rdtype)              # × ρ^{−m}
 
 
 def kernel_materialised(system: System, b, M: int, groups: int = 1):

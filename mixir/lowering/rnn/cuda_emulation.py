@@ -1,6 +1,6 @@
 """Run generated CUDA C kernels on the CPU (tests only): g++ with an emulation header.
 
-A machine without a GPU can still check the *numerics* of the CUDA C that ``rnn_cuda`` generates:
+A machine without a GPU can still check the *numerics* of the CUDA C that ``cuda.py`` generates:
 the exact source is compiled as C++20 with a header prepended that gives the CUDA built-ins a
 host meaning,
 
@@ -23,7 +23,7 @@ returns drops out of the barrier (``arrive_and_drop``), as exited threads do on 
 driver's argument unpacking follows the kernel's signature, parsed from the generated source.
 
 Builds are cached by the SHA-256 of the full translation unit in a temp dir. The source always
-comes from the IR generator (``rnn_cuda``): nothing here evaluates user strings.
+comes from the IR generator (``cuda.py``): nothing here evaluates user strings.
 """
 from __future__ import annotations
 
@@ -239,10 +239,10 @@ def build(source: str, kernel: str) -> EmulatedKernel:
     return EmulatedKernel(source, kernel)
 
 
-# ---- the RNN kernels of ``rnn_cuda``, launched as ``rnn_cuda.launcher_source``'s launcher does --
+# ---- the RNN kernels of ``cuda.py``, launched as ``cuda.launcher_source``'s launcher does --
 
 def rnn_forward(form, cell, mats, inits, B, T, H, D):
-    """The fused CUDA C forward of ``rnn_cuda.generate(form, form.inputs, "float")`` run by the
+    """The fused CUDA C forward of ``cuda.generate(form, form.inputs, "float")`` run by the
     emulator with the launcher's configuration (grid ``(B, H)``, ``ceil32(D)`` threads,
     ``G·D²·4 + 4·D + 16`` bytes of dynamic shared memory). ``cell``: the cell's inputs in
     ``form.inputs`` order (CPU tensors ``[B, T, H, D]`` / ``[H, D]``), ``mats``: ``R_g`` as

@@ -1,6 +1,6 @@
 """Training through the generated CUDA C RNN kernels (``strategy="fused_cuda"`` with gradients).
 
-``rnn_cuda.generate_training`` emits two kernels: ``rnn_fwd_save_<m>`` (the fused forward that
+``cuda.generate_training`` emits two kernels: ``rnn_fwd_save_<m>`` (the fused forward that
 also saves every step's states and gate pre-activations) and ``rnn_bwd_<m>`` (BPTT, ``R_gᵀ`` in
 shared memory, the cell's VJP from the IR). This module is the host side around them, shared by
 the GPU and by the CPU emulator (``mixir.lowering.rnn.cuda_emulation``), so that the emulated tests run
@@ -58,7 +58,7 @@ def threads_for(D: int) -> int:
 
 
 class RNNTraining:
-    """The host side of the CUDA training kernels ``kernels`` (``rnn_cuda.TrainingKernels``)
+    """The host side of the CUDA training kernels ``kernels`` (``cuda.TrainingKernels``)
     generated for ``form`` with the cell inputs ``inputs`` ((name, kind, dims), in the kernels'
     order) and R stored as ``r_dtype``; ``launch(kernel, grid, block, smem, *args)`` runs one."""
 

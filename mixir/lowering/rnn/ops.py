@@ -8,7 +8,7 @@ give the output shapes, and ``register_autograd`` wires the backward. Everything
 values (the sequence rows of ``cu_seqlens`` and their longest length) happens inside the ops.
 
 Output layout of ``rnn_fwd`` (a flat list): ``out`` [B, T, H, D] (the call's dtype), the S final
-states fp32 [N, H, D], then the tensors the backward reads (``rnn_runtime.run_forward``):
+states fp32 [N, H, D], then the tensors the backward reads (``run.run_forward``):
 ``fused``: S states + G gate pre-activations fp32 [B, T, H, D] ([1, 1, 1, 1] without a
 backward); ``alternating``: S states fp32 [T, N, H, D] ([0, N, H, D] without a backward).
 ``rnn_bwd`` returns fp32 gradients: one per cell input (an empty tensor where the cell input has

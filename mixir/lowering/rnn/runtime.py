@@ -3,14 +3,14 @@
 Strategies (both agree with the reference, forward and backward):
 
 * ``fused``: one Triton kernel loops over all T steps with each head's recurrent weights resident
-  on chip (``rnn_codegen``: ``tl.dot`` per gate and step, the cell spliced in); the backward is one
+  on chip (``codegen.py``: ``tl.dot`` per gate and step, the cell spliced in); the backward is one
   reverse-time kernel (BPTT) with ``dR`` accumulated on chip.
 * ``alternating``: per step, the recurrent matmuls in torch (cuBLAS / CPU BLAS) and the generated
   pointwise cell kernel; the backward alternates the same way in reverse time. The fallback when
   R does not fit on chip (``autotune.rnn_space.choose``).
 
 Each call (either strategy) is one custom op ``mixir::rnn_fwd`` with its backward
-``mixir::rnn_bwd`` (``rnn_ops``: traceable by ``torch.compile``); ``run_forward`` /
+``mixir::rnn_bwd`` (``ops.py``: traceable by ``torch.compile``); ``run_forward`` /
 ``run_backward`` here are their bodies.
 
 Layouts follow fla/FlashRNN: pre-activations ``[B, T, H, D]`` (or ``[B, T, H]``), per-head
@@ -80,7 +80,7 @@ class CompiledRNN(CompiledBase):
         init_t = [] if not has_init else [s.float() if s is not None else
                                           torch.zeros((N, b.H, D), device=device) for s in inits]
         scalars = [float(b.scalars[name]) for name, _ in self.generated.scalars]
-        # one custom op per call (``rnn_ops``): opaque to torch.compile, autograd registered
+        # one custom op per call (``ops.py``): opaque to torch.compile, autograd registered
         res = torch.ops.mixir.rnn_fwd(self.key, strategy, cell, weights, init_t, cu_seqlens, scalars,
                                       [b.B, b.T, b.H, D, N], dtype, backward)
         o, finals = res[0], res[1:1 + S]
@@ -89,9 +89,9 @@ class CompiledRNN(CompiledBase):
         return o, (finals[0] if S == 1 else tuple(finals))
 
     def _fused_cuda(self, b, D, dtype, device, backward, cu_seqlens, cell, weights, inits, final):
-        """``strategy="fused_cuda"``: the generated CUDA C (``rnn_cuda``, R in shared memory), built
+        """``strategy="fused_cuda"``: the generated CUDA C (``cuda.py``, R in shared memory), built
         with ``load_inline``: the forward alone, or with gradients the training kernels (forward
-        saving states, BPTT; ``rnn_cuda_train``). No cu_seqlens."""
+        saving states, BPTT; ``cuda_train.py``). No cu_seqlens."""
         from . import cuda as rnn_cuda
         if device.type != "cuda":
             raise InputError(f"{self.mixer.name}: strategy 'fused_cuda' runs the CUDA C kernel and needs "
@@ -136,7 +136,7 @@ class CompiledRNN(CompiledBase):
     def launch_config(self, D, device, dtype, B=16, strategy="fused", backward=True, T=None, H=None):
         """BR (rows per program) and num_warps: on CUDA the tuning database's entry for this mixer,
         strategy and shape (``mixir tune``; needs T and H), else the tuning space's best config
-        (its resource formulas ranked by ``rnn_space.best_config`` at T = 1024, H = 1;
+        (its resource formulas ranked by ``space.best_config`` at T = 1024, H = 1;
         ``autotune.select.tuned_config``, never raising), a fixed default elsewhere; ``config=``
         overrides."""
         BD = max(16, pow2(D))
@@ -173,7 +173,7 @@ def _assume_constant(fn):
 def _choose_strategy(gates: int, states: int, D: int, dtype: str, device_type: str,
                      device_index: int, backward: bool) -> str:
     """The default strategy: ``fused`` in the interpreter (no on-chip limit), else the tuning
-    space's choice (``rnn_space.choose_strategy``: fused when R fits on chip)."""
+    space's choice (``space.choose_strategy``: fused when R fits on chip)."""
     device = torch.device(device_type, device_index) if device_index >= 0 else torch.device(device_type)
     if device_type != "cuda" and not targets_gpu(device):
         return "fused"

@@ -1,4 +1,4 @@
-"""Tuning spaces of the nonlinear RNN templates (``rnn_codegen``): fused vs alternating.
+"""Tuning spaces of the nonlinear RNN templates (``codegen.py``): fused vs alternating.
 
 The question these formulas answer is FlashRNN's: **does a head's recurrent weight fit on chip?**
 The fused kernel holds ``R_g`` ([PK, PK] per gate, PK = max(16, next_pow2(D))) for all T steps:
@@ -19,12 +19,12 @@ The fused kernel holds ``R_g`` ([PK, PK] per gate, PK = max(16, next_pow2(D))) f
   (predicted 272: infeasible); GRU D = 64 179 (predicted 208); LSTM D = 128 spills at 8 and 16
   warps (predicted infeasible). fp32 is predicted conservatively (LSTM D = 64: 256 vs 188).
 
-Registers per thread follow ``spaces``' model (``REG_PER_ELEMENT · live / threads +
+Registers per thread follow ``autotune.space``' model (``REG_PER_ELEMENT · live / threads +
 REG_OVERHEAD``). A config is feasible when every kernel fits the GPU's 255 registers per thread,
 its register file and its shared memory per block; **the fused strategy is chosen when some
 config is feasible, else the alternating one** (per-step cuBLAS matmul + generated pointwise
 kernel, whose step kernels need ``(S + G + 6)·BR·PK`` live elements and no shared memory).
-Shape symbols are those of ``spaces`` with ``K = V = D`` (the hidden size).
+Shape symbols are those of ``autotune.space`` with ``K = V = D`` (the hidden size).
 """
 from __future__ import annotations
 
@@ -159,7 +159,7 @@ def cuda_fits_on_chip(gates, D, dtype, gpu, backward=True) -> bool:
     """Whether the generated CUDA C kernels (``strategy="fused_cuda"``: R in **shared memory**,
     one block of ``ceil32(D)`` threads per (sequence, head)) fit ``gpu``: the forward's
     ``G·D²·sizeof(R) + 4·D + 16`` and, training, the backward's ``G·D²·sizeof(R) + 8·G·D + 16``
-    bytes (``rnn_cuda.training_shared_bytes``) within the opt-in shared memory per block, and
+    bytes (``cuda.training_shared_bytes``) within the opt-in shared memory per block, and
     ``ceil32(D) ≤ 1024`` threads. This is where the CUDA template takes over from the Triton fused
     one, whose R must fit in registers (``fits_on_chip``): e.g. LSTM D = 128 bf16 on H100 needs
     128 KiB + 4 KiB of the 227 KiB a block may use."""
