@@ -38,7 +38,22 @@ def _has_cuda():
         return False
 
 
+#: test modules whose tests run Triton kernels through the interpreter (marked ``interp``; select
+#: with ``-m interp``, leave out with ``-m "not interp"`` for the pure-Python tests: the DSL, the
+#: reference, the tuning engine, the structure)
+INTERP_MODULES = {
+    "test_attention", "test_attention_compile", "test_codegen", "test_delta_recurrent_core",
+    "test_family_contract", "test_gated_linear", "test_gla_core", "test_householder", "test_launch",
+    "test_library_reference", "test_lti", "test_lti_compile", "test_lti_recurrent_bwd", "test_rnn",
+    "test_rnn_compile", "test_rnn_cuda_emulated", "test_rnn_mlstm", "test_runtime", "test_testing",
+    "test_tuned_configs",
+}
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in INTERP_MODULES:
+            item.add_marker(pytest.mark.interp)
     if _has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -11,6 +11,8 @@ from mixir.errors import InputError, MixirError
 from mixir.lowering.common import aot, ptxas
 from mixir.lowering.common.launch import LaunchRecord, kernel, record_launches
 
+pytestmark = pytest.mark.aot
+
 
 @kernel
 def aot_matmul(a, b, c, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):

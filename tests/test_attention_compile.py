@@ -8,6 +8,7 @@ declaration under tracing; masks get their content key at declaration, and the c
 a program key string (``kernels.program_key``); the kernels are generated, imported and launched
 inside the custom ops ``mixir::attention_fwd`` / ``attention_bwd``, which Dynamo does not trace.
 """
+import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -71,6 +72,7 @@ def _check(module, extras, backend="inductor"):
     return counter.frame_count
 
 
+@pytest.mark.slow       # the document and factory tests below trace the same program with more in it
 def test_causal_attention_compiles_fullgraph():
     assert _check(Causal(), [()], backend="aot_eager") == 1
 
@@ -81,6 +83,7 @@ def test_document_attention_compiles_fullgraph_and_new_data_reuses_the_graph():
     assert _check(Document(), [(_doc(20),), (_doc(37),)], backend="aot_eager") == 1
 
 
+@pytest.mark.slow       # a score_mod under compile; the fast lane traces the document mask (data)
 def test_factory_with_arguments_score_mod_and_lse_compile_fullgraph():
     slopes = torch.tensor([0.5, 0.25])
     assert _check(SlidingWithScoreMod(), [(slopes,)], backend="aot_eager") == 1

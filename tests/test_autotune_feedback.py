@@ -372,6 +372,7 @@ def _check_compiles(strategy, configs, backward, workers=None):
 
 
 @needs_ptxas
+@pytest.mark.aot
 def test_sample_of_feasible_configs_compiles_sm90():
     """CI: a deterministic sample - the configs with the largest predicted registers and shared
     memory plus seeded random ones - compiles for sm_90 (spills allowed, counted)."""
@@ -382,6 +383,7 @@ def test_sample_of_feasible_configs_compiles_sm90():
 @pytest.mark.slow
 @needs_ptxas
 @pytest.mark.parametrize("strategy", ["recurrent", "chunked"])
+@pytest.mark.aot
 def test_every_feasible_config_compiles_sm90(strategy):
     """Every predicted-feasible config of the template for one representative shape (gla,
     B=8 T=4096 H=16 K=V=64, bf16) compiles for sm_90, forward and backward (spills are counted)."""

@@ -44,6 +44,7 @@ def test_verify_user_mixer_from_file(user_file, capsys):
     assert "recurrent" in out and "chunked" in out and "all checks passed" in out
 
 
+@pytest.mark.aot
 def test_compile_reports_resources(user_file, capsys):
     assert main(["compile", f"{user_file}:decayed", "--arch", "sm_90", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out

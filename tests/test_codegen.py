@@ -416,6 +416,7 @@ def test_vjp_unused_leaf_and_cotangent_broadcast():
     assert gu.op == "sum" and gu.arg == ("K",)
 
 
+@pytest.mark.aot
 def test_generated_kernels_compile_for_gpu():
     """The same source compiles with Triton for a GPU (no GPU needed), also at GPU tile sizes."""
     import dataclasses

@@ -113,7 +113,7 @@ def test_no_gate_no_h0_no_dhT_default_config():
     check(inp, [0, 37], do, None, cu_dtype=torch.int64)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, pytest.param(torch.float16, marks=pytest.mark.slow)])
 def test_half_precision_inputs(dtype):
     # q, k, v and do in 16 bits (beta, g, h0, dhT fp32); the kernels load and compute in fp32
     inp, do, dhT = make_inputs([0, 17, 30], 1, 32, 16, dtype=dtype, seed=3)
@@ -217,6 +217,7 @@ def _cuda_compiler_available():
         return False
 
 
+@pytest.mark.aot
 def test_default_configs_build_for_sm80_sm90_without_spills(fresh_triton_cache):
     """K = V = 64 and 128, fp32 and bf16 inputs, the heaviest variant (gate, h0, dhT, checkpoints):
     forward and backward compile for sm_80 and sm_90 with no register spills (measured with this

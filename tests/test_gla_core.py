@@ -118,15 +118,25 @@ DECAYS = {"none": (), "g": ("g",), "gk": ("gk",), "gv": ("gv",), "g+gk": ("g", "
 
 # ----------------------------------------------------------------------------------------- cases
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("decays", list(DECAYS))
+#: a case the fast lane runs through the chunked kernels only, the recurrent kernel's run in the slow
+#: lane (the recurrent kernel in the fast lane: test_decay_combinations, test_single_token,
+#: test_half_precision, test_strategies_agree_without_final_state and the library mixers' tests)
+CHUNKED_FAST = [pytest.param("recurrent", marks=pytest.mark.slow), "chunked"]
+
+
+# every combination through the chunked kernels' decay branches; the recurrent kernel's (one flag
+# per decay) with none and all three in the fast lane, the other combinations in the slow lane
+@pytest.mark.parametrize("strategy, decays", [
+    pytest.param(s, d, id=f"{d}-{s}",
+                 marks=() if s == "chunked" or d in ("none", "g+gk+gv") else pytest.mark.slow)
+    for d in DECAYS for s in STRATEGIES])
 def test_decay_combinations(strategy, decays):
     # T = 70: two chunks of the default BT = 64, the second one partial (6 rows)
-    inp, do, dhT = make_inputs(2, 70, 1, 16, 16, DECAYS[decays], seed=1)
+    inp, do, dhT = make_inputs(1, 70, 1, 16, 16, DECAYS[decays], seed=1)
     check_case(inp, do, dhT, strategy)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", CHUNKED_FAST)
 def test_small_chunks_no_h0_no_dhT(strategy):
     # BT = 32, BC = 16: several chunks, partial last chunk and sub-chunk; no h0, no dhT
     inp, do, dhT = make_inputs(1, 75, 2, 16, 16, ("g", "gk", "gv"), h0=False, seed=2)
@@ -146,7 +156,7 @@ def test_single_token(strategy):
     check_case(inp, do, dhT, strategy)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", CHUNKED_FAST)
 @pytest.mark.parametrize("K,V,decays", [(1, 7, ("g", "gk", "gv")),      # vector states
                                          (20, 36, ("gk", "gv")),        # not powers of two
                                          (100, 7, ("g", "gk"))])        # several K tiles (BK = 64)
@@ -157,11 +167,11 @@ def test_head_sizes(strategy, K, V, decays):
     check_case(inp, do, dhT, strategy, config=cfg)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", CHUNKED_FAST)
 def test_varlen_with_empty_sequences(strategy):
     offsets = [0, 5, 5, 40, 77, 77]      # empty sequences inside and at the end
     cu = torch.tensor(offsets, dtype=torch.int32)
-    inp, do, dhT = make_inputs(1, 77, 2, 16, 16, ("g", "gk", "gv"), N=len(offsets) - 1, seed=6)
+    inp, do, dhT = make_inputs(1, 77, 1, 16, 16, ("g", "gk", "gv"), N=len(offsets) - 1, seed=6)
     cfg = {"BT": 32} if strategy == "chunked" else None
     errs = check_case(inp, do, dhT, strategy, cu_seqlens=cu, config=cfg)
     assert errs["dh0"] <= TOL[torch.float32]
@@ -174,7 +184,7 @@ def test_varlen_with_empty_sequences(strategy):
     torch.testing.assert_close(dh0[1], dhT[1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", CHUNKED_FAST)
 def test_varlen_without_h0(strategy):
     cu = torch.tensor([0, 0, 33, 40], dtype=torch.int64)
     inp, do, dhT = make_inputs(1, 40, 1, 16, 16, ("g", "gv"), h0=False, N=3, seed=7)
@@ -183,7 +193,7 @@ def test_varlen_without_h0(strategy):
     assert torch.all(hT[0] == 0)
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", CHUNKED_FAST)
 def test_extreme_decays(strategy):
     # log-decays of exactly 0 (gate 1) and -1e4 (gate 0) mixed with ordinary ones
     inp, do, dhT = make_inputs(1, 70, 2, 16, 16, ("g", "gk", "gv"), seed=8, scale=0.1)
@@ -222,17 +232,21 @@ def test_all_gates_closed():
                 assert rel_err(a, b) <= TOL[torch.float32], name
 
 
-def test_long_sequence():
-    # T = 4096 in one sequence with slow decays (long memory); chunked forward vs float64
-    inp, do, dhT = make_inputs(1, 4096, 1, 16, 16, ("g", "gk"), seed=11, scale=0.02)
+@pytest.mark.parametrize("T", [512, pytest.param(4096, marks=pytest.mark.slow)])
+def test_long_sequence(T):
+    # T = 4096 (512 in the fast lane) in one sequence with slow decays (long memory); chunked
+    # forward vs float64
+    inp, do, dhT = make_inputs(1, T, 1, 16, 16, ("g", "gk"), seed=11, scale=0.02)
     o_ref, hT_ref = naive_gla(**inp)
     o, hT = gla_forward(**inp, strategy="chunked")
     assert rel_err(o, o_ref) <= TOL[torch.float32] and rel_err(hT, hT_ref) <= TOL[torch.float32]
 
 
-def test_long_sequence_backward_scalar_decay():
-    # T = 2048, scalar decay: chunked backward (incl. dg's 2048-long reverse sum) vs recurrent
-    inp, do, dhT = make_inputs(1, 2048, 1, 16, 16, ("g",), seed=12, scale=0.01)
+@pytest.mark.parametrize("T", [256, pytest.param(2048, marks=pytest.mark.slow)])
+def test_long_sequence_backward_scalar_decay(T):
+    # T = 2048 (256 in the fast lane), scalar decay: chunked backward (incl. dg's T-long reverse
+    # sum) vs float64
+    inp, do, dhT = make_inputs(1, T, 1, 16, 16, ("g",), seed=12, scale=0.01)
     args = [inp[n] for n in ("q", "k", "v", "g", "gk", "gv", "h0")] + [None, do, dhT]
     ck = gla_backward(*args, strategy="chunked")
     ref = reference(inp, do, dhT)[2]
@@ -241,22 +255,27 @@ def test_long_sequence_backward_scalar_decay():
             assert rel_err(a, b) <= TOL[torch.float32], name
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("strategy", STRATEGIES)
+# the fast lane: bf16 recurrent and fp16 chunked (and fp16 chunked with fp16 dot operands below)
+FAST_HALF = {("recurrent", torch.bfloat16), ("chunked", torch.float16)}
+
+
+@pytest.mark.parametrize("strategy, dtype", [
+    pytest.param(s, d, id=f"{s}-{i}", marks=() if (s, d) in FAST_HALF else pytest.mark.slow)
+    for i, d in [("dtype0", torch.float16), ("dtype1", torch.bfloat16)] for s in STRATEGIES])
 def test_half_precision(strategy, dtype):
-    inp, do, dhT = make_inputs(1, 70, 2, 16, 32, ("g", "gk", "gv"), dtype=dtype, seed=13)
+    inp, do, dhT = make_inputs(1, 70, 1, 16, 32, ("g", "gk", "gv"), dtype=dtype, seed=13)
     check_case(inp, do.to(dtype), dhT, strategy)
 
 
 def test_fp16_dot_operands_in_backward():
     # bwd_dot_fp32 = 0: the backward's tl.dot operands are rounded to fp16 too (fla-like); the
     # interpreter runs fp16 dots faithfully (bf16 ones it cannot, see gla_core._dot_mode)
-    inp, do, dhT = make_inputs(1, 70, 2, 16, 32, ("g", "gk", "gv"), dtype=torch.float16, seed=13)
+    inp, do, dhT = make_inputs(1, 70, 1, 16, 32, ("g", "gk", "gv"), dtype=torch.float16, seed=13)
     assert gla_core._dot_mode(inp["q"], {"bwd_dot_fp32": 0}, backward=True) == (False, "ieee")
     check_case(inp, do.half(), dhT, "chunked", config={"bwd_dot_fp32": 0})
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", CHUNKED_FAST)
 def test_non_contiguous_inputs(strategy):
     B, T, H, K, V = 1, 40, 2, 16, 16
     inp, do, dhT = make_inputs(B, T, H, K, V, ("g", "gk"), seed=14)
@@ -302,6 +321,7 @@ def test_kernels_enumerable():
         assert mod.KERNELS and all(isinstance(k, Kernel) for k in mod.KERNELS)
 
 
+@pytest.mark.aot
 def test_kernels_compile_for_cuda():
     """Compile the launched kernel variants ahead of time for sm_90 (no GPU needed) so that
     compiled-mode-only errors show up on CPU machines too; skipped where this Triton cannot."""

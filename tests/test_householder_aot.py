@@ -11,6 +11,8 @@ from mixir.lowering.householder import core as dc
 from mixir.lowering.common.launch import record_launches
 from mixir.verify import record_kernels
 
+pytestmark = pytest.mark.aot
+
 
 def _core_records(K, V, dtype, strategies=("chunked", "recurrent"), T=40, n_h=(1, 2)):
     """Launches of the core, forward and backward; ``n_h`` = 2 adds DeltaProduct's read-out of
@@ -50,7 +52,7 @@ def test_core_kernels_build_without_spills_at_the_benchmark_size():
     _assert_clean(aot.build_all(list(recs.values()), ["sm_80", "sm_90"], workers=2), 2 * len(recs))
 
 
-@pytest.mark.parametrize("K", [64, 128])
+@pytest.mark.parametrize("K", [pytest.param(64, marks=pytest.mark.slow), 128])
 def test_key_diagonal_gate_kernels_build_without_spills(K):
     """KDA's recurrent kernels (GATE_K: the state gated row-wise, dg per key channel)."""
     torch.manual_seed(0)
@@ -66,6 +68,7 @@ def test_key_diagonal_gate_kernels_build_without_spills(K):
     _assert_clean(aot.build_all(list(recs.values()), ["sm_80", "sm_90"], workers=2), 2 * len(recs))
 
 
+@pytest.mark.slow     # the fast lane builds delta_rule's pieces for sm_90: test_family_contract.py
 def test_pieces_kernels_of_the_library_build():
     recs = {}
     for name in ("gated_delta_rule", "gated_delta_product2"):

@@ -1,5 +1,6 @@
 """The launcher: interpreted on CPU tensors (nested jit calls included), and a real compile in
 the same process afterwards still works (the interpreter's patches of triton.language are undone)."""
+import pytest
 import torch
 import triton
 import triton.language as tl
@@ -21,6 +22,7 @@ def _nested(x, o, BLOCK: tl.constexpr):
     tl.store(o + offs, _twice(a) + acc + tl.sum(a, axis=0) + tl.max(a, axis=0))
 
 
+@pytest.mark.aot
 def test_nested_jit_calls_run_in_the_interpreter_and_aot_still_compiles():
     x = torch.randn(16)
     o = torch.full((16,), float("nan"))

@@ -21,6 +21,8 @@ from mixir.lowering.lti.system import kernel_materialised, kernel_powers
 from mixir.testing import assert_close, check, check_cu_seqlens
 from mixir.testing.tolerances import rel_rms_error as _rel_rms_error
 
+from lanes import dtype_grid
+
 
 def rel_rms_error(a, b, floor):
     """rel_rms_error on (re, im) pairs for complex tensors (it would drop the imaginary part)."""
@@ -125,11 +127,14 @@ def test_describe_names_shared_subterms_once():
     assert "%1 = " in text and len(text) < 4000 and "U0_re = " in text
 
 
-@pytest.mark.parametrize("mixer", [two_reads, two_directions], ids=lambda m: m.name)
-@pytest.mark.parametrize("strategy", ["conv", "recurrent"])
+# the fast lane: two_reads recurrent and two_directions conv; the slow lane the other two
+@pytest.mark.parametrize("mixer, strategy", [
+    pytest.param(m, s, id=f"{s}-{m.name}",
+                 marks=() if (m is two_reads) == (s == "recurrent") else pytest.mark.slow)
+    for m in (two_reads, two_directions) for s in ("conv", "recurrent")])
 def test_merged_low_rank_terms_match_reference(mixer, strategy):
     rng = np.random.default_rng(3)
-    B, T, H, N = 2, 40, 2, 6
+    B, T, H, N = 2, 20, 2, 6
     arrays = [rng.standard_normal((B, T, H)), rng.standard_normal((H, N)),
               0.5 * rng.standard_normal((H, N)), 0.5 * rng.standard_normal((H, N))]
     if mixer is two_reads:
@@ -141,12 +146,12 @@ def test_merged_low_rank_terms_match_reference(mixer, strategy):
 
 # ---- both strategies against the reference -------------------------------------------------------
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("strategy", ["conv", "recurrent"])
-@pytest.mark.parametrize("name", sorted(ENTRIES))
+@pytest.mark.parametrize("name, strategy, dtype", dtype_grid(
+    sorted(ENTRIES), ["conv", "recurrent"], [torch.float32, torch.bfloat16],
+    {torch.float32: "fp32", torch.bfloat16: "bf16"}.get))
 def test_library_mixer_matches_reference(name, strategy, dtype):
     m = ENTRIES[name].mixer
-    arrays, h0 = _inputs(name)
+    arrays, h0 = _inputs(name, B=1)        # batches: test_merged_low_rank_terms_match_reference
     assert_close(check(m, mx.compile(m), arrays, dtype=dtype, strategy=strategy, initial_state=h0))
 
 
@@ -162,7 +167,7 @@ def test_real_mode_user_mixer(strategy):
                            initial_state=h0))
 
 
-@pytest.mark.parametrize("name", ["s4d", "s4"])
+@pytest.mark.parametrize("name", ["s4d", pytest.param("s4", marks=pytest.mark.slow)])
 def test_cu_seqlens(name):
     m = ENTRIES[name].mixer
     arrays, _ = _inputs(name, B=1, T=30, seed=2)
@@ -320,9 +325,11 @@ def test_low_rank_final_state_without_token_loop(monkeypatch):
     assert torch.isfinite(y).all() and torch.isfinite(state[0]).all()
 
 
-@pytest.mark.parametrize("name,N,T,dtype,bound", [("s4d", 16, 2048, torch.float32, 1e-4),
-                                                 ("s4d", 16, 2048, torch.float64, 1e-9),
-                                                 ("s4", 8, 1024, torch.float64, 1e-9)])
+@pytest.mark.parametrize("name,N,T,dtype,bound", [
+    ("s4d", 16, 128, torch.float32, 1e-4), ("s4", 8, 128, torch.float64, 1e-9),     # the fast lane
+    *(pytest.param(*case, marks=pytest.mark.slow) for case in [("s4d", 16, 2048, torch.float32, 1e-4),
+                                                               ("s4d", 16, 2048, torch.float64, 1e-9),
+                                                               ("s4", 8, 1024, torch.float64, 1e-9)])])
 def test_conv_equals_recurrent_long(name, N, T, dtype, bound):
     e = ENTRIES[name]
     fn = mx.compile(e.mixer)
@@ -505,7 +512,7 @@ def test_bad_input_names_the_argument():
 
 
 def test_wrappers_and_initialisers():
-    u = torch.randn(2, 40, 3)
+    u = torch.randn(2, 24, 3)
     for init in (lti.s4d_lin_init, lti.s4d_inv_init):
         p = init(3, 8)
         y, hT = lti.s4d(u, **p, output_final_state=True)
@@ -513,8 +520,8 @@ def test_wrappers_and_initialisers():
         assert hT.shape == (2, 3, 8) and hT.is_complex()
         assert rel_rms_error(y, y2, 1e-2) < 1e-4
         # continuing from the final state equals one call on the concatenation
-        ya, ha = lti.s4d(u[:, :25], **p, output_final_state=True)
-        yb = lti.s4d(u[:, 25:], **p, initial_state=ha)
+        ya, ha = lti.s4d(u[:, :15], **p, output_final_state=True)
+        yb = lti.s4d(u[:, 15:], **p, initial_state=ha)
         assert rel_rms_error(torch.cat([ya, yb], 1), y, 1e-2) < 1e-4
     p = lti.s4_legs_init(3, 4, dt_min=0.01, dt_max=0.1)
     y = lti.s4(u, **p)
@@ -523,6 +530,7 @@ def test_wrappers_and_initialisers():
 
 # ---- ahead-of-time build -------------------------------------------------------------------------
 
+@pytest.mark.aot
 def test_every_lti_kernel_builds_for_sm80_and_sm90(fresh_triton_cache):
     from mixir.lowering.common import aot
     from mixir.lowering.common.launch import record_launches

@@ -68,11 +68,14 @@ def _check(name, strategy, *, grads=True, with_state=True, backend="aot_eager"):
     return counter.frame_count
 
 
-@pytest.mark.parametrize("strategy", ["conv", "recurrent"])
+# recurrent with gradients (the custom op lti_recurrent_train) in the slow lane; the fast lane traces
+# the recurrence without gradients (test_triton_recurrence_compiles_fullgraph)
+@pytest.mark.parametrize("strategy", ["conv", pytest.param("recurrent", marks=pytest.mark.slow)])
 def test_s4d_compiles_fullgraph_forward_and_gradients(strategy):
     assert _check("s4d", strategy) == 1
 
 
+@pytest.mark.slow
 def test_s4_conv_compiles_fullgraph_forward_and_gradients():
     """The Cauchy kernel and its backward as custom ops, the Woodbury solve traced by torch."""
     assert _check("s4", "conv") == 1
@@ -115,8 +118,8 @@ class Packed(torch.nn.Module):
         return torch.cat([o.flatten(), hT_re.flatten(), hT_im.flatten()])
 
 
-@pytest.mark.parametrize("name,strategy", [("s4d", "conv"), pytest.param("s4", "recurrent",
-                                                                          marks=pytest.mark.slow)])
+@pytest.mark.slow       # the fast lane: LTI under compile without cu_seqlens (tests above)
+@pytest.mark.parametrize("name,strategy", [("s4d", "conv"), ("s4", "recurrent")])
 def test_cu_seqlens_compiles_fullgraph(name, strategy):
     """Under tracing the packed call runs the masked torch recurrence (no host sync on the
     offsets); eagerly it splits the sequences (conv, or the Triton recurrence and its backward):

@@ -55,8 +55,10 @@ def _inputs(name, B, T, H, N, seed):
     return e.make_inputs(rng, B=B, T=T, H=H, K=N, V=N), e.make_initial_state(rng, N=B, H=H, K=N, V=N)
 
 
-@pytest.mark.parametrize("with_state", [True, False], ids=["h0", "no-h0"])
-@pytest.mark.parametrize("T", [1, 7])
+# (T, initial state): the fast lane runs (1, none) and (7, h0), the slow lane the other two
+@pytest.mark.parametrize("T, with_state", [
+    pytest.param(T, w, id=f"{T}-{i}", marks=() if (T == 7) == w else pytest.mark.slow)
+    for T in (1, 7) for w, i in ((True, "h0"), (False, "no-h0"))])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("name", ["s4d", "s4"])
 def test_recurrent_gradients_match_reference(name, dtype, T, with_state):
@@ -105,14 +107,24 @@ def _pairs(x):
     return torch.view_as_real(x.detach()) if x.is_complex() else x.detach()
 
 
-@pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (torch.float64, 1e-12)],
-                         ids=["fp32", "fp64"])
-@pytest.mark.parametrize("r", [0, 1, 2])
+LOOP32, LOOP64 = (torch.float32, 1e-5), (torch.float64, 1e-12)       # dtype, bound
+
+
+# the fast lane: rank 2 (low-rank, several columns) in fp64 (fp32 and rank 0 through the checker:
+# test_recurrent_gradients_match_reference); the slow lane the other five
+@pytest.mark.parametrize("r,dtype,bound", [
+    pytest.param(2, *LOOP64, id="2-fp64"),
+    pytest.param(0, *LOOP32, id="0-fp32", marks=pytest.mark.slow),
+    pytest.param(1, *LOOP64, id="1-fp64", marks=pytest.mark.slow),
+    pytest.param(1, *LOOP32, id="1-fp32", marks=pytest.mark.slow),
+    pytest.param(0, *LOOP64, id="0-fp64", marks=pytest.mark.slow),
+    pytest.param(2, *LOOP32, id="2-fp32", marks=pytest.mark.slow)])
 def test_triton_backward_equals_torch_loop(r, dtype, bound):
     """y, z_T and the gradients of (u, λ, β, c, D', U, V, z0) from ``recurrent_train`` (Triton
     forward with checkpoints + adjoint) equal the torch loop's, for every checkpoint interval
-    (1, non-divisors of T, ≥ T) and with / without an initial state."""
-    B, H, N, T = 2, 2, 3, 7
+    (1, non-divisors of T, ≥ T) and with / without an initial state. (B = 1; batches of several
+    sequences: test_recurrent_gradients_match_reference.)"""
+    B, H, N, T = 1, 2, 3, 7
     lam, beta, c, feed, U, V = _system(H, N, r, dtype, seed=r)
     g = torch.Generator().manual_seed(10 + r)
     u = torch.randn(B, H, T, generator=g, dtype=torch.float64).to(dtype)
@@ -159,6 +171,7 @@ def test_final_state_gradient_only():
 
 # ---- ahead-of-time build -------------------------------------------------------------------------
 
+@pytest.mark.aot
 def test_recurrent_kernels_build_for_sm80_and_sm90(fresh_triton_cache):
     from mixir.lowering.common import aot
     with record_launches() as recs:

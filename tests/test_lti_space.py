@@ -159,6 +159,7 @@ def _check_built(entries, archs):
     return results
 
 
+@pytest.mark.aot
 def test_default_configs_build_without_spills(fresh_triton_cache):
     """The reference shapes' default configs (sm_80 cost model) for fp32 and fp64, built for
     sm_80 and sm_90: no spills, and registers / shared memory within the space's predictions."""
@@ -168,6 +169,7 @@ def test_default_configs_build_without_spills(fresh_triton_cache):
 
 
 @pytest.mark.slow
+@pytest.mark.aot
 def test_default_configs_over_shapes_build_without_spills(fresh_triton_cache):
     shapes = [(kind, dict(R=R, Q=Q, N=N, L=L)) for kind, Q in (("vandermonde", 1), ("cauchy", 25))
               for N in (8, 64, 1000) for L in (256, 65536) for R in (1, 64)]

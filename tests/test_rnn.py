@@ -15,6 +15,8 @@ from mixir.library.rnn import RNN_MIXERS, gru, lstm, mlstm_nonorm_mixer
 from mixir.lowering.family import classify
 from mixir.testing.checker import assert_close, check, check_cu_seqlens
 
+from lanes import dtype_grid
+
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 STRATEGIES = ["fused", "alternating"]
 CELLS = ["lstm", "gru", "elman", "slstm"]
@@ -28,12 +30,11 @@ def inputs(name, B, T, H, D, seed=0, N=None):
     return list(e.make_inputs(rng, B, T, H, D, D)), e.make_initial_state(rng, N or B, H, D, D)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).split(".")[-1])
-@pytest.mark.parametrize("strategy", STRATEGIES)
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name, strategy, dtype",
+                         dtype_grid(CELLS, STRATEGIES, DTYPES, lambda d: str(d).split(".")[-1]))
 def test_cell_matches_reference(name, strategy, dtype):
     m = RNN_MIXERS[name].mixer
-    arrays, h0 = inputs(name, B=2, T=7, H=2, D=8, seed=1)
+    arrays, h0 = inputs(name, B=1, T=7, H=1, D=8, seed=1)     # batches and heads: the tests below
     assert_close(check(m, mx.compile(m), arrays, dtype=dtype, strategy=strategy, initial_state=h0))
 
 
@@ -52,13 +53,14 @@ def test_head_size_not_a_power_of_two(strategy):
     assert_close(check(m, mx.compile(m), arrays, dtype=torch.float32, strategy=strategy, initial_state=h0))
 
 
-def test_long_sequence_fp32():
+@pytest.mark.parametrize("T", [32, pytest.param(64, marks=pytest.mark.slow)])
+def test_long_sequence_fp32(T):
     m = RNN_MIXERS["gru"].mixer
-    arrays, h0 = inputs("gru", B=1, T=64, H=1, D=4, seed=4)
+    arrays, h0 = inputs("gru", B=1, T=T, H=1, D=4, seed=4)
     assert_close(check(m, mx.compile(m), arrays, dtype=torch.float32, strategy="fused", initial_state=h0))
 
 
-@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("strategy", ["fused", pytest.param("alternating", marks=pytest.mark.slow)])
 def test_cu_seqlens_equals_per_sequence_loop(strategy):
     m = RNN_MIXERS["lstm"].mixer
     arrays, h0 = inputs("lstm", B=1, T=10, H=2, D=8, seed=5, N=4)

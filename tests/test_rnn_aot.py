@@ -10,14 +10,18 @@ from mixir.lowering.common.launch import record_launches
 
 from test_rnn import inputs
 
+pytestmark = pytest.mark.aot
+
 # LSTM (4 gates, 2 states) in bf16: tensor-core dots; GRU (3 gates: not a power of two) in fp32
+# (the slow lane)
 COVER = [("lstm", torch.bfloat16, 32), ("gru", torch.float32, 24)]
 
 
-@pytest.fixture(scope="module")
-def records(fresh_triton_cache):
+@pytest.fixture(params=[pytest.param(COVER[:1], id="lstm"), pytest.param(COVER, id="lstm-gru",
+                                                                         marks=pytest.mark.slow)])
+def records(request, fresh_triton_cache):
     recs = {}
-    for name, dtype, D in COVER:
+    for name, dtype, D in request.param:
         m = RNN_MIXERS[name].mixer
         fn = mx.compile(m)
         arrays, h0 = inputs(name, B=2, T=3, H=1, D=D)

@@ -72,11 +72,13 @@ def test_lstm_fused_fullgraph_matches_eager():
     _compare("lstm", "fused")
 
 
+@pytest.mark.slow       # the alternating strategy under compile: the elman cu_seqlens test below
 def test_gru_alternating_fullgraph_matches_eager():
     # only the output in the loss: the final states' cotangents are absent
     _compare("gru", "alternating", finals_in_loss=False)
 
 
+@pytest.mark.slow
 def test_slstm_fused_fullgraph_matches_eager():
     _compare("slstm", "fused")
 

@@ -26,6 +26,15 @@ def _nvcc():
 NVCC = _nvcc()
 
 
+def nvcc_builds(fast):
+    """(cell, recurrent-weight type, arch) of nvcc builds: every cell for sm_80 and sm_90; the
+    (cell, arch) pairs in ``fast`` in the fast lane, the rest in the slow lane."""
+    return [pytest.param(n, r, a, id=f"{n}-{r}-{a}", marks=() if (n, a) in fast else pytest.mark.slow)
+            for n, r in [("lstm", "__nv_bfloat16"), ("gru", "__half"), ("slstm", "float"),
+                         ("elman", "__nv_bfloat16")]
+            for a in ("sm_80", "sm_90")]
+
+
 def _source(name, r_type="__nv_bfloat16"):
     m = RNN_MIXERS[name].mixer
     _, plan = classify(m)
@@ -46,11 +55,8 @@ def test_shared_memory_of_the_resident_weights():
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH nor in the Triton wheel")
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("name,r_type", [
-    ("lstm", "__nv_bfloat16"), ("gru", "__half"),
-    pytest.param("slstm", "float", marks=pytest.mark.slow),
-    pytest.param("elman", "__nv_bfloat16", marks=pytest.mark.slow)])
+@pytest.mark.aot
+@pytest.mark.parametrize("name,r_type,arch", nvcc_builds({("lstm", "sm_80"), ("gru", "sm_90")}))
 def test_generated_cuda_compiles(tmp_path, name, r_type, arch):
     _, src = _source(name, r_type)
     cu = tmp_path / f"{name}.cu"
@@ -85,6 +91,7 @@ def _torch_includes():
 
 @pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH nor in the Triton wheel")
+@pytest.mark.aot
 def test_launcher_compiles_against_torch_headers(tmp_path):
     """The exact CUDA source ``load_inline`` builds, compiled with nvcc -c (kernel + launcher)."""
     from mixir.lowering.rnn.cuda import launcher_source
@@ -142,6 +149,7 @@ def test_training_launcher_source_casts_by_the_kernel_signatures():
 
 @pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH nor in the Triton wheel")
+@pytest.mark.aot
 def test_training_launcher_compiles_against_torch_headers(tmp_path):
     from mixir.lowering.rnn import cuda as rnn_cuda, cuda_train as ct
     plan, _ = _source("gru")

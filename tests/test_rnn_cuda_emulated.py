@@ -25,7 +25,7 @@ from mixir.testing import bounds_for, rel_rms_error
 from mixir.testing.checker import assert_close, check
 from mixir.lowering.rnn import cuda_emulation as ce
 from test_rnn import inputs
-from test_rnn_cuda import NVCC
+from test_rnn_cuda import NVCC, nvcc_builds
 
 pytestmark = pytest.mark.skipif(ce.available() is not None, reason=str(ce.available()))
 
@@ -96,8 +96,13 @@ def test_emulator_has_block_barriers_and_grid_indices():
 
 # ---- the forward of ``generate`` (strategy "fused_cuda") ---------------------------------------
 
-@pytest.mark.parametrize("with_init", [True, False], ids=["init", "zero"])
-@pytest.mark.parametrize("D", [16, 24])
+# (D, initial state): the fast lane runs (16, init) and (24, zero), the slow lane the other two
+def _d_init():
+    return [pytest.param(D, w, id=f"{D}-{i}", marks=() if (D == 16) == w else pytest.mark.slow)
+            for D in (16, 24) for w, i in ((True, "init"), (False, "zero"))]
+
+
+@pytest.mark.parametrize("D, with_init", _d_init())
 @pytest.mark.parametrize("name", CELLS)
 def test_fused_cuda_forward_matches_reference(name, D, with_init):
     m, form, xs, h0 = _case(name, D, with_init)
@@ -120,8 +125,7 @@ def test_fused_cuda_forward_matches_reference(name, D, with_init):
 
 # ---- training: forward with saves + BPTT (``generate_training``) --------------------------------
 
-@pytest.mark.parametrize("with_init", [True, False], ids=["init", "zero"])
-@pytest.mark.parametrize("D", [16, 24])
+@pytest.mark.parametrize("D, with_init", _d_init())
 @pytest.mark.parametrize("name", CELLS)
 def test_cuda_backward_matches_reference(name, D, with_init):
     """Outputs, final states and the gradients of every input (pre-activations, R, b) and initial
@@ -130,7 +134,8 @@ def test_cuda_backward_matches_reference(name, D, with_init):
     assert_close(check(m, ce.EmulatedRNNMixer(m), xs, dtype=torch.float32, initial_state=h0, poison=True))
 
 
-@pytest.mark.parametrize("name", CELLS)
+@pytest.mark.parametrize("name", [n if n in ("lstm", "gru") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in CELLS])
 def test_cuda_backward_matches_triton_fused(name):
     m, _, xs, h0 = _case(name, 24, True, seed=3)
     emu = ce.EmulatedRNNMixer(m)
@@ -177,11 +182,8 @@ def test_training_source_is_generated_from_the_ir():
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH nor in the Triton wheel")
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-@pytest.mark.parametrize("name,r_type", [
-    ("lstm", "__nv_bfloat16"), ("gru", "__half"),
-    pytest.param("slstm", "float", marks=pytest.mark.slow),
-    pytest.param("elman", "__nv_bfloat16", marks=pytest.mark.slow)])
+@pytest.mark.aot
+@pytest.mark.parametrize("name,r_type,arch", nvcc_builds({("lstm", "sm_90"), ("gru", "sm_80")}))
 def test_training_cuda_compiles(tmp_path, name, r_type, arch):
     _, form = classify(RNN_MIXERS[name].mixer)
     k = rnn_cuda.generate_training(form, form.inputs, r_type)

@@ -69,6 +69,7 @@ def s4d_tuned(tmp_path_factory, fresh_triton_cache):
     return m, res, d
 
 
+@pytest.mark.aot
 def test_lti_tune_writes_an_aot_checked_entry_in_the_space(s4d_tuned):
     m, res, d = s4d_tuned
     (r,) = res.results
@@ -93,6 +94,7 @@ def test_lti_tune_writes_an_aot_checked_entry_in_the_space(s4d_tuned):
     assert "lti_vandermonde" in res.table() and "BEST" in res.table()
 
 
+@pytest.mark.aot
 def test_lti_runtime_reads_the_entry_then_falls_back(s4d_tuned, monkeypatch):
     m, res, d = s4d_tuned
     best = res.results[0].best.config
@@ -124,6 +126,7 @@ def lstm_tuned(tmp_path_factory, fresh_triton_cache):
     return m, res, d
 
 
+@pytest.mark.aot
 def test_rnn_tune_writes_aot_checked_entries_per_strategy(lstm_tuned):
     m, res, d = lstm_tuned
     assert [r.strategy for r in res.results] == ["fused", "alternating"]
@@ -139,6 +142,7 @@ def test_rnn_tune_writes_aot_checked_entries_per_strategy(lstm_tuned):
         assert e["config"] == r.best.config and e["compiled"]["spills"] == 0
 
 
+@pytest.mark.aot
 def test_rnn_runtime_reads_the_entry_then_the_model(lstm_tuned, monkeypatch):
     m, res, d = lstm_tuned
     monkeypatch.setenv("MIXIR_TUNING_DB", str(d))
@@ -228,6 +232,7 @@ def test_cli_tune_lti_and_rnn_print_tables(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.aot
 def test_cauchy_and_gru_tune_with_aot(tmp_path, fresh_triton_cache):
     for name, shape in (("s4", LTI_SHAPE), ("gru", RNN_SHAPE)):
         res = tune(MIXERS[name].mixer, gpu="h100", **shape, top_k=3, aot=True, write=True,
