@@ -40,12 +40,13 @@ def _has_cuda():
 
 #: test modules whose tests run Triton kernels through the interpreter (marked ``interp``; select
 #: with ``-m interp``, leave out with ``-m "not interp"`` for the pure-Python tests: the DSL, the
-#: reference, the tuning engine, the structure)
+#: reference, the tuning engine, the structure). In the other modules the single tests that run
+#: kernels (recording launches for an AOT build, a CLI verify) carry ``@pytest.mark.interp``.
 INTERP_MODULES = {
     "test_attention", "test_attention_compile", "test_codegen", "test_delta_recurrent_core",
     "test_family_contract", "test_gated_linear", "test_gla_core", "test_householder", "test_launch",
     "test_library_reference", "test_lti", "test_lti_compile", "test_lti_recurrent_bwd", "test_rnn",
-    "test_rnn_compile", "test_rnn_cuda_emulated", "test_rnn_mlstm", "test_runtime", "test_testing",
+    "test_rnn_compile", "test_rnn_cuda_emulated", "test_rnn_mlstm", "test_runtime",
     "test_tuned_configs",
 }
 

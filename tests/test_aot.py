@@ -86,6 +86,7 @@ def test_parsers():
     assert aot.parse_resource_usage("garbage") == {} and aot.parse_ptxas_log("") == {}
 
 
+@pytest.mark.interp
 def test_build_small_tile(small_record):
     r80 = aot.build(small_record, "sm_80")
     r90 = aot.build(small_record, "90")
@@ -146,6 +147,7 @@ def generated_scale(x, y, n, alpha, BLOCK: tl.constexpr):
 '''
 
 
+@pytest.mark.interp
 def test_build_all_workers(tmp_path, small_record):
     # a "generated" kernel imported from a cache directory by file path, under a module name no
     # other process can import: the worker must re-import it from its file
@@ -179,6 +181,7 @@ def test_build_all_workers(tmp_path, small_record):
     assert isinstance(out[0], MixirError) and "timed out" in str(out[0])
 
 
+@pytest.mark.interp
 def test_missing_tools(small_record, monkeypatch):
     reference = aot.build(small_record, "sm_80")
     # without cuobjdump the register count comes from the ptxas -v numbers: the same

@@ -7,7 +7,7 @@ from mixir.library import MIXERS
 from mixir.lowering.common import aot
 from mixir.verify import record_kernels
 
-pytestmark = pytest.mark.aot
+pytestmark = [pytest.mark.aot, pytest.mark.interp]
 
 # one mixer per distinct kernel specialisation: scalar decay, key decay, value decay + unit key,
 # unit value (vector state) + output map, auxiliary state + signs. The fast lane builds GLA's in

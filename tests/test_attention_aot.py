@@ -10,7 +10,7 @@ from mixir.library import attention as L
 from mixir.lowering.common import aot
 from mixir.lowering.common.launch import record_launches
 
-pytestmark = pytest.mark.aot
+pytestmark = [pytest.mark.aot, pytest.mark.interp]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -235,6 +235,7 @@ def _build_picks(cases):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered")
 @pytest.mark.aot
+@pytest.mark.interp
 def test_runtime_pick_builds_without_spills_d128(fresh_triton_cache):
     """The representative case (D = 128 bf16, where the old picks spilled)."""
     _build_picks([(128, "bf16")])
@@ -243,5 +244,6 @@ def test_runtime_pick_builds_without_spills_d128(fresh_triton_cache):
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:overflow encountered")
 @pytest.mark.aot
+@pytest.mark.interp
 def test_runtime_picks_build_without_spills(fresh_triton_cache):
     _build_picks([(32, "bf16"), (64, "bf16"), (128, "bf16"), (64, "fp32"), (64, "fp16")])

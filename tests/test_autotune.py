@@ -122,6 +122,7 @@ def _have_ptxas():
 
 @pytest.mark.skipif(not _have_ptxas(), reason="Triton's ptxas is not available")
 @pytest.mark.aot
+@pytest.mark.interp
 def test_top_configs_compile_sm90():
     from mixir.autotune.pipeline import diverse
     from mixir.library import MIXERS

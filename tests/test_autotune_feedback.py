@@ -209,6 +209,7 @@ def test_tune_all_shares_aot_results_between_identical_kernels(monkeypatch, tmp_
     assert report.accuracy(out)["n"] == 4             # the copies are not counted twice
 
 
+@pytest.mark.interp
 def test_kernel_signature_groups_identical_template_kernels():
     from mixir.library import MIXERS
     from mixir.lowering.family import classify
@@ -373,6 +374,7 @@ def _check_compiles(strategy, configs, backward, workers=None):
 
 @needs_ptxas
 @pytest.mark.aot
+@pytest.mark.interp
 def test_sample_of_feasible_configs_compiles_sm90():
     """CI: a deterministic sample - the configs with the largest predicted registers and shared
     memory plus seeded random ones - compiles for sm_90 (spills allowed, counted)."""
@@ -384,6 +386,7 @@ def test_sample_of_feasible_configs_compiles_sm90():
 @needs_ptxas
 @pytest.mark.parametrize("strategy", ["recurrent", "chunked"])
 @pytest.mark.aot
+@pytest.mark.interp
 def test_every_feasible_config_compiles_sm90(strategy):
     """Every predicted-feasible config of the template for one representative shape (gla,
     B=8 T=4096 H=16 K=V=64, bf16) compiles for sm_90, forward and backward (spills are counted)."""

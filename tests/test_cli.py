@@ -38,6 +38,7 @@ def user_file(tmp_path):
     return p
 
 
+@pytest.mark.interp
 def test_verify_user_mixer_from_file(user_file, capsys):
     assert main(["verify", f"{user_file}:decayed", "--dtype", "float32", "--T", "20"]) == 0
     out = capsys.readouterr().out
@@ -45,6 +46,7 @@ def test_verify_user_mixer_from_file(user_file, capsys):
 
 
 @pytest.mark.aot
+@pytest.mark.interp
 def test_compile_reports_resources(user_file, capsys):
     assert main(["compile", f"{user_file}:decayed", "--arch", "sm_90", "--dtype", "float32"]) == 0
     out = capsys.readouterr().out

@@ -166,6 +166,7 @@ def test_cli_tune_delta_rule_writes_the_database(tmp_path, capsys):
 
 
 @pytest.mark.aot
+@pytest.mark.interp
 def test_predicted_resources_bound_a_real_aot_build(fresh_triton_cache):
     """One real build for sm_90 (the chunked default at K = V = 64, bf16; the two kernels the
     register model rates highest): compiled registers and shared memory within the prediction,
@@ -194,6 +195,7 @@ def test_predicted_resources_bound_a_real_aot_build(fresh_triton_cache):
 @pytest.mark.slow
 @pytest.mark.parametrize("gpu, arch", [("h100", "sm_90"), ("a100-80gb", "sm_80"), ("l4", "sm_89")])
 @pytest.mark.aot
+@pytest.mark.interp
 def test_runtime_picks_build_without_spills(gpu, arch):
     """What a CUDA call would run without a tuning database (the cost model's best) compiles with no
     register spills, both strategies, bf16 and fp32, K = V = 64 and 128."""

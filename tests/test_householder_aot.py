@@ -11,7 +11,7 @@ from mixir.lowering.householder import core as dc
 from mixir.lowering.common.launch import record_launches
 from mixir.verify import record_kernels
 
-pytestmark = pytest.mark.aot
+pytestmark = [pytest.mark.aot, pytest.mark.interp]
 
 
 def _core_records(K, V, dtype, strategies=("chunked", "recurrent"), T=40, n_h=(1, 2)):

@@ -75,6 +75,7 @@ def test_default_configs_respect_the_shape_and_the_gpu():
         assert small["BN"] <= 8 and small["BL"] <= 32
 
 
+@pytest.mark.interp
 def test_runtime_tiles_cpu_default_recording_and_user_config():
     e = lti.LTI_ENTRIES["s4d"]
     rng = np.random.default_rng(0)
@@ -178,6 +179,7 @@ def test_default_configs_over_shapes_build_without_spills(fresh_triton_cache):
 
 # ---- memory of kernel generation -----------------------------------------------------------------
 
+@pytest.mark.interp
 def test_kernel_generation_memory_has_no_n_by_l_buffer():
     """Peak bytes of torch's allocator while generating the S4D kernel (N = 64 modes, L = 4096,
     one channel): far below the N × L Vandermonde matrix (N·L·8 bytes as complex64), which the

@@ -10,7 +10,7 @@ from mixir.lowering.common.launch import record_launches
 
 from test_rnn import inputs
 
-pytestmark = pytest.mark.aot
+pytestmark = [pytest.mark.aot, pytest.mark.interp]
 
 # LSTM (4 gates, 2 states) in bf16: tensor-core dots; GRU (3 gates: not a power of two) in fp32
 # (the slow lane)

@@ -53,6 +53,7 @@ def _build(name, D, dtype, config, backward):
 
 
 @pytest.mark.aot
+@pytest.mark.interp
 def test_prediction_confirmed_by_the_compiled_kernel(fresh_triton_cache):
     shape = rnn_space.shape_of(16, 1024, 1, 64, "bf16")
     cfg = rnn_space.best_config("fused", 4, 2, shape, H100, backward=False)
@@ -67,6 +68,7 @@ def test_prediction_confirmed_by_the_compiled_kernel(fresh_triton_cache):
 
 
 @pytest.mark.aot
+@pytest.mark.interp
 def test_training_at_head_size_64_is_confirmed_by_the_compiled_backward(fresh_triton_cache):
     """The fused backward keeps only R_gᵀ on chip (dR is one GEMM after the loop): LSTM D = 64 bf16
     trains fused; the space's best config compiles for sm_90 without spills."""

@@ -70,6 +70,7 @@ def s4d_tuned(tmp_path_factory, fresh_triton_cache):
 
 
 @pytest.mark.aot
+@pytest.mark.interp
 def test_lti_tune_writes_an_aot_checked_entry_in_the_space(s4d_tuned):
     m, res, d = s4d_tuned
     (r,) = res.results
@@ -95,6 +96,7 @@ def test_lti_tune_writes_an_aot_checked_entry_in_the_space(s4d_tuned):
 
 
 @pytest.mark.aot
+@pytest.mark.interp
 def test_lti_runtime_reads_the_entry_then_falls_back(s4d_tuned, monkeypatch):
     m, res, d = s4d_tuned
     best = res.results[0].best.config
@@ -127,6 +129,7 @@ def lstm_tuned(tmp_path_factory, fresh_triton_cache):
 
 
 @pytest.mark.aot
+@pytest.mark.interp
 def test_rnn_tune_writes_aot_checked_entries_per_strategy(lstm_tuned):
     m, res, d = lstm_tuned
     assert [r.strategy for r in res.results] == ["fused", "alternating"]
@@ -143,6 +146,7 @@ def test_rnn_tune_writes_aot_checked_entries_per_strategy(lstm_tuned):
 
 
 @pytest.mark.aot
+@pytest.mark.interp
 def test_rnn_runtime_reads_the_entry_then_the_model(lstm_tuned, monkeypatch):
     m, res, d = lstm_tuned
     monkeypatch.setenv("MIXIR_TUNING_DB", str(d))
@@ -233,6 +237,7 @@ def test_cli_tune_lti_and_rnn_print_tables(tmp_path, capsys):
 
 @pytest.mark.slow
 @pytest.mark.aot
+@pytest.mark.interp
 def test_cauchy_and_gru_tune_with_aot(tmp_path, fresh_triton_cache):
     for name, shape in (("s4", LTI_SHAPE), ("gru", RNN_SHAPE)):
         res = tune(MIXERS[name].mixer, gpu="h100", **shape, top_k=3, aot=True, write=True,
