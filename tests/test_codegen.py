@@ -334,9 +334,26 @@ def test_opcheck():
     specs = [("x", "input", ("K",)), ("A", "param", ("K",))]
     pk = PiecesKernel("opcheck", pieces, specs)
     arrays = [a.requires_grad_() for a in make_arrays(specs, 1, 2, 2, {"K": 3})]
-    args = (pk.key, arrays[0], arrays, [], [1, 2, 2, 3])
-    torch.library.opcheck(torch.ops.mixir.pointwise.default, args,
-                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+    for narrow, dtype in (([0, 0], torch.float32), ([1, 0], torch.float16)):
+        args = (pk.key, arrays[0], arrays, [], [1, 2, 2, 3], narrow, dtype)
+        torch.library.opcheck(torch.ops.mixir.pointwise.default, args,
+                              test_utils=("test_schema", "test_autograd_registration",
+                                          "test_faketensor"))
+
+
+def test_narrowed_pieces_are_stored_in_the_given_dtype():
+    """A piece named in ``narrow`` comes back in ``dtype`` (the same values rounded once), the
+    others in fp32; gradients flow through both."""
+    x = ir.leaf("input", "x", ("K",))
+    pieces = {"p": ir.unary("sigmoid", x), "q": ir.unary("exp", x)}
+    pk = PiecesKernel("narrow", pieces, [("x", "input", ("K",))])
+    a = torch.randn(1, 5, 2, 4, requires_grad=True)
+    out = pk([a], {}, 1, 5, 2, {"K": 4}, narrow=("p",), dtype=torch.float16)
+    assert out["p"].dtype == torch.float16 and out["q"].dtype == torch.float32
+    torch.testing.assert_close(out["p"], torch.sigmoid(a.detach()).half())
+    (out["p"].float().sum() + out["q"].sum()).backward()
+    s = torch.sigmoid(a.detach())
+    torch.testing.assert_close(a.grad, s * (1 - s) + torch.exp(a.detach()), rtol=1e-3, atol=1e-3)
 
 
 def test_empty_batch_and_errors():

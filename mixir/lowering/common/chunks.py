@@ -56,35 +56,60 @@ def packed(x, dtype=None):
     return x.view(x.shape[0] * x.shape[1], *x.shape[2:])
 
 
+_TABLES: dict = {}      # (offsets, BT, device) -> (cu, N, NT, chunk_tbl, chunk_off)
+_TABLES_MAX = 64
+
+
+def _tables(offsets: tuple, BT, device):
+    """The device-side offsets and chunk tables of one packing, built once per (offsets, BT,
+    device) and then reused (read-only): no host-side table building and no host-to-device copies
+    on later calls of the same shape."""
+    key = (offsets, BT, str(device))
+    hit = _TABLES.get(key)
+    if hit is not None:
+        return hit
+    off = torch.tensor(offsets, dtype=torch.int64)
+    N = off.numel() - 1
+    cu = off.to(device=device, dtype=torch.int32)
+    NT = chunk_tbl = chunk_off = None
+    if BT is not None:
+        lens = off[1:] - off[:-1]
+        nts = (lens + BT - 1) // BT
+        co = torch.zeros(N + 1, dtype=torch.int64)
+        co[1:] = torch.cumsum(nts, 0)
+        NT = int(co[-1])
+        seq = torch.repeat_interleave(torch.arange(N, dtype=torch.int64), nts)
+        local = torch.arange(NT, dtype=torch.int64) - torch.repeat_interleave(co[:-1], nts)
+        chunk_tbl = torch.stack([seq, local], 1).to(device=device, dtype=torch.int32).contiguous()
+        chunk_off = co.to(device=device, dtype=torch.int32)
+    if len(_TABLES) >= _TABLES_MAX:
+        _TABLES.pop(next(iter(_TABLES)))
+    _TABLES[key] = hit = (cu, N, NT, chunk_tbl, chunk_off)
+    return hit
+
+
 class ChunkPlan:
     """Packed-sequence bookkeeping shared by the kernels of one call (see the module docstring);
-    ``BT`` None: only the sequence offsets (the token-loop kernels need no chunk tables)."""
+    ``BT`` None: only the sequence offsets (the token-loop kernels need no chunk tables). The
+    tables are cached per packing (``_tables``)."""
 
     def __init__(self, q, cu_seqlens, BT):
         B, T, H, K = q.shape
         device = q.device
         if cu_seqlens is None:
-            offsets = torch.arange(B + 1, dtype=torch.int64) * T
+            offsets = tuple(range(0, (B + 1) * T, T)) if T else (0,) * (B + 1)
         else:
             assert B == 1, "cu_seqlens requires B == 1 (packed sequences)"
-            offsets = cu_seqlens.detach().to("cpu", torch.int64)
-            assert offsets.dim() == 1 and offsets.numel() >= 2
-            assert int(offsets[0]) == 0 and int(offsets[-1]) == T
-            assert bool((offsets[1:] >= offsets[:-1]).all()), "cu_seqlens must be non-decreasing"
+            off = cu_seqlens.detach().to("cpu", torch.int64)
+            assert off.dim() == 1 and off.numel() >= 2
+            assert int(off[0]) == 0 and int(off[-1]) == T
+            assert bool((off[1:] >= off[:-1]).all()), "cu_seqlens must be non-decreasing"
+            offsets = tuple(off.tolist())
         self.B, self.T, self.H = B, T, H
-        self.N = offsets.numel() - 1
         self.T_total = B * T
-        self.cu = offsets.to(device=device, dtype=torch.int32)
+        self.cu, self.N, NT, chunk_tbl, chunk_off = _tables(offsets, BT, device)
         if BT is not None:
-            lens = offsets[1:] - offsets[:-1]
-            nts = (lens + BT - 1) // BT
-            chunk_off = torch.zeros(self.N + 1, dtype=torch.int64)
-            chunk_off[1:] = torch.cumsum(nts, 0)
-            self.NT = int(chunk_off[-1])
-            seq = torch.repeat_interleave(torch.arange(self.N, dtype=torch.int64), nts)
-            local = torch.arange(self.NT, dtype=torch.int64) - torch.repeat_interleave(chunk_off[:-1], nts)
-            self.chunk_tbl = torch.stack([seq, local], 1).to(device=device, dtype=torch.int32).contiguous()
-            self.chunk_off = chunk_off.to(device=device, dtype=torch.int32)
+            self.NT, self.chunk_tbl, self.chunk_off = NT, chunk_tbl, chunk_off
 
 
 __all__ = ["LOG_FLOOR", "ChunkPlan", "empty", "packed", "poison", "tile"]

@@ -83,7 +83,11 @@ class PiecesKernel:
         return f"<mixir.PiecesKernel {self.mixer_name} {list(self.piece_names)} ({self.source_path})>"
 
     # ---- the differentiable call -----------------------------------------------------------
-    def __call__(self, arrays, scalars: dict, B: int, T: int, H: int, sizes: dict) -> dict:
+    def __call__(self, arrays, scalars: dict, B: int, T: int, H: int, sizes: dict,
+                 narrow=(), dtype=None) -> dict:
+        """``{piece: [B, T, H(, D)]}``, fp32, except the pieces named in ``narrow``, which the
+        kernel stores in ``dtype`` (a consumer that rounds them to ``dtype`` anyway then reads them
+        without an fp32 round trip through memory)."""
         if len(arrays) != len(self.input_specs):
             raise InputError(f"{self.mixer_name}: the pieces take {len(self.input_specs)} tensors "
                              f"({', '.join(s[0] for s in self.input_specs)}), got {len(arrays)}")
@@ -99,15 +103,17 @@ class PiecesKernel:
                 if s not in scalars:
                     raise InputError(f"{self.mixer_name}: no value for the scalar {s!r}")
                 svals.append(float(scalars[s]))
+            mask = [int(dtype is not None and p in narrow) for p in self.generated.kernel_pieces]
             values = torch.ops.mixir.pointwise(self.key, like, [arrays[i] for i in self.used],
-                                               svals, shape)
+                                               svals, shape, mask, dtype or torch.float32)
             out.update(zip(self.generated.kernel_pieces, values))
         result = {}
         for name, node in self.pieces.items():
             if name in out:
                 result[name] = out[name]
             elif name in self.generated.passthrough:   # the input itself (autograd by torch)
-                a = arrays[self._index[self.generated.passthrough[name]]].float()
+                a = arrays[self._index[self.generated.passthrough[name]]]
+                a = a.to(dtype) if dtype is not None and name in narrow else a.float()
                 if self.input_specs[self._index[self.generated.passthrough[name]]][1] == "param":
                     a = a.expand(self.piece_shape(name, shape))
                 result[name] = a
@@ -154,7 +160,7 @@ class PiecesKernel:
         with ctx:
             kernel[grid](**args, num_warps=num_warps, num_stages=1)
 
-    def forward_impl(self, like, inputs, scalars, shape):
+    def forward_impl(self, like, inputs, scalars, shape, narrow=None, dtype=torch.float32):
         g = self.generated
         info = g.fwd
         device = like.device
@@ -165,8 +171,10 @@ class PiecesKernel:
         for (s, arg), v in zip(info.scalars, scalars):
             args[arg] = float(v)
         outs = []
+        narrowed = {p for p, m in zip(g.kernel_pieces, narrow or ()) if m}
         for sa in info.stores:
-            o = empty(self.piece_shape(sa.name, shape), device=device)  # NaN under MIXIR_POISON
+            o = empty(self.piece_shape(sa.name, shape), device=device,   # NaN under MIXIR_POISON
+                      dtype=dtype if sa.name in narrowed else torch.float32)
             args[sa.arg] = o
             outs.append(o)
         if n_rows > 0:
@@ -229,18 +237,19 @@ def _empty(like):
 
 @torch.library.custom_op("mixir::pointwise", mutates_args=())
 def pointwise(key: str, like: torch.Tensor, inputs: list[torch.Tensor], scalars: list[float],
-              shape: list[int]) -> list[torch.Tensor]:
-    """The kernel pieces of ``REGISTRY[key]``, fp32 [B, T, H, (D)] each (``shape`` = [B, T, H] +
-    the sizes of ``PiecesKernel.dims``). ``like`` gives the device; ``inputs`` are the arrays the
-    kernels read (``PiecesKernel.used``), ``scalars`` the values of ``scalar_names``."""
-    return get_pieces_kernel(key).forward_impl(like, inputs, scalars, shape)
+              shape: list[int], narrow: list[int], dtype: torch.dtype) -> list[torch.Tensor]:
+    """The kernel pieces of ``REGISTRY[key]``, [B, T, H, (D)] each (``shape`` = [B, T, H] + the
+    sizes of ``PiecesKernel.dims``): fp32, or ``dtype`` where ``narrow`` (one flag per kernel
+    piece) is set. ``like`` gives the device; ``inputs`` are the arrays the kernels read
+    (``PiecesKernel.used``), ``scalars`` the values of ``scalar_names``."""
+    return get_pieces_kernel(key).forward_impl(like, inputs, scalars, shape, narrow, dtype)
 
 
 @pointwise.register_fake
-def _(key, like, inputs, scalars, shape):
+def _(key, like, inputs, scalars, shape, narrow, dtype):
     pk = get_pieces_kernel(key)
-    return [like.new_empty(pk.piece_shape(p, shape), dtype=torch.float32)
-            for p in pk.generated.kernel_pieces]
+    return [like.new_empty(pk.piece_shape(p, shape), dtype=dtype if m else torch.float32)
+            for p, m in zip(pk.generated.kernel_pieces, narrow)]
 
 
 @torch.library.custom_op("mixir::pointwise_bwd", mutates_args=())
@@ -260,16 +269,16 @@ def _(key, like, inputs, scalars, shape, cotangents):
 
 
 def _setup(ctx, inputs, output):
-    key, like, tensors, scalars, shape = inputs
+    key, like, tensors, scalars, shape, narrow, _ = inputs
     ctx.save_for_backward(like, *tensors)
-    ctx.key, ctx.scalars, ctx.shape = key, list(scalars), list(shape)
+    ctx.key, ctx.scalars, ctx.shape, ctx.narrow = key, list(scalars), list(shape), list(narrow)
 
 
 def _backward(ctx, grads):
     like, *tensors = ctx.saved_tensors
     # the gradient of a list of numbers is None, but an empty list is a list (torch's pytree:
     # a list holding a non-tensor is a leaf, an empty one is not)
-    nones = tuple(None if x else [] for x in (ctx.scalars, ctx.shape))
+    nones = tuple(None if x else [] for x in (ctx.scalars, ctx.shape, ctx.narrow)) + (None,)
     if not tensors:
         return None, None, [], *nones
     pk = get_pieces_kernel(ctx.key)

@@ -25,7 +25,7 @@ cumsums, the recurrent one uses them as given.
 """
 import torch
 
-from ...tiles import cdiv
+from ...tiles import cdiv, pow2
 from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
 from ..common.launch import targets_gpu
 from .kernels import chunked as _ck
@@ -124,16 +124,18 @@ def _local_cumsums(plan, x, cfg):
     return G, R
 
 
-def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot):
-    """Sequential chunk pass; returns (per-chunk matrices [NT, H, K, V], final matrix or None)."""
+def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot, hs_dtype=torch.float32,
+            h_scale=1.0):
+    """Sequential chunk pass; returns (per-chunk matrices [NT, H, K, V] in ``hs_dtype``, final
+    matrix fp32 or None). ``h_scale`` s: the pass starts from h_in / s and returns s * final."""
     N, H = plan.N, plan.H
-    HS = empty(max(plan.NT, 1), H, K, V, device=kx.device)
+    HS = empty(max(plan.NT, 1), H, K, V, device=kx.device, dtype=hs_dtype)
     out = empty(N, H, K, V, device=kx.device) if store_out else None
     BK, BV = tile(K, cfg["BK"]), tile(V, cfg["BV"])
     if N > 0:
         _ck.chunk_gla_states[(N * H, cdiv(K, BK), cdiv(V, BV))](
             kx, vx, F[0], F[1], F[2], Gl[0], Gl[1], Gl[2], h_in, out, HS, plan.cu, plan.chunk_off,
-            H, K, V,
+            H, K, V, 1.0 / h_scale, float(h_scale),
             USE_A=F[0] is not None, USE_B=F[1] is not None, USE_C=F[2] is not None,
             USE_H0=h_in is not None, STORE_HT=store_out, REVERSE=reverse,
             BT=cfg["BT"], BK=BK, BV=BV, PREC=dot[1], DOT_F32=dot[0],
@@ -141,38 +143,74 @@ def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot):
     return HS, out
 
 
-def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot):
-    """out = inter(X, HS) + intra(X, Y, Z) with decays F = (FA, FB over DK, FC over DV)."""
+def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot, *,
+            out_dtype=torch.float32, scale=1.0, xp=None):
+    """out = scale * (inter(X, HS) + intra(X, Y, Z)) with decays F = (FA, FB over DK, FC over DV),
+    stored in ``out_dtype``. ``xp`` = (W, XP, mode, accumulate, sign): also store the decay-gradient
+    terms sign * W * out (fp32) into XP - mode 1 elementwise [T, H, DV], mode 2 summed over each
+    program's BV channels into [cdiv(DV, BV), T, H] (see ``_xp_buffer``)."""
     H = plan.H
-    O = empty(plan.T_total, H, DV, device=X.device)
+    O = empty(plan.T_total, H, DV, device=X.device, dtype=out_dtype)
     BT, BC = cfg["BT"], cfg["BC"]
     assert BT % BC == 0 and BC >= 16
-    BK = tile(DK, cfg["BK"])
-    # the exact diagonal-block V factors live on a [BC, BC, BV] tile: keep it small
-    BV = tile(DV, cfg["BV"] if F[2] is None else min(cfg["BV"], cfg.get("BV_DIAG", 32)))
+    BK = _output_bk(DK, cfg)
+    BV = _output_bv(DV, F[2] is not None, cfg)
     s_hk, s_hv = (1, DK) if transposed else (DV, 1)
+    W, XP, mode, accum, sign = xp if xp is not None else (None, None, 0, False, 1.0)
     if plan.NT > 0:
         _ck.chunk_gla_output[(plan.NT * (BT // BC), cdiv(DV, BV), H)](
-            X, Y, Z, F[0], F[1], F[2], HS, O, plan.cu, plan.chunk_tbl, H, DK, DV, s_hk, s_hv,
+            X, Y, Z, F[0], F[1], F[2], HS, O, W, XP, plan.cu, plan.chunk_tbl, H, DK, DV, s_hk, s_hv,
+            plan.T_total, float(scale), float(sign),
             USE_A=F[0] is not None, USE_B=F[1] is not None, USE_C=F[2] is not None,
-            REVERSE=reverse, BT=BT, BC=BC, BK=BK, BV=BV, BKD=cfg.get("BKD", 16), PREC=dot[1],
+            REVERSE=reverse, XP_MODE=mode, XP_ACCUM=accum,
+            BT=BT, BC=BC, BK=BK, BV=BV, BKD=cfg.get("BKD", 16), PREC=dot[1],
             DOT_F32=dot[0],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return O
 
 
-def _rev_cumsum(plan, x, init, cfg):
-    """Per-sequence reverse cumsum of x [T, H(, D)] plus init [N, H(, D)] (fp32)."""
+def _output_bk(DK, cfg):
+    return tile(DK, cfg["BK"])
+
+
+def _output_bv(DV, use_c, cfg):
+    # the exact diagonal-block V factors live on a [BC, BC, BV] tile: keep it small
+    return tile(DV, cfg["BV"] if not use_c else min(cfg["BV"], cfg.get("BV_DIAG", 32)))
+
+
+def _xp_buffer(plan, D, elementwise, cfg, device):
+    """The decay-gradient buffer the dq and dk output launches fill (fp32): [T, H, D] when the
+    per-channel terms are needed, else the per-tile row sums [cdiv(D, BV), T, H]."""
+    if elementwise:
+        return empty(plan.T_total, plan.H, D, device=device), 1
+    return empty(cdiv(D, _output_bv(D, False, cfg)), plan.T_total, plan.H, device=device), 2
+
+
+def _rev_cumsum(plan, x, init, cfg, sum_d=False):
+    """Per-sequence reverse cumsum of x plus init [N, H(, D)] (fp32): x [T, H(, D)], or
+    [P, T, H, D] slices that are summed first; ``sum_d``: also sum over D (output [T, H])."""
+    x = x.contiguous()
+    NP = x.shape[0] if x.dim() == 4 else 1
     D = 1 if x.dim() == 2 else x.shape[-1]
-    x = x.to(torch.float32).contiguous()
-    out = empty(*x.shape, device=x.device)
-    BD = tile(D, 64)
+    out = empty(*((x.shape[-3], x.shape[-2]) if sum_d else x.shape[-3 if x.dim() == 4 else 0:]),
+                device=x.device)
+    BD = pow2(D) if sum_d else tile(D, 64)
     if plan.N > 0:
-        _ck.chunk_gla_rev_cumsum[(plan.N * plan.H, cdiv(D, BD))](
+        _ck.chunk_gla_rev_cumsum[(plan.N * plan.H, 1 if sum_d else cdiv(D, BD))](
             x, None if init is None else init.to(torch.float32).contiguous(), out, plan.cu,
-            plan.H, D, USE_INIT=init is not None, BT=64, BD=BD,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            plan.H, D, NP, plan.T_total * plan.H * D, USE_INIT=init is not None, SUM_D=sum_d,
+            BT=64, BD=BD, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return out
+
+
+def _state_dtype(x, dot):
+    """The dtype of the stored chunk-boundary states: that of the dot operands that read them.
+    With 16-bit operands (16-bit inputs, the forward by default) the states are stored in the input
+    dtype, as fla does - the dot rounds them to it anyway, so this costs no accuracy and halves
+    their traffic; with fp32 operands (fp32 inputs, "dot_fp32", the backward's "bwd_dot_fp32")
+    they stay fp32: rounding them would lose what those dots keep (mLSTM's bf16 gate gradients
+    exceed their bound with 16-bit states read by fp32 dots)."""
+    return torch.float32 if dot[0] else x.dtype
 
 
 class _Chunked:
@@ -182,30 +220,38 @@ class _Chunked:
         self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
         self.plan = ChunkPlan(q, cu_seqlens, self.cfg["BT"])
         self.dot = _dot_mode(q, self.cfg, backward)
+        self.hs_dtype = _state_dtype(q, self.dot)
         self.q, self.k, self.v = packed(q), packed(k), packed(v)
-        self.Ga, self.Ra = _local_cumsums(self.plan, _f32(g), self.cfg)
-        self.Gb, self.Rb = _local_cumsums(self.plan, _f32(gk), self.cfg)
-        self.Gc, self.Rc = _local_cumsums(self.plan, _f32(gv), self.cfg)
+        # gates are read in their own dtype (fp32 on chip)
+        self.Ga, self.Ra = _local_cumsums(self.plan, packed(g), self.cfg)
+        self.Gb, self.Rb = _local_cumsums(self.plan, packed(gk), self.cfg)
+        self.Gc, self.Rc = _local_cumsums(self.plan, packed(gv), self.cfg)
 
     def states(self, h0, store_final):
         return _states(self.plan, self.k, self.v, (self.Ra, self.Rb, self.Rc),
                        (self.Ga, self.Gb, self.Gc), h0, store_final, False, self.K, self.V,
-                       self.cfg, self.dot)
+                       self.cfg, self.dot, self.hs_dtype)
 
-    def output(self, HS):
+    def output(self, HS, out_dtype=torch.float32, scale=1.0):
         return _output(self.plan, self.q, self.k, self.v, (self.Ga, self.Gb, self.Gc), HS,
-                       self.K, self.V, False, False, self.cfg, self.dot)
+                       self.K, self.V, False, False, self.cfg, self.dot, out_dtype=out_dtype,
+                       scale=scale)
 
 
-def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state):
+def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
+                     out_dtype):
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config)
     h0 = _state(h0, c.plan.N, c.H, c.K, c.V)
     HS, hT = c.states(h0, output_final_state)
-    o = c.output(HS)
+    o = c.output(HS, out_dtype, scale)
     return o.view(c.B, c.T, c.H, c.V), hT
 
 
-def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config):
+def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
+    """The chunked backward. With an output scale s (o = s * core(q, k, v)) the gradients are those
+    of the core at s * do: every launch computes them at (do, dhT / s) and scales its result by s.
+    The decay gradients q*dq - k*dk come from the dq and dk launches' epilogues (fp32, before the
+    gradients are rounded to ``grad_dtype``) and one reverse-cumsum launch."""
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, backward=True)
     plan, K, V, cfg, dot = c.plan, c.K, c.V, c.cfg, c.dot
     N, H = plan.N, c.H
@@ -215,14 +261,35 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config):
     need_hT = dhT is not None and (g is not None or gk is not None or gv is not None)
     HS, hT = c.states(h0, need_hT)
     DHS, dh0 = _states(plan, c.q, do, (c.Ga, c.Gb, c.Gc), (c.Ga, c.Gb, c.Gc), dhT,
-                       h0 is not None, True, K, V, cfg, dot)
-    dq = _output(plan, do, c.v, c.k, (c.Ga, c.Gc, c.Gb), HS, V, K, True, False, cfg, dot)
-    dk = _output(plan, c.v, do, c.q, (c.Ra, c.Rc, c.Rb), DHS, V, K, True, True, cfg, dot)
-    dv = _output(plan, c.k, c.q, do, (c.Ra, c.Rb, c.Rc), DHS, K, V, False, True, cfg, dot)
-    o = c.output(HS) if gv is not None else None
-    dg, dgk, dgv = _decay_grads(plan, c.q, c.k, c.v, o, do, dq, dk, dv, hT, dhT,
-                                g is not None, gk is not None, gv is not None, cfg)
-    return _finish(c.B, c.T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0)
+                       h0 is not None, True, K, V, cfg, dot, c.hs_dtype, scale)
+    use_k = g is not None or gk is not None
+    xq = xk = None
+    if use_k:
+        XP, mode = _xp_buffer(plan, K, gk is not None, cfg, q.device)
+        xq, xk = (c.q, XP, mode, False, 1.0), (c.k, XP, mode, True, -1.0)
+    kv_dtype = torch.float32 if gv is not None else grad_dtype
+    dq = _output(plan, do, c.v, c.k, (c.Ga, c.Gc, c.Gb), HS, V, K, True, False, cfg, dot,
+                 out_dtype=grad_dtype, scale=scale, xp=xq)
+    dk = _output(plan, c.v, do, c.q, (c.Ra, c.Rc, c.Rb), DHS, V, K, True, True, cfg, dot,
+                 out_dtype=grad_dtype, scale=scale, xp=xk)
+    dv = _output(plan, c.k, c.q, do, (c.Ra, c.Rb, c.Rc), DHS, K, V, False, True, cfg, dot,
+                 out_dtype=kv_dtype, scale=scale)
+    fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]
+    dg = dgk = dgv = None
+    if use_k:
+        if mode == 2:
+            XP = XP.view(XP.shape[0], plan.T_total, H, 1)
+        if gk is not None:
+            dgk = _rev_cumsum(plan, XP, None if fin is None else fin.sum(-1), cfg)
+        if g is not None:
+            dg = _rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True)
+    if gv is not None:
+        o = c.output(HS, torch.float32, scale)
+        _, _, dgv = _decay_grads(plan, c.q, c.k, c.v, o, do, None, None, dv, hT, dhT,
+                                 False, False, True, cfg)
+        dv = dv.to(grad_dtype)
+    return _finish(c.B, c.T, H, K, V, dq, dk, dv, dg, dgk, dgv,
+                   None if dh0 is None else dh0)
 
 
 # ------------------------------------------------------------------------------------- recurrent
@@ -305,19 +372,31 @@ def _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0):
 
 
 def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
-                strategy="chunked", config=None, output_final_state=True):
-    """Returns (o fp32 [B, T, H, V], hT fp32 [N, H, K, V] or None)."""
+                strategy="chunked", config=None, output_final_state=True, scale=1.0,
+                out_dtype=torch.float32):
+    """Returns (o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None), with
+    o = scale * core(q, k, v) (an output scale folded into the kernels' stores)."""
     if strategy == "chunked":
-        return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state)
+        return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
+                                scale, out_dtype)
     if strategy == "recurrent":
-        return _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state)
+        o, hT = _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state)
+        return (o if scale == 1.0 else o * scale).to(out_dtype), hT
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
-def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunked", config=None):
-    """Returns (dq, dk, dv, dg, dgk, dgv, dh0), fp32; None for absent g / gk / gv / h0."""
+def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunked", config=None,
+                 scale=1.0, grad_dtype=torch.float32):
+    """Returns (dq, dk, dv, dg, dgk, dgv, dh0) of ``gla_forward`` with the same ``scale``: dq, dk,
+    dv in ``grad_dtype``, the rest fp32; None for absent g / gk / gv / h0."""
     if strategy == "chunked":
-        return _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config)
+        if scale == 0.0:     # the kernels scale by s and 1/s: a zero scale is the zero output
+            do = torch.zeros_like(do)
+            scale = 1.0
+        return _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
+                                 grad_dtype)
     if strategy == "recurrent":
-        return _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config)
+        do = do if scale == 1.0 else do.float() * scale
+        dq, dk, dv, *rest = _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config)
+        return (dq.to(grad_dtype), dk.to(grad_dtype), dv.to(grad_dtype), *rest)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")

@@ -23,19 +23,24 @@ def _num_seqs(q, cu_seqlens):
 @torch.library.custom_op("mixir::gla_fwd", mutates_args=())
 def gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
             gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
-            cu_seqlens: Optional[torch.Tensor], strategy: str, config: str
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            cu_seqlens: Optional[torch.Tensor], strategy: str, config: str, scale: float = 1.0,
+            out_fp32: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     o, hT = core.gla_forward(q, k, v, g, gk, gv, h0, cu_seqlens, strategy=strategy,
-                                 config=decode_config(config), output_final_state=True)
+                             config=decode_config(config), output_final_state=True, scale=scale,
+                             out_dtype=_out_dtype(q, out_fp32))
     return o, hT
 
 
+def _out_dtype(q, out_fp32):
+    return torch.float32 if out_fp32 else q.dtype
+
+
 @gla_fwd.register_fake
-def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config):
+def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale=1.0, out_fp32=True):
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = _num_seqs(q, cu_seqlens)
-    return (q.new_empty((B, T, H, V), dtype=torch.float32),
+    return (q.new_empty((B, T, H, V), dtype=_out_dtype(q, out_fp32)),
             q.new_empty((N, H, K, V), dtype=torch.float32))
 
 
@@ -43,32 +48,41 @@ def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config):
 def gla_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
             gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
             cu_seqlens: Optional[torch.Tensor], do: torch.Tensor, dhT: Optional[torch.Tensor],
-            strategy: str, config: str) -> list[torch.Tensor]:
+            strategy: str, config: str, scale: float = 1.0) -> list[torch.Tensor]:
+    """Gradients of ``gla_fwd``: dq, dk, dv in the input dtype, the gates' and h0's in fp32."""
     grads = core.gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy=strategy,
-                                  config=decode_config(config))
+                              config=decode_config(config), scale=scale, grad_dtype=q.dtype)
     return [q.new_empty((0,), dtype=torch.float32) if x is None else x for x in grads]
 
 
 @gla_bwd.register_fake
-def _(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config):
-    def like(t):
-        return q.new_empty((0,), dtype=torch.float32) if t is None else t.new_empty(t.shape, dtype=torch.float32)
-    return [like(q), like(k), like(v), like(g), like(gk), like(gv), like(h0)]
+def _(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale=1.0):
+    def like(t, dtype=torch.float32):
+        return q.new_empty((0,), dtype=torch.float32) if t is None else t.new_empty(t.shape, dtype=dtype)
+    return [like(q, q.dtype), like(k, q.dtype), like(v, q.dtype), like(g), like(gk), like(gv),
+            like(h0)]
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config = inputs
+    q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale, _ = inputs
     ctx.save_for_backward(q, k, v, g, gk, gv, h0, cu_seqlens)
-    ctx.strategy, ctx.config = strategy, config
+    ctx.strategy, ctx.config, ctx.scale = strategy, config, scale
+    # an unused output's gradient stays None (not a zero tensor): no final-state adjoint pass
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, do, dhT):
     q, k, v, g, gk, gv, h0, cu_seqlens = ctx.saved_tensors
+    if do is None:
+        do = q.new_zeros(q.shape[:3] + v.shape[-1:])
     dq, dk, dv, dg, dgk, dgv, dh0 = torch.ops.mixir.gla_bwd(
-        q, k, v, g, gk, gv, h0, cu_seqlens, do.contiguous(), dhT, ctx.strategy, ctx.config)
+        q, k, v, g, gk, gv, h0, cu_seqlens, do.contiguous(), dhT, ctx.strategy, ctx.config,
+        ctx.scale)
     present = (g, gk, gv, h0)
-    dg, dgk, dgv, dh0 = (d if p is not None else None for d, p in zip((dg, dgk, dgv, dh0), present))
-    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dgk, dgv, dh0, None, None, None)
+    dg, dgk, dgv, dh0 = (None if p is None else d.to(p.dtype)
+                         for d, p in zip((dg, dgk, dgv, dh0), present))
+    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dgk, dgv, dh0, None, None, None,
+            None, None)
 
 
 gla_fwd.register_autograd(_backward, setup_context=_setup)

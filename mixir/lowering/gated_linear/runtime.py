@@ -5,6 +5,12 @@ analysed pieces (q, k, v, log-decays, signs, output scale and bias) per token �
 signs into q/k/v (``S_t = diag(P_t) S̃_t diag(Q_t)`` with P, Q the running products of signs) →
 ``mixir::gla_fwd`` (Triton: compiled on CUDA tensors, interpreted on CPU tensors) → output affine
 map. Autograd flows through every step; the core's backward is ``mixir::gla_bwd``.
+
+Pieces the core can read as they are (``direct_pieces``: a piece that *is* a call tensor, q times
+a per-call scalar factor such as ``scale``, a constant) never go through the generated pieces
+kernel: the core reads the caller's tensors in their own dtype, a q factor becomes the core's
+output scale, and without signs or an output map the core writes the output in the call's dtype.
+So a declaration like simple_gla / gla runs as the core's launches alone, with no fp32 copies.
 """
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import torch
 
 from ...dsl import ir
 from ...errors import InputError
+from ...reference.evaluate import NumpyBackend, evaluate
 from . import core, ops
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
@@ -29,22 +36,23 @@ class CompiledMixer(CompiledBase):
         self.form: GatedLinearForm = self.plan.main
         # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
         # (an auxiliary state's pieces may read the auxiliary states scanned before it)
-        specs = list(mixer.inputs)
-        self.pieces_kernels = {}
-        aux_specs = []
-        for _, form in self.plan.aux:
-            self.pieces_kernels[form.state.name] = PiecesKernel(mixer.name, form.pieces(), specs + aux_specs)
+        specs = [(s.name, s.kind, s.dims) for s in mixer.inputs]
+        self.pieces_kernels, self.direct = {}, {}
+        for _, form in list(self.plan.aux) + [(None, self.form)]:
             name, dims = form.state.name, form.state.dims
-            aux_specs += [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
-        self.pieces_kernels[self.form.state.name] = PiecesKernel(
-            mixer.name, self.form.pieces(), specs + aux_specs)
+            pieces = form.pieces()
+            direct = {} if isinstance(form, MaxPlusForm) else direct_pieces(form, specs)
+            rest = {n: node for n, node in pieces.items() if n not in direct}
+            self.direct[name] = direct
+            self.pieces_kernels[name] = PiecesKernel(mixer.name, rest, specs) if rest else None
+            specs = specs + [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
 
     def source_files(self):
         """The Triton source files of this mixer's kernels: the generated pieces kernels (one file
         per form, in the content-addressed cache) and the core templates."""
         from ..common import packed_tiles
         from .kernels import chunked as gla_chunked, recurrent as gla_recurrent
-        return ([pk.source_path for pk in self.pieces_kernels.values()]
+        return ([pk.source_path for pk in self.pieces_kernels.values() if pk is not None]
                 + [gla_recurrent.__file__, gla_chunked.__file__, packed_tiles.__file__])
     def _check(self, arrays, initial_state, cu_seqlens, scalars):
         return check_call(self.mixer, arrays, initial_state, cu_seqlens, scalars)
@@ -79,13 +87,27 @@ class CompiledMixer(CompiledBase):
         return o, (finals[0] if len(finals) == 1 else tuple(finals))
 
     def _run(self, f: GatedLinearForm, out_dims, env, b, N, init, cu_seqlens, strategy, dtype):
-        """One gated-linear form: pieces → sign folding → core → output map. Returns (o fp32 in the
-        form's output layout, final state in the declared layout)."""
+        """One gated-linear form: pieces → sign folding → core → output map. Returns (o in the
+        form's output layout - ``dtype`` when the core wrote it, else fp32 -, final state in the
+        declared layout)."""
         B, T, H = b.B, b.T, b.H
         K = b.sizes[f.k_dim] if f.k_dim else 1
         V = b.sizes[f.v_dim] if f.v_dim else 1
         pk = self.pieces_kernels[f.state.name]
-        p = pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H, b.sizes)
+        # q, k, v in the call's 16-bit dtype straight from the pieces kernel (the core reads them
+        # in that dtype; the gates stay fp32)
+        narrow = ("q", "k", "v") if dtype != torch.float32 else ()
+        p = {} if pk is None else pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H,
+                                     b.sizes, narrow=narrow, dtype=dtype)
+        scale = 1.0
+        device = next(t.device for t in env.values() if isinstance(t, torch.Tensor))
+        for name, (src, factor) in self.direct[f.state.name].items():
+            if src is None:
+                p[name] = torch.full((), factor, device=device)
+            else:
+                p[name] = env[src]
+                if factor is not None:       # only q has a factor: the core's output scale
+                    scale = _value(factor, b.scalars)
         full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
 
         def shaped(name):
@@ -102,17 +124,18 @@ class CompiledMixer(CompiledBase):
         if any(n in p for n in ("g_sign", "gk_sign", "gv_sign")):
             P, Q = self._sign_products(p, shaped, cu_seqlens, B, T, H, K, V)
             q, k, v = q * P, k * P, v * Q
+        if ir.is_const(f.out_scale):
+            scale *= f.out_scale.arg
+        out_fp32 = Q is not None or not ir.is_const(f.out_scale) or not ir.is_const(f.out_bias, 0.0)
         h0 = None if init is None else self._to_canonical_state(f, init.float())
-        o, hT = ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype),
-                                 None if g is None else g.float().contiguous(),
-                                 None if gk is None else gk.float().contiguous(),
-                                 None if gv is None else gv.float().contiguous(),
-                                 None if h0 is None else h0.contiguous(), cu_seqlens, strategy,
-                                 encode_config(self._config(strategy, K, V, dtype,
-                                                                     shape=(B, T, H), device=q.device)))
+        o, hT = ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype), g, gk, gv,
+                            None if h0 is None else h0.contiguous(), cu_seqlens, strategy,
+                            encode_config(self._config(strategy, K, V, dtype, shape=(B, T, H),
+                                                       device=q.device)),
+                            float(scale), out_fp32)
         if Q is not None:
             o = o * Q
-        if not ir.is_const(f.out_scale, 1.0):
+        if not ir.is_const(f.out_scale):
             o = shaped("e") * o
         if not ir.is_const(f.out_bias, 0.0):
             o = o + shaped("d")
@@ -190,6 +213,44 @@ class CompiledMixer(CompiledBase):
         if len(dims) == 1:
             return h[..., :, 0] if f.k_dim else h[..., 0, :]
         return h[..., 0, 0]
+
+
+_CORE_DIM = {"q": "k_dim", "k": "k_dim", "v": "v_dim", "g": None, "gk": "k_dim", "gv": "v_dim"}
+
+
+def direct_pieces(form: GatedLinearForm, specs) -> dict:
+    """``{piece: (input name or None, factor)}`` for the core pieces the core reads without the
+    pieces kernel: a piece that is a per-token call tensor of exactly the core's layout
+    (``(name, None)``), q times a factor made of scalars and constants (``(name, factor node)``,
+    folded into the core's output scale: q enters only the read-out), or a constant
+    (``(None, value)``). ``specs``: (name, kind, dims) of the tensors a call binds."""
+    kinds = {name: (kind, dims) for name, kind, dims in specs}
+    out = {}
+    for name, node in form.pieces().items():
+        if name not in _CORE_DIM:
+            continue
+        want = () if _CORE_DIM[name] is None else (getattr(form, _CORE_DIM[name]),)
+        if ir.is_const(node) and not node.dims:
+            out[name] = (None, float(node.arg))
+            continue
+        factor = None
+        if name == "q" and node.op == "mul" and node.src[0].op == "input" and _is_factor(node.src[1]):
+            node, factor = node.src[0], node.src[1]
+        if node.op == "input" and None not in want and node.dims == want \
+                and kinds.get(node.arg) == ("input", want):
+            out[name] = (node.arg, factor)
+    return out
+
+
+def _is_factor(n: ir.Node) -> bool:
+    """Whether ``n`` is a per-call number: no dims, made of scalars and constants."""
+    return not n.dims and all(x.op in ("scalar", "const") for x in ir.leaves(n))
+
+
+def _value(n: ir.Node, scalars: dict) -> float:
+    """The value of a ``_is_factor`` node for a call's scalars (the reference's evaluator)."""
+    env = {x: float(scalars[x.arg]) for x in ir.leaves(n) if x.op == "scalar"}
+    return float(evaluate(n, env, NumpyBackend(), 0))
 
 
 def _align(t, node_dims, dims):

@@ -50,7 +50,7 @@ def chunk_gla_cumsum(X, G, R, cu_seqlens, chunk_tbl, H, D,
 
 @kernel
 def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chunk_off,
-                     H, DK, DV,
+                     H, DK, DV, h0_scale, ht_scale,
                      USE_A: tl.constexpr, USE_B: tl.constexpr, USE_C: tl.constexpr,
                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
@@ -63,6 +63,8 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
     # where *_L are the inclusive chunk-local cumsums at the chunk's last row.
     # forward: KX=k, VX=v, F* = reverse-exclusive cumsums R -> HS[c] = state before chunk c.
     # backward: KX=q, VX=do, F* = inclusive cumsums G, REVERSE -> HS[c] = adjoint after chunk c.
+    # HS is stored in its own dtype (the input dtype for 16-bit inputs); h starts at
+    # h0_scale * H0 and HT receives ht_scale * h (the backward of an output scale s: 1/s and s).
     i_n, i_h, bos, eos, co, nt = sequence_chunks(cu_seqlens, chunk_off, tl.program_id(0), H, BT)
     o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(tl.program_id(1), tl.program_id(2), DK, DV, BK, BV)
     o_t = tl.arange(0, BT)
@@ -71,7 +73,7 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
     else:
         dt = KX.dtype.element_ty
 
-    h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
+    h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0) * h0_scale
     for it in range(0, nt):
         if REVERSE:
             tc = nt - 1 - it
@@ -108,14 +110,14 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
             h = h * tl.exp(tl.load(GC + (last * H + i_h) * DV + o_v, mask=m_v, other=0.))[None, :]
         h += tl.dot(tl.trans(kx.to(dt)), vx.to(dt), input_precision=PREC)
     if STORE_HT:
-        store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
+        store_state(HT, h * ht_scale, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
 
 @kernel
-def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, cu_seqlens, chunk_tbl,
-                     H, DK, DV, s_hk, s_hv,
+def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, cu_seqlens, chunk_tbl,
+                     H, DK, DV, s_hk, s_hv, T_total, scale, xp_sign,
                      USE_A: tl.constexpr, USE_B: tl.constexpr, USE_C: tl.constexpr,
-                     REVERSE: tl.constexpr,
+                     REVERSE: tl.constexpr, XP_MODE: tl.constexpr, XP_ACCUM: tl.constexpr,
                      BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      BKD: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     # grid: (num chunks * BT // BC, cdiv(DV, BV), H). One program: BC rows (a sub-chunk) i of one
@@ -128,6 +130,10 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, cu_seqlens, chunk_tbl,
     # exp(F_i - F_r) and exp(F_r - F_j) are <= 1 (tensor-core dots); on the diagonal sub-chunk the
     # pairwise factors of a channel decay (FB / FC) are formed exactly on [BC, BC, BKD] / [BC, BC, BV]
     # tiles (the host keeps BV <= 32 when FC is used).
+    # Epilogue: O = scale * out, stored in O's dtype. With XP_MODE the decay-gradient terms
+    # p = xp_sign * W * (scale * out) (W laid out like O, fp32 products) are stored too:
+    # XP_MODE 1 elementwise into XP [T_total, H, DV], XP_MODE 2 as sums over this program's BV
+    # channels into XP [cdiv(DV, BV), T_total, H]; XP_ACCUM adds to what XP holds.
     i_s = tl.program_id(0)
     i_v = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -256,28 +262,59 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, cu_seqlens, chunk_tbl,
                          tl.standard._sum_combine)
     else:
         acc += tl.dot(A.to(dt), z.to(dt), input_precision=PREC)
-    tl.store(O + (rows[:, None] * H + i_h) * DV + o_v[None, :], acc, mask=m_iv)
+    acc = acc * scale
+    p_iv = (rows[:, None] * H + i_h) * DV + o_v[None, :]
+    tl.store(O + p_iv, acc, mask=m_iv)
+    if XP_MODE != 0:
+        p = tl.load(W + p_iv, mask=m_iv, other=0.).to(tl.float32) * acc * xp_sign
+        if XP_MODE == 1:
+            if XP_ACCUM:
+                p += tl.load(XP + p_iv, mask=m_iv, other=0.)
+            tl.store(XP + p_iv, p, mask=m_iv)
+        else:
+            ps = tl.sum(p, 1)
+            p_r = (i_v.to(tl.int64) * T_total + rows) * H + i_h
+            if XP_ACCUM:
+                ps += tl.load(XP + p_r, mask=m_i, other=0.)
+            tl.store(XP + p_r, ps, mask=m_i)
 
 
 @kernel
-def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D,
-                         USE_INIT: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    # grid: (N * H, cdiv(D, BD)). OUT_t = INIT[n] + sum_{s >= t, s in sequence n} X_s (fp32).
+def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D, NP, s_p,
+                         USE_INIT: tl.constexpr, SUM_D: tl.constexpr, BT: tl.constexpr,
+                         BD: tl.constexpr):
+    # grid: (N * H, cdiv(D, BD)), or (N * H, 1) with SUM_D.
+    # OUT_t = INIT[n] + sum_{s >= t, s in sequence n} x_s (fp32) of x = sum_p X[p] over the NP
+    # slices [T_total, H, D] of X (s_p elements apart); with SUM_D, x is also summed over D and OUT is [T_total, H]
+    # (then the whole D extent is one BD tile).
     i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     nt = (eos - bos + BT - 1) // BT
     o_d = tl.program_id(1) * BD + tl.arange(0, BD)
     m_d = o_d < D
     o_t = tl.arange(0, BT)
-    carry = tl.full([BD], 0., tl.float32)
-    if USE_INIT:
-        carry += tl.load(INIT + (i_n * H + i_h).to(tl.int64) * D + o_d, mask=m_d, other=0.).to(tl.float32)
+    if SUM_D:
+        carry = tl.full([1], 0., tl.float32)
+        if USE_INIT:
+            carry += tl.load(INIT + i_n * H + i_h).to(tl.float32)
+    else:
+        carry = tl.full([BD], 0., tl.float32)
+        if USE_INIT:
+            carry += tl.load(INIT + (i_n * H + i_h).to(tl.int64) * D + o_d, mask=m_d, other=0.).to(tl.float32)
     for it in range(0, nt):
         cs = bos + (nt - 1 - it) * BT
         L = tl.minimum(eos - cs, BT)
         x = load_rows(X, cs, L, i_h, H, D, o_t, o_d)
-        tot = tl.reduce(x, 0, tl.standard._sum_combine)
-        out = carry[None, :] + (tot[None, :] - tl.associative_scan(x, 0, tl.standard._sum_combine) + x)
-        store_rows(OUT, out, cs, L, i_h, H, D, o_t, o_d)
+        for i_p in range(1, NP):
+            x += load_rows(X + i_p.to(tl.int64) * s_p, cs, L, i_h, H, D, o_t, o_d)
+        if SUM_D:
+            xs = tl.sum(x, 1)
+            tot = tl.sum(xs, 0)
+            out = carry + (tot - tl.associative_scan(xs, 0, tl.standard._sum_combine) + xs)
+            tl.store(OUT + (cs + o_t) * H + i_h, out, mask=o_t < L)
+        else:
+            tot = tl.reduce(x, 0, tl.standard._sum_combine)
+            out = carry[None, :] + (tot[None, :] - tl.associative_scan(x, 0, tl.standard._sum_combine) + x)
+            store_rows(OUT, out, cs, L, i_h, H, D, o_t, o_d)
         carry += tot
 
 
