@@ -152,3 +152,53 @@ def test_rank_two_input_is_refused():
         return q @ S, S
     with pytest.raises(mx.UnsupportedMixerError, match="is a sum"):
         mx.compile(rank2)
+
+
+# ---- what runs around the core -----------------------------------------------------------------
+
+def test_direct_pieces_skip_the_pieces_kernel():
+    """Pieces that are call tensors go to the core as they are; q's scalar factor becomes the
+    core's output scale; constants need no kernel; computed pieces still go through one."""
+    from mixir.lowering.gated_linear.analysis import analyse
+    from mixir.lowering.gated_linear.runtime import direct_pieces
+
+    def direct(name):
+        m = MIXERS[name].mixer
+        form = analyse(m).main
+        return {p: (src, None if f is None or isinstance(f, float) else f.op)
+                for p, (src, f) in direct_pieces(form, [(s.name, s.kind, s.dims) for s in m.inputs]).items()}
+
+    assert direct("simple_gla") == {"q": ("q", "scalar"), "k": ("k", None), "v": ("v", None),
+                                    "g": ("g", None)}
+    assert direct("gla") == {"q": ("q", "scalar"), "k": ("k", None), "v": ("v", None),
+                             "gk": ("gk", None)}
+    assert direct("hgrn") == {"q": (None, None), "k": (None, None), "v": ("x", None),
+                              "gv": ("g", None)}
+    assert "k" not in direct("lightnet") and "gk" not in direct("lightnet")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_simple_gla_runs_the_core_kernels_only(monkeypatch, dtype):
+    """simple_gla's chunked fwd+bwd launches the core's kernels and nothing else of mixir's (no
+    pieces kernel), and returns the output and gradients in the input dtype."""
+    from mixir.lowering.common import launch
+    names = []
+    orig = launch.Kernel.__getitem__
+
+    def counting(self, grid):
+        names.append(self.name.rsplit(".", 1)[-1])
+        return orig(self, grid)
+
+    monkeypatch.setattr(launch.Kernel, "__getitem__", counting)
+    m = MIXERS["simple_gla"].mixer
+    arrays, _ = example_inputs(m, B=1, T=40, H=2, K=16, V=16, seed=3)
+    q, k, v, g = (torch.tensor(a, dtype=dtype if i < 3 else torch.float32).requires_grad_()
+                  for i, a in enumerate(arrays))
+    o = mx.compile(m)(q, k, v, g, strategy="chunked")
+    assert o.dtype == dtype
+    assert names == ["chunk_gla_cumsum", "chunk_gla_states", "chunk_gla_output"]
+    o.float().sum().backward()
+    assert names[3:] == ["chunk_gla_cumsum", "chunk_gla_states", "chunk_gla_states",
+                         "chunk_gla_output", "chunk_gla_output", "chunk_gla_output",
+                         "chunk_gla_rev_cumsum"]
+    assert q.grad.dtype == dtype and g.grad.dtype == torch.float32

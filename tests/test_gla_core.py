@@ -380,3 +380,82 @@ def test_cuda_against_reference(strategy, dtype):
     errs = {"o": rel_err(o.cpu(), o_ref), "hT": rel_err(hT.cpu(), hT_ref)}
     errs.update({n: rel_err(a.cpu(), b) for n, a, b in zip(GRAD_NAMES, grads, grads_ref)})
     assert all(e <= TOL[dtype] for e in errs.values()), errs
+
+
+# ------------------------------------------------------------------ output scale and output dtypes
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("decays", [("g",), ("gk",), ("g", "gk", "gv")])
+def test_output_scale_is_a_scaled_query(strategy, decays):
+    """gla_forward(scale=s) is the core at s * q - forward, every gradient (with a final-state
+    adjoint, whose part must not be scaled) and the decay gradients from the kernels' epilogues."""
+    s = 0.37
+    inp, do, dhT = make_inputs(1, 45, 2, 16, 16, decays, seed=21)
+    scaled = dict(inp, q=inp["q"] * s)
+    o_ref, hT_ref, ref = reference(scaled, do, dhT)
+    o, hT = gla_forward(**inp, strategy=strategy, config={"BT": 16} if strategy == "chunked" else None,
+                        scale=s)
+    assert rel_err(o, o_ref) <= TOL[torch.float32] and rel_err(hT, hT_ref) <= TOL[torch.float32]
+    grads = gla_backward(*(inp[n] for n in ("q", "k", "v", "g", "gk", "gv", "h0")), None, do, dhT,
+                         strategy=strategy, config={"BT": 16} if strategy == "chunked" else None,
+                         scale=s)
+    for name, a, b in zip(GRAD_NAMES, grads, ref):
+        if b is None:
+            assert a is None, name
+            continue
+        if name == "dq":          # the gradient w.r.t. the unscaled q
+            b = b * s
+        assert rel_err(a, b) <= TOL[torch.float32], name
+
+
+def test_zero_output_scale():
+    inp, do, dhT = make_inputs(1, 20, 1, 16, 16, ("g",), seed=22)
+    o, _ = gla_forward(**inp, strategy="chunked", scale=0.0)
+    assert (o == 0).all()
+    dq, dk, dv, dg, _, _, dh0 = gla_backward(*(inp[n] for n in ("q", "k", "v", "g", "gk", "gv", "h0")),
+                                             None, do, dhT, strategy="chunked", scale=0.0)
+    _, _, ref = reference(dict(inp, q=inp["q"] * 0.0), do, dhT)
+    assert (dq == 0).all()
+    for name, a, b in (("dk", dk, ref[1]), ("dv", dv, ref[2]), ("dg", dg, ref[3]), ("dh0", dh0, ref[6])):
+        assert rel_err(a, b) <= TOL[torch.float32], name
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_outputs_in_the_input_dtype(strategy):
+    """out_dtype / grad_dtype: the output and dq, dk, dv are written in the 16-bit input dtype -
+    the same values as the fp32 outputs rounded once (the decay gradients are formed before the
+    rounding and match the fp32-output run exactly)."""
+    inp, do, dhT = make_inputs(1, 40, 2, 16, 16, ("g", "gk"), dtype=torch.float16, seed=23)
+    args = [inp[n] for n in ("q", "k", "v", "g", "gk", "gv", "h0")] + [None, do, dhT]
+    o32, _ = gla_forward(**inp, strategy=strategy)
+    o16, _ = gla_forward(**inp, strategy=strategy, out_dtype=torch.float16)
+    assert o16.dtype == torch.float16
+    torch.testing.assert_close(o16, o32.half(), rtol=0, atol=0)
+    g32 = gla_backward(*args, strategy=strategy)
+    g16 = gla_backward(*args, strategy=strategy, grad_dtype=torch.float16)
+    for name, a, b in zip(GRAD_NAMES, g16, g32):
+        if b is None:
+            continue
+        if name in ("dq", "dk", "dv"):
+            assert a.dtype == torch.float16, name
+            torch.testing.assert_close(a, b.half(), rtol=0, atol=0, msg=name)
+        else:
+            assert a.dtype == torch.float32, name
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_chunk_states_take_the_dtype_of_the_dots_that_read_them():
+    q = torch.zeros(1, 4, 1, 16, dtype=torch.float16)
+    assert gla_core._state_dtype(q, (False, "ieee")) == torch.float16
+    assert gla_core._state_dtype(q, (True, "ieee")) == torch.float32
+    assert gla_core._state_dtype(q.float(), (True, "ieee")) == torch.float32
+
+
+def test_chunk_tables_are_cached_per_packing():
+    q = torch.zeros(2, 70, 1, 16)
+    a, b = chunks.ChunkPlan(q, None, 32), chunks.ChunkPlan(q, None, 32)
+    assert a.chunk_tbl is b.chunk_tbl and a.NT == 6 and a.N == 2
+    cu = torch.tensor([0, 5, 5, 70])
+    c = chunks.ChunkPlan(q[:1], cu, 32)
+    assert c.N == 3 and c.NT == 4 and c.chunk_tbl.tolist() == [[0, 0], [2, 0], [2, 1], [2, 2]]
+    assert chunks.ChunkPlan(q[:1], cu.clone(), 32).chunk_tbl is c.chunk_tbl
