@@ -100,9 +100,7 @@ def _dot_mode(x, cfg, backward=False):
     want = bool(cfg.get("dot_fp32", 0)) or (backward and bool(cfg.get("bwd_dot_fp32", 0)))
     if x.device.type != "cuda" and not targets_gpu(x.device):
         return want or x.dtype == torch.bfloat16, "ieee"
-    if x.device.type != "cuda":  # recording on CPU for the AOT build: the GPU's choice
-        return want, "ieee" if want else "tf32"
-    if want:
+    if want:   # on a GPU, and recording on CPU for the AOT build (the kernel a GPU runs)
         return True, "ieee" if torch.version.hip else "tf32x3"
     return False, "tf32"
 
