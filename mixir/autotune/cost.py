@@ -5,12 +5,21 @@ Per kernel launch (formulas from ``autotune/space.py``):
               max threads/SM // threads);  slots = SMs x blocks/SM;  waves = ceil(grid / slots)
   efficiency  grid / (waves x slots) when the grid fills a wave (the tail wave is penalised),
               min(grid, SMs) / SMs otherwise; times min(1, resident warps per SM / WARPS_SATURATE)
-  roofline    max(tensor-core FLOPs / tensor peak + fp32 FLOPs / fp32 peak, bytes / HBM bandwidth)
-  time        max(roofline / efficiency, waves x serial steps x STEP_LATENCY_S)
+  roofline    compute = tensor-core FLOPs / tensor peak + fp32 FLOPs / fp32 peak,
+              memory = bytes / HBM bandwidth;
+              max(compute, memory) + (1 - hidden) x min(compute, memory)
+  pipelining  hidden = the share of the loads that overlaps the compute: 1 with num_stages >= 2
+              (the next tiles' cp.async / TMA loads are in flight while the current ones are
+              multiplied), 1 - 1 / blocks per SM with num_stages = 1 (only the other resident
+              blocks' compute hides a block's loads: one block per SM runs them back to back)
+  time        max(roofline / efficiency, waves x serial steps x STEP_LATENCY_S / min(stages, 2))
               + waves x TILE_OVERHEAD_S + LAUNCH_OVERHEAD_S
+              (a serial step - one chunk of a state recurrence - waits for its loads unless they
+              were prefetched during the previous step: pipelining halves its latency)
 The step is the launches of one training step (each kernel's ``count``: the first launch is the
 forward pass, the rest the backward). 16-bit inputs: forward dots at the bf16/fp16 tensor peak;
-backward dots with fp32 operands (``bwd_dot_fp32``) run as tf32x3, a third of the tf32 peak.
+backward dots with fp32 operands (``bwd_dot_fp32``) at the tf32 peak divided by the space's
+``fp32_dot_passes`` (3 for tf32x3, 1 for tf32).
 fp32 inputs: "ieee" fp32 dots on the CUDA cores (fp32 peak).
 """
 from __future__ import annotations
@@ -80,6 +89,7 @@ def predict(space, shape: "_sp.Shape", gpu, values: dict) -> Cost:
     args = [subs[x] for x in _sp.SHAPE_SYMBOLS] + [values[str(p)] for p in space.params]
     ev = lambda k, q: float(fns[(k.name, q)](*args))  # noqa: E731
     threads = 32 * int(values["num_warps"])
+    stages = int(values.get("num_stages", 1))
     kernels, total = [], 0.0
     for k in space.kernels:
         grid = max(1, int(math.ceil(ev(k, "grid") - 1e-9)))
@@ -95,6 +105,7 @@ def predict(space, shape: "_sp.Shape", gpu, values: dict) -> Cost:
             eff = min(grid, gpu.sms) / gpu.sms
             resident = min(bps, math.ceil(grid / gpu.sms)) * int(values["num_warps"])
         eff *= min(1.0, resident / WARPS_SATURATE_BY_STRATEGY.get(space.strategy, WARPS_SATURATE))
+        hidden = 1.0 if stages >= 2 else 1.0 - 1.0 / bps
         tc = ev(k, "tc_flops")
         fp = ev(k, "fp32_flops")
         mem = ev(k, "bytes_moved") / gpu.hbm_bw
@@ -105,10 +116,10 @@ def predict(space, shape: "_sp.Shape", gpu, values: dict) -> Cost:
             elif i == 0 or shape.ob == 2:
                 peak = gpu.tensor_flops(shape.dtype)
             else:
-                peak = gpu.tf32_flops / 3
+                peak = gpu.tf32_flops / space.fp32_dot_passes
             comp = tc / peak + fp / gpu.fp32_flops
-            roof = max(comp, mem) / max(eff, 1e-4)
-            lat = waves * ev(k, "serial_steps") * STEP_LATENCY_S[space.strategy]
+            roof = (max(comp, mem) + (1.0 - hidden) * min(comp, mem)) / max(eff, 1e-4)
+            lat = waves * ev(k, "serial_steps") * STEP_LATENCY_S[space.strategy] / min(stages, 2)
             t = max(roof, lat) + waves * TILE_OVERHEAD_S + LAUNCH_OVERHEAD_S
             bound = "latency" if lat > roof else ("compute" if comp > mem else "memory")
             t_launch += t

@@ -118,6 +118,9 @@ class Space:
     arange_dims: tuple = ()         # tl.arange extents
     extra: Callable | None = None   # (shape, gpu) -> list[Constraint] specific to the template
     to_config: Callable | None = None
+    #: tensor-core passes of a 16-bit input's backward dot with fp32 operands: 3 for "tf32x3"
+    #: (about fp32 accuracy), 1 for "tf32" (cost.predict divides the tf32 peak by it)
+    fp32_dot_passes: int = 3
 
     # ---- derived formulas (max over kernels; built once: sympy's Max is slow to construct)
     @functools.cached_property

@@ -68,12 +68,15 @@ def torch_dtype(name):
 
 def gpu_faithful(rec, dtype: str):
     """Rewrite a launch recorded on the CPU in fp16 for ``dtype`` into the one a GPU makes (see the
-    module docstring): bf16 pointers, and 16-bit dots that take fp32 operands as "tf32x3"."""
+    module docstring): bf16 pointers, and 16-bit dots that take fp32 operands as "tf32x3" unless
+    the kernel recorded the GPU's precision itself."""
     sig = rec.signature
     consts = dict(rec.constexprs)
     if dtype == "bf16":
         sig = tuple((n, "*bf16" if t == "*fp16" else t) for n, t in sig)
-    if dtype != "fp32" and "PREC" in consts:
+    if dtype != "fp32" and "PREC" in consts and consts["PREC"] not in ("tf32", "tf32x3"):
+        # a kernel that chose its precision for the CPU ("ieee"); one that chose the GPU's while
+        # launches were recorded (``launch.targets_gpu``) keeps it
         consts["PREC"] = "tf32x3" if consts.get("DOT_F32") else "tf32"
     return dataclasses.replace(rec, signature=sig, constexprs=tuple(consts.items()))
 

@@ -90,10 +90,11 @@ def _dot_mode(x, cfg, backward=False):
     """(DOT_F32, PREC) of the chunked kernels' tl.dot's for inputs like x.
 
     fp32 inputs: fp32 operands, "ieee". 16-bit inputs: operands rounded to the input dtype
-    (tensor cores, fla-like), unless the config asks for fp32 operands with "dot_fp32" (everywhere)
-    or "bwd_dot_fp32" (backward only); those run as "tf32x3" on NVIDIA GPUs (about fp32 accuracy on
-    tensor cores). Off CUDA, bf16 always takes fp32 operands: Triton's interpreter mishandles bf16
-    dots (fp16 dots are fine there, so CPU tests of fp16 exercise the 16-bit path).
+    (tensor cores, fla-like), unless the config asks for fp32 operands with "dot_fp32" (everywhere,
+    "tf32x3" on NVIDIA GPUs: about fp32 accuracy) or "bwd_dot_fp32" (backward only, "tf32": one
+    tensor-core pass with a 10-bit operand mantissa). Off CUDA, bf16 always takes fp32 operands:
+    Triton's interpreter mishandles bf16 dots (fp16 dots are fine there, so CPU tests of fp16
+    exercise the 16-bit path, whose 10-bit mantissa is tf32's).
     """
     if x.dtype == torch.float32:
         return True, "ieee"
@@ -101,7 +102,13 @@ def _dot_mode(x, cfg, backward=False):
     if x.device.type != "cuda" and not targets_gpu(x.device):
         return want or x.dtype == torch.bfloat16, "ieee"
     if want:   # on a GPU, and recording on CPU for the AOT build (the kernel a GPU runs)
-        return True, "ieee" if torch.version.hip else "tf32x3"
+        # "dot_fp32" asks for fp32 accuracy (tf32x3); the backward's "bwd_dot_fp32" for operands
+        # finer than bf16: tf32 (10-bit mantissa, one tensor-core pass) - the inputs' own 16-bit
+        # values are exact in it, the computed operands (decayed q/k, scores, states) keep the
+        # 10 bits that fp16 operands keep on CPU, where the error bounds are tested
+        if cfg.get("dot_fp32", 0):
+            return True, "ieee" if torch.version.hip else "tf32x3"
+        return True, "ieee" if torch.version.hip else "tf32"
     return False, "tf32"
 
 

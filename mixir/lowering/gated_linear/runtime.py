@@ -131,7 +131,7 @@ class CompiledMixer(CompiledBase):
         o, hT = ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype), g, gk, gv,
                             None if h0 is None else h0.contiguous(), cu_seqlens, strategy,
                             encode_config(self._config(strategy, K, V, dtype, shape=(B, T, H),
-                                                       device=q.device)),
+                                                       device=q.device, form=f)),
                             float(scale), out_fp32)
         if Q is not None:
             o = o * Q
@@ -158,17 +158,18 @@ class CompiledMixer(CompiledBase):
               else init.float().reshape((N, H) + full[3:]))
         return maxplus_scan(a, c, m0, cu_seqlens)
 
-    def _config(self, strategy, K, V, dtype, shape=None, device=None):
+    def _config(self, strategy, K, V, dtype, shape=None, device=None, form=None):
         cfg = core.default_config(strategy, K, V, dtype)
         # on CUDA tensors: the tuning database's config for the current GPU, else the cost
         # model's best; on CPU (or when nothing applies) the default. A user's config= wins.
         if device is not None and device.type == "cuda" and shape is not None:
             from ...autotune.db import Key
             from ...autotune.select import tuned_config
-            from .space import SPACES, core_shape
+            from .space import core_shape, spaces_for
             B, T, H = shape
             key = Key(self.mixer.fingerprint, strategy, dtype, B, T, H, K, V)
-            tuned = tuned_config(SPACES.get(strategy), key, core_shape(B, T, H, K, V, dtype), device)
+            tuned = tuned_config(spaces_for(form or self.form).get(strategy), key,
+                                 core_shape(B, T, H, K, V, dtype), device)
             if tuned:
                 cfg.update(tuned)
         cfg.update(self.config)

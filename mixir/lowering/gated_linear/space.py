@@ -46,23 +46,41 @@ _chunk_states = KernelModel(
     smem=(BT * BK * S + BT * BV) * ob,
     # running matrix h, kx and its decay fb, vx (fp32), dot result
     live_fp32=2 * BK * BV + 2 * BT * BK + BT * BV,
-    bytes_moved=B * T * H * (K * cdiv_expr(V, BV) * (db + 4) + V * cdiv_expr(K, BK) * db) + B * NT * H * K * V * 4,
+    # k (+ its fp32 decay) once per V-tile, v once per K-tile; the chunk-boundary states are
+    # stored in the dtype of the dots that read them: db in the forward, ob in the two backward
+    # launches (the per-launch mean)
+    bytes_moved=(B * T * H * (K * cdiv_expr(V, BV) * (db + 4) + V * cdiv_expr(K, BK) * db)
+                 + B * NT * H * K * V * (db + 2 * ob) / 3),
     tc_flops=2 * B * T * H * K * V,
     fp32_flops=3 * B * T * H * K * V / BT + B * T * H * K * 2,
     serial_steps=NT, count=3)
 
-_chunk_output = KernelModel(
-    "chunk_gla_output",
-    grid=B * NT * (BT / BC) * cdiv_expr(V, BV) * H,
-    # operands of x@hs, x@y^T, A@z (num_stages per pipelined loop) + the [BC, BC] score tile
-    smem=((BC * BX + BX * BX + BC * BC) * S + BC * BC + BC * BX) * ob,
-    # acc, acc_o [BC, BV]; A [BC, BC]; x, y, fb tiles [BC, BK]; hs [BK, BV]; diag [BC, BC, BKD]
-    live_fp32=2 * BC * BX + BC * BC + 3 * BC * BX + BX * BX // 2 + BC * BC * BKD,
-    bytes_moved=(B * T * H * K * db * cdiv_expr(V, BV) * (1 + (BT / BC) / 2) * 2
-                 + B * NT * H * K * V * 4 * (BT / BC) + B * T * H * V * (db + 4)),
-    tc_flops=2 * B * T * H * K * V + B * T * H * BT * (K * cdiv_expr(V, BV) + V),
-    fp32_flops=3 * B * T * H * BC * K,
-    serial_steps=BT / BC, count=4)
+def _output_model(per_channel: bool) -> KernelModel:
+    """The output kernel; ``per_channel``: a per-key decay, whose diagonal sub-chunk factors live on a
+    [BC, BC, BKD] tile (a scalar-decayed one is a [BC, BC] dot)."""
+    return KernelModel(
+        "chunk_gla_output",
+        grid=B * NT * (BT / BC) * cdiv_expr(V, BV) * H,
+        # the staged state tile and x / y tiles (num_stages per pipelined loop), the [BC, BC]
+        # score tile, and the per-channel diagonal's reduction scratch: an upper bound fitted to
+        # ptxas builds for sm_90 (2026-12-07: BT 32/64, BC 16-64, BK/BV 32/64, 1-3 stages; 1.1-4x
+        # the compiled shared memory of the backward, the larger of the two passes)
+        smem=(BX * BX * S + BC * BX * S / 2 + BC * BC / 2
+              + (BC * BC * BKD / 4 if per_channel else 0)) * ob,
+        # acc, acc_o [BC, BV]; A [BC, BC]; x, y, fb tiles [BC, BK]; hs [BK, BV]; the diagonal's
+        # pairwise factors [BC, BC, BKD] (per-channel decay) or its [BC, BC] scores
+        live_fp32=(2 * BC * BV + BC * BC + 3 * BC * BK + BK * BV // 2
+                   + (BC * BC * BKD if per_channel else BC * BC)),
+        # x, y once per V-tile and earlier sub-chunk; the state tile once per sub-chunk (db in the
+        # forward, ob in the 3 backward launches); z read and the output stored in db; the dq and dk
+        # launches' decay-gradient epilogue (w read, fp32 terms stored, dk's read back): per-launch mean
+        bytes_moved=(B * T * H * K * db * cdiv_expr(V, BV) * (1 + (BT / BC) / 2) * 2
+                     + B * NT * H * K * V * (db + 3 * ob) / 4 * (BT / BC) + B * T * H * V * 2 * db
+                     + B * T * H * K * (2 * db + 12) / 4),
+        tc_flops=2 * B * T * H * K * V + B * T * H * BT * (K * cdiv_expr(V, BV) + V),
+        fp32_flops=3 * B * T * H * BC * K,
+        serial_steps=BT / BC, count=4)
+
 
 _chunk_rev_cumsum = KernelModel(
     "chunk_gla_rev_cumsum",
@@ -92,13 +110,20 @@ def _chunked_config(values: dict, shape: Shape) -> dict:
     return cfg
 
 
-CHUNKED = Space(
-    name="gla_chunked", strategy="chunked",
-    params={BT: (16, 32, 64, 128), BC: (16, 32, 64), BK: (16, 32, 64, 128, 256),
-            BV: (16, 32, 64, 128, 256), W: (1, 2, 4, 8, 16), S: (1, 2, 3, 4)},
-    kernels=(_chunk_cumsum, _chunk_states, _chunk_output, _chunk_rev_cumsum),
-    dot_dims=(BT, BC, BK, BV), arange_dims=(BT, BC, BK, BV),
-    extra=_chunked_extra, to_config=_chunked_config)
+def _chunked_space(name: str, per_channel: bool) -> Space:
+    return Space(
+        name=name, strategy="chunked",
+        params={BT: (16, 32, 64, 128), BC: (16, 32, 64), BK: (16, 32, 64, 128, 256),
+                BV: (16, 32, 64, 128, 256), W: (1, 2, 4, 8, 16), S: (1, 2, 3, 4)},
+        kernels=(_chunk_cumsum, _chunk_states, _output_model(per_channel), _chunk_rev_cumsum),
+        dot_dims=(BT, BC, BK, BV), arange_dims=(BT, BC, BK, BV),
+        extra=_chunked_extra, to_config=_chunked_config,
+        fp32_dot_passes=1)     # the backward's fp32 operands run as "tf32" (core._dot_mode)
+
+
+#: forms with a per-channel decay (gk or gv) / with scalar decays only (g, or none)
+CHUNKED = _chunked_space("gla_chunked", True)
+CHUNKED_SCALAR = _chunked_space("gla_chunked_scalar", False)
 
 
 # ---- the recurrent GLA space ---------------------------------------------------------------------
@@ -142,6 +167,13 @@ RECURRENT = Space(
     extra=_recurrent_extra, to_config=_recurrent_config)
 
 SPACES = {"chunked": CHUNKED, "recurrent": RECURRENT}
+
+
+def spaces_for(form) -> dict:
+    """The spaces of one gated-linear form by strategy: a form whose decays are all scalar tunes in
+    ``CHUNKED_SCALAR`` (no per-channel diagonal factors: whole-chunk sub-chunks fit)."""
+    scalar = form.gk is None and form.gv is None
+    return dict(SPACES, chunked=CHUNKED_SCALAR) if scalar else SPACES
 
 #: the template modules whose launches an AOT check compiles
 TEMPLATE_MODULES = ("gated_linear.kernels.chunked", "gated_linear.kernels.recurrent")
@@ -236,10 +268,11 @@ def targets(mixer, plan, request) -> list:
     fK, fV = form_sizes(mixer, plan, request)
     avail = tuple(plan.strategies)
     shape = Shape(request.B, request.T, request.H, fK, fV, request.dtype_name)
-    return [TuningTarget(s, SPACES[s], shape, compile=_compiler(mixer, s, request),
+    spaces = spaces_for(plan.main)
+    return [TuningTarget(s, spaces[s], shape, compile=_compiler(mixer, s, request),
                          time=timer(mixer, request, strategy=s, reference="recurrent"))
-            for s in (request.strategies or avail) if s in avail and s in SPACES]
+            for s in (request.strategies or avail) if s in avail and s in spaces]
 
 
-__all__ = ["CHUNKED", "RECURRENT", "SPACES", "TEMPLATE_MODULES", "core_shape", "form_sizes",
+__all__ = ["CHUNKED", "CHUNKED_SCALAR", "RECURRENT", "SPACES", "spaces_for", "TEMPLATE_MODULES", "core_shape", "form_sizes",
            "record_config", "compile_configs", "probe_config", "kernel_signature", "targets"]

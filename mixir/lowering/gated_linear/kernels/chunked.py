@@ -305,7 +305,7 @@ def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D, NP, s_p,
         L = tl.minimum(eos - cs, BT)
         x = load_rows(X, cs, L, i_h, H, D, o_t, o_d)
         for i_p in range(1, NP):
-            x += load_rows(X + i_p.to(tl.int64) * s_p, cs, L, i_h, H, D, o_t, o_d)
+            x += load_rows(X + i_p * s_p, cs, L, i_h, H, D, o_t, o_d)
         if SUM_D:
             xs = tl.sum(x, 1)
             tot = tl.sum(xs, 0)
