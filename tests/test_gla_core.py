@@ -459,3 +459,21 @@ def test_chunk_tables_are_cached_per_packing():
     c = chunks.ChunkPlan(q[:1], cu, 32)
     assert c.N == 3 and c.NT == 4 and c.chunk_tbl.tolist() == [[0, 0], [2, 0], [2, 1], [2, 2]]
     assert chunks.ChunkPlan(q[:1], cu.clone(), 32).chunk_tbl is c.chunk_tbl
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_output_bias_is_added_in_the_epilogue(strategy):
+    """gla_forward(bias=b) = scale * core + b (mamba's D skip: no separate add over the output);
+    through the custom op the bias's gradient is do."""
+    from mixir.lowering.gated_linear import ops  # noqa: F401  (registers mixir::gla_fwd)
+    inp, do, _ = make_inputs(1, 37, 2, 16, 16, ("g",), dtype=torch.float16, seed=24)
+    bias = torch.randn(1, 37, 2, 16)
+    o0, _ = gla_forward(**inp, strategy=strategy, scale=0.5)
+    o1, _ = gla_forward(**inp, strategy=strategy, scale=0.5, bias=bias, out_dtype=torch.float16)
+    torch.testing.assert_close(o1, (o0 + bias).half(), rtol=1e-3, atol=1e-3)
+    b = bias.clone().requires_grad_()
+    o, _ = torch.ops.mixir.gla_fwd(inp["q"], inp["k"], inp["v"], inp["g"], None, None, inp["h0"],
+                                   None, strategy, "", 0.5, False, b)
+    o.backward(do.half())
+    assert b.grad.dtype == torch.float32
+    torch.testing.assert_close(b.grad, do.half().float())

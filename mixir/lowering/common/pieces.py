@@ -204,8 +204,12 @@ class PiecesKernel:
             args[arg] = float(v)
         B, T, H = shape[:3]
         out = {}
+        kinds = {n: kind for n, kind, _ in g.inputs}
         for sa in info.stores:
-            buf = empty((B, T, H) + tuple(size[d] for d in sa.dims), device=device)
+            # an input's gradient is stored in the input's dtype (the kernel accumulates in fp32);
+            # a parameter's per-row partials stay fp32 for their sum over batch and time
+            dt = byname[sa.name].dtype if kinds.get(sa.name) == "input" else torch.float32
+            buf = empty((B, T, H) + tuple(size[d] for d in sa.dims), device=device, dtype=dt)
             args[sa.arg] = buf
             out[sa.name] = buf
         if n_rows > 0:
@@ -255,8 +259,8 @@ def _(key, like, inputs, scalars, shape, narrow, dtype):
 @torch.library.custom_op("mixir::pointwise_bwd", mutates_args=())
 def pointwise_bwd(key: str, like: torch.Tensor, inputs: list[torch.Tensor], scalars: list[float],
                   shape: list[int], cotangents: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
-    """Gradients (fp32, the inputs' shapes) of the pieces w.r.t. ``inputs``; an empty tensor
-    where the gradient is identically zero."""
+    """Gradients (the inputs' shapes; an input's in its dtype, a parameter's fp32) of the pieces
+    w.r.t. ``inputs``; an empty tensor where the gradient is identically zero."""
     grads = get_pieces_kernel(key).backward_impl(like, inputs, scalars, shape, cotangents)
     return [_empty(like) if gr is None else gr for gr in grads]
 
@@ -264,7 +268,8 @@ def pointwise_bwd(key: str, like: torch.Tensor, inputs: list[torch.Tensor], scal
 @pointwise_bwd.register_fake
 def _(key, like, inputs, scalars, shape, cotangents):
     pk = get_pieces_kernel(key)
-    return [_empty(like) if kind is None else x.new_empty(x.shape, dtype=torch.float32)
+    return [_empty(like) if kind is None
+            else x.new_empty(x.shape, dtype=x.dtype if kind == "input" else torch.float32)
             for x, kind in zip(inputs, pk.grad_kinds)]
 
 

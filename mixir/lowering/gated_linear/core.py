@@ -149,9 +149,9 @@ def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot, hs_dt
 
 
 def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot, *,
-            out_dtype=torch.float32, scale=1.0, xp=None):
-    """out = scale * (inter(X, HS) + intra(X, Y, Z)) with decays F = (FA, FB over DK, FC over DV),
-    stored in ``out_dtype``. ``xp`` = (W, XP, mode, accumulate, sign): also store the decay-gradient
+            out_dtype=torch.float32, scale=1.0, xp=None, bias=None):
+    """out = scale * (inter(X, HS) + intra(X, Y, Z)) (+ ``bias`` [T, H, DV]) with decays
+    F = (FA, FB over DK, FC over DV), stored in ``out_dtype``. ``xp`` = (W, XP, mode, accumulate, sign): also store the decay-gradient
     terms sign * W * out (fp32) into XP - mode 1 elementwise [T, H, DV], mode 2 summed over each
     program's BV channels into [cdiv(DV, BV), T, H] (see ``_xp_buffer``)."""
     H = plan.H
@@ -164,10 +164,10 @@ def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot, *,
     W, XP, mode, accum, sign = xp if xp is not None else (None, None, 0, False, 1.0)
     if plan.NT > 0:
         _ck.chunk_gla_output[(plan.NT * (BT // BC), cdiv(DV, BV), H)](
-            X, Y, Z, F[0], F[1], F[2], HS, O, W, XP, plan.cu, plan.chunk_tbl, H, DK, DV, s_hk, s_hv,
-            plan.T_total, float(scale), float(sign),
+            X, Y, Z, F[0], F[1], F[2], HS, O, W, XP, bias, plan.cu, plan.chunk_tbl, H, DK, DV,
+            s_hk, s_hv, plan.T_total, float(scale), float(sign),
             USE_A=F[0] is not None, USE_B=F[1] is not None, USE_C=F[2] is not None,
-            REVERSE=reverse, XP_MODE=mode, XP_ACCUM=accum,
+            REVERSE=reverse, XP_MODE=mode, XP_ACCUM=accum, USE_BIAS=bias is not None,
             BT=BT, BC=BC, BK=BK, BV=BV, BKD=cfg.get("BKD", 16), PREC=dot[1],
             DOT_F32=dot[0],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -237,18 +237,18 @@ class _Chunked:
                        (self.Ga, self.Gb, self.Gc), h0, store_final, False, self.K, self.V,
                        self.cfg, self.dot, self.hs_dtype)
 
-    def output(self, HS, out_dtype=torch.float32, scale=1.0):
+    def output(self, HS, out_dtype=torch.float32, scale=1.0, bias=None):
         return _output(self.plan, self.q, self.k, self.v, (self.Ga, self.Gb, self.Gc), HS,
                        self.K, self.V, False, False, self.cfg, self.dot, out_dtype=out_dtype,
-                       scale=scale)
+                       scale=scale, bias=packed(bias))
 
 
 def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
-                     out_dtype):
+                     out_dtype, bias):
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config)
     h0 = _state(h0, c.plan.N, c.H, c.K, c.V)
     HS, hT = c.states(h0, output_final_state)
-    o = c.output(HS, out_dtype, scale)
+    o = c.output(HS, out_dtype, scale, bias)
     return o.view(c.B, c.T, c.H, c.V), hT
 
 
@@ -378,15 +378,17 @@ def _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0):
 
 def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
                 strategy="chunked", config=None, output_final_state=True, scale=1.0,
-                out_dtype=torch.float32):
+                out_dtype=torch.float32, bias=None):
     """Returns (o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None), with
-    o = scale * core(q, k, v) (an output scale folded into the kernels' stores)."""
+    o = scale * core(q, k, v) + bias (an output scale and bias [B, T, H, V] folded into the
+    kernels' stores; the gradient of the bias is do)."""
     if strategy == "chunked":
         return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
-                                scale, out_dtype)
+                                scale, out_dtype, bias)
     if strategy == "recurrent":
         o, hT = _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state)
-        return (o if scale == 1.0 else o * scale).to(out_dtype), hT
+        o = o if scale == 1.0 else o * scale
+        return (o if bias is None else o + bias.float()).to(out_dtype), hT
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 

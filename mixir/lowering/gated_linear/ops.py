@@ -24,10 +24,12 @@ def _num_seqs(q, cu_seqlens):
 def gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
             gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
             cu_seqlens: Optional[torch.Tensor], strategy: str, config: str, scale: float = 1.0,
-            out_fp32: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+            out_fp32: bool = True, bias: Optional[torch.Tensor] = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """o = scale * core(q, k, v) + bias, in fp32 or q's dtype (``out_fp32``), and the final state."""
     o, hT = core.gla_forward(q, k, v, g, gk, gv, h0, cu_seqlens, strategy=strategy,
                              config=decode_config(config), output_final_state=True, scale=scale,
-                             out_dtype=_out_dtype(q, out_fp32))
+                             out_dtype=_out_dtype(q, out_fp32), bias=bias)
     return o, hT
 
 
@@ -36,7 +38,7 @@ def _out_dtype(q, out_fp32):
 
 
 @gla_fwd.register_fake
-def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale=1.0, out_fp32=True):
+def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale=1.0, out_fp32=True, bias=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = _num_seqs(q, cu_seqlens)
@@ -64,8 +66,9 @@ def _(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale=1.0):
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale, _ = inputs
+    q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale, _, bias = inputs
     ctx.save_for_backward(q, k, v, g, gk, gv, h0, cu_seqlens)
+    ctx.bias_dtype = None if bias is None else bias.dtype
     ctx.strategy, ctx.config, ctx.scale = strategy, config, scale
     # an unused output's gradient stays None (not a zero tensor): no final-state adjoint pass
     ctx.set_materialize_grads(False)
@@ -81,8 +84,9 @@ def _backward(ctx, do, dhT):
     present = (g, gk, gv, h0)
     dg, dgk, dgv, dh0 = (None if p is None else d.to(p.dtype)
                          for d, p in zip((dg, dgk, dgv, dh0), present))
+    dbias = None if ctx.bias_dtype is None else do.to(ctx.bias_dtype)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dgk, dgv, dh0, None, None, None,
-            None, None)
+            None, None, dbias)
 
 
 gla_fwd.register_autograd(_backward, setup_context=_setup)

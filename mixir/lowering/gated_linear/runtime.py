@@ -126,18 +126,24 @@ class CompiledMixer(CompiledBase):
             q, k, v = q * P, k * P, v * Q
         if ir.is_const(f.out_scale):
             scale *= f.out_scale.arg
-        out_fp32 = Q is not None or not ir.is_const(f.out_scale) or not ir.is_const(f.out_bias, 0.0)
+        # a constant output scale and a per-token bias (mamba's D skip) go into the core's output
+        # stores; a per-token output scale or sign products need the fp32 output
+        bias = None
+        if Q is None and ir.is_const(f.out_scale) and not ir.is_const(f.out_bias, 0.0):
+            bias = shaped("d")
+        out_fp32 = Q is not None or not ir.is_const(f.out_scale) or (
+            bias is None and not ir.is_const(f.out_bias, 0.0))
         h0 = None if init is None else self._to_canonical_state(f, init.float())
         o, hT = ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype), g, gk, gv,
                             None if h0 is None else h0.contiguous(), cu_seqlens, strategy,
                             encode_config(self._config(strategy, K, V, dtype, shape=(B, T, H),
                                                        device=q.device, form=f)),
-                            float(scale), out_fp32)
+                            float(scale), out_fp32, bias)
         if Q is not None:
             o = o * Q
         if not ir.is_const(f.out_scale):
             o = shaped("e") * o
-        if not ir.is_const(f.out_bias, 0.0):
+        if bias is None and not ir.is_const(f.out_bias, 0.0):
             o = o + shaped("d")
         o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in out_dims))
         if P is not None:

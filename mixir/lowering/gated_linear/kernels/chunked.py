@@ -114,10 +114,11 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
 
 
 @kernel
-def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, cu_seqlens, chunk_tbl,
+def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_tbl,
                      H, DK, DV, s_hk, s_hv, T_total, scale, xp_sign,
                      USE_A: tl.constexpr, USE_B: tl.constexpr, USE_C: tl.constexpr,
                      REVERSE: tl.constexpr, XP_MODE: tl.constexpr, XP_ACCUM: tl.constexpr,
+                     USE_BIAS: tl.constexpr,
                      BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                      BKD: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     # grid: (num chunks * BT // BC, cdiv(DV, BV), H). One program: BC rows (a sub-chunk) i of one
@@ -130,7 +131,7 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, cu_seqlens, chunk_tbl,
     # exp(F_i - F_r) and exp(F_r - F_j) are <= 1 (tensor-core dots); on the diagonal sub-chunk the
     # pairwise factors of a channel decay (FB / FC) are formed exactly on [BC, BC, BKD] / [BC, BC, BV]
     # tiles (the host keeps BV <= 32 when FC is used).
-    # Epilogue: O = scale * out, stored in O's dtype. With XP_MODE the decay-gradient terms
+    # Epilogue: O = scale * out (+ BIAS, laid out like O), stored in O's dtype. With XP_MODE the decay-gradient terms
     # p = xp_sign * W * (scale * out) (W laid out like O, fp32 products) are stored too:
     # XP_MODE 1 elementwise into XP [T_total, H, DV], XP_MODE 2 as sums over this program's BV
     # channels into XP [cdiv(DV, BV), T_total, H]; XP_ACCUM adds to what XP holds.
@@ -264,6 +265,8 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, cu_seqlens, chunk_tbl,
         acc += tl.dot(A.to(dt), z.to(dt), input_precision=PREC)
     acc = acc * scale
     p_iv = (rows[:, None] * H + i_h) * DV + o_v[None, :]
+    if USE_BIAS:
+        acc += tl.load(BIAS + p_iv, mask=m_iv, other=0.).to(tl.float32)
     tl.store(O + p_iv, acc, mask=m_iv)
     if XP_MODE != 0:
         p = tl.load(W + p_iv, mask=m_iv, other=0.).to(tl.float32) * acc * xp_sign
