@@ -82,13 +82,30 @@ def cmd_verify(args):
     return 0 if report.ok else 1
 
 
+def _check_limits(args):
+    """--timeout (seconds > 0) and --workers (>= 0) as clear errors naming the option."""
+    from .errors import InputError
+    if getattr(args, "timeout", None) is not None and not args.timeout > 0:
+        raise InputError(f"--timeout takes the seconds one kernel compile may take (> 0), got {args.timeout}")
+    if getattr(args, "workers", None) is not None and args.workers < 0:
+        raise InputError(f"--workers takes a number of worker processes >= 0, got {args.workers}")
+
+
+def _progress(msg):
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
 def cmd_compile(args):
     from .lowering.common import aot
     from .verify import record_kernels
+    _check_limits(args)
     m = resolve(args.mixer)
     archs = [aot.parse_arch(a) for a in args.arch]
     records = record_kernels(m, dtype=args.dtype)
-    resources = aot.build_all(list(records.values()), archs, workers=args.workers)
+    _progress(f"compiling {len(records) * len(archs)} kernels for {', '.join(archs)} "
+              f"(at most {args.timeout:g} s each)")
+    resources = aot.build_all(list(records.values()), archs, workers=args.workers,
+                              timeout_s=args.timeout, progress=_progress)
     print(aot.format_table(resources))
     spills = [r for r in resources if r.spills]
     if spills:
@@ -103,7 +120,8 @@ def cmd_demo(args):
     print("\n== verify against the float64 reference (CPU, Triton interpreter)")
     rc = cmd_verify(argparse.Namespace(mixer=args.mixer, dtype=["float32", "bfloat16"], T=40, seed=0))
     print("\n== ahead-of-time build for sm_90 (registers, spills, shared memory)")
-    cmd_compile(argparse.Namespace(mixer=args.mixer, arch=["sm_90"], dtype="bfloat16", workers=0))
+    cmd_compile(argparse.Namespace(mixer=args.mixer, arch=["sm_90"], dtype="bfloat16", workers=None,
+                                   timeout=300.0))
     return rc
 
 
@@ -127,6 +145,7 @@ def _parse_shapes(text):
 def cmd_tune(args):
     from . import tuning
     from .autotune.report import accuracy_text
+    _check_limits(args)
     if args.time:
         tuning.require_cuda()            # TuningError before any work
     if not args.all and not args.mixer:
@@ -137,11 +156,10 @@ def cmd_tune(args):
         [dict(s) for s in tuning.STANDARD_SHAPES] if args.all else [{"B": 8, "T": 4096, "H": 16}])
     strategies = None if args.strategy == "all" else [args.strategy]
 
-    def progress(msg):
-        print(f"  .. {msg}", file=sys.stderr, flush=True)
     req = tuning.request(gpu=args.gpu, dtype=args.dtype, strategies=strategies, top_k=args.top_k,
                          aot=not args.no_aot, timed=args.time, write=not args.dry_run,
-                         directory=args.db, workers=args.workers, progress=progress)
+                         directory=args.db, workers=args.workers, timeout_s=args.timeout,
+                         force=args.force, progress=_progress)
     if args.mixer and args.mixer.startswith("attention:"):
         return _tune_attention(args, shapes, req)
     results = []
@@ -177,7 +195,16 @@ def cmd_tune(args):
             results.append(res)
     if not args.no_aot:
         print(accuracy_text(results))
-    return rc
+    return max(rc, _write_failures(results))
+
+
+def _write_failures(results) -> int:
+    """1 (after a message) when some result could not be written to the database, else 0."""
+    failed = [r for res in results for r in res.results if getattr(r, "db_error", None)]
+    if failed:
+        print(f"mixir: error: {len(failed)} tuning result(s) were not written to the database "
+              f"(shown above): {failed[0].db_error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _tune_attention(args, shapes, req):
@@ -194,7 +221,7 @@ def _tune_attention(args, shapes, req):
         results.append(res)
     if not args.no_aot:
         print(accuracy_text(results))
-    return 0
+    return _write_failures(results)
 
 
 def _table(rows):
@@ -221,7 +248,11 @@ def main(argv=None):
     s.add_argument("mixer")
     s.add_argument("--arch", nargs="+", default=["sm_90"])
     s.add_argument("--dtype", default="bfloat16")
-    s.add_argument("--workers", type=int, default=0)
+    s.add_argument("--workers", type=int, default=None,
+                   help="compile worker processes (default: one per CPU; 0: in this process, "
+                        "without the time limit)")
+    s.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds one kernel compile may take before its worker is killed (default 300)")
     s.set_defaults(fn=cmd_compile)
     s = sub.add_parser("demo", help="declare → compile → verify → AOT report on a built-in mixer")
     s.add_argument("mixer", nargs="?", default="gla")
@@ -247,7 +278,12 @@ def main(argv=None):
     s.add_argument("--no-aot", action="store_true", help="skip the ahead-of-time compile check")
     s.add_argument("--dry-run", action="store_true", help="do not write the tuning database")
     s.add_argument("--db", default=None, help="database directory (default: $MIXIR_TUNING_DB or the user dir)")
-    s.add_argument("--workers", type=int, default=None, help="AOT compile worker processes")
+    s.add_argument("--workers", type=int, default=None,
+                   help="AOT compile worker processes (default: one per CPU, at least one)")
+    s.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds one kernel compile may take before its worker is killed (default 300)")
+    s.add_argument("--force", action="store_true",
+                   help="replace database entries from a stronger source (model < aot < timed)")
     s.set_defaults(fn=cmd_tune)
     args = p.parse_args(argv)
     try:

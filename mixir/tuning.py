@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .autotune import hardware
+from .autotune import db, hardware
 from .autotune.feedback import Store
 from .autotune.pipeline import (DEFAULT_HEAD, STANDARD_SHAPES, TuneRequest, TuneResult, record_result,
                                 require_cuda, tune_targets)
@@ -122,11 +122,14 @@ def tune_all(mixers, req: TuneRequest | None = None, shapes=STANDARD_SHAPES, *, 
     (``group_by_kernels``) are tuned once, by the group's first mixer, and the others get its
     result (their database entries record ``provenance.shared_with``). AOT feedback is shared
     across the shapes and mixers of one call. ``on_result(TuneResult)`` is called as each result
-    is ready; a failing mixer raises unless ``on_error(mixer, shape, exc)`` is given."""
+    is ready; a failing mixer raises unless ``on_error(mixer, shape, exc)`` is given. With
+    ``write``, an unwritable database location is a ``TuningError`` before any work."""
     req = request(req, **fields)
     gpu = hardware.get(req.gpu)
     if req.timed:
         require_cuda()
+    if req.write:
+        db.check_writable(gpu, req.directory)          # TuningError before any work
     req = dataclasses.replace(req, gpu=gpu, dtype=req.dtype_name,
                               feedback=req.feedback if req.feedback is not None else Store())
     out, by_size = [], {}
@@ -159,9 +162,9 @@ def _shared(mixer, rep, res, gpu, req) -> TuneResult:
     """``res`` (tuned for ``rep``) as ``mixer``'s result, written under its fingerprint."""
     copies = []
     for r in res.results:
-        c = dataclasses.replace(r, shared_from=rep.name, db_path=None)
+        c = dataclasses.replace(r, shared_from=rep.name, db_path=None, db_error=None, db_kept=None)
         if req.write and c.best is not None:
-            c.db_path = record_result(mixer.fingerprint, gpu, req, c, extra={"shared_with": rep.name})
+            record_result(mixer.fingerprint, gpu, req, c, extra={"shared_with": rep.name})
         copies.append(c)
     return TuneResult(mixer.name, gpu, copies)
 
@@ -173,7 +176,8 @@ def compile_configs(declaration, strategy: str, configs: list, arch: str,
     req = request(req, strategies=(strategy,), **fields)
     _, targets = _targets(declaration, req)
     (target,) = [t for t in targets if t.strategy == strategy] or targets[:1]
-    return target.compile(list(configs), arch, workers=req.workers, progress=req.progress)
+    return target.compile(list(configs), arch, workers=req.workers, timeout_s=req.timeout_s,
+                          progress=req.progress)
 
 
 # ---- library attention masks (mixir tune attention:NAME[:ARG,...]) ----------------------------

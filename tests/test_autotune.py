@@ -173,10 +173,14 @@ def test_db_corrupt_and_future_files_are_ignored(tmp_path, monkeypatch):
         assert db.lookup("fp0", "h100", "bf16", 8, 4096, 16) is None
     with pytest.raises(TuningError, match="newer"):
         db.record("fp0", "h100", "bf16", 8, 4096, 16, 64, 64, "chunked", {"BT": 64}, source="model")
-    # a corrupt file is replaced by a valid one on the next write
+    # a corrupt file is never overwritten (its entries would be lost); once moved aside, the
+    # next write starts a new file
     p.write_text("not json")
-    with pytest.warns(UserWarning):
+    with pytest.raises(TuningError, match="not overwriting"):
         db.record("fp0", "h100", "bf16", 8, 4096, 16, 64, 64, "chunked", {"BT": 64}, source="model")
+    assert p.read_text() == "not json"
+    p.rename(tmp_path / "H100-SXM.json.bad")
+    db.record("fp0", "h100", "bf16", 8, 4096, 16, 64, 64, "chunked", {"BT": 64}, source="model")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert db.lookup("fp0", "h100", "bf16", 8, 4096, 16, K=64, V=64) == {"BT": 64}
@@ -213,6 +217,8 @@ def test_db_survives_killed_writer(tmp_path):
     assert len(ents) >= 10          # both writers' entries, none lost to a torn write
     leftovers = [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
     assert len(leftovers) <= 2      # at most the temp files of the two killed writes
+    db.write("h100", {"one-more": {"config": {"BT": 64}}}, str(tmp_path))
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]     # swept by the next write
 
 
 def test_no_solver_needed_to_read_the_db():

@@ -15,7 +15,8 @@ compiled cleanly feasible (the model must not contradict what the compiler showe
    at 16 warps ptxas caps a thread at 128 registers, so a spill there says nothing about 4 warps.)
 2. **dominance nogood** (``fb_dom_<n>``): no config with the same num_warps and every other
    parameter >= the offender's.
-3. **exact nogood** (``fb_nogood_<n>``): this config only. Compile errors always get this one.
+3. **exact nogood** (``fb_nogood_<n>``): this config only. Compile errors always get this one;
+   a compile worker killed from outside (``CompiledConfig.transient``) teaches nothing.
 
 ``Store`` keeps one ``Feedback`` per (mixer, space, GPU, K, V, dtype): the formulas it constrains
 depend on no other shape value, so one serves every B, T, H of a mixer (``mixir tune --all``
@@ -126,6 +127,8 @@ class Feedback:
             self.good.append(values)
             return []
         new = []
+        if compiled.errors and getattr(compiled, "transient", False):
+            return []            # a worker killed from outside: nothing learned about the config
         if compiled.errors:
             regs_e, smem_e = self._formulas("")
             d = Discrepancy(dict(config), "compile", "error", self._predict(regs_e, values), None,

@@ -30,9 +30,10 @@ MAX_ROUNDS = 3
 class TuneRequest:
     """What to tune for: the GPU, the user-level shape (B, T, H; head sizes K, V), the input dtype,
     the strategies (None: every tunable one) and how (``top_k`` candidates per AOT round, up to
-    ``max_rounds`` rounds, ``aot`` check, ``timed`` on CUDA, ``write`` to the database in
-    ``directory``). ``feedback``: a ``feedback.Store`` shared with other requests (other shapes of
-    one ``tune_all``).
+    ``max_rounds`` rounds, ``aot`` check with at most ``timeout_s`` seconds per kernel compile,
+    ``timed`` on CUDA, ``write`` to the database in ``directory``; ``force``: replace an entry from
+    a stronger source, ``model`` < ``aot`` < ``timed``). ``feedback``: a ``feedback.Store`` shared
+    with other requests (other shapes of one ``tune_all``).
 
     The driver (``mixir.tuning.request``) fills in what lives above the lowering: ``inputs``
     (``(declaration, *, B, T, H, K, V, seed) -> (arrays, initial state)``, the example inputs the
@@ -54,6 +55,8 @@ class TuneRequest:
     write: bool = True
     directory: str | None = None
     workers: int | None = None
+    timeout_s: float | None = 300
+    force: bool = False
     progress: Callable | None = None
     feedback: Store | None = None
     max_rounds: int = MAX_ROUNDS
@@ -200,6 +203,7 @@ def tune_target(fingerprint, target: TuningTarget, gpu, request: TuneRequest, st
         rounds = rnd
         say(f"[{strategy}] AOT round {rnd}: compiling {len(todo)} configs for {gpu.arch}")
         comp = target.compile([c.config for c in todo], gpu.arch, workers=request.workers,
+                              timeout_s=request.timeout_s,
                               progress=lambda m: say(f"[{strategy}]   {m}"))
         for c, cc in zip(todo, comp):
             c.compiled = cc
@@ -263,9 +267,11 @@ def time_result(target: TuningTarget, r: StrategyResult, gpu, say) -> None:
         r.best = None
 
 
-def record_result(fingerprint, gpu, request: TuneRequest, r: StrategyResult, extra=None) -> str:
+def record_result(fingerprint, gpu, request: TuneRequest, r: StrategyResult, extra=None) -> str | None:
     """Write ``r.best`` to the database under (fingerprint, dtype, strategy, the core shape's K and
-    V, the request's user-level B, T, H); returns the file's path."""
+    V, the request's user-level B, T, H); returns the file's path and sets ``r.db_path``. A failed
+    write does not raise: ``r.db_error`` says why (and None is returned), so that the result is
+    still shown; an entry kept because it comes from a stronger source sets ``r.db_kept``."""
     best = r.best
     cc = best.compiled
     compiled = None if cc is None else {"max_shared": cc.max_shared,
@@ -273,19 +279,34 @@ def record_result(fingerprint, gpu, request: TuneRequest, r: StrategyResult, ext
     ex = {**request.provenance, **(extra or {})}
     if r.discrepancies:
         ex["discrepancies"] = [d.as_dict() for d in r.discrepancies]
-    return db.record(fingerprint, gpu, request.dtype_name, request.B, request.T, request.H, r.shape.K,
-                     r.shape.V, r.strategy, best.config, source=r.source, predicted_s=best.predicted_s,
-                     measured_s=best.measured_s, compiled=compiled, directory=request.directory,
-                     extra=ex)
+    kept = []
+    try:
+        path = db.record(fingerprint, gpu, request.dtype_name, request.B, request.T, request.H,
+                         r.shape.K, r.shape.V, r.strategy, best.config, source=r.source,
+                         predicted_s=best.predicted_s, measured_s=best.measured_s, compiled=compiled,
+                         directory=request.directory, extra=ex, force=request.force, kept=kept)
+    except TuningError as e:
+        r.db_error = str(e)
+        request.say(f"[{r.strategy}] not written: {e}")
+        return None
+    r.db_path = path
+    if kept:
+        r.db_kept = kept[0][1]
+        request.say(f"[{r.strategy}] kept the database's {kept[0][1]} entry (this run: {kept[0][2]}; "
+                    f"--force replaces it)")
+    return path
 
 
 def tune_targets(name: str, fingerprint: str, targets, request: TuneRequest) -> TuneResult:
     """Tune every target of one declaration (``name`` for the table, ``fingerprint`` for the
     database) for ``request``: per target ``tune_target`` → (``time_result``) → (``record_result``).
-    ``timed`` needs a CUDA device (``TuningError`` otherwise, before any work)."""
+    ``timed`` needs a CUDA device, and ``write`` a writable database location with no unreadable
+    file there (``TuningError`` otherwise, before any work)."""
     if request.timed:
         require_cuda()
     gpu = hardware.get(request.gpu)
+    if request.write:
+        db.check_writable(gpu, request.directory)     # TuningError before any work
     store = request.feedback if request.feedback is not None else Store()
     results = []
     for target in targets:
@@ -293,7 +314,7 @@ def tune_targets(name: str, fingerprint: str, targets, request: TuneRequest) -> 
         if request.timed:
             time_result(target, r, gpu, request.say)
         if r.best is not None and request.write:
-            r.db_path = record_result(fingerprint, gpu, request, r)
+            record_result(fingerprint, gpu, request, r)
         results.append(r)
     return TuneResult(name, gpu, results)
 

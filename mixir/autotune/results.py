@@ -38,6 +38,8 @@ class StrategyResult:
     discrepancies: list = dataclasses.field(default_factory=list)
     rounds: int = 0
     shared_from: str | None = None        # AOT results of this mixer (identical template kernels)
+    db_error: str | None = None           # why the database write failed (the result stands)
+    db_kept: str | None = None            # source of a stronger entry the write kept (no --force)
 
     @property
     def compiled(self) -> list:
@@ -106,6 +108,11 @@ class TuneResult:
             if r.best is not None:
                 lines.append(f"chosen ({r.source}): {r.best.config}"
                              + (f"  -> {r.db_path}" if r.db_path else ""))
+                if r.db_kept:
+                    lines.append(f"  (the database keeps its {r.db_kept} entry for this key: a "
+                                 f"{r.source} result does not replace it without --force)")
+                if r.db_error:
+                    lines.append(f"  NOT WRITTEN to the database: {r.db_error}")
             else:
                 lines.append("chosen: none (no candidate survived the AOT check)")
             lines.append("")

@@ -7,11 +7,19 @@ break a call), and the model's choice is cached per (space, shape, GPU).
 A family's runtime assembles its own key (mixer fingerprint, database strategy, user-level shape,
 head sizes) and the core shape its space's formulas see, and calls this; ``model=`` replaces the
 cost-model step where the family ranks its configs its own way, ``accept=`` rejects database
-entries the call cannot use (tiles fixed by the caller)."""
+entries the call cannot use (tiles fixed by the caller).
+
+Every database entry is validated before use: ``db.lookup`` checks that it is a config of
+integers in range; with a ``space`` and ``shape``, ``config_problem`` also checks it is the
+``to_config`` of a point of the space's domains that meets the space's constraints at that shape
+(the cost model's resource estimates excepted: a compiled or timed entry outranks them). An
+invalid entry is ignored with one warning naming its key, and the model's pick is used."""
 from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import math
 import warnings
 
 from . import db, hardware, space as spaces
@@ -74,11 +82,69 @@ def model_best(space, shape, gpu) -> dict | None:
     return None if best is None else dict(best)
 
 
+#: the constraints that are the cost model's estimates, not rules of the template
+ESTIMATES = ("shared_memory", "registers_per_thread", "register_file")
+
+
+def _problem(space, shape, gpu, cfg) -> str | None:
+    names = [str(p) for p in space.params]
+    doms = space.domains(shape)
+    to_config = space.to_config or (lambda values, shape: dict(values))
+    probe = to_config({str(p): d[0] for p, d in doms.items()}, shape)
+    if set(probe) != set(cfg):
+        return f"its parameters {sorted(cfg)} are not {space.name}'s {sorted(probe)}"
+    fixed, free = {}, []
+    for p, dom in doms.items():
+        n = str(p)
+        if n in cfg:
+            if cfg[n] not in dom:
+                return f"{n} = {cfg[n]} is not one of {space.name}'s values {list(dom)}"
+            fixed[n] = cfg[n]
+        else:
+            free.append((n, dom))
+    if math.prod(len(d) for _, d in free) > SMALL_SPACE:
+        return f"it does not name enough of {space.name}'s parameters"
+    values = None
+    for combo in itertools.product(*(d for _, d in free)):
+        cand = dict(fixed, **{n: v for (n, _), v in zip(free, combo)})
+        if {k: int(v) for k, v in to_config(cand, shape).items()} == cfg:
+            values = cand
+            break
+    if values is None:
+        return f"it is no config of {space.name} at this shape"
+    point = tuple(values[n] for n in names)
+    for c in space.constraints(shape, gpu):
+        if c.name not in ESTIMATES and not spaces._checker(c, space, shape)(point):
+            return f"it violates {c.what} ({c.render()})"
+    return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_problem(space, shape, gpu_name, items) -> str | None:
+    try:
+        return _problem(space, shape, hardware.get(gpu_name), dict(items))
+    except Exception as e:  # noqa: BLE001 - an entry the space cannot even evaluate is invalid
+        return f"checking it against {getattr(space, 'name', 'its space')} failed ({type(e).__name__}: {e})"
+
+
+def config_problem(space, shape, gpu, config) -> str | None:
+    """What makes ``config`` (a database entry's) unusable for ``space`` at the core ``shape`` on
+    ``gpu`` (a name or a ``GPU``), or None: it must be the ``to_config`` of a point of the space's
+    domains that meets every constraint but the model's resource estimates (``ESTIMATES``)."""
+    problem = db.config_problem(config)
+    if problem is None:
+        shape = dataclasses.replace(shape, dtype=db.dtype_name(shape.dtype))
+        problem = _cached_problem(space, shape, hardware.get(gpu).name, tuple(sorted(config.items())))
+    return problem
+
+
 def tuned_config(space, key, shape, device, *, accept=None, model=None) -> dict | None:
     """The config of one call on CUDA ``device`` (a ``torch.device`` or an index):
 
     1. the tuning database's entry for ``key`` (a ``db.Key``; None: no database entry applies) on
-       the device's GPU, when ``accept(config)`` (default: always);
+       the device's GPU, when it is valid (``db.lookup``; with ``space`` and ``shape`` also
+       ``config_problem``: an invalid entry is ignored with one warning naming its key) and
+       ``accept(config)`` (default: always);
     2. else ``model(gpu)`` when given, else the cost model's best of ``space`` at ``shape`` (the
        core shape the space's formulas see; its dtype may be a torch dtype) — ``model_best``;
     3. None when the GPU is not identified or nothing applies.
@@ -91,6 +157,11 @@ def tuned_config(space, key, shape, device, *, accept=None, model=None) -> dict 
         if key is not None:
             cfg = db.lookup(key.fingerprint, gpu, db.dtype_name(key.dtype), key.B, key.T, key.H,
                             K=key.K, V=key.V, strategy=key.strategy)
+            if cfg is not None and space is not None and shape is not None:
+                problem = config_problem(space, shape, gpu, cfg)
+                if problem is not None:
+                    db.warn_entry(key.text(), problem)
+                    cfg = None
             if cfg is not None and (accept is None or accept(cfg)):
                 return cfg
         if model is not None:
@@ -106,4 +177,4 @@ def tuned_config(space, key, shape, device, *, accept=None, model=None) -> dict 
         return None
 
 
-__all__ = ["tuned_config", "model_best", "current_gpu", "SMALL_SPACE"]
+__all__ = ["tuned_config", "model_best", "config_problem", "current_gpu", "SMALL_SPACE", "ESTIMATES"]

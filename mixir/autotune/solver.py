@@ -35,6 +35,16 @@ def _cp():
     return cp_model
 
 
+def _solver():
+    """A single-threaded ``CpSolver`` that leaves SIGINT alone: by default CP-SAT installs its own
+    SIGINT handler, after which Ctrl-C kills the process (exit 130) instead of raising
+    ``KeyboardInterrupt`` - in a user's training script too (the runtime's model choice solves)."""
+    s = _cp().CpSolver()
+    s.parameters.catch_sigint_signal = False
+    s.parameters.num_workers = 1
+    return s
+
+
 class _Translator:
     """sympy expression (shape already substituted) -> (CP-SAT linear expression or int, lo, hi)."""
 
@@ -227,9 +237,8 @@ def _enumerate(m, vars_):
         def on_solution_callback(self):
             found.append(tuple(self.Value(v) for v in vars_.values()))
 
-    solver = cp_model.CpSolver()
+    solver = _solver()
     solver.parameters.enumerate_all_solutions = True
-    solver.parameters.num_workers = 1
     status = solver.Solve(m, _Collect())
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.INFEASIBLE):
         raise TuningError(f"CP-SAT stopped without a complete enumeration ({solver.StatusName(status)})")
@@ -274,8 +283,7 @@ def _min_gap(space, shape, gpu, c, others):
     if isinstance(gap, int):
         return lhs, rhs
     m.Minimize(gap)
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
+    solver = _solver()
     if solver.Solve(m) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     lv = solver.Value(lhs) if not isinstance(lhs, int) else lhs
@@ -295,7 +303,7 @@ def explain_infeasible(space, shape, gpu, constraints) -> str:
         rest = constraints[:i] + constraints[i + 1:]
         if c.kind in ("mod", "forbid") or c.when:
             m, _, _ = _build(space, shape, gpu, rest)
-            if cp_model.CpSolver().Solve(m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            if _solver().Solve(m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
                 binding.append(f"{what}: {c.what} cannot hold")
             continue
         r = _min_gap(space, shape, gpu, c, rest)

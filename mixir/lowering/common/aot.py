@@ -19,7 +19,7 @@ kernel, or, the first time, from re-running ``ptxas -v`` on the cached PTX with 
 
 ``build_all`` compiles many (record, arch) pairs, in worker processes with a per-candidate timeout
 so that a hanging or crashing compiler costs one candidate and not the run (the worker processes
-are in ``aot_workers``).
+are in ``aot_workers``: isolated from the current directory, and they die with their parent).
 
 Compile artefacts go to Triton's cache (``TRITON_CACHE_DIR``, default ``~/.triton/cache``).
 """
@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from ...errors import InputError, MixirError
-from .aot_workers import _build_in_workers, _default_workers
+from .aot_workers import WorkerDied, _build_in_workers, _default_workers
 from .ptxas import (ARCHS, MAX_REGISTERS_PER_THREAD, MAX_SHARED_BYTES, REGISTERS_PER_SM,  # noqa: F401
                     KernelResources, _build_fn, _tool_path, _triton_bin, build, parse_arch,
                     parse_ptxas_log, parse_resource_usage)
@@ -41,40 +41,50 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def build_all(records: Iterable["LaunchRecord"], archs: Sequence[str] | str, *,
               workers: int | None = None, timeout_s: float | None = 300, errors: str = "raise",
-              align_pointers: bool = True) -> list:
+              align_pointers: bool = True, progress=None) -> list:
     """Build every (record, arch) pair; results in order (for each record, for each arch).
 
-    ``workers``: 0 compiles in this process (no hard timeout); n > 0 uses n worker processes,
-    each in its own process group, killed (with its ptxas) when a candidate exceeds ``timeout_s``
-    or replaced when it crashes. ``None`` picks in-process for fewer than 4 pairs, else one
-    worker per CPU. ``errors="raise"``: the first failure (``MixirError``) is raised once the
+    ``workers``: n > 0 uses n worker processes, each in its own process group, killed (with its
+    ptxas) when a candidate exceeds ``timeout_s`` (seconds; None: no limit) or replaced when it
+    crashes or is killed (a ``WorkerDied`` error: not the candidate's fault). ``None`` picks one
+    worker per CPU (at most one per pair; with ``timeout_s=None`` and fewer than 4 pairs: in this
+    process). 0 compiles in this process, where ``timeout_s`` bounds only the helper tools, not
+    Triton's compile. ``errors="raise"``: the first failure (``MixirError``) is raised once the
     workers are stopped; ``errors="collect"``: a failed candidate's entry is the ``MixirError``
-    instance instead of ``KernelResources``.
+    instance instead of ``KernelResources``. ``progress(msg)``: one line per finished candidate.
     """
     if errors not in ("raise", "collect"):
         raise InputError(f"errors must be 'raise' or 'collect', got {errors!r}")
+    if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
+                                  or not timeout_s > 0):
+        raise InputError(f"timeout_s must be a number of seconds > 0 or None, got {timeout_s!r}")
     if isinstance(archs, (str, int)):
         archs = [archs]
     archs = [parse_arch(a) for a in archs]
     records = list(records.values() if isinstance(records, dict) else records)
     pairs = [(r, a) for r in records for a in archs]
     if workers is None:
-        workers = _default_workers(len(pairs))
-    if not isinstance(workers, int) or workers < 0:
+        workers = _default_workers(len(pairs), timeout_s)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise InputError(f"workers must be an int >= 0 or None, got {workers!r}")
     if not pairs:
         return []
     if workers == 0:
         results = []
-        for rec, arch in pairs:
+        for i, (rec, arch) in enumerate(pairs):
             try:
                 results.append(build(rec, arch, align_pointers=align_pointers, timeout_s=timeout_s))
             except MixirError as e:
                 if errors == "raise":
                     raise
                 results.append(e)
+            if progress is not None:
+                ok = not isinstance(results[-1], MixirError)
+                progress(f"[{i + 1}/{len(pairs)}] kernel {rec.kernel.name} for {arch}: "
+                         f"{'ok' if ok else 'failed'}")
         return results
-    return _build_in_workers(pairs, min(workers, len(pairs)), timeout_s, errors, align_pointers)
+    return _build_in_workers(pairs, min(workers, len(pairs)), timeout_s, errors, align_pointers,
+                             progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,5 +117,5 @@ def format_table(resources) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ARCHS", "MAX_SHARED_BYTES", "KernelResources", "build", "build_all", "format_table",
+__all__ = ["ARCHS", "MAX_SHARED_BYTES", "KernelResources", "WorkerDied", "build", "build_all", "format_table",
            "parse_arch", "parse_ptxas_log", "parse_resource_usage"]

@@ -2,28 +2,45 @@
 
 Each worker is a fresh Python process in its own process group (``_Worker``), fed tasks as JSON
 lines on stdin and answering JSON lines on its original stdout (``_worker_main``); it re-imports each
-kernel's function by module + qualname, else by source file (``_resolve_fn``), and compiles it with
-``aot._build_fn``. ``_build_in_workers`` keeps every worker busy, kills a worker (with the ptxas it
-started) whose candidate exceeds the timeout, and replaces one that crashes, so that a hanging or
-crashing compiler costs one candidate and not the run.
+kernel's function by module + qualname, else by source file (``_resolve_fn``, from the source text:
+no bytecode), and compiles it with ``aot._build_fn``. ``_build_in_workers`` keeps every worker busy,
+kills a worker (with the ptxas it started) whose candidate exceeds the timeout, and replaces one
+that crashes, so that a hanging or crashing compiler costs one candidate and not the run.
+
+Workers start isolated (``python -I``: no current directory, no ``PYTHON*`` variables, no user
+site) with the parent's ``sys.path`` given explicitly, and die with their parent: on Linux
+``PR_SET_PDEATHSIG`` (``SIGKILL``) is set in the worker and in every process it starts (ptxas), and
+a worker whose parent is already gone exits; elsewhere a watchdog thread polls the parent.
+A worker killed from outside (``SIGKILL``, ``SIGTERM``, ...: not a crash of the compiler) is a
+``WorkerDied`` error, which the tuner does not learn from.
 """
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
-import inspect
-import os
+import ctypes
 import dataclasses
+import importlib
+import inspect
 import json
+import os
 import selectors
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from ...errors import MixirError
+from .kernel_cache import exec_source
+
+
+class WorkerDied(MixirError):
+    """A compile worker process was killed from outside (not a failure of the candidate)."""
+
+
+#: signals that mean the compiler itself crashed (the candidate's fault, not the worker's)
+_CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
 
 
 def _kernel_spec(record) -> dict:
@@ -106,15 +123,11 @@ def _resolve_fn(spec):
     if mod is None:
         import hashlib
         modname = "_mixir_aot_" + hashlib.sha1(file.encode()).hexdigest()[:16]
-        loader_spec = importlib.util.spec_from_file_location(modname, file)
-        if loader_spec is None or loader_spec.loader is None:
-            raise MixirError(f"kernel {spec['name']}: cannot import {file}")
-        mod = importlib.util.module_from_spec(loader_spec)
-        sys.modules[modname] = mod
         try:
-            loader_spec.loader.exec_module(mod)
+            mod = exec_source(modname, file)        # from the source text, never __pycache__
+        except MixirError:
+            raise
         except BaseException as e:
-            sys.modules.pop(modname, None)
             raise MixirError(f"kernel {spec['name']}: importing {file} failed: "
                              f"{type(e).__name__}: {e}") from e
         _file_modules[file] = mod
@@ -133,8 +146,46 @@ def _run_spec(spec, arch, align_pointers, timeout_s):
                      timeout_s=timeout_s)
 
 
-def _worker_main():  # pragma: no cover - runs in the worker processes
+_PR_SET_PDEATHSIG = 1
+
+
+def _set_death_signal(parent: int) -> bool:
+    """Linux: SIGKILL this process when ``parent`` (the process that started it) ends. False where
+    prctl is unavailable. Exits at once when the parent is already gone."""
+    ok = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ok = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+    if os.getppid() != parent:
+        os._exit(1)
+    return ok
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the worker processes
+    """The worker, and every process it starts (ptxas), dies with ``parent``."""
+    if _set_death_signal(parent):
+        me, init = os.getpid(), subprocess.Popen.__init__
+
+        def popen_init(self, *args, **kw):
+            if len(args) < 7 and kw.get("preexec_fn") is None:
+                kw["preexec_fn"] = lambda: _set_death_signal(me)
+            init(self, *args, **kw)
+        subprocess.Popen.__init__ = popen_init
+        return
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            os.killpg(os.getpgrp(), signal.SIGKILL)      # the worker and its compilers
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_main(parent: int | None = None):  # pragma: no cover - runs in the worker processes
     """Loop: read a task line from stdin, write a result line to the original stdout."""
+    if parent is not None:
+        _die_with_parent(parent)
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)                       # anything printed goes to the worker's stderr file
     sys.stdout = sys.stderr
@@ -159,18 +210,22 @@ def _worker_main():  # pragma: no cover - runs in the worker processes
         out.flush()
 
 
-_BOOT = "from mixir.lowering.common.aot_workers import _worker_main; _worker_main()"
+# ``python -I``: sys.path is exactly the parent's (argv[1]), never the worker's current directory
+_BOOT = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); "
+         "from mixir.lowering.common.aot_workers import _worker_main; _worker_main(int(sys.argv[2]))")
+
+
+def _worker_command() -> list:
+    paths = [p for p in sys.path if isinstance(p, str)]
+    paths = list(dict.fromkeys(os.path.abspath(p) if p else os.getcwd() for p in paths))
+    return [sys.executable, "-I", "-c", _BOOT, json.dumps(paths), str(os.getpid())]
 
 
 class _Worker:
     def __init__(self):
-        env = dict(os.environ)
-        paths = [p for p in sys.path if isinstance(p, str)]
-        paths = [os.path.abspath(p) if p else os.getcwd() for p in paths]
-        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
         self.errfile = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen([sys.executable, "-c", _BOOT], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=self.errfile, env=env,
+        self.proc = subprocess.Popen(_worker_command(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.errfile,
                                      start_new_session=True)
         self.task = None
         self.deadline = None
@@ -214,24 +269,51 @@ class _Worker:
                 f.close()
 
 
-def _default_workers(n_pairs: int) -> int:
+def _default_workers(n_pairs: int, timeout_s=None) -> int:
+    """Worker processes for ``n_pairs`` candidates: one per CPU up to ``n_pairs``; at least one
+    whenever a ``timeout_s`` is set (only a worker process can be stopped at its time limit)."""
     cpus = os.cpu_count() or 1
+    if timeout_s is not None:
+        return max(1, min(n_pairs, cpus))
     # spawning a worker and importing triton costs ~2 s: only worth it for several candidates
     if n_pairs < 4 or cpus < 2:
         return 0
     return min(n_pairs, cpus)
 
 
-def _build_in_workers(pairs, n_workers, timeout_s, errors, align_pointers):
+def _death(w, label) -> MixirError:
+    """The error of a worker that died while compiling: ``WorkerDied`` when it was killed from
+    outside, a plain ``MixirError`` (a compile failure) when the compiler crashed or exited."""
+    code = w.proc.returncode
+    how, outside = f"exit status {code}", False
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            how = f"killed by {signal.Signals(-code).name}"
+        outside = -code not in _CRASH_SIGNALS
+    tail = w.stderr_tail()
+    msg = (f"{label}: worker died ({how}) while compiling"
+           + ("; killed from outside, not a failure of this candidate" if outside else "")
+           + (f"; its stderr ends:\n    {tail}" if tail.strip() else ""))
+    return WorkerDied(msg) if outside else MixirError(msg)
+
+
+def _build_in_workers(pairs, n_workers, timeout_s, errors, align_pointers, progress=None):
     specs = [(i, _kernel_spec(rec), arch, align_pointers, timeout_s) for i, (rec, arch) in enumerate(pairs)]
     pending = list(reversed(specs))
     results: list = [None] * len(specs)
     done = 0
     pool: list[_Worker] = []
     sel = selectors.DefaultSelector()
+    say = progress or (lambda msg: None)
 
     def label(task):
         return f"kernel {task[1]['name']} for {task[2]}"
+
+    def finish(task, result, what):
+        nonlocal done
+        results[task[0]] = result
+        done += 1
+        say(f"[{done}/{len(specs)}] {label(task)}: {what}")
 
     def retire(w):
         with contextlib.suppress(Exception):
@@ -263,30 +345,21 @@ def _build_in_workers(pairs, n_workers, timeout_s, errors, align_pointers):
                 except Exception:
                     task = w.task
                     w.kill()
-                    code = w.proc.returncode
-                    how = f"exit status {code}"
-                    if code is not None and code < 0:
-                        with contextlib.suppress(ValueError):
-                            how = f"killed by {signal.Signals(-code).name}"
-                    tail = w.stderr_tail()
-                    err = MixirError(f"{label(task)}: worker process died ({how}) while compiling"
-                                     + (f"; its stderr ends:\n    {tail}" if tail.strip() else ""))
+                    err = _death(w, label(task))
                     retire(w)
-                    results[task[0]] = err
-                    done += 1
+                    finish(task, err, "worker died" if isinstance(err, WorkerDied) else "failed")
                     continue
-                results[index] = _resources(payload) if ok else MixirError(payload)
-                done += 1
-                w.task, w.deadline = None, None
+                task, w.task, w.deadline = w.task, None, None
+                finish(task, _resources(payload) if ok else MixirError(payload),
+                       "ok" if ok else "failed")
             now = time.monotonic()
             for w in list(pool):
                 if w.task is not None and w.deadline is not None and now >= w.deadline:
                     task = w.task
                     w.kill()
                     retire(w)
-                    results[task[0]] = MixirError(f"{label(task)}: timed out after {timeout_s} s "
-                                                  f"(worker and its compiler killed)")
-                    done += 1
+                    finish(task, MixirError(f"{label(task)}: timed out after {timeout_s} s "
+                                            f"(worker and its compiler killed)"), "timed out")
             if errors == "raise":
                 first = next((r for r in results if isinstance(r, BaseException)), None)
                 if first is not None:

@@ -30,6 +30,9 @@ class CompiledConfig:
     config: dict
     resources: list                 # KernelResources of the config's template kernels
     errors: list                    # error strings (compile failures, timeouts)
+    #: every error is a worker killed from outside (``aot.WorkerDied``): not the config's fault, so
+    #: the tuner drops the config for this run but learns nothing from it
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
@@ -131,13 +134,15 @@ def compile_recorded(configs: list, record, arch: str, *, workers=None, timeout_
     if progress:
         progress(f"compiling {len(keys)} kernels for {arch}")
     results = aot.build_all([unique[k] for k in keys], arch, workers=workers, timeout_s=timeout_s,
-                            errors="collect")
+                            errors="collect", progress=progress)
     by_key = dict(zip(keys, results))
     out = []
     for cfg, ks in zip(configs, per_config):
         res = [by_key[k] for k in ks]
+        errs = [r for r in res if isinstance(r, BaseException)]
         out.append(CompiledConfig(dict(cfg), [r for r in res if not isinstance(r, BaseException)],
-                                  [str(r) for r in res if isinstance(r, BaseException)]))
+                                  [str(r) for r in errs],
+                                  bool(errs) and all(isinstance(e, aot.WorkerDied) for e in errs)))
     return out
 
 

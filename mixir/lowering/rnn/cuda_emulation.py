@@ -22,16 +22,23 @@ race and a barrier mismatch a real hang, not an artefact of sequential emulation
 returns drops out of the barrier (``arrive_and_drop``), as exited threads do on the GPU. The
 driver's argument unpacking follows the kernel's signature, parsed from the generated source.
 
-Builds are cached by the SHA-256 of the full translation unit in a temp dir. The source always
-comes from the IR generator (``cuda.py``): nothing here evaluates user strings.
+Builds are cached in memory by the SHA-256 of the full translation unit, for the life of the
+process. Security: everything is built in a **private** directory this process creates with
+``tempfile.mkdtemp`` (mode 0700, owner and mode re-checked before every build, removed at exit);
+files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` and only libraries this process compiled
+are loaded - nothing in a shared, predictable temporary path is read, trusted or written through
+a symlink. The source always comes from the IR generator (``cuda.py``): nothing here evaluates
+user strings.
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -150,15 +157,49 @@ _CACHE: dict = {}
 _LOCK = threading.Lock()
 
 
+_DIR: list = []            # [(pid, path)] of this process's private build directory
+_STUB = "#pragma once\n// mixir CUDA emulation: stub (fp32 only)\n"
+
+
+def _write_new(path: str, text: str) -> None:
+    """Create ``path`` (which must not exist; never through a symlink) and write ``text``."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def _check_private(d: str) -> None:
+    """``d`` must be a real directory (not a symlink) owned by this user, with no access for the
+    group or others: else ``EmulationError`` (nothing is built or loaded from it)."""
+    try:
+        st = os.lstat(d)
+    except OSError as e:
+        raise EmulationError(f"the CUDA emulation's private build directory {d} is gone ({e})") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise EmulationError(f"the CUDA emulation's private build directory {d} is no longer private "
+                             f"(mode {stat.filemode(st.st_mode)}, owner uid {st.st_uid}): not building "
+                             f"or loading anything from it")
+
+
+def _remove(pid: int, d: str) -> None:
+    if os.getpid() == pid:               # not in a forked child
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _build_dir() -> str:
-    d = os.path.join(tempfile.gettempdir(), f"mixir-cuda-emulation-{os.getuid()}")
-    inc = os.path.join(d, "include")
-    os.makedirs(inc, exist_ok=True)
-    for h in ("cuda_fp16.h", "cuda_bf16.h", "cuda_runtime.h"):
-        p = os.path.join(inc, h)
-        if not os.path.exists(p):
-            with open(p, "w") as fh:
-                fh.write("#pragma once\n// mixir CUDA emulation: stub (fp32 only)\n")
+    """This process's private build directory (``mkdtemp``: 0700, created by this process), with
+    the stub headers; owner and mode are checked on every call."""
+    if not _DIR or _DIR[0][0] != os.getpid():
+        d = tempfile.mkdtemp(prefix="mixir-cuda-emulation-")
+        inc = os.path.join(d, "include")
+        os.mkdir(inc, 0o700)
+        for h in ("cuda_fp16.h", "cuda_bf16.h", "cuda_runtime.h"):
+            _write_new(os.path.join(inc, h), _STUB)
+        _DIR[:] = [(os.getpid(), d)]
+        atexit.register(_remove, os.getpid(), d)
+    d = _DIR[0][1]
+    _check_private(d)
+    _check_private(os.path.join(d, "include"))
     return d
 
 
@@ -218,19 +259,24 @@ class EmulatedKernel:
 
 
 def _compile(unit: str, key: str):
+    """Build ``unit`` in the private directory and load the library just built (never one that
+    was already there)."""
     d = _build_dir()
-    so = os.path.join(d, f"k_{key}.so")
-    if not os.path.exists(so):
-        cpp = os.path.join(d, f"k_{key}.cpp")
-        with open(cpp, "w") as fh:
-            fh.write(unit)
-        tmp = so + f".{os.getpid()}.tmp"
-        cmd = [GXX, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",
-               f"-DMIXIR_SMEM_BYTES={SMEM_BYTES}", f"-I{os.path.join(d, 'include')}", cpp, "-o", tmp]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if res.returncode != 0:
-            raise EmulationError(f"g++ failed on the emulated CUDA source ({cpp}):\n{res.stderr[-4000:]}")
-        os.replace(tmp, so)
+    tag = f"k_{key}_{os.getpid()}_{threading.get_ident()}"
+    cpp, so = os.path.join(d, tag + ".cpp"), os.path.join(d, tag + ".so")
+    for p in (cpp, so):
+        if os.path.lexists(p):
+            os.unlink(p)
+    _write_new(cpp, unit)
+    cmd = [GXX, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", "-w",
+           f"-DMIXIR_SMEM_BYTES={SMEM_BYTES}", f"-I{os.path.join(d, 'include')}", cpp, "-o", so]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if res.returncode != 0:
+        raise EmulationError(f"g++ failed on the emulated CUDA source ({cpp}):\n{res.stderr[-4000:]}")
+    _check_private(d)
+    st = os.lstat(so)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        raise EmulationError(f"the emulated kernel library {so} is not the file g++ just built")
     return ctypes.CDLL(so)
 
 
