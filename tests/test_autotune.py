@@ -111,6 +111,32 @@ def test_cost_tail_wave_and_ranking():
     assert all(0 < x.efficiency <= 1 and x.waves >= 1 for x in k)
 
 
+def test_cost_model_sees_pipelining_and_tf32_passes():
+    """num_stages >= 2 hides a block's loads behind its compute (one stage: only other resident
+    blocks do) and halves a serial chunk step's latency, so a pipelined config predicts faster;
+    a space whose backward fp32 operands run as tf32 (one pass) predicts faster than tf32x3."""
+    gpu = hardware.get("h100")
+    shape = spaces.Shape(8, 4096, 16, 128, 128, "bf16")
+    cfg = {"BT": 64, "BC": 32, "BK": 16, "BV": 64, "num_warps": 16, "num_stages": 1}
+    one = cost.predict(gla_space.CHUNKED_SCALAR, shape, gpu, cfg)
+    two = cost.predict(gla_space.CHUNKED_SCALAR, shape, gpu, dict(cfg, num_stages=2))
+    three = cost.predict(gla_space.CHUNKED_SCALAR, shape, gpu, dict(cfg, num_stages=3))
+    assert two.time_s < one.time_s and three.time_s == two.time_s
+    for a, b in zip(one.kernels, two.kernels):
+        assert b.time_s <= a.time_s, a.name
+    x3 = dataclasses.replace(gla_space.CHUNKED_SCALAR, name="tf32x3 twin", fp32_dot_passes=3)
+    assert cost.predict(x3, shape, gpu, dict(cfg, num_stages=2)).time_s >= two.time_s
+    # the scalar-decay space admits what the per-channel one's diagonal tile does not
+    assert gla_space.spaces_for(gla_space_form(False))["chunked"] is gla_space.CHUNKED_SCALAR
+    assert gla_space.spaces_for(gla_space_form(True))["chunked"] is gla_space.CHUNKED
+
+
+def gla_space_form(per_channel):
+    from mixir.library import MIXERS
+    from mixir.lowering.gated_linear.analysis import analyse
+    return analyse(MIXERS["gla" if per_channel else "simple_gla"].mixer).main
+
+
 # ---- AOT: predicted-feasible top configs compile for sm_90 --------------------------------------
 def _have_ptxas():
     try:
