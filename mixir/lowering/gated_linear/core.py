@@ -191,14 +191,15 @@ def _xp_buffer(plan, D, elementwise, cfg, device):
     return empty(cdiv(D, _output_bv(D, False, cfg)), plan.T_total, plan.H, device=device), 2
 
 
-def _rev_cumsum(plan, x, init, cfg, sum_d=False):
-    """Per-sequence reverse cumsum of x plus init [N, H(, D)] (fp32): x [T, H(, D)], or
-    [P, T, H, D] slices that are summed first; ``sum_d``: also sum over D (output [T, H])."""
+def _rev_cumsum(plan, x, init, cfg, sum_d=False, out_dtype=torch.float32):
+    """Per-sequence reverse cumsum of x plus init [N, H(, D)] (fp32 sums, stored in ``out_dtype``):
+    x [T, H(, D)], or [P, T, H, D] slices that are summed first; ``sum_d``: also sum over D
+    (output [T, H])."""
     x = x.contiguous()
     NP = x.shape[0] if x.dim() == 4 else 1
     D = 1 if x.dim() == 2 else x.shape[-1]
     out = empty(*((x.shape[-3], x.shape[-2]) if sum_d else x.shape[-3 if x.dim() == 4 else 0:]),
-                device=x.device)
+                device=x.device, dtype=out_dtype)
     BD = pow2(D) if sum_d else tile(D, 64)
     if plan.N > 0:
         _ck.chunk_gla_rev_cumsum[(plan.N * plan.H, 1 if sum_d else cdiv(D, BD))](
@@ -285,9 +286,11 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
         if mode == 2:
             XP = XP.view(XP.shape[0], plan.T_total, H, 1)
         if gk is not None:
-            dgk = _rev_cumsum(plan, XP, None if fin is None else fin.sum(-1), cfg)
+            dgk = _rev_cumsum(plan, XP, None if fin is None else fin.sum(-1), cfg,
+                              out_dtype=gk.dtype)
         if g is not None:
-            dg = _rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True)
+            dg = _rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True,
+                             out_dtype=g.dtype)
     if gv is not None:
         o = c.output(HS, torch.float32, scale)
         _, _, dgv = _decay_grads(plan, c.q, c.k, c.v, o, do, None, None, dv, hT, dhT,
@@ -395,7 +398,8 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
 def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunked", config=None,
                  scale=1.0, grad_dtype=torch.float32):
     """Returns (dq, dk, dv, dg, dgk, dgv, dh0) of ``gla_forward`` with the same ``scale``: dq, dk,
-    dv in ``grad_dtype``, the rest fp32; None for absent g / gk / gv / h0."""
+    dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk in g's / gk's dtype);
+    None for absent g / gk / gv / h0."""
     if strategy == "chunked":
         if scale == 0.0:     # the kernels scale by s and 1/s: a zero scale is the zero output
             do = torch.zeros_like(do)

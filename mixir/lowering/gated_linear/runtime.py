@@ -42,7 +42,9 @@ class CompiledMixer(CompiledBase):
             name, dims = form.state.name, form.state.dims
             pieces = form.pieces()
             direct = {} if isinstance(form, MaxPlusForm) else direct_pieces(form, specs)
-            rest = {n: node for n, node in pieces.items() if n not in direct}
+            # the output map's constants (e = 1, d = 0, ...) are read off the form in ``_run``
+            rest = {n: node for n, node in pieces.items() if n not in direct
+                    and not (n in ("e", "d") and ir.is_const(node))}
             self.direct[name] = direct
             self.pieces_kernels[name] = PiecesKernel(mixer.name, rest, specs) if rest else None
             specs = specs + [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
