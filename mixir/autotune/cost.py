@@ -4,7 +4,8 @@ Per kernel launch (formulas from ``autotune/space.py``):
   occupancy   blocks/SM = min(max blocks, regs/SM // (regs x threads), smem/SM // smem,
               max threads/SM // threads);  slots = SMs x blocks/SM;  waves = ceil(grid / slots)
   efficiency  grid / (waves x slots) when the grid fills a wave (the tail wave is penalised),
-              min(grid, SMs) / SMs otherwise; times min(1, resident warps per SM / WARPS_SATURATE)
+              min(grid, SMs) / SMs otherwise; times min(1, resident warps per SM x min(stages, 2)
+              / WARPS_SATURATE) (a pipelined warp has twice the loads in flight)
   roofline    compute = tensor-core FLOPs / tensor peak + fp32 FLOPs / fp32 peak,
               memory = bytes / HBM bandwidth;
               max(compute, memory) + (1 - hidden) x min(compute, memory)
@@ -104,7 +105,10 @@ def predict(space, shape: "_sp.Shape", gpu, values: dict) -> Cost:
         else:
             eff = min(grid, gpu.sms) / gpu.sms
             resident = min(bps, math.ceil(grid / gpu.sms)) * int(values["num_warps"])
-        eff *= min(1.0, resident / WARPS_SATURATE_BY_STRATEGY.get(space.strategy, WARPS_SATURATE))
+        # bytes in flight: resident warps times the tiles each has outstanding - num_stages of
+        # them when the loads are pipelined (Little's law: fewer warps saturate HBM)
+        eff *= min(1.0, resident * min(stages, 2)
+                   / WARPS_SATURATE_BY_STRATEGY.get(space.strategy, WARPS_SATURATE))
         hidden = 1.0 if stages >= 2 else 1.0 - 1.0 / bps
         tc = ev(k, "tc_flops")
         fp = ev(k, "fp32_flops")
