@@ -232,11 +232,19 @@ def test_new_data_rebuilds_metadata_not_kernels():
 def test_cu_seqlens_matches_doc_ids():
     q, k, v, _ = _inputs(1, 64, 2, 1, 16, torch.float32)
     cu = torch.tensor([0, 10, 10, 41, 60])              # an empty sequence; rows past the last
-    o = L.document_attention(q, k, v, cu_seqlens=cu, block_size=16)
-    ids = L.doc_ids_from_cu_seqlens(cu, 64)
+    ids = L.doc_ids_from_cu_seqlens(cu, 64)             # padded doc_ids (-1 past the last)
     assert ids[0, 9] == 0 and ids[0, 10] == 2 and ids[0, 41] == 3 and (ids[0, 60:] == -1).all()
+    o = L.document_attention(q, k, v, ids, block_size=16)
     ro, _ = A.attention_reference(q.double(), k.double(), v.double(), L.document_mask(), data={"doc": ids})
     assert rel_rms_error(o, ro, 1e-2) < 1e-4 and (o[:, 60:] == 0).all()
+    # cu_seqlens follow the rule of every family (docs/dsl.md, "Inputs"): they end at T
+    with pytest.raises(InputError, match="end at T = 64"):
+        L.document_attention(q, k, v, cu_seqlens=cu, block_size=16)
+    cu = torch.tensor([0, 10, 10, 41, 64])
+    o = L.document_attention(q, k, v, cu_seqlens=cu, block_size=16)
+    ro, _ = A.attention_reference(q.double(), k.double(), v.double(), L.document_mask(),
+                                  data={"doc": L.doc_ids_from_cu_seqlens(cu, 64)})
+    assert rel_rms_error(o, ro, 1e-2) < 1e-4
 
 
 def test_library_calls():

@@ -97,13 +97,9 @@ def unary(op: str, a: Node) -> Node:
 
 def binary(op: str, a: Node, b: Node) -> Node:
     dims = broadcast_dims(a.dims, b.dims)
-    if a.op == "const" and b.op == "const" and op in _FOLD:
-        try:
-            return const(_FOLD[op](a.arg, b.arg), dims)
-        except (OverflowError, ValueError, ZeroDivisionError):
-            pass
     # adding a zero drops it even when the zero was broadcast over more dims: the sum has the
-    # same values, and every consumer broadcasts by name
+    # same values, and every consumer broadcasts by name (before constant folding, so that the
+    # derivative of ``0.9 * S``, ``0 * S + 0.9``, is the scalar 0.9, not 0.9 broadcast over S)
     if op == "add":
         if is_const(a, 0.0):
             return b
@@ -111,6 +107,11 @@ def binary(op: str, a: Node, b: Node) -> Node:
             return a
     if op == "sub" and is_const(b, 0.0):
         return a
+    if a.op == "const" and b.op == "const" and op in _FOLD:
+        try:
+            return const(_FOLD[op](a.arg, b.arg), dims)
+        except (OverflowError, ValueError, ZeroDivisionError):
+            pass
     if op == "sub" and is_const(a, 0.0):
         return unary("neg", b)
     if op == "mul":

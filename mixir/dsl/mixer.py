@@ -20,6 +20,7 @@ import inspect
 
 from ..errors import DeclarationError
 import mixir.dsl.ir as ir
+from .names import check_dim_name
 from .ops import Value
 
 
@@ -32,16 +33,19 @@ class _Annotation:
     def __class_getitem__(cls, item):
         return cls(item)
 
+    def __repr__(self):
+        return f"{self.kind}[{self.arg!r}]"
+
     def dims(self):
         item = self.arg
         if item == () or item is None:
             return ()
         if isinstance(item, str):
-            return (item,)
+            return (check_dim_name(item, f"{self.kind}[{item!r}]"),)
         if isinstance(item, tuple) and all(isinstance(d, str) for d in item):
             if len(set(item)) != len(item):
                 raise DeclarationError(f"{self.kind}[{item}]: a dim name appears twice")
-            return item
+            return tuple(check_dim_name(d, f"{self.kind}{list(item)}") for d in item)
         raise DeclarationError(f"{self.kind}[...] takes dim names (strings) or (), got {item!r}")
 
 
@@ -114,8 +118,15 @@ class Mixer:
 
 def trace(fn, name: str | None = None) -> Mixer:
     """Trace a step function into a ``Mixer``."""
-    name = name or fn.__name__
-    sig = inspect.signature(fn)
+    if not callable(fn):
+        raise DeclarationError(f"@mixer decorates a step function, got {type(fn).__name__}")
+    name = name or getattr(fn, "__name__", None) or "mixer"
+    if not isinstance(name, str) or not name:
+        raise DeclarationError(f"a mixer's name must be a non-empty string, got {name!r}")
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError) as e:
+        raise DeclarationError(f"mixer {name}: cannot read the step's signature: {e}") from None
     try:
         hints = inspect.get_annotations(fn, eval_str=True)
     except Exception as e:  # noqa: BLE001 - report any evaluation failure as a declaration error
@@ -138,16 +149,17 @@ def trace(fn, name: str | None = None) -> Mixer:
             dim = ann.arg
             if not isinstance(dim, str):
                 raise DeclarationError(f"mixer {name}: Scale[...] takes one dim name, got {dim!r}")
+            check_dim_name(dim, f"mixer {name}: Scale[{dim!r}]")
             args.append(ArgSpec(pname, "scalar", (), ("rsqrt_dim", dim)))
             values.append(Value(ir.leaf("scalar", pname)))
         else:
-            if not isinstance(ann.arg, (int, float)):
-                raise DeclarationError(f"mixer {name}: Scalar[...] takes a float default")
+            if isinstance(ann.arg, bool) or not isinstance(ann.arg, (int, float)):
+                raise DeclarationError(f"mixer {name}: Scalar[...] takes a float default, got {ann.arg!r}")
             args.append(ArgSpec(pname, "scalar", (), float(ann.arg)))
             values.append(Value(ir.leaf("scalar", pname)))
     if not states:
         raise DeclarationError(f"mixer {name}: declare at least one State[...] argument")
-    ret = fn(*values)
+    ret = _run_step(fn, name, values)
     if not isinstance(ret, tuple) or len(ret) != 1 + len(states):
         raise DeclarationError(
             f"mixer {name}: the step must return (output, {', '.join('new_' + s.name for s in states)})"
@@ -171,6 +183,40 @@ def trace(fn, name: str | None = None) -> Mixer:
     extra = repr([(a.name, a.kind, a.dims, a.default) for a in args]) + repr(states)
     fp = ir.fingerprint(out, *updates, extra=extra)
     return Mixer(name, tuple(args), tuple(states), out, tuple(updates), fp, fn.__doc__ or "")
+
+
+def _run_step(fn, name, values):
+    """Call the step on the traced values; whatever goes wrong inside is a ``DeclarationError``
+    (mixir's own errors pass through; others say what failed and chain the original)."""
+    try:
+        return fn(*values)
+    except DeclarationError as e:
+        if str(e).startswith(f"mixer {name}:"):
+            raise
+        raise DeclarationError(f"mixer {name}{_where(fn, e)}: {e}") from e
+    except RecursionError as e:
+        code = getattr(fn, "__code__", None)
+        tb, calls = e.__traceback__, 0
+        while tb is not None:
+            calls += tb.tb_frame.f_code is code
+            tb = tb.tb_next
+        why = ("the step function calls itself: a step describes one token, mixir runs the loop "
+               "over tokens (carry values in a State instead)" if calls > 1 else
+               "tracing the step recursed too deeply")
+        raise DeclarationError(f"mixer {name}: {why}") from None
+    except Exception as e:  # noqa: BLE001 - any failure of the user's step while tracing
+        raise DeclarationError(f"mixer {name}{_where(fn, e)}: the step function raised "
+                               f"{type(e).__name__} while being traced: {e}") from e
+
+
+def _where(fn, e) -> str:
+    """", line N" of the step's last frame in the traceback of ``e`` ("" when it has none)."""
+    code, line, tb = getattr(fn, "__code__", None), None, e.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is code:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return "" if line is None else f" (line {line})"
 
 
 def mixer(fn=None, *, name: str | None = None):

@@ -5,6 +5,7 @@ import numbers
 
 from ..errors import DeclarationError
 import mixir.dsl.ir as ir
+from .names import check_dim_name
 
 
 class Value:
@@ -26,6 +27,75 @@ class Value:
         raise DeclarationError(
             "a traced mixir value has no truth value: use mixir.where(cond, a, b) instead of "
             "Python `if`/`and`/`or` on traced values")
+
+    # what a traced value cannot do, each with what to write instead (DeclarationError, never a
+    # bare TypeError from deep inside NumPy, math or torch)
+    def __float__(self):
+        raise DeclarationError(
+            "a traced mixir value is not a Python number: float(x), int(x) and the math module "
+            "(math.exp, math.log, ...) cannot run on it; use mixir's elementwise ops (mixir.exp, "
+            "mixir.log, mixir.sqrt, mixir.tanh, ...) and Scalar[...] arguments for numbers")
+
+    __int__ = __complex__ = __float__
+
+    def __index__(self):
+        raise DeclarationError(
+            "a traced mixir value is not an integer: it cannot size a range(), index a sequence or "
+            "count a loop; a step describes one token (mixir runs the loop over tokens), and sizes "
+            "are named dims fixed at call time")
+
+    def __getitem__(self, item):
+        raise DeclarationError(
+            f"traced mixir values have named dims {self.dims}, not positions: x[{item!r}] is not "
+            "supported; reduce with mixir.sum(x, 'K') / mixir.amax(x, 'K'), contract with `@`, "
+            "select elementwise with mixir.where")
+
+    def __iter__(self):
+        raise DeclarationError(
+            f"a traced mixir value (dims {self.dims}) cannot be iterated or unpacked; use named-dim "
+            "ops (mixir.sum, `@`, mixir.where) on the whole value")
+
+    def __len__(self):
+        raise DeclarationError(f"a traced mixir value has named dims {self.dims}, no len()")
+
+    def __call__(self, *args, **kwargs):
+        raise DeclarationError("a traced mixir value is not callable (is an argument shadowing a "
+                               "function name?)")
+
+    def __array__(self, *args, **kwargs):
+        raise DeclarationError(
+            "a traced mixir value cannot become a NumPy array; use mixir's ops (mixir.exp, "
+            "mixir.sum, ...) on it")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # NumPy scalars in arithmetic (np.float64(0.9) * S) keep working; NumPy functions do not
+        name = ufunc.__name__
+        if not all(isinstance(x, (Value, numbers.Real)) for x in inputs):
+            raise DeclarationError(
+                f"numpy.{name} got a NumPy array and a traced mixir value: arrays cannot enter a "
+                "traced step; pass tensors as In[...] / Param[...] arguments")
+        op = _NUMPY_OPERATORS.get(name)
+        if op is not None and method == "__call__" and not kwargs:
+            return op(*[x if isinstance(x, Value) else float(x) for x in inputs])
+        if op is not None:
+            raise DeclarationError(f"numpy.{name}.{method} (or with keywords) cannot run on a traced "
+                                   "mixir value: write the Python operator (+, *, <, ...) on it")
+        use = _NUMPY_TO_MIXIR.get(name, name)
+        raise DeclarationError(
+            f"numpy.{name} cannot run on a traced mixir value: use mixir.{use}(...) instead"
+            if use in _MIXIR_OPS else
+            f"numpy.{name} cannot run on a traced mixir value, and mixir has no such op; see "
+            f"docs/dsl.md for the ops a step may use")
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func)).strip("_")
+        raise DeclarationError(
+            f"torch.{name} cannot run on a traced mixir value: use mixir.{name}(...) instead"
+            if name in _MIXIR_OPS else
+            f"torch.{name} cannot run on a traced mixir value (torch tensors and functions cannot "
+            f"enter a traced step); use mixir's ops (docs/dsl.md), and pass tensors as In[...] / "
+            f"Param[...] arguments")
 
     # arithmetic
     def __add__(self, o): return _bin("add", self, o)
@@ -54,6 +124,21 @@ class Value:
 
     def sum(self, dim):
         return sum_(self, dim)
+
+
+import operator as _op  # noqa: E402 - the tables below name these
+
+#: NumPy ufuncs that are Python operators on traced values (a NumPy scalar on one side)
+_NUMPY_OPERATORS = {
+    "add": _op.add, "subtract": _op.sub, "multiply": _op.mul, "true_divide": _op.truediv,
+    "divide": _op.truediv, "power": _op.pow, "negative": _op.neg, "positive": _op.pos,
+    "absolute": abs, "less": _op.lt, "less_equal": _op.le, "greater": _op.gt,
+    "greater_equal": _op.ge, "matmul": _op.matmul}
+#: NumPy ufunc names whose mixir op has another name
+_NUMPY_TO_MIXIR = {"absolute": "abs", "fmax": "maximum", "fmin": "minimum"}
+#: the elementwise / reduction ops of ``mixir`` a NumPy, math or torch call maps to
+_MIXIR_OPS = ("exp", "log", "sigmoid", "softplus", "logsigmoid", "silu", "tanh", "sqrt", "rsqrt",
+              "abs", "cos", "sin", "maximum", "minimum", "where", "sum", "amax", "outer")
 
 
 def as_node(x, what="operand") -> ir.Node:
@@ -141,13 +226,14 @@ def l2norm(x, dim, eps: float = 1e-6) -> Value:
     return x * rsqrt(sum_(x * x, dim) + eps)
 
 
-def rename(x, **mapping) -> Value:
+def rename(x, /, **mapping) -> Value:
     """``x`` with dims renamed, ``rename(h, D="E")``: the same values along a new dim name, so
     that ``rename(h, D="E") @ R`` with ``R: Param["E", "D"]`` gives a vector along ``D`` again
     (a recurrent matmul). It is a contraction with the Kronecker delta over (old, new); the two
     dims must have the same size at call time."""
     x = Value(as_node(x))
     for old, new in mapping.items():
+        check_dim_name(new, "mixir.rename")
         if old not in x.dims:
             raise DeclarationError(f"mixir.rename: dim {old!r} not in the operand's dims {x.dims}")
         if new in x.dims:

@@ -34,8 +34,10 @@ def bind(mixer, arrays, *, cu_seqlens=None, initial_state=None, scalars=None) ->
         raise InputError(f"{mixer.name} takes {len(specs)} positional arrays ({names}); got {len(arrays)}")
     sizes: dict = {}
     B = T = H = None
+    first = None                  # (name, shape) of the first per-token input
+    H_from_param = False          # H was fixed by a parameter [H, ...] (not by a per-token input)
     for spec, a in zip(specs, arrays):
-        if not hasattr(a, "shape"):
+        if not hasattr(a, "shape") or not hasattr(a, "ndim"):
             raise InputError(f"{mixer.name}: argument {spec.name!r} must be an array/tensor, got "
                              f"{type(a).__name__}")
         lead = ("B", "T", "H") if spec.kind == "input" else ("H",)
@@ -46,22 +48,27 @@ def bind(mixer, arrays, *, cu_seqlens=None, initial_state=None, scalars=None) ->
                              f"got shape {tuple(a.shape)}")
         shape = tuple(int(x) for x in a.shape)
         named = dict(zip(lead + spec.dims, shape))
+        T0, H0 = T, H                 # as known from the earlier arguments
         for d, n in named.items():
             known = {"B": B, "T": T, "H": H}.get(d) if d in ("B", "T", "H") else sizes.get(d)
             if known is not None and known != n:
                 raise InputError(
                     f"{mixer.name}: argument {spec.name!r} has {d} = {n} (shape {shape}, expected "
-                    f"{expected}), but an earlier argument has {d} = {known}")
+                    f"{expected}), but an earlier argument has {d} = {known}"
+                    + _conflict_hint(spec, shape, first, T0, H0, H_from_param))
             if d == "B":
                 B = n
             elif d == "T":
                 T = n
             elif d == "H":
                 H = n
+                H_from_param = H_from_param or spec.kind == "param"
             else:
                 if n < 1:
                     raise InputError(f"{mixer.name}: argument {spec.name!r} has an empty dim {d}")
                 sizes[d] = n
+        if spec.kind == "input" and first is None:
+            first = (spec.name, shape)
     if B is None:
         raise InputError(f"{mixer.name} needs at least one per-token input")
     if H == 0:
@@ -73,30 +80,34 @@ def bind(mixer, arrays, *, cu_seqlens=None, initial_state=None, scalars=None) ->
     N = B
     if cu_seqlens is not None:
         if getattr(cu_seqlens, "ndim", None) != 1 or int(cu_seqlens.shape[0]) < 2:
-            raise InputError("cu_seqlens must be a 1-D integer array [N + 1] of sequence offsets")
-        if str(getattr(cu_seqlens, "dtype", "")).replace("torch.", "") not in (
-                "int32", "int64", "int16", "uint8", "int8"):
+            raise InputError("cu_seqlens must be a 1-D integer array [N + 1] of sequence offsets, got "
+                             f"shape {tuple(getattr(cu_seqlens, 'shape', ()))}")
+        if str(getattr(cu_seqlens, "dtype", "")).replace("torch.", "") not in INT_DTYPES:
             raise InputError(f"cu_seqlens must have an integer dtype, got {cu_seqlens.dtype}")
         if B != 1:
             raise InputError(f"cu_seqlens packs sequences along T and needs B = 1, got B = {B}")
-        offs = [int(x) for x in cu_seqlens.tolist()]
-        if offs[0] != 0:
-            raise InputError(f"cu_seqlens must start at 0, got {offs[0]}")
-        if offs[-1] != T:
-            raise InputError(f"cu_seqlens must end at T = {T}, got {offs[-1]}")
-        if any(b < a for a, b in zip(offs, offs[1:])):
-            raise InputError(f"cu_seqlens must be non-decreasing, got {offs}")
-        N = len(offs) - 1
+        N = len(check_offsets(cu_seqlens, T)) - 1
     states = _as_tuple(initial_state, len(mixer.states))
     if states is not None:
         if len(states) != len(mixer.states):
-            raise InputError(f"initial_state: {mixer.name} has {len(mixer.states)} states, got {len(states)}")
+            names = ", ".join(st.name for st in mixer.states)
+            raise InputError(f"initial_state: {mixer.name} has {len(mixer.states)} states ({names}); pass "
+                             + (f"a tuple of {len(mixer.states)} tensors" if len(mixer.states) > 1
+                                else "one tensor") + f", got {len(states)}")
         for spec, s in zip(mixer.states, states):
             want = (N, H) + tuple(sizes[d] for d in spec.dims)
-            if s is not None and tuple(int(x) for x in s.shape) != want:
+            if s is not None and not hasattr(s, "shape"):
+                raise InputError(f"initial_state for state {spec.name!r} must be an array/tensor, got "
+                                 f"{type(s).__name__}")
+            got = None if s is None else tuple(int(x) for x in s.shape)
+            if s is not None and got != want:
+                hint = ""
+                if len(got) == len(want) and len(got) > 1 and got[1] == T and T != H:
+                    hint = (f"; its H position holds T = {T}: are the inputs laid out [B, H, T, ...]? "
+                            f"mixir takes [B, T, H, ...] (x.transpose(1, 2))")
                 raise InputError(
-                    f"initial_state for state {spec.name!r} must have shape [N, H, "
-                    f"{', '.join(spec.dims)}] = {want}, got {tuple(s.shape)}")
+                    f"initial_state for state {spec.name!r} must have shape [N, H"
+                    f"{''.join(', ' + d for d in spec.dims)}] = {want}, got {got}{hint}")
     values = {}
     scalars = dict(scalars or {})
     for spec in mixer.scalars:
@@ -106,11 +117,58 @@ def bind(mixer, arrays, *, cu_seqlens=None, initial_state=None, scalars=None) ->
             v = sizes[d[1]] ** -0.5 if isinstance(d, tuple) else d
         try:
             values[spec.name] = float(v)
-        except (TypeError, ValueError):
+        except Exception:  # noqa: BLE001 - TypeError, ValueError, a tensor of several elements
             raise InputError(f"{mixer.name}: keyword {spec.name!r} must be a float, got {v!r}") from None
     if scalars:
         raise InputError(f"{mixer.name} got unexpected keyword arguments {sorted(scalars)}")
     return Binding(B, T, H, N, sizes, values)
+
+
+INT_DTYPES = ("int32", "int64", "int16", "uint8", "int8")
+
+
+def check_offsets(cu_seqlens, T: int) -> list:
+    """The offsets of ``cu_seqlens`` (any integer array) as ints, checked: they start at 0, do not
+    decrease and end at ``T`` (every token belongs to one sequence). ``InputError`` otherwise.
+    The one rule for every family (the mixers' ``bind``, ``document_attention``)."""
+    offs = [int(x) for x in cu_seqlens.tolist()]
+    if not offs:
+        raise InputError("cu_seqlens must hold N + 1 >= 1 offsets, got none")
+    if offs[0] != 0:
+        raise InputError(f"cu_seqlens must start at 0, got {offs[0]}")
+    if any(b < a for a, b in zip(offs, offs[1:])):
+        raise InputError(f"cu_seqlens must be non-decreasing, got {offs}")
+    if offs[-1] != T:
+        raise InputError(f"cu_seqlens must end at T = {T} (every token in one sequence), got {offs[-1]}")
+    return offs
+
+
+def transposed_hint(shape, T=None, H=None, what="it", sure=True) -> str:
+    """A hint to append to a shape error when a per-token tensor ``shape`` [B, T, H, ...] looks
+    laid out [B, H, T, ...] given the T and/or H known from elsewhere (other inputs, parameters,
+    declared sizes); "" when nothing suggests it. ``sure``: H is known from a source that fixes it
+    (parameters, declared sizes), so ``what`` is the tensor at fault; else the tensors disagree by
+    a swap and either may be."""
+    if len(shape) < 3 or H is None:
+        return ""
+    t, h = int(shape[1]), int(shape[2])
+    if not (t == H and h != H and (T is None or h == T)):
+        return ""
+    if sure:
+        return (f"; {what} looks laid out [B, H, T, ...] (its T position holds H = {H}): mixir "
+                f"takes [B, T, H, ...] like fla, pass x.transpose(1, 2)")
+    return (f"; {what} and the earlier arguments differ by a swap of T and H: one of them is laid "
+            f"out [B, H, T, ...]; mixir takes [B, T, H, ...] like fla (x.transpose(1, 2))")
+
+
+def _conflict_hint(spec, shape, first, T, H, H_from_param) -> str:
+    if spec.kind == "input":
+        return transposed_hint(shape, T, H, f"{spec.name!r}", sure=H_from_param)
+    if first is not None and shape[0] == first[1][1] and shape[0] != first[1][2]:
+        return (f"; the per-token input {first[0]!r} {first[1]} holds H = {shape[0]} in its T "
+                f"position: is it laid out [B, H, T, ...]? mixir takes [B, T, H, ...] like fla, "
+                f"pass x.transpose(1, 2)")
+    return ""
 
 
 def _as_tuple(state, n):

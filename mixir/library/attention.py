@@ -17,8 +17,10 @@ import math
 import torch
 
 from ..errors import InputError
+from ..dsl.signature import check_offsets
+from ..lowering.common.call import check_cu_seqlens
 from ..dsl.mask import REGISTRY, Mask, abs_, mask
-from ..lowering.attention.ops import attention
+from ..lowering.attention.ops import attention, check_qkv
 from ..lowering.attention.tiles import assume_constant, is_compiling
 
 __all__ = ["causal_mask", "sliding_window_mask", "document_mask", "prefix_lm_mask", "dilated_mask",
@@ -46,6 +48,23 @@ def _declaration(factory):
         return REGISTRY[key(*args, **kwargs)]
     get.cache_clear = cached.cache_clear
     return get
+
+
+def same_length(fn, q, k, equal=True):
+    """``InputError`` unless q and k are 4-D torch tensors with (``equal``) the same T (masks
+    over one packed sequence)."""
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise InputError(f"{fn}: {name} must be a 4-D torch.Tensor [B, T, H, D], got "
+                             f"{tuple(getattr(t, 'shape', ())) or type(t).__name__}")
+    Tq, H, Tk, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
+    if equal and Tq != Tk:
+        hint = ""
+        if H == Hkv and Hkv and Tk and Tq % Tk == 0:
+            hint = (f"; q and k have the same {H} in their H position and T positions {Tq} and "
+                    f"{Tk} that divide like query and KV heads: are they laid out [B, H, T, D]? "
+                    f"mixir takes [B, T, H, D] like fla / flash-attn (x.transpose(1, 2))")
+        raise InputError(f"{fn} needs Tq == Tkv, got q {tuple(q.shape)} and k {tuple(k.shape)}{hint}")
 
 
 def _pos_int(x, name):
@@ -151,13 +170,18 @@ def moba_mask(block_size: int) -> Mask:
 # ---------------------------------------------------------------------------------------- data
 
 def doc_ids_from_cu_seqlens(cu_seqlens: torch.Tensor, T: int) -> torch.Tensor:
-    """[1, T] int32 document ids of a packed batch (-1 past the last sequence)."""
-    cu = cu_seqlens.to(torch.int64).flatten()
-    if is_compiling():   # value checks would break the graph; the eager call checks them
-        pass
-    elif cu.numel() < 1 or int(cu[0]) != 0 or bool((cu[1:] < cu[:-1]).any()) or int(cu[-1]) > T:
-        raise InputError(f"cu_seqlens must start at 0, be non-decreasing and end <= T={T}, "
-                         f"got {cu.tolist()}")
+    """[1, T] int32 document ids of a packed batch (-1 past the last sequence: this helper also
+    builds padded ``doc_ids``; ``document_attention(cu_seqlens=)`` requires offsets ending at T,
+    the rule of every family). ``cu_seqlens``: int32/int64 offsets, starting at 0, non-decreasing,
+    ending at or before T."""
+    check_cu_seqlens(cu_seqlens, None)
+    cu = cu_seqlens.to(torch.int64)
+    if not is_compiling():   # value checks would break the graph; the eager call checks them
+        offs = [int(x) for x in cu.tolist()]
+        if offs[-1] <= T:
+            check_offsets(cu, offs[-1])
+        else:
+            raise InputError(f"cu_seqlens must end at or before T = {T}, got {offs}")
     t = torch.arange(T, device=cu.device)
     ids = torch.bucketize(t, cu[1:], right=True)
     ids = torch.where(t < cu[-1], ids, torch.full_like(ids, -1))
@@ -212,17 +236,24 @@ def sliding_window_attention(q, k, v, window: int, *, causal=True, scale=None, b
 def document_attention(q, k, v, doc_ids=None, *, cu_seqlens=None, causal=True, scale=None,
                        block_size=None, config=None, return_lse=False):
     """Packed sequences given by ``doc_ids`` [B, T] (ints; negative = padding) or by
-    ``cu_seqlens`` (then B == 1, fla's convention)."""
+    ``cu_seqlens`` (then B == 1, fla's convention; int32/int64 offsets starting at 0,
+    non-decreasing and ending at T, as for every family: padding is ``doc_ids`` < 0)."""
     if (doc_ids is None) == (cu_seqlens is None):
         raise InputError("pass exactly one of doc_ids and cu_seqlens")
+    same_length("document_attention", q, k, equal=cu_seqlens is not None)
     if cu_seqlens is not None:
         if q.shape[0] != 1:
-            raise InputError(f"with cu_seqlens the batch size must be 1, got {q.shape[0]}")
-        if q.shape[1] != k.shape[1]:
-            raise InputError("document attention needs Tq == Tkv")
+            raise InputError(f"document_attention: with cu_seqlens the batch size must be 1, got {q.shape[0]}")
+        check_cu_seqlens(cu_seqlens, q.device)
+        if not is_compiling():
+            check_offsets(cu_seqlens, q.shape[1])      # the rule of every family: ends at T
         doc_ids = doc_ids_from_cu_seqlens(cu_seqlens, q.shape[1])
+    if not isinstance(doc_ids, torch.Tensor) or doc_ids.is_floating_point() or doc_ids.is_complex():
+        raise InputError(f"document_attention: doc_ids must be an integer tensor [B, T], got "
+                         f"{getattr(doc_ids, 'dtype', type(doc_ids).__name__)}")
     if doc_ids.dim() != 2 or doc_ids.shape[0] != q.shape[0] or doc_ids.shape[1] < max(q.shape[1], k.shape[1]):
-        raise InputError(f"doc_ids must be [B, T], got {tuple(doc_ids.shape)}")
+        raise InputError(f"document_attention: doc_ids must be [B, T] = {(q.shape[0], q.shape[1])}, "
+                         f"got {tuple(doc_ids.shape)}")
     return _run(q, k, v, document_mask(causal), {"doc": doc_ids}, scale, block_size, return_lse, config)
 
 
@@ -256,8 +287,8 @@ def moba(q, k, v, block_size: int, topk: int, *, scale=None, tile_size=None, con
     _pos_int(block_size, "block_size")
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
         raise InputError(f"topk must be an int >= 0, got {topk!r}")
-    if q.shape[1] != k.shape[1]:
-        raise InputError("moba needs Tq == Tkv")
+    same_length("moba", q, k)
+    check_qkv(q, k, v)                  # before the selection reads q and k
     sel = moba_selection(q, k, block_size, topk)
     return _run(q, k, v, moba_mask(block_size), {"sel": sel}, scale, tile_size, return_lse, config)
 

@@ -25,6 +25,7 @@ import torch
 from ..dsl import ops as mx
 from ..dsl.mixer import In, Param, State, trace
 from ..errors import InputError
+from ..lowering.common.call import check_tensors
 from .registry import LibraryEntry, call, register_entry
 
 
@@ -197,9 +198,33 @@ def _split(name, t, H, N, fn):
 
 def _check_u(u, fn):
     if not isinstance(u, torch.Tensor) or u.ndim != 3:
-        raise InputError(f"{fn}: u must be a torch.Tensor [B, T, H], got shape "
-                         f"{tuple(getattr(u, 'shape', ()))}")
+        raise InputError(f"{fn}: u must be a torch.Tensor [B, T, H], got "
+                         + (f"shape {tuple(u.shape)}" if hasattr(u, "shape") else type(u).__name__))
     return int(u.shape[2])
+
+
+_COMPLEX_OK = ("A_im", "Lambda_im", "P", "B", "C")      # the wrappers split these into (re, im)
+
+
+def _check_args(fn, u, **named):
+    """The shared dtype/device rule (``check_tensors``; float64 accepted: the LTI family computes
+    in it) on the public tensors, before any value check reads them; complex B, C, P count by
+    their real parts (the wrapper splits them), numbers are left to ``_per_channel``."""
+    check_tensors(fn, [("u", u, True)], float64=True)
+    for name, t in named.items():
+        if isinstance(t, torch.Tensor):
+            split = t.is_complex() and name in _COMPLEX_OK
+            check_tensors(fn, [("u", u, True), (name, t.real if split else t, False)], float64=True)
+
+
+def _u_hint(u, t) -> str:
+    """A hint when a parameter's H (its first size, ``t``'s) is u's T and not its H: u looks laid
+    out [B, H, T]."""
+    h = int(t.shape[0]) if isinstance(t, torch.Tensor) and t.ndim >= 1 else None
+    if h is not None and h == int(u.shape[1]) and h != int(u.shape[2]):
+        return (f"; it has the H = {h} that u holds in its T position: is u laid out [B, H, T]? "
+                f"mixir takes u as [B, T, H] (u.transpose(1, 2))")
+    return ""
 
 
 def _per_channel(name, t, H, fn, like):
@@ -208,18 +233,27 @@ def _per_channel(name, t, H, fn, like):
     if t.ndim == 0:
         t = t.expand(H)
     if tuple(t.shape) != (H,):
-        raise InputError(f"{fn}: {name} must be [H] = ({H},) or a number, got shape {tuple(t.shape)}")
+        raise InputError(f"{fn}: {name} must be [H] = ({H},) or a number, got shape {tuple(t.shape)}"
+                         + _u_hint(like, t))
     return t
 
 
-def _state_in(initial_state):
+def _state_in(initial_state, fn):
+    """The declaration's (re, im) pair of states from the public ``initial_state``: a complex
+    tensor [N_seq, H, N] or a (re, im) pair of real ones (the real parts keep their precision:
+    complex128 gives float64 states, which the float64 LTI path computes in)."""
+    if initial_state is None or isinstance(initial_state, (tuple, list)):
+        return initial_state
     if isinstance(initial_state, torch.Tensor) and initial_state.is_complex():
-        return (initial_state.real.float(), initial_state.imag.float())
-    return initial_state
+        return (initial_state.real, initial_state.imag)
+    got = (f"a real {initial_state.dtype} tensor of shape {tuple(initial_state.shape)}"
+           if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__)
+    raise InputError(f"{fn}: initial_state must be a complex tensor [N_seq, H, N] or a (re, im) pair of "
+                     f"real tensors, got {got}")
 
 
-def _run(mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy):
-    res = call(mixer, arrays, initial_state=_state_in(initial_state),
+def _run(mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, fn):
+    res = call(mixer, arrays, initial_state=_state_in(initial_state, fn),
                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
     if not output_final_state:
         return res
@@ -233,8 +267,10 @@ def s4d(u, log_dt, A_re, A_im, B, C, D, *, initial_state=None, output_final_stat
     ``[H, N]`` complex (or real). Returns y ``[B, T, H]`` (and the final state ``[N_seq, H, N]``,
     complex; ``initial_state`` likewise, complex or a (re, im) pair)."""
     H = _check_u(u, "s4d")
+    _check_args("s4d", u, log_dt=log_dt, A_re=A_re, A_im=A_im, B=B, C=C, D=D)
     if not isinstance(A_re, torch.Tensor) or A_re.ndim != 2 or int(A_re.shape[0]) != H:
-        raise InputError(f"s4d: A_re must be [H, N] with H = {H}, got shape {tuple(getattr(A_re, 'shape', ()))}")
+        raise InputError(f"s4d: A_re must be [H, N] with H = {H}, got shape {tuple(getattr(A_re, 'shape', ()))}"
+                         + _u_hint(u, A_re))
     N = int(A_re.shape[1])
     if bool((A_re >= 0).any()):
         raise InputError(f"s4d: A_re must be < 0 everywhere (a stable continuous-time A), got max "
@@ -243,7 +279,7 @@ def s4d(u, log_dt, A_re, A_im, B, C, D, *, initial_state=None, output_final_stat
     (B_re, B_im), (C_re, C_im) = _split("B", B, H, N, "s4d"), _split("C", C, H, N, "s4d")
     arrays = (u, _per_channel("log_dt", log_dt, H, "s4d", u), A_re, A_im, B_re, B_im, C_re, C_im,
               _per_channel("D", D, H, "s4d", u))
-    return _run(s4d_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy)
+    return _run(s4d_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, "s4d")
 
 
 def s4(u, log_dt, Lambda_re, Lambda_im, P, B, C, D, *, initial_state=None, output_final_state=False,
@@ -251,9 +287,10 @@ def s4(u, log_dt, Lambda_re, Lambda_im, P, B, C, D, *, initial_state=None, outpu
     """S4 (DPLR A = Λ − P P*, bilinear): u ``[B, T, H]``; log_dt, D ``[H]``; Λ_re (< 0), Λ_im
     ``[H, N]``; P, B, C ``[H, N]`` complex. ``s4_legs_init`` gives the HiPPO-LegS values."""
     H = _check_u(u, "s4")
+    _check_args("s4", u, log_dt=log_dt, Lambda_re=Lambda_re, Lambda_im=Lambda_im, P=P, B=B, C=C, D=D)
     if not isinstance(Lambda_re, torch.Tensor) or Lambda_re.ndim != 2 or int(Lambda_re.shape[0]) != H:
         raise InputError(f"s4: Lambda_re must be [H, N] with H = {H}, got shape "
-                         f"{tuple(getattr(Lambda_re, 'shape', ()))}")
+                         f"{tuple(getattr(Lambda_re, 'shape', ()))}" + _u_hint(u, Lambda_re))
     N = int(Lambda_re.shape[1])
     if bool((Lambda_re >= 0).any()):
         raise InputError(f"s4: Lambda_re must be < 0 everywhere, got max {float(Lambda_re.max()):.4g}")
@@ -262,7 +299,7 @@ def s4(u, log_dt, Lambda_re, Lambda_im, P, B, C, D, *, initial_state=None, outpu
                                                 (("P", P), ("B", B), ("C", C)))
     arrays = (u, _per_channel("log_dt", log_dt, H, "s4", u), Lambda_re, L_im, P_re, P_im, B_re, B_im,
               C_re, C_im, _per_channel("D", D, H, "s4", u))
-    return _run(s4_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy)
+    return _run(s4_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, "s4")
 
 
 def s4_legs_init(H: int, N: int, seed: int = 0, dt_min=1e-3, dt_max=1e-1):
@@ -300,7 +337,7 @@ def _dense_lti(kind, u, log_dt, B, C, D, scale, N, initial_state, output_final_s
     Cm = (C.to(cd) @ torch.tensor(W, dtype=cd, device=dev)) * torch.tensor(weight, dtype=rd, device=dev)
     arrays = (u, log_dt.to(rd), lam.real, lam.imag, Bm.real, Bm.imag, Cm.real, Cm.imag, D.to(rd))
     m = s4d_mixer if discretization == "zoh" else s4d_bilinear_mixer
-    return _run(m, arrays, initial_state, output_final_state, cu_seqlens, strategy)
+    return _run(m, arrays, initial_state, output_final_state, cu_seqlens, strategy, kind if kind == "lmu" else "lssl")
 
 
 def lssl(u, dt, B, C, D, *, initial_state=None, output_final_state=False, cu_seqlens=None,
@@ -312,11 +349,13 @@ def lssl(u, dt, B, C, D, *, initial_state=None, output_final_state=False, cu_seq
     modal state ``W⁻¹ x``."""
     _discretization("lssl", discretization)
     H = _check_u(u, "lssl")
+    _check_args("lssl", u, dt=dt, B=B, C=C, D=D)
     dt = _per_channel("dt", dt, H, "lssl", u)
     if bool((dt <= 0).any()):
         raise InputError(f"lssl: the step dt must be > 0 in every channel, got min {float(dt.min()):.4g}")
     if not isinstance(C, torch.Tensor) or C.ndim != 2 or int(C.shape[0]) != H:
-        raise InputError(f"lssl: C must be [H, N] with H = {H}, got shape {tuple(getattr(C, 'shape', ()))}")
+        raise InputError(f"lssl: C must be [H, N] with H = {H}, got shape {tuple(getattr(C, 'shape', ()))}"
+                         + _u_hint(u, C))
     N = int(C.shape[1])
     if not isinstance(B, torch.Tensor) or tuple(B.shape) != (H, N):
         raise InputError(f"lssl: B must be [H, N] = {(H, N)} like C, got shape {tuple(getattr(B, 'shape', ()))}")
@@ -333,11 +372,13 @@ def lmu(u, theta, C, D, *, initial_state=None, output_final_state=False, cu_seql
     ``"bilinear"``."""
     _discretization("lmu", discretization)
     H = _check_u(u, "lmu")
+    _check_args("lmu", u, theta=theta, C=C, D=D)
     theta = _per_channel("theta", theta, H, "lmu", u)
     if bool((theta <= 0).any()):
         raise InputError(f"lmu: the window theta must be > 0 in every channel, got min {float(theta.min()):.4g}")
     if not isinstance(C, torch.Tensor) or C.ndim != 2 or int(C.shape[0]) != H:
-        raise InputError(f"lmu: C must be [H, d] with H = {H}, got shape {tuple(getattr(C, 'shape', ()))}")
+        raise InputError(f"lmu: C must be [H, d] with H = {H}, got shape {tuple(getattr(C, 'shape', ()))}"
+                         + _u_hint(u, C))
     N = int(C.shape[1])
     log_dt = torch.zeros(H, dtype=u.dtype if u.dtype == torch.float64 else torch.float32, device=u.device)
     return _dense_lti("lmu", u, log_dt, None, C, _per_channel("D", D, H, "lmu", u),

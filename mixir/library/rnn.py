@@ -19,6 +19,7 @@ from __future__ import annotations
 from ..dsl import ops as mx
 from ..dsl.mixer import In, Param, Scale, State, mixer
 from ..errors import InputError
+from ..lowering.common.call import check_tensors
 from .registry import LibraryEntry, call, register_entry
 
 # ---- declarations ------------------------------------------------------------------------------
@@ -119,12 +120,28 @@ _MIXER = {"lstm": lstm_mixer, "gru": gru_mixer, "elman": elman_mixer, "slstm": s
 
 def _stacked(cell, x, R, b, *, initial_state=None, output_final_state=False, cu_seqlens=None,
              strategy=None):
+    """Validate the stacked public tensors (errors name x, R, b, never the per-gate views the
+    declaration sees), then call the declaration on strided views."""
     G = len(GATES[cell])
+    check_tensors(cell, [("x", x, True), ("R", R, False), ("b", b, False)])
     for name, t, rank in (("x", x, 5), ("R", R, 4), ("b", b, 3)):
-        if getattr(t, "ndim", None) != rank or t.shape[{"x": 2, "R": 0, "b": 0}[name]] != G:
+        if t.ndim != rank or t.shape[{"x": 2, "R": 0, "b": 0}[name]] != G:
             want = {"x": "[B, T, G, H, D]", "R": "[G, H, D, D]", "b": "[G, H, D]"}[name]
             raise InputError(f"{cell}: {name} must be {want} with G = {G} gates "
-                             f"({', '.join(GATES[cell])}), got shape {tuple(getattr(t, 'shape', ()))}")
+                             f"({', '.join(GATES[cell])}), got shape {tuple(t.shape)}")
+    _, T, _, H, D = (int(n) for n in x.shape)
+    if H < 1 or D < 1:
+        raise InputError(f"{cell}: x [B, T, G, H, D] needs H >= 1 and D >= 1, got shape {tuple(x.shape)}")
+    if tuple(R.shape) != (G, H, D, D):
+        hint = ""
+        if int(R.shape[1]) == T and T != H and int(R.shape[2]) == D:
+            hint = (f"; R has H = {T}, which x holds in its T position: is x laid out with H before "
+                    f"T? mixir takes x as [B, T, G, H, D] (FlashRNN's layout)")
+        raise InputError(f"{cell}: R must be [G, H, D, D] = {(G, H, D, D)} (H and D of x "
+                         f"[B, T, G, H, D] = {tuple(x.shape)}), got shape {tuple(R.shape)}{hint}")
+    if tuple(b.shape) != (G, H, D):
+        raise InputError(f"{cell}: b must be [G, H, D] = {(G, H, D)} (H and D of x), got shape "
+                         f"{tuple(b.shape)}")
     arrays = [x[:, :, g] for g in range(G)] + [R[g] for g in range(G)] + [b[g] for g in range(G)]
     return call(_MIXER[cell], arrays, initial_state=initial_state, output_final_state=output_final_state,
                 cu_seqlens=cu_seqlens, strategy=strategy)

@@ -128,7 +128,8 @@ def attention_reference(q, k, v, mask=None, score_mod=None, scale=None, data=Non
         s = evaluate_mask(score_mod.node, env, data).to(torch.float64).expand(B, H, Tq, Tkv)
     allowed = dense_mask(mask, B, H, Tq, Tkv, data)
     s = s.masked_fill(~allowed, float("-inf"))
-    m = s.detach().amax(-1, keepdim=True)
+    m = (s.detach().amax(-1, keepdim=True) if Tkv else     # no key (Tkv = 0): o = 0, lse = -inf
+         torch.full(tuple(s.shape[:-1]) + (1,), float("-inf"), dtype=s.dtype, device=s.device))
     m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
     p = torch.exp(s - m)
     denom = p.sum(-1, keepdim=True)

@@ -78,10 +78,13 @@ def run_reference(mixer, arrays, *, initial_state=None, output_final_state=False
     for bi in range(b.B):
         rows.append(_stack(xp, [out_steps[(bi, t)] if (bi, t) in out_steps else _zeros(xp, out_shape, like)
                                 for t in range(b.T)], 0) if b.T else _zeros(xp, (0,) + out_shape, like))
-    o = _stack(xp, rows, 0)
+    # B = 0 (or N = 0): nothing to stack; empty results of the right shapes, as the compiled mixers
+    o = _stack(xp, rows, 0) if rows else _zeros(xp, (0, b.T) + out_shape, like)
     if not output_final_state:
         return o
-    final = tuple(_stack(xp, [f[i] for f in finals], 0) for i in range(len(mixer.states)))
+    final = tuple(_stack(xp, [f[i] for f in finals], 0) if finals else
+                  _zeros(xp, (0, b.H) + tuple(b.sizes[d] for d in s.dims), like)
+                  for i, s in enumerate(mixer.states))
     return o, (final[0] if len(final) == 1 else final)
 
 

@@ -12,6 +12,7 @@ import collections
 import torch
 
 from ...errors import InputError
+from ..common.call import check_tensors
 from . import kernels
 from .block_mask import BlockMask, create_block_mask
 from ...dsl.mask import FULL, Mask, ScoreMod
@@ -81,29 +82,48 @@ def _backward(ctx, do, dlse):
 
 attention_fwd.register_autograd(_backward, setup_context=_setup)
 
-_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _check(q, k, v):
+def check_qkv(q, k, v):
+    """The shared rules (``common.call.check_tensors``: q, k, v per-token, dtypes, device), then
+    the layout: q [B, Tq, H, D], k and v [B, Tkv, Hkv, D] with H a multiple of Hkv. Returns the
+    call's dtype (q's; k or v may be float32 and are then read in it, as the mixers do)."""
+    _, dtype = check_tensors("attention", [("q", q, True), ("k", k, True), ("v", v, True)])
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 4:
-            raise InputError(f"{name} must be a 4-D tensor [B, T, H, D], got "
-                             f"{getattr(t, 'shape', type(t).__name__)}")
-        if t.dtype not in _DTYPES:
-            raise InputError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise InputError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.device == k.device == v.device):
-        raise InputError("q, k, v must be on the same device")
+        if t.dim() != 4:
+            raise InputError(f"attention: argument {name!r} must be a 4-D tensor [B, T, H, D], got "
+                             f"shape {tuple(t.shape)}")
     B, Tq, H, D = q.shape
     if k.shape != v.shape:
-        raise InputError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+        raise InputError(f"attention: k and v must have the same shape [B, Tkv, Hkv, D], got "
+                         f"{tuple(k.shape)} and {tuple(v.shape)}")
     if k.shape[0] != B or k.shape[3] != D:
-        raise InputError(f"k/v [B, Tkv, Hkv, D] must match q's B={B} and D={D}, got {tuple(k.shape)}")
+        raise InputError(f"attention: k/v [B, Tkv, Hkv, D] must match q's B={B} and D={D}, got "
+                         f"{tuple(k.shape)}")
+    if H < 1 or k.shape[2] < 1 or D < 1:
+        raise InputError(f"attention: H, Hkv and D must be >= 1, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if H % k.shape[2]:
-        raise InputError(f"the number of query heads {H} must be a multiple of the KV heads {k.shape[2]}")
-    if Tq < 1 or k.shape[1] < 1:
-        raise InputError("sequence lengths must be >= 1")
+        raise InputError(f"attention: the number of query heads {H} must be a multiple of the KV heads "
+                         f"{k.shape[2]}" + _transposed(q, k))
+    return dtype
+
+
+def _transposed(q, k) -> str:
+    """A hint when q, k look laid out [B, H, T, D]: read as such their head counts divide, as
+    given they do not (self-attention laid out [B, H, T, D] with equal T runs undetected unless
+    the mask needs Tq == Tkv: ``library.attention.same_length``)."""
+    Tq, H, Tk, Hkv = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
+    if Hkv and H % Hkv and Tk and Tq % Tk == 0 and Tq != H:
+        return (f"; read as [B, H, T, D] q would have {Tq} heads and k {Tk}, which divide: are q, k, v "
+                f"laid out [B, H, T, D]? mixir takes [B, T, H, D] like fla / flash-attn (x.transpose(1, 2))")
+    return ""
+
+
+def _empty(q, B, Tq, H, D, return_lse):
+    """T = 0 (either side) or B = 0: no kernel; o = 0 (a row with no key attends to nothing),
+    lse = -inf, o still connected to q for autograd (zero gradient)."""
+    zero = torch.zeros((), dtype=torch.bool, device=q.device)
+    o = torch.where(zero, q, torch.zeros((), dtype=q.dtype, device=q.device))
+    lse = torch.full((B, H, Tq), float("-inf"), dtype=torch.float32, device=q.device)
+    return (o, lse) if return_lse else o
 
 
 def attention(q, k, v, block_mask: BlockMask | None = None, *, mask: Mask | None = None,
@@ -119,9 +139,12 @@ def attention(q, k, v, block_mask: BlockMask | None = None, *, mask: Mask | None
     tuner (``tiles.choose``). ``score_mod``: an optional ``@score_mod``; its data arguments come
     from ``data`` too. ``scale`` defaults to D ** -0.5. ``config``: any of ``BM``, ``BN``,
     ``num_warps``, ``num_stages`` (see ``mixir.lowering.attention.tiles``)."""
-    _check(q, k, v)
+    dtype = check_qkv(q, k, v)
     B, Tq, H, D = q.shape
     Tkv = k.shape[1]
+    k, v = k.to(dtype), v.to(dtype)          # float32 k / v with 16-bit q: read in q's dtype
+    if B == 0 or Tq == 0 or Tkv == 0:
+        return _empty(q, B, Tq, H, D, return_lse)
     data = dict(data or {})
     if block_mask is not None and mask is not None and mask is not block_mask.mask:
         raise InputError("pass either block_mask or mask, not both")

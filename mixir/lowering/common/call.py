@@ -1,6 +1,11 @@
 """What every family's compiled mixer does with a call before its kernels: validate the tensors
 against the declaration (``check_call``: ``InputError`` naming the argument before any kernel),
-the default strategy rule for short sequences, and the one-step shift of a packed sequence."""
+the default strategy rule for short sequences, and the one-step shift of a packed sequence.
+
+``check_tensors`` and ``check_cu_seqlens`` are the one input-validation layer of every family
+(docs/dsl.md, "Inputs"): the DSL mixers reach them through ``check_call``, attention and the
+library wrappers call them directly, so dtypes, devices and offsets follow the same rules and
+messages everywhere."""
 from __future__ import annotations
 
 import torch
@@ -20,43 +25,86 @@ def is_compiling() -> bool:
         return False
 
 
-def check_call(m, arrays, initial_state, cu_seqlens, scalars):
-    """Validate a call of mixer ``m`` on torch tensors (any family); ``(bound, N, device, dtype)``."""
-    if len(arrays) != len(m.inputs):
-        names = ", ".join(s.name for s in m.inputs)
-        raise InputError(f"{m.name} takes {len(m.inputs)} tensors ({names}), got {len(arrays)}")
+def _dtype_text(float64: bool) -> str:
+    return "float64, float32, float16 or bfloat16" if float64 else "float32, float16 or bfloat16"
+
+
+def check_tensors(where: str, named, *, float64: bool = False):
+    """The one dtype/device rule of every family's call (the DSL mixers through ``check_call``,
+    attention, the library wrappers). ``named``: ``(public name, tensor, per_token)`` triples.
+
+    - every argument is a floating torch tensor: float32, float16 or bfloat16; float64 only where
+      the family computes in float64 (``float64=True``: the LTI family) - elsewhere it is refused,
+      never silently computed in float32;
+    - per-token tensors share one dtype, the call's (the first per-token tensor's); any of them
+      may instead be float32 (fla keeps gates and β in fp32); parameters may be any accepted dtype;
+    - all on one device, CUDA or the CPU.
+
+    Returns ``(device, dtype)``; ``InputError`` naming the argument otherwise."""
     device, dtype = None, None
-    for spec, a in zip(m.inputs, arrays):
+    for name, a, per_token in named:
         if not isinstance(a, torch.Tensor):
-            raise InputError(f"{m.name}: argument {spec.name!r} must be a torch.Tensor, got {type(a).__name__}")
-        if a.dtype not in FLOAT_DTYPES:
-            raise InputError(f"{m.name}: argument {spec.name!r} must be float32, float16 or "
-                             f"bfloat16, got {a.dtype}")
+            raise InputError(f"{where}: argument {name!r} must be a torch.Tensor, got {type(a).__name__}")
+        if a.dtype == torch.float64 and not float64:
+            raise InputError(f"{where}: argument {name!r} must be float32, float16 or bfloat16, got "
+                             f"torch.float64: this family's kernels do not compute in float64 (only "
+                             f"the LTI family does; mixir.reference runs any declaration in float64)")
+        if a.dtype not in FLOAT_DTYPES + ((torch.float64,) if float64 else ()):
+            raise InputError(f"{where}: argument {name!r} must be {_dtype_text(float64)}, got {a.dtype}")
         if device is None:
             device = a.device
         elif a.device != device:
-            raise InputError(f"{m.name}: argument {spec.name!r} is on {a.device}, but earlier "
+            raise InputError(f"{where}: argument {name!r} is on {a.device}, but earlier "
                              f"arguments are on {device}")
-        if spec.kind == "input":
+        if per_token:
             if dtype is None:
                 dtype = a.dtype
             elif a.dtype not in (dtype, torch.float32):   # fla keeps gates and β in fp32
-                raise InputError(f"{m.name}: argument {spec.name!r} has dtype {a.dtype}, but earlier "
-                                 f"per-token inputs have {dtype}; pass it as {dtype} or float32")
-    if device.type not in ("cuda", "cpu"):
-        raise InputError(f"{m.name}: tensors must be on a CUDA device or the CPU, got {device}")
+                raise InputError(f"{where}: argument {name!r} has dtype {a.dtype}, but earlier "
+                                 f"per-token inputs have {dtype}; pass it as {dtype}"
+                                 + ("" if dtype == torch.float32 else " or float32"))
+    if device is not None and device.type not in ("cuda", "cpu"):
+        raise InputError(f"{where}: tensors must be on a CUDA device or the CPU, got {device}")
+    return device, dtype
+
+
+def check_cu_seqlens(cu_seqlens, device) -> None:
+    """The type checks of ``cu_seqlens`` (a 1-D int32/int64 tensor of N + 1 >= 2 offsets on the
+    inputs' device); its values (0, non-decreasing, ending at T) are checked by
+    ``dsl.signature.check_offsets`` (outside ``torch.compile``)."""
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise InputError(f"cu_seqlens must be a torch.Tensor of int32/int64 offsets, got "
+                         f"{type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise InputError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype} (offsets are "
+                         f"never rounded)")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise InputError(f"cu_seqlens must be 1-D [N + 1] with N >= 1 sequences, got shape "
+                         f"{tuple(cu_seqlens.shape)}")
+    if device is not None and cu_seqlens.device != device:
+        raise InputError(f"cu_seqlens is on {cu_seqlens.device}, the inputs on {device}")
+
+
+def check_call(m, arrays, initial_state, cu_seqlens, scalars, *, float64: bool = False):
+    """Validate a call of mixer ``m`` on torch tensors (any family); ``(bound, N, device, dtype)``.
+    ``float64``: the family computes float64 inputs in float64 (``check_tensors``)."""
+    if len(arrays) != len(m.inputs):
+        names = ", ".join(s.name for s in m.inputs)
+        raise InputError(f"{m.name} takes {len(m.inputs)} tensors ({names}), got {len(arrays)}")
+    device, dtype = check_tensors(m.name, [(spec.name, a, spec.kind == "input")
+                                           for spec, a in zip(m.inputs, arrays)], float64=float64)
     if cu_seqlens is not None:
-        if not isinstance(cu_seqlens, torch.Tensor):
-            raise InputError("cu_seqlens must be a torch.Tensor of int32/int64 offsets")
-        if cu_seqlens.device != device:
-            raise InputError(f"cu_seqlens is on {cu_seqlens.device}, the inputs on {device}")
-        if cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise InputError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+        check_cu_seqlens(cu_seqlens, device)
     states = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
     for s in states:
         if s is not None:
             if not isinstance(s, torch.Tensor) or not s.is_floating_point():
-                raise InputError("initial_state must be a floating-point torch.Tensor")
+                raise InputError("initial_state must be a floating-point torch.Tensor" + (
+                    f" (got a {s.dtype} tensor)" if isinstance(s, torch.Tensor) else
+                    f" or a tuple of them (got {type(s).__name__})"))
+            if s.dtype == torch.float64 and not float64:
+                raise InputError(f"initial_state is float64, which {m.name}'s kernels do not compute "
+                                 f"in; pass float32")
             if s.device != device:
                 raise InputError(f"initial_state is on {s.device}, the inputs on {device}")
     if is_compiling():   # value checks of cu_seqlens would force a graph break

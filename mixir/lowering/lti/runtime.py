@@ -29,15 +29,12 @@ from __future__ import annotations
 import torch
 
 from ...dsl import ir
-from ...dsl.signature import bind
 from ...errors import InputError
 from . import kernels, ops
-from ..common.call import RECURRENT_MAX_T, CompiledBase, check_strategy, is_compiling
+from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, is_compiling
 from .analysis import LTIPlan
 from .params import flatten_param_trees, run_param_program
 from .system import System, final_state_blocked, fft_conv, kernel_powers
-
-FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class CompiledLTIMixer(CompiledBase):
@@ -118,36 +115,10 @@ class CompiledLTIMixer(CompiledBase):
 
     # ---- the call ---------------------------------------------------------------------------
     def _check(self, arrays, initial_state, cu_seqlens, scalars):
-        m = self.mixer
-        if len(arrays) != len(m.inputs):
-            names = ", ".join(s.name for s in m.inputs)
-            raise InputError(f"{m.name} takes {len(m.inputs)} tensors ({names}), got {len(arrays)}")
-        device = None
-        for spec, a in zip(m.inputs, arrays):
-            if not isinstance(a, torch.Tensor):
-                raise InputError(f"{m.name}: argument {spec.name!r} must be a torch.Tensor, got "
-                                 f"{type(a).__name__}")
-            if a.dtype not in FLOAT_DTYPES:
-                raise InputError(f"{m.name}: argument {spec.name!r} must be a float tensor, got {a.dtype}")
-            if device is None:
-                device = a.device
-            elif a.device != device:
-                raise InputError(f"{m.name}: argument {spec.name!r} is on {a.device}, but earlier "
-                                 f"arguments are on {device}")
-        if cu_seqlens is not None:
-            if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
-                raise InputError("cu_seqlens must be an int32/int64 torch.Tensor of offsets")
-        states = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
-        for s in states:
-            if s is not None and (not isinstance(s, torch.Tensor) or not s.is_floating_point()):
-                raise InputError("initial_state must be a floating-point torch.Tensor (a tuple for "
-                                 "a (re, im) pair of states)")
-        if is_compiling() and cu_seqlens is not None:
-            # the offsets' values are not checked under tracing (a host sync); the eager call does
-            b = bind(m, arrays, cu_seqlens=None, initial_state=None, scalars=scalars)
-            return b, device, cu_seqlens.shape[0] - 1
-        b = bind(m, arrays, cu_seqlens=cu_seqlens, initial_state=initial_state, scalars=scalars)
-        return b, device, b.N
+        """The shared validation (``common.call.check_call``); float64 is accepted here: the LTI
+        system is computed in float64 (complex128) for float64 inputs."""
+        b, N, device, _ = check_call(self.mixer, arrays, initial_state, cu_seqlens, scalars, float64=True)
+        return b, device, N
 
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
                  strategy=None, **scalars):
