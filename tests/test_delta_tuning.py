@@ -50,17 +50,24 @@ def test_cpsat_enumeration_equals_brute_force(strategy, K, V, dtype, gpu):
 @pytest.mark.parametrize("K", [64, 128])
 @pytest.mark.parametrize("strategy", ["chunked", "recurrent"])
 def test_template_defaults_are_feasible_in_the_model(strategy, K, dtype, gpu):
-    """delta_core.default_config builds without spills for sm_80 / sm_90 at K = V = 64, 128
-    (tests/test_householder_aot.py): the model must not call it infeasible."""
+    """delta_core.default_config builds without spills for sm_90 at K = V = 64, 128 (and for sm_80
+    but the 16-bit chunked one: tests/test_householder_aot.py): the model must not call it
+    infeasible. The 16-bit chunked default's 64-token chunks need warpgroup MMA: on an A100 that is
+    the one constraint it violates (the model picks BT ≤ 32 there)."""
     shape = ds.shape(8, 4096, 16, K, K, dtype)
     vals = _values(strategy, K, K, dtype)
     bad = spaces.violated(ds.space(strategy), shape, hardware.get(gpu), vals)
+    if strategy == "chunked" and dtype == "bf16" and hardware.get(gpu).cc < 90:
+        assert [c.name for c in bad] == ["bt64_needs_wgmma"]
+        assert not spaces.violated(ds.space(strategy), shape, hardware.get(gpu), dict(vals, BT=32))
+        return
     assert not bad, [c.name for c in bad]
 
 
 def test_the_model_reflects_the_dtype():
-    """fp32 inputs run tf32x3 dots (about twice the operand registers): the same tiles need more
-    registers than with bf16 inputs, and fewer chunked configs are feasible."""
+    """fp32 inputs run tf32x3 dots (fp32 operands, split in two) where 16-bit inputs take 16-bit
+    operands: the same tiles need more registers than with bf16 inputs, and fewer chunked configs
+    are feasible."""
     g = hardware.get("h100")
     vals = _values("chunked", 128, 128, "bf16")
     r16 = spaces.resources(ds.CHUNKED, ds.shape(8, 4096, 16, 128, 128, "bf16"), vals)["regs"]
@@ -100,7 +107,9 @@ def test_model_best_and_runtime_selection(tmp_path, monkeypatch):
     assert set(rec) == {"BK", "BV", "bwd_BV", "checkpoint_every", "num_warps", "num_stages"}
     # DeltaProduct's core runs T·n_h tokens: the model sees the longer sequence
     assert tuned("chunked", torch.bfloat16, 2048, 2) == ds.model_best("chunked", "h100", "bf16", 64, 64, 8, 4096, 16)
-    mine = dict(best, BT=16, num_warps=4)
+    # another config of the space (a database entry must be one: ``select.config_problem``)
+    mine = next(c for c in spaces.feasible_bruteforce(ds.CHUNKED, ds.core_shape(8, 4096, 16, 64, 64, "bf16"),
+                                                       hardware.get("h100")) if c != best)
     db.record("fpD", "h100", "bf16", 8, 4096, 16, 64, 64, "chunked", mine, source="aot")
     assert tuned("chunked", torch.bfloat16, 3000) == mine
 
@@ -133,7 +142,7 @@ def test_pipeline_feeds_aot_mismatches_back(monkeypatch):
         for cfg in configs:
             spill = not calls       # the first config compiled spills
             calls.append(dict(cfg))
-            r = KernelResources("mixir.lowering.householder.kernels.chunked.delta_chunk_grads_k", arch,
+            r = KernelResources("mixir.lowering.householder.kernels.chunked_grads.delta_chunk_grads", arch,
                                 cfg["num_warps"], cfg["num_stages"], 255 if spill else 200,
                                 64 if spill else 0, 8192, 0, ())
             out.append(CompiledConfig(dict(cfg), [r], []))
@@ -142,7 +151,7 @@ def test_pipeline_feeds_aot_mismatches_back(monkeypatch):
     res = tune(MIXERS["delta_rule"].mixer, gpu="h100", K=64, V=64, strategies=["chunked"],
                top_k=2, write=False)
     r = res.results[0]
-    assert r.discrepancies and r.discrepancies[0].kernel == "delta_chunk_grads_k"
+    assert r.discrepancies and r.discrepancies[0].kernel == "delta_chunk_grads"
     assert r.best is not None and r.best.config != calls[0] and r.best.compiled.ok
     assert "fed back as constraints" in res.table()
 

@@ -5,66 +5,95 @@ Per sequence and head, state S ∈ R^{K×V} (fp32):
 (fla's delta rule has v_t = β_t v_fla). Layouts: q, k [B, T, H, K]; v [B, T, H, V]; beta, g
 [B, T, H]; h0 / hT [N, H, K, V] with N = B, or N = len(cu_seqlens) − 1 (then B == 1).
 
-``delta_forward`` → (o fp32 [B, T, H, V], hT fp32 [N, H, K, V]);
-``delta_backward`` → fp32 (dq, dk, dv, dbeta, dg or None, dh0 or None).
+``delta_forward`` → (o [B, T, H, V] in ``out_dtype`` (fp32 by default), hT fp32 [N, H, K, V]);
+``delta_backward`` → (dq, dk, dv, dbeta, dg or None, dh0 or None), fp32 but the chunked dq, dk, dv
+of 16-bit inputs (input dtype: ``grads_in_input_dtype``).
 
 Strategies: "recurrent" (kernels/recurrent.py: a fused token loop, also the decode path)
-and "chunked" (kernels/chunked.py: the WY/UT representation, docs/delta_rule.md). The
-chunked backward recomputes the forward's chunk states instead of keeping them from the forward
-(one extra pass of the two forward kernels; no K×V-per-chunk tensor lives between the passes).
+and "chunked" (kernels/chunked.py, chunked_grads.py, wy.py: the WY/UT representation,
+docs/delta_rule.md; 64-token chunks with 16-bit operands and 16-bit intermediates for 16-bit
+inputs). The chunked backward recomputes the forward's chunk states instead of keeping them from
+the forward (one extra pass of the two forward kernels, the prep pass also storing A⁻¹; no
+K×V-per-chunk tensor lives between the passes).
 """
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import torch
 
 from ...tiles import cdiv, pow2
 from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
 from ..common.launch import targets_gpu
 from .kernels import chunked as _ck
+from .kernels import chunked_grads as _cg
 from .kernels import recurrent as _rc
 
 STRATEGIES = ("recurrent", "chunked")
-MAX_HEAD_K = 256         # the chunked kernels hold the whole K extent in one register tile
+MAX_HEAD_K = 256         # the chunked kernels' sequential passes hold the whole K extent in one tile
+
+#: ``DOT`` codes of the chunked kernels (``kernels/wy.py``)
+DOT_FP32, DOT_BF16, DOT_FP16, DOT_BF16_EMULATED = 0, 1, 2, 3
 
 
 def default_config(strategy, K, V, dtype) -> dict:
-    """Launch parameters: chunked — BT (chunk), BK (whole K, power of two), BV (V-tile), BKT (the
-    K-tile of the backward's K-sized sums); recurrent — the recurrent template's own defaults.
+    """Launch parameters: chunked — BT (chunk), BK (whole K, power of two: the sequential passes'
+    state tile), BV (V-tile), BKT (the K-tile of the loops over K); recurrent — the recurrent
+    template's own defaults.
 
-    The chunked defaults are the largest tiles that build without register spills for sm_80 and
-    sm_90 (checked with ptxas in tests/test_householder_aot.py): the dots of 16-bit inputs run as
-    tf32 (one tensor-core pass), those of fp32 inputs as tf32x3 (three passes, about fp32
-    accuracy), which needs twice the operand registers, hence smaller tiles."""
+    The chunked defaults build without register spills for sm_90 at K = V = 64 and 128
+    (tests/test_householder_aot.py). 16-bit inputs: 64-token chunks with 16-bit dot operands
+    (fla's design: 64-row tiles, warpgroup MMA on sm_90; on sm_8x the tuning model picks BT ≤ 32);
+    the loops over K and V keep two iterations or more. fp32 inputs: tf32x3 dots (three
+    tensor-core passes, about fp32 accuracy) need twice the operand registers, hence 16-token
+    chunks (also spill-free for sm_80)."""
     if strategy == "chunked":
         BK = tile(K, MAX_HEAD_K)
         if dtype == torch.float32:
-            BT, BV = 16, (32 if BK <= 64 else 16)
+            BT, BV, BKT = 16, (32 if BK <= 64 else 16), (32 if BK <= 64 else 16)      # space_chunked
+        elif BK >= 64 and tile(V, 256) >= 64:
+            # the loops over K and V keep ≥ 2 iterations (one-pass loops spill in grads)
+            BT, BV, BKT = 64, min(64, tile(V, 256) // 2), min(64, BK // 2)
         else:
-            BT, BV = (32 if BK <= 64 else 16), 32
-        return {"BT": BT, "BK": BK, "BV": tile(V, BV), "BKT": 32, "num_warps": 8, "num_stages": 1}
+            BT, BV, BKT = 32, 32, 32
+        return {"BT": BT, "BK": BK, "BV": tile(V, BV), "BKT": min(BK, BKT), "num_warps": 8,
+                "num_stages": 1}
     if strategy == "recurrent":
         return dict(_rc.default_config(K, V, dtype))
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
+def _on_gpu(x) -> bool:
+    return x.device.type == "cuda" or targets_gpu(x.device)
+
+
 def _inverse_prec(x) -> str:
-    """The triangular inverse's dots: fp32-like for every input dtype (its error compounds)."""
-    if x.device.type != "cuda" and not targets_gpu(x.device):
-        return "ieee"
-    return "ieee" if torch.version.hip else "tf32x3"
+    """The dots of the triangular inverse's block merges (``wy.unit_lower_inverse``): about fp32
+    for every input dtype (its error compounds). fp32 inputs: "tf32x3" on NVIDIA GPUs, else exact
+    ("ieee"); 16-bit inputs: "bf16x3" (hi/lo bf16 parts, three passes, half the registers of
+    tf32x3), emulated off the GPU ("bf16x3e")."""
+    gpu = _on_gpu(x) and not torch.version.hip
+    if x.dtype == torch.float32:
+        return "tf32x3" if gpu else "ieee"
+    return "bf16x3" if gpu else "bf16x3e"
 
 
-def _prec(x) -> str:
-    """tl.dot input precision. Every dot takes fp32 operands (the triangular inverse of the WY form
-    is sensitive to operand rounding). Off the GPU: exact ("ieee"). On NVIDIA GPUs: "tf32" for
-    16-bit inputs (a 10-bit mantissa: finer than the bf16 operands fla's kernels use) and "tf32x3"
-    for fp32 inputs (three tf32 passes, about fp32 accuracy). An "ieee" dot would run on FMA units
-    with operand layouts that need far more registers."""
-    if x.device.type != "cuda" and not targets_gpu(x.device):
-        return "ieee"
-    if torch.version.hip:
-        return "ieee"
-    return "tf32x3" if x.dtype == torch.float32 else "tf32"
+def _dot_mode(x):
+    """(DOT, PREC) of the chunked kernels' dots for inputs like x (``kernels/wy.py``).
+
+    16-bit inputs: operands in the input dtype, fp32 accumulation (tensor cores, as fla); off the
+    GPU fp16 runs so in the interpreter too, bf16 is emulated (rounded to nearest bf16, multiplied
+    in fp32: the interpreter mishandles bf16 dots). fp32 inputs: fp32 operands — "tf32x3" on
+    NVIDIA GPUs (three tf32 passes, about fp32 accuracy), else "ieee"."""
+    gpu = _on_gpu(x)
+    if x.dtype == torch.float16:
+        return DOT_FP16, "tf32" if gpu else "ieee"
+    if x.dtype == torch.bfloat16:
+        return (DOT_BF16, "tf32") if gpu else (DOT_BF16_EMULATED, "ieee")
+    if not gpu or torch.version.hip:
+        return DOT_FP32, "ieee"
+    return DOT_FP32, "tf32x3"
 
 
 class _Call:
@@ -84,37 +113,44 @@ class _Call:
         self.q, self.k, self.v = packed(q), packed(k), packed(v)
         self.beta = packed(beta, torch.float32)
         self.g = packed(g, torch.float32)
-        self.prec, self.iprec = _prec(q), _inverse_prec(q)
+        self.dot, self.prec = _dot_mode(q)
+        self.iprec = _inverse_prec(q)
+        # W, Ũ, u, the per-chunk states and du: stored in the input dtype
+        self.sdt = q.dtype if q.dtype in (torch.float16, torch.bfloat16) else torch.float32
         self.device = q.device
 
-    def launch_opts(self):
+    def tiles(self):
+        """(BT, BK, BV, BKT) as the kernels take them: BK the whole K (power of two), BV ≤ padded
+        V, BKT ≤ BK."""
         c = self.cfg
-        BK = tile(self.K, c["BK"])
-        return dict(USE_G=self.g is not None, LOG_FLOOR=LOG_FLOOR, BT=c["BT"], BK=BK,
-                    BV=tile(self.V, c["BV"]), PREC=self.prec, num_warps=c["num_warps"],
-                    num_stages=c["num_stages"])
+        BK = tile(self.K, MAX_HEAD_K)
+        return c["BT"], BK, tile(self.V, c["BV"]), min(BK, tile(self.K, c.get("BKT", 32)))
 
-    def bkt(self):
-        """The K-tile of the K-sums that run as loops (at most BK, at least 16)."""
-        return min(tile(self.K, self.cfg["BK"]), tile(self.K, self.cfg.get("BKT", 32)))
+    def common(self):
+        c = self.cfg
+        return dict(USE_G=self.g is not None, LOG_FLOOR=LOG_FLOOR, PREC=self.prec, DOT=self.dot,
+                    num_warps=c["num_warps"], num_stages=c["num_stages"])
 
-    def forward_states(self, h0, store_ht):
-        """prep + states: (HS [NT, H, K, V], u [T_total, H, V], hT or None, W [T_total, H, K])."""
-        p, H, K, V, dev = self.plan, self.H, self.K, self.V, self.device
-        opts = self.launch_opts()
-        W = empty(p.T_total, H, K, device=dev)
-        U = empty(p.T_total, H, V, device=dev)
+    def forward_states(self, h0, store_ht, store_a=False):
+        """prep + states: (HS [NT, H, K, V], u [T_total, H, V], hT or None, W [T_total, H, K],
+        A⁻¹ [T_total, H, BT] or None)."""
+        p, H, K, V, dev, sdt = self.plan, self.H, self.K, self.V, self.device, self.sdt
+        BT, BK, BV, BKT = self.tiles()
+        W = empty(p.T_total, H, K, device=dev, dtype=sdt)
+        U = empty(p.T_total, H, V, device=dev, dtype=sdt)
+        Ai = empty(p.T_total, H, BT, device=dev, dtype=sdt) if store_a else None
         if p.NT > 0:
-            _ck.delta_chunk_prep[(p.NT, H)](self.k, self.v, self.beta, self.g, W, U, p.cu, p.chunk_tbl,
-                                           H, K, V, BKT=self.bkt(), IPREC=self.iprec, **opts)
-        HS = empty(max(p.NT, 1), H, K, V, device=dev)
-        Unew = empty(p.T_total, H, V, device=dev)
+            _ck.delta_chunk_prep[(p.NT, H)](self.k, self.v, self.beta, self.g, W, U, Ai, p.cu,
+                                           p.chunk_tbl, H, K, V, BT=BT, BV=BV, BKT=BKT,
+                                           IPREC=self.iprec, STORE_A=store_a, **self.common())
+        HS = empty(max(p.NT, 1), H, K, V, device=dev, dtype=sdt)
+        Unew = empty(p.T_total, H, V, device=dev, dtype=sdt)
         hT = empty(p.N, H, K, V, device=dev) if store_ht else None
         if p.N > 0:
-            _ck.delta_chunk_states[(p.N * H, cdiv(V, opts["BV"]))](
+            _ck.delta_chunk_states[(p.N * H, cdiv(V, BV))](
                 self.k, W, U, self.g, h0, hT, HS, Unew, p.cu, p.chunk_off, H, K, V,
-                USE_H0=h0 is not None, STORE_HT=store_ht, **opts)
-        return HS, Unew, hT, W
+                USE_H0=h0 is not None, STORE_HT=store_ht, BT=BT, BK=BK, BV=BV, **self.common())
+        return HS, Unew, hT, W, Ai
 
 
 def _state_arg(x, N, H, K, V, name):
@@ -125,24 +161,82 @@ def _state_arg(x, N, H, K, V, name):
     return x.to(torch.float32).contiguous()
 
 
-def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None, n_h=1):
+def _quiet(x):
+    """Recording launches for a GPU on CPU tensors (the AOT recorder) runs the GPU's 16-bit dots
+    in the interpreter, which mishandles bf16 dots: the numbers are meaningless there (only the
+    launches are kept), so numpy's overflow warnings are silenced."""
+    if x.device.type != "cuda" and targets_gpu(x.device):
+        return np.errstate(all="ignore")
+    return contextlib.nullcontext()
+
+
+def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None, n_h=1, out_dtype=torch.float32):
+    with _quiet(q):
+        return _chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype)
+
+
+def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
+    """(dq, dk, dv, dβ, dg or None, dh0 or None): dq, dk, dv in the input dtype for 16-bit inputs
+    (``grads_in_input_dtype``), the rest fp32."""
+    with _quiet(q):
+        return _chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config)
+
+
+def _chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype):
     """``n_h`` > 1 (DeltaProduct): k, v, beta, g and ``cu_seqlens`` are on the T·n_h sub-step
-    sequence, ``q`` [B, T, H, K] is compact, and o [B, T, H, V] is each token's last sub-step."""
+    sequence, ``q`` [B, T, H, K] is compact, and o [B, T, H, V] is each token's last sub-step.
+    o is written in ``out_dtype``."""
     # the bookkeeping is on the sub-step sequence: k stands in for q's shape there (q is read by
     # the output kernel only, from its compact tensor)
     c = _Call(q if n_h == 1 else k, k, v, beta, g, cu_seqlens, config)
     p, H, K, V = c.plan, c.H, c.K, c.V
     h0 = _state_arg(h0, p.N, H, K, V, "h0")
-    HS, Unew, hT, _ = c.forward_states(h0, True)
+    HS, Unew, hT, _, _ = c.forward_states(h0, True)
     B, T = q.shape[:2]
-    O = empty(B * T, H, V, device=c.device)
-    opts = c.launch_opts()
+    O = empty(B * T, H, V, device=c.device, dtype=out_dtype)
+    BT, BK, BV, BKT = c.tiles()
     if p.NT > 0:
-        BR = opts["BT"] if n_h == 1 else max(16, pow2(-(-opts["BT"] // n_h)))
-        _ck.delta_chunk_output[(p.NT, cdiv(V, opts["BV"]), H)](
-            packed(q), c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, BKT=c.bkt(),
-            NH=n_h, BR=BR, **opts)
+        BR = BT if n_h == 1 else max(16, pow2(-(-BT // n_h)))
+        _ck.delta_chunk_output[(p.NT, H)](
+            packed(q), c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, BT=BT, BV=BV, BKT=BKT,
+            NH=n_h, BR=BR, **c.common())
     return O.view(B, T, H, V), hT
+
+
+def grads_in_input_dtype(dtype) -> bool:
+    """Whether ``chunked_backward`` returns dq, dk, dv in the input dtype (16-bit inputs)."""
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+def _chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config):
+    c = _Call(q, k, v, beta, g, cu_seqlens, config)
+    p, H, K, V, dev = c.plan, c.H, c.K, c.V, c.device
+    h0 = _state_arg(h0, p.N, H, K, V, "h0")
+    dhT = _state_arg(dhT, p.N, H, K, V, "dhT")
+    HS, Unew, _, W, Ai = c.forward_states(h0, False, store_a=True)
+    BT, BK, BV, BKT = c.tiles()
+    dO = packed(do, c.sdt)      # the kernels round dO to the operand dtype anyway: same numbers
+    DHS = empty(max(p.NT, 1), H, K, V, device=dev, dtype=c.sdt)
+    DU = empty(p.T_total, H, V, device=dev, dtype=c.sdt)
+    dh0 = empty(p.N, H, K, V, device=dev) if h0 is not None else None
+    if p.N > 0:
+        _ck.delta_chunk_dstates[(p.N * H, cdiv(V, BV))](
+            c.q, c.k, W, c.g, dO, dhT, DHS, DU, dh0, p.cu, p.chunk_off, H, K, V,
+            USE_DHT=dhT is not None, STORE_DH0=h0 is not None, BT=BT, BK=BK, BV=BV, BKT=BKT,
+            **c.common())
+    gdt = q.dtype if grads_in_input_dtype(q.dtype) else torch.float32
+    dq = empty(p.T_total, H, K, device=dev, dtype=gdt)
+    dk = empty(p.T_total, H, K, device=dev, dtype=gdt)
+    dv = empty(p.T_total, H, V, device=dev, dtype=gdt)
+    db = empty(p.T_total, H, device=dev)
+    dg = empty(p.T_total, H, device=dev) if g is not None else None
+    if p.NT > 0:
+        _cg.delta_chunk_grads[(p.NT, H)](
+            c.q, c.k, c.v, c.beta, c.g, Ai, HS, DHS, Unew, DU, dO, dq, dk, dv, db, dg,
+            p.cu, p.chunk_tbl, H, K, V, BT=BT, BV=BV, BKT=BKT, **c.common())
+    B, T = c.B, c.T
+    return (dq.view(B, T, H, K), dk.view(B, T, H, K), dv.view(B, T, H, V), db.view(B, T, H),
+            None if dg is None else dg.view(B, T, H), dh0)
 
 
 def _expand_steps(x, n_h):
@@ -151,51 +245,6 @@ def _expand_steps(x, n_h):
     out = x.new_zeros((B, T, n_h) + tuple(x.shape[2:]))
     out[:, :, n_h - 1] = x
     return out.reshape((B, T * n_h) + tuple(x.shape[2:]))
-
-
-def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
-    c = _Call(q, k, v, beta, g, cu_seqlens, config)
-    p, H, K, V, dev = c.plan, c.H, c.K, c.V, c.device
-    h0 = _state_arg(h0, p.N, H, K, V, "h0")
-    dhT = _state_arg(dhT, p.N, H, K, V, "dhT")
-    HS, Unew, _, W = c.forward_states(h0, False)
-    opts = c.launch_opts()
-    dO = packed(do, torch.float32)
-    DHS = empty(max(p.NT, 1), H, K, V, device=dev)
-    DU = empty(p.T_total, H, V, device=dev)
-    dh0 = empty(p.N, H, K, V, device=dev) if h0 is not None else None
-    if p.N > 0:
-        _ck.delta_chunk_dstates[(p.N * H, cdiv(V, opts["BV"]))](
-            c.q, c.k, W, c.g, dO, dhT, DHS, DU, dh0, p.cu, p.chunk_off, H, K, V,
-            USE_DHT=dhT is not None, STORE_DH0=h0 is not None, BKT=c.bkt(), **opts)
-    dq = empty(p.T_total, H, K, device=dev)
-    dk = empty(p.T_total, H, K, device=dev)
-    dv = empty(p.T_total, H, V, device=dev)
-    db = empty(p.T_total, H, device=dev)
-    dg = empty(p.T_total, H, device=dev) if g is not None else None
-    BT = opts["BT"]
-    dQa, dWa, dKb = (empty(p.T_total, H, K, device=dev) for _ in range(3))
-    dP, dM, Ainv = (empty(p.T_total, H, BT, device=dev) for _ in range(3))
-    BKT = c.bkt()
-    NK = cdiv(K, BKT)
-    hdh = empty(NK, max(p.NT, 1), H, device=dev)
-    if p.NT > 0:
-        small = dict(PREC=opts["PREC"], num_warps=opts["num_warps"], num_stages=opts["num_stages"])
-        _ck.delta_chunk_grads_v[(p.NT, H, NK)](
-            HS, DHS, Unew, DU, dO, dQa, dWa, dKb, hdh, p.cu, p.chunk_tbl, H, p.NT, K, V,
-            BT=BT, BKT=BKT, BV=opts["BV"], **small)
-        _ck.delta_chunk_grads_p[(p.NT, H)](
-            c.v, Unew, DU, dO, dP, dM, p.cu, p.chunk_tbl, H, V, BT=BT, BV=opts["BV"], **small)
-        kopts = {k_: v_ for k_, v_ in opts.items() if k_ != "BV"}
-        _ck.delta_chunk_grads_k[(p.NT, H)](
-            c.q, c.k, c.beta, c.g, dQa, dWa, dKb, dP, dM, hdh, Ainv, dq, dk, db, dg,
-            p.cu, p.chunk_tbl, H, p.NT, NK, K, NKP=pow2(NK), BKT=BKT, IPREC=c.iprec, **kopts)
-        _ck.delta_chunk_dv[(p.NT, cdiv(V, opts["BV"]), H)](
-            Ainv, DU, dv, p.cu, p.chunk_tbl, H, V, BT=BT, BV=opts["BV"], PREC=opts["PREC"],
-            num_warps=opts["num_warps"], num_stages=opts["num_stages"])
-    B, T = c.B, c.T
-    return (dq.view(B, T, H, K), dk.view(B, T, H, K), dv.view(B, T, H, V), db.view(B, T, H),
-            None if dg is None else dg.view(B, T, H), dh0)
 
 
 def _as_packed_call(q, cu_seqlens):
@@ -211,11 +260,18 @@ def _flat(x):
     return None if x is None else x.reshape((1, x.shape[0] * x.shape[1]) + tuple(x.shape[2:]))
 
 
-def delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy="chunked", config=None, n_h=1):
+def delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy="chunked", config=None, n_h=1,
+                  out_dtype=torch.float32):
     """``n_h`` > 1 (DeltaProduct): q and o are per token [B, T, ·]; k, v, beta, g and
-    ``cu_seqlens`` are on the T·n_h sub-step sequence (the read-out is each token's last step)."""
+    ``cu_seqlens`` are on the T·n_h sub-step sequence (the read-out is each token's last step).
+    o in ``out_dtype`` (the chunked kernels write it so; the recurrent output is converted)."""
     if strategy == "chunked":
-        return chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h)
+        return chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype)
+    o, hT = _recurrent_forward(q, k, v, beta, g, h0, cu_seqlens, strategy, config, n_h)
+    return o.to(out_dtype), hT
+
+
+def _recurrent_forward(q, k, v, beta, g, h0, cu_seqlens, strategy, config, n_h):
     if n_h > 1:
         o, hT = delta_forward(_expand_steps(q, n_h), k, v, beta, g, h0, cu_seqlens, strategy, config)
         B, T = q.shape[:2]

@@ -49,11 +49,25 @@ class CompiledHouseholder(CompiledBase):
         cfg.update(self.config)
         return cfg
 
+    def _raw_passthrough(self, arrays, dtype) -> dict:
+        """The pieces that are a per-token input as is (``codegen``'s passthrough), as the caller's
+        tensor when it is in the call's dtype: the pieces kernel hands them over as fp32 copies,
+        which the core would convert back (two passes over the tensor each way, forward and
+        backward). Autograd flows to the input directly."""
+        out = {}
+        index = {name: i for i, (name, *_) in enumerate(self.pieces_kernel.input_specs)}
+        for piece, name in self.pieces_kernel.generated.passthrough.items():
+            i = index[name]
+            if self.pieces_kernel.input_specs[i][1] == "input" and arrays[i].dtype == dtype:
+                out[piece] = arrays[i]
+        return out
+
     def source_files(self):
         from ..common import packed_tiles
         from .kernels import chunked as delta_chunked, recurrent as delta_recurrent
+        from .kernels import chunked_grads, wy
         return [self.pieces_kernel.source_path, delta_recurrent.__file__, delta_chunked.__file__,
-                packed_tiles.__file__]
+                chunked_grads.__file__, wy.__file__, packed_tiles.__file__]
 
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
                  strategy=None, **scalars):
@@ -70,6 +84,7 @@ class CompiledHouseholder(CompiledBase):
             raise InputError(f"{m.name}: the chunked strategy holds the key dim in one tile: "
                              f"{p.k_dim} = {K} > {core.MAX_HEAD_K}; use strategy='recurrent'")
         pieces = self.pieces_kernel(list(arrays), b.scalars, B, T, H, b.sizes)
+        pieces.update(self._raw_passthrough(arrays, dtype))
 
         def shaped(name, size=None):
             t = pieces[name]
@@ -104,10 +119,13 @@ class CompiledHouseholder(CompiledBase):
                 h0 = h0.transpose(-1, -2)
             h0 = h0.contiguous()
         cfg = self._config(strategy, K, V, dtype, (B, T, H), device)
+        # without an output affine map the core writes o in the input dtype (one rounding, no
+        # conversion pass); with one, fp32 and the map is applied before the rounding
+        affine = not (ir.is_const(p.out_scale, 1.0) and ir.is_const(p.out_bias, 0.0))
         o, hT = torch.ops.mixir.delta_fwd(qs.to(dtype).contiguous(), k.to(dtype).contiguous(),
                                           v.to(dtype).contiguous(), beta.float().contiguous(),
                                           None if g is None else g.float().contiguous(), h0, cu,
-                                          strategy, encode_config(cfg), n)
+                                          strategy, encode_config(cfg), n, not affine)
         if not ir.is_const(p.out_scale, 1.0):
             o = shaped("e", V) * o
         if not ir.is_const(p.out_bias, 0.0):

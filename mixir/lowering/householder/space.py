@@ -7,215 +7,37 @@ CP-SAT solver, the brute-force filter, the cost model, the AOT feedback and the 
 them unchanged); the family's tuning targets (``targets``) and AOT recording are at the end.
 
 Shape symbols (``autotune.space``): B, T, H; K, V head sizes of the core (T is the core's sequence:
-T·n_h for DeltaProduct); PK, PV padded (max(16, next_pow2)); db bytes per input element. Every
-``tl.dot`` of the delta kernels takes fp32 operands (loads are converted): "tf32" for 16-bit inputs,
-"tf32x3" for fp32 inputs (``core._prec``) and "tf32x3" in the triangular inverse always.
-``XP = 1 + floor(db/4)`` (1 for 16-bit inputs, 2 for fp32) is the operand-register factor of
-tf32x3, which splits every operand into a high and a low tf32 part.
+T·n_h for DeltaProduct); PK, PV padded (max(16, next_pow2)); db bytes per input element.
 
-**Chunked** parameters: BT (chunk) ∈ {16, 32, 64}, BK = PK (the whole K in one tile; K ≤ 256),
-BV (V-tile) ∈ {16, …, 256} ≤ PV, BKT (the K-tile of the loops over K) ∈ {16, 32} ≤ BK,
-num_warps ∈ {2, 4, 8, 16}, num_stages ∈ {1, 2, 3}. One config drives the eight kernels of a
-training step (forward: prep, states, output; backward: prep and states recomputed, dstates,
-grads_v, grads_p, grads_k, dv), so the resource constraints hold for the maximum over them.
+**Chunked**: ``space_chunked`` (its docstring: parameters, the dots, the fitted register and
+shared-memory envelopes and the constraints the envelope cannot express).
 
 **Recurrent** parameters: BK = PK, BV (forward V-tile), bwd_BV (backward V-tile) ∈ {16, …, 256}
-≤ PV, checkpoint_every C ∈ {8, 16, 32, 64}, num_warps ∈ {1, 2, 4, 8}, num_stages = 1.
-
-Register model (per kernel): ``regs = ceil(live / (32·num_warps)) + base`` with ``live`` the
-32-bit registers of the CTA's tiles at the kernel's peak, written from the kernel's code as a sum
-of tile areas (BT², BT·BK, BT·BV, BK·BV, BT·BKT, BKT·BV) with per-kernel coefficients; dot
-operand tiles count XP times. The coefficients are an upper envelope of ptxas' counts for sm_80
-and sm_90 (Triton 3.9; see ``CALIBRATION`` and docs/autotune.md "Householder family"): a config the
-model calls feasible compiled without spills in every calibration build. State-sized tiles
-([BK, BV]) cost more than their area (offset and mask tiles of the masked state loads and stores
-live beside them).
+≤ PV, checkpoint_every C ∈ {8, 16, 32, 64}, num_warps ∈ {1, 2, 4}, num_stages = 1. Register model
+(per kernel): ``regs = ceil(live / (32·num_warps)) + base`` with ``live`` the 32-bit registers of
+the CTA's tiles at the kernel's peak.
 """
 from __future__ import annotations
-
-import dataclasses
-import functools
 
 import sympy as sp
 
 from ...errors import TuningError
 from ...autotune import hardware, space as spaces
-from ...autotune.space import (BK, BT, BV, H, K, B, Constraint, KernelModel, S, Shape, Space, T, V,
-                               W, cdiv_expr, db, padded, pow2)
+from ...autotune.space import BK, BV, H, K, B, Constraint, S, Shape, Space, T, V, W, cdiv_expr, db, padded
+from . import space_chunked as _sc
 
-BKT, BVB, C = sp.symbols("BKT bwd_BV checkpoint_every", integer=True, positive=True)
+BVB, C = sp.symbols("bwd_BV checkpoint_every", integer=True, positive=True)
 
 #: the chunked kernels hold K in one tile (``core.MAX_HEAD_K``)
-MAX_HEAD_K = 256
-#: operand-register factor: 1 for tf32 dots (16-bit inputs), 2 for tf32x3 (fp32 inputs)
-XP = 1 + sp.floor(db / 4)
-#: tensor-core passes per nominal dot FLOP: 1 (tf32), 3 (tf32x3)
-PASSES = 1 + 2 * sp.floor(db / 4)
-#: the cost model divides tensor-core FLOPs by the bf16/fp16 peak for 16-bit inputs and by the
-#: fp32 (CUDA-core) peak for fp32 inputs (``cost.predict``, with ``Shape.fp32_dots=False``); the
-#: delta kernels run tf32 (half the bf16 peak: x2) or tf32x3 passes (~ 8x the fp32 peak on
-#: A100/H100 per pass: x1/8), so this factor turns tf32-pass FLOPs into the cost model's units
-TC_UNITS = 2 - sp.Rational(15, 8) * sp.floor(db / 4)
-#: the triangular inverse always runs tf32x3 (3 passes), whatever the input dtype
-INV_PASSES = 3
+MAX_HEAD_K = _sc.MAX_HEAD_K
 
 
-@dataclasses.dataclass(frozen=True)
-class DeltaKernel(KernelModel):
-    """A ``KernelModel`` whose ``live_fp32`` counts 32-bit registers of the CTA's tiles:
-    regs = ceil(live / (32 · num_warps)) + base."""
-    base: int = 64
-
-    @functools.cached_property
-    def regs(self):
-        return sp.ceiling(self.live_fp32 / (32 * W)) + self.base
+DeltaKernel = _sc.DeltaKernel
 
 
-# ---- the chunked (WY/UT) space ---------------------------------------------------------------
-NT = cdiv_expr(T, BT)                # chunks per sequence
-NV = cdiv_expr(V, BV)                # V-tiles
-NKT = cdiv_expr(K, BKT)              # K-tiles of the loops over K
-# the UT transform's inverse per chunk: 15 + BT/16 dependent [BT, BT] dots and BT/16 - 1 more
-# (``unit_lower_inverse``): ~ 2·BT³·(15 + 2·BT/16) FLOPs per chunk, i.e. per token:
-_INV_PER_TOKEN = 2 * BT * BT * (15 + BT / 8) * INV_PASSES
-
-
-def _tc(nominal, inverse=0):
-    """Tensor-core FLOPs in the cost model's units (see TC_UNITS)."""
-    return TC_UNITS * (PASSES * nominal + inverse)
-
-
-# Register coefficients (upper envelope of ptxas on sm_80 / sm_90; docs/autotune.md).
-_chunk_prep = DeltaKernel(
-    "delta_chunk_prep",
-    grid=B * H * NT,
-    # the K Kᵀ gram as a loop over K-tiles (two [BT, BKT] operand tiles), then the [BT, BT]
-    # inverse (~6 tiles), W = A⁻¹ (K ⊙ βγ) ([BT, BK] operand + result), U = A⁻¹ V per V-tile
-    smem=4 * (BT * BK + 4 * BT * BT + (S - 1) * 2 * BT * BKT),
-    live_fp32=15 * BT * BT + 3 * XP * BT * BK + XP * BT * BV + XP * BT * BKT,
-    bytes_moved=B * H * T * (2 * K * db + V * db + 4 * K + 4 * V + 8),
-    tc_flops=B * H * T * _tc(4 * BT * K + 2 * BT * V, _INV_PER_TOKEN),
-    fp32_flops=B * H * T * (4 * BT + 2 * K),
-    serial_steps=sp.Integer(1), count=2, base=70)
-
-_chunk_states = DeltaKernel(
-    "delta_chunk_states",
-    grid=B * H * NV,
-    # h [BK, BV] in registers across the chunks; per chunk u = U − W h, h ← γ h + (K γ_L/γ)ᵀ u
-    smem=4 * (XP * BK * BV + 2 * BT * BK + (S - 1) * BT * BK),
-    live_fp32=XP * (3 * BK * BV + 3 * BT * BK),
-    bytes_moved=B * H * (T * K * (4 + db) * NV + 8 * T * V + 4 * NT * K * V),
-    tc_flops=B * H * T * _tc(4 * K * V),
-    fp32_flops=B * H * (NT * 3 * K * V + T * 2 * K * NV),
-    serial_steps=NT, count=2, base=150)
-
-_chunk_output = DeltaKernel(
-    "delta_chunk_output",
-    grid=B * H * NT * NV,
-    # O = (Q ⊙ γ) h + tril(Q Kᵀ ⊙ D) u, the K-sums as a loop over K-tiles of BKT
-    smem=4 * (BKT * BV + BT * BV + BT * BT + S * BT * BKT + (S - 1) * BKT * BV),
-    live_fp32=9 * XP * BT * BKT + XP * BT * BV,
-    bytes_moved=B * H * (T * K * 2 * db * NV + 4 * NT * K * V + 8 * T * V),
-    tc_flops=B * H * T * _tc(2 * BT * K * NV + 2 * K * V + 2 * BT * V),
-    fp32_flops=B * H * T * (6 * BT + 2 * V),
-    serial_steps=sp.Integer(1), count=1, base=90)
-
-_chunk_dstates = DeltaKernel(
-    "delta_chunk_dstates",
-    grid=B * H * NV,
-    # dh [BK, BV] across the chunks (reverse); per chunk QKᵀ and K dh as loops over K-tiles,
-    # du = Pᵀ dO + (K γ_L/γ) dh, dh ← γ_L dh + (Qγ)ᵀ dO − Wᵀ du with Q, W [BT, BK] tiles
-    smem=4 * (BK * BV + BT * BK + BT + (S - 1) * 2 * BT * BKT),
-    live_fp32=XP * (4 * BK * BV + 2 * BT * BK),
-    bytes_moved=B * H * (T * K * (2 * db + 4) * NV + 8 * T * V + 8 * NT * K * V),
-    tc_flops=B * H * T * _tc(2 * BT * K * NV + 6 * K * V + 2 * BT * V),
-    fp32_flops=B * H * T * (4 * BT + 4 * V),
-    serial_steps=NT, count=1, base=150)
-
-_chunk_grads_v = DeltaKernel(
-    "delta_chunk_grads_v",
-    grid=B * H * NT * NKT,
-    # three [BT, BKT] accumulators; per V-tile h, dh [BKT, BV] and three [BT, BV] row tiles
-    smem=4 * (2 * BT * BV + S * BKT * BV),
-    live_fp32=20 * BT * BKT + 18 * XP * BT * BV + 2 * XP * BKT * BV,
-    bytes_moved=B * H * (8 * NT * K * V + 12 * T * V * NKT + 12 * T * K),
-    tc_flops=B * H * T * _tc(6 * K * V),
-    fp32_flops=B * H * NT * 2 * K * V,
-    serial_steps=sp.Integer(1), count=1, base=32)
-
-_chunk_grads_p = DeltaKernel(
-    "delta_chunk_grads_p",
-    grid=B * H * NT,
-    # dP = dO uᵀ, M = du Vᵀ [BT, BT] over V-tiles of four [BT, BV] row tiles
-    smem=4 * (3 * S * BT * BV + BT * BT),
-    live_fp32=BT * BT + 20 * XP * BT * BV,
-    bytes_moved=B * H * T * (V * (db + 12) + 8 * BT),
-    tc_flops=B * H * T * _tc(4 * BT * V),
-    fp32_flops=sp.Integer(0),
-    serial_steps=sp.Integer(1), count=1, base=80)
-
-_chunk_grads_k = DeltaKernel(
-    "delta_chunk_grads_k",
-    grid=B * H * NT,
-    # everything K-sized: three grams (loops over K-tiles), the inverse, ~8 [BT, BT] tiles and
-    # ~6 [BT, BK] tiles (K, Q, dQa, dKb, dX, dK), the two-sided dA product
-    smem=4 * (BT * BK + 4 * BT * BT + (S - 1) * 2 * BT * BKT),
-    live_fp32=XP * (4 * BT * BK + 12 * BT * BT),
-    bytes_moved=B * H * T * (4 * K * db + 20 * K + 12 * BT),
-    tc_flops=B * H * T * _tc(16 * BT * K + 4 * BT * BT, _INV_PER_TOKEN),
-    fp32_flops=B * H * T * (20 * BT + 10 * K),
-    serial_steps=sp.Integer(1), count=1, base=160)
-
-_chunk_dv = DeltaKernel(
-    "delta_chunk_dv",
-    grid=B * H * NT * NV,
-    smem=4 * (BT * BT + BT * BV),
-    live_fp32=4 * XP * BT * BT + 2 * XP * BT * BV,
-    bytes_moved=B * H * T * (4 * BT * NV + 8 * V),
-    tc_flops=B * H * T * _tc(2 * BT * V),
-    fp32_flops=sp.Integer(0),
-    serial_steps=sp.Integer(1), count=1, base=28)
-
-CHUNKED_KERNELS = (_chunk_prep, _chunk_states, _chunk_output, _chunk_dstates, _chunk_grads_v,
-                   _chunk_grads_p, _chunk_grads_k, _chunk_dv)
-
-
-def _dot_constraints(dims, shape):
-    """tl.dot operand dims: >= 16 and multiples of the tf32 MMA K (8) - every delta dot takes fp32
-    operands, tf32 or tf32x3."""
-    prec = "tf32x3" if shape.dtype == "fp32" else "tf32"
-    out = []
-    for d in dims:
-        out.append(Constraint(f"dot_min_{d}", d, "ge", sp.Integer(16), f"tl.dot operand dim {d} >= 16"))
-        out.append(Constraint(f"dot_mma_{d}", d, "mod", sp.Integer(8),
-                              f"tl.dot operand dim {d} a multiple of the {prec} MMA K=8"))
-    return out
-
-
-def _chunked_extra(shape, gpu):
-    pv, pt = padded(shape.V), max(16, pow2(shape.T))
-    return _dot_constraints((BT, BK, BV, BKT), shape) + [
-        Constraint("bk_le_max_head_k", BK, "le", sp.Integer(MAX_HEAD_K),
-                   f"the chunked delta kernels hold K in one tile: padded K <= {MAX_HEAD_K}"),
-        Constraint("bkt_le_bk", BKT, "le", BK, "K-tile BKT <= padded K"),
-        Constraint("bv_le_padded_v", BV, "le", sp.Integer(pv), f"BV <= padded V = {pv}"),
-        Constraint("bt_le_padded_t", BT, "le", sp.Integer(pt), f"BT <= padded T = {pt}"),
-    ]
-
-
-def _chunked_config(values: dict, shape=None) -> dict:
-    return {k: int(values[k]) for k in ("BT", "BK", "BV", "BKT", "num_warps", "num_stages")}
-
-
-CHUNKED = Space(
-    name="delta_chunked", strategy="chunked",
-    params={BT: (16, 32, 64), BK: lambda shape: (padded(shape.K),),
-            # BKT: only the K-tiles the register model was calibrated on (a model pick with
-            # BKT = 64, fp32 K = 64 on sm_80, spilled 16 B in delta_chunk_dstates)
-            BV: (16, 32, 64, 128, 256), BKT: (16, 32),
-            W: (2, 4, 8, 16), S: (1, 2, 3)},
-    kernels=CHUNKED_KERNELS, dot_dims=(), arange_dims=(BT, BK, BV, BKT),
-    extra=_chunked_extra, to_config=_chunked_config)
+# ---- the chunked (WY/UT) space: space_chunked ---------------------------------------------------
+CHUNKED_KERNELS = _sc.kernels()
+CHUNKED = _sc.make_space(CHUNKED_KERNELS)
 
 
 # ---- the recurrent (fused token loop) space --------------------------------------------------
@@ -344,7 +166,8 @@ def model_best(strategy: str, gpu, dtype, K_: int, V_: int, B_: int, T_: int, H_
 
 
 # ---- AOT: record the template launches of one config and compile them -----------------------
-TEMPLATE_MODULES = ("householder.kernels.chunked", "householder.kernels.recurrent")
+TEMPLATE_MODULES = ("householder.kernels.chunked", "householder.kernels.chunked_grads",
+                    "householder.kernels.recurrent")
 
 
 def _is_template(rec) -> bool:
