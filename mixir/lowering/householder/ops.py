@@ -57,11 +57,16 @@ def _(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy, config, n_h=1):
 def _setup(ctx, inputs, output):
     q, k, v, beta, g, h0, cu_seqlens, strategy, config, n_h, _ = inputs
     ctx.save_for_backward(q, k, v, beta, g, h0, cu_seqlens)
+    ctx.o_shape, ctx.o_dtype = output[0].shape, output[0].dtype
     ctx.strategy, ctx.config, ctx.n_h = strategy, config, n_h
+    # an unused output's gradient stays None (not a zero tensor): no final-state adjoint read
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, do, dhT):
     q, k, v, beta, g, h0, cu_seqlens = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros(ctx.o_shape, dtype=ctx.o_dtype, device=q.device)
     dq, dk, dv, db, dg, dh0 = torch.ops.mixir.delta_bwd(q, k, v, beta, g, h0, cu_seqlens, do.contiguous(),
                                                          dhT, ctx.strategy, ctx.config, ctx.n_h)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), db, dg if g is not None else None,

@@ -83,7 +83,12 @@ class CompiledHouseholder(CompiledBase):
         if strategy == "chunked" and K > core.MAX_HEAD_K:
             raise InputError(f"{m.name}: the chunked strategy holds the key dim in one tile: "
                              f"{p.k_dim} = {K} > {core.MAX_HEAD_K}; use strategy='recurrent'")
-        pieces = self.pieces_kernel(list(arrays), b.scalars, B, T, H, b.sizes)
+        # q, k, v pieces straight in the call's 16-bit dtype (the core reads them in it: one
+        # rounding, as the conversion after an fp32 piece made; beta and gates stay fp32)
+        narrow = () if dtype == torch.float32 else ("q", *(f"{x}{j}" for x in "kv"
+                                                          for j in range(p.num_householder)))
+        pieces = self.pieces_kernel(list(arrays), b.scalars, B, T, H, b.sizes, narrow=narrow,
+                                    dtype=dtype)
         pieces.update(self._raw_passthrough(arrays, dtype))
 
         def shaped(name, size=None):
