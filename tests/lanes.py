@@ -29,3 +29,14 @@ def dtype_grid(names, strategies, dtypes, dtype_id, *, fp32=False):
                 out.append(pytest.param(name, strategy, dtype, id=f"{name}-{strategy}-{dtype_id(dtype)}",
                                         marks=() if (strategy, dtype) in fast else pytest.mark.slow))
     return out
+
+
+def examples(fast: int) -> int:
+    """``max_examples`` of an expensive hypothesis test: ``fast`` (the fast lane's budget: each
+    example runs interpreted kernels) under the ci/dev profiles, the profile's own count under
+    ``nightly`` (a per-test override would otherwise cap the nightly run too)."""
+    import os
+    from hypothesis import settings
+    if os.environ.get("HYPOTHESIS_PROFILE") == "nightly":
+        return settings.get_profile("nightly").max_examples
+    return fast

@@ -17,7 +17,7 @@ from mixir.testing import strategies as mts
 from mixir.testing.checker import assert_close, check, check_case, check_cu_seqlens
 from mixir.verify import example_inputs, input_ranges
 
-from lanes import dtype_grid
+from lanes import dtype_grid, examples
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 STRATEGIES = ["recurrent", "chunked"]
@@ -98,7 +98,7 @@ def test_signed_decay_really_has_negative_transitions():
     assert "sign tracked" in mx.compile(signed_decay).plan.transition
 
 
-@settings(max_examples=2)
+@settings(max_examples=examples(2))
 @given(case=mts.cases(MIXERS["gla"].mixer, shape=mts.shapes(MIXERS["gla"].mixer, batch=(1, 2),
                                                             seqlen=(1, 70), heads=(1, 2), dim=(1, 32),
                                                             odd_dims=(7,)),
@@ -110,7 +110,7 @@ def test_gla_hypothesis(case, strategy):
     assert_close(check_case(m, mx.compile(m), case, strategy=strategy))
 
 
-@settings(max_examples=2)
+@settings(max_examples=examples(2))
 @given(case=mts.cases(signed_decay, shape=mts.shapes(signed_decay, batch=(1, 2), seqlen=(1, 70),
                                                      heads=(1, 2), dim=(1, 24), odd_dims=(5,)),
                       ranges={"a": (-1.0, 1.0)}),

@@ -19,7 +19,7 @@ from mixir.lowering.family import classify
 from mixir.testing.checker import assert_close, check, check_cu_seqlens
 from mixir.verify import example_inputs
 
-from lanes import dtype_grid
+from lanes import dtype_grid, examples
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 STRATEGIES = ["recurrent", "chunked"]
@@ -158,7 +158,7 @@ def test_cu_seqlens_equals_per_sequence_loop(name, strategy):
                                   strategy=strategy, initial_state=h0))
 
 
-@settings(max_examples=2, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(T=st.integers(1, 40), K=st.sampled_from([12, 16, 20]), beta_hi=st.sampled_from([1.0, 2.0]),
        seed=st.integers(0, 2**16), strategy=st.sampled_from(STRATEGIES))
 def test_gated_delta_rule_hypothesis(T, K, beta_hi, seed, strategy):
@@ -454,7 +454,7 @@ def test_kda_fla_options():
         kda(q, k, v, graw, b, use_gate_in_kernel=True)
 
 
-@settings(max_examples=2, deadline=None)
+@settings(max_examples=examples(2), deadline=None)
 @given(T=st.integers(1, 30), K=st.sampled_from([12, 16, 20]), V=st.sampled_from([8, 24]),
        beta_hi=st.sampled_from([1.0, 2.0]), seed=st.integers(0, 2**16))
 def test_kda_hypothesis(T, K, V, beta_hi, seed):
