@@ -158,7 +158,7 @@ def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot, *,
     O = empty(plan.T_total, H, DV, device=X.device, dtype=out_dtype)
     BT, BC = cfg["BT"], cfg["BC"]
     assert BT % BC == 0 and BC >= 16
-    BK = _output_bk(DK, cfg)
+    BK = tile(DK, cfg["BK"])
     BV = _output_bv(DV, F[2] is not None, cfg)
     s_hk, s_hv = (1, DK) if transposed else (DV, 1)
     W, XP, mode, accum, sign = xp if xp is not None else (None, None, 0, False, 1.0)
@@ -172,10 +172,6 @@ def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot, *,
             DOT_F32=dot[0],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return O
-
-
-def _output_bk(DK, cfg):
-    return tile(DK, cfg["BK"])
 
 
 def _output_bv(DV, use_c, cfg):
