@@ -26,7 +26,23 @@ def compile(mixer, **options):  # noqa: A001 - the public verb
     return compile_mixer(mixer, **options)
 
 
+def input_checks(enabled: bool = True):
+    """``with mixir.input_checks(): ...`` — every compiled mixer called inside the block first
+    checks its input values (NaN/Inf, positive log-decays) and raises ``InputError`` naming the
+    argument (a host sync per call; off by default). See ``set_input_checks``."""
+    from .lowering.common.checks import input_checks as _input_checks
+    return _input_checks(enabled)
+
+
+def set_input_checks(enabled: bool) -> bool:
+    """Turn the opt-in value checks of compiled mixers' inputs on or off process-wide (like
+    ``torch.autograd.set_detect_anomaly``); returns the previous setting."""
+    from .lowering.common.checks import set_input_checks as _set
+    return _set(enabled)
+
+
 __all__ = ["In", "Param", "State", "Scale", "Scalar", "Mixer", "mixer", "compile", "reference",
+           "input_checks", "set_input_checks",
            "abs", "amax", "contract", "cos", "exp", "head", "l2norm", "log", "logsigmoid", "maximum",
            "minimum", "outer", "rename", "rsqrt", "sigmoid", "silu", "sin", "softplus", "sqrt", "sum",
            "tanh", "where",

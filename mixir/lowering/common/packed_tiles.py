@@ -115,3 +115,19 @@ def store_rows(X, val, cs, L, i_h, H, D, o_t, o_d):
 def load_scalars(X, cs, L, i_h, H, o_t):
     """[BT] fp32 of a packed [T_total, H] tensor: rows cs + o_t (o_t < L) of head i_h; zeros outside."""
     return tl.load(X + (cs + o_t) * H + i_h, mask=o_t < L, other=0.).to(tl.float32)
+
+
+@triton.jit
+def scores_dot(A, z, dt: tl.constexpr, PREC: tl.constexpr):
+    """``A @ z`` with the fp32 score tile ``A`` [M, N] rounded to ``dt`` for the dot. In fp16 each
+    row of ``A`` is first scaled by a power of two that brings its largest magnitude to at most
+    2^15 (undone on the fp32 result, exactly): scores beyond fp16's range (65504) would otherwise
+    round to inf although the output they produce is representable. A non-finite row stays
+    non-finite (its scale is NaN or 0, so the row becomes NaN): a NaN is never hidden."""
+    if dt == tl.float16:
+        e = tl.maximum(tl.ceil(tl.log2(tl.max(tl.abs(A), 1) * (1.0 / 32768.0))), 0.)
+        out = tl.dot((A * tl.exp2(-e)[:, None]).to(dt), z.to(dt), input_precision=PREC)
+        out = out * tl.exp2(e)[:, None]
+    else:
+        out = tl.dot(A.to(dt), z.to(dt), input_precision=PREC)
+    return out

@@ -156,11 +156,65 @@ def final_state_blocked(system: System, u, z0=None):
     return x[..., :N]
 
 
-def fft_conv(u, K):
-    """Causal convolution ``y[.., t] = Σ_{s≤t} K[.., t−s] u[.., s]`` by real FFTs of length 2T."""
-    T = u.shape[-1]
+def _conv(u, K, T):
     n = 2 * T
     return torch.fft.irfft(torch.fft.rfft(u, n=n) * torch.fft.rfft(K, n=n), n=n)[..., :T]
+
+
+def _corr(a, b, T):
+    """``r[.., τ] = Σ_s a[.., s] b[.., s + τ]`` for τ < T (zero-padded, by FFTs of length 2T)."""
+    n = 2 * T
+    return torch.fft.irfft(torch.fft.rfft(a, n=n).conj() * torch.fft.rfft(b, n=n), n=n)[..., :T]
+
+
+def _poison(x, bad):
+    return torch.where(bad, torch.full_like(x, float("nan")), x)
+
+
+def _from_first(bad):
+    """True from the first True along the last dim on (a causal spread)."""
+    return bad.cumsum(-1, dtype=torch.int32) > 0
+
+
+class _CausalFFTConv(torch.autograd.Function):
+    """The FFT convolution with non-finite values kept where the recurrence puts them. An FFT mixes
+    every position into every other, so a NaN or Inf input at t would poison the outputs *before*
+    t too; here non-finite inputs are convolved as 0 and the outputs from t on are NaN (forward: the
+    recurrence's causal spread), a non-finite output gradient at t poisons the input gradients up to
+    t (backward: the anti-causal spread), and the kernel's gradient at every lag that meets one."""
+
+    @staticmethod
+    def forward(ctx, u, K):
+        T = u.shape[-1]
+        bad = ~torch.isfinite(u)
+        u0 = torch.where(bad, torch.zeros_like(u), u)
+        ctx.save_for_backward(u0, K, bad)
+        return _poison(_conv(u0, K, T), _from_first(bad))
+
+    @staticmethod
+    def backward(ctx, dy):
+        u0, K, bad_u = ctx.saved_tensors
+        T = dy.shape[-1]
+        bad_dy = ~torch.isfinite(dy)
+        dy0 = torch.where(bad_dy, torch.zeros_like(dy), dy)
+        du = dK = None
+        if ctx.needs_input_grad[0]:
+            du = _poison(_corr(K.expand_as(dy0), dy0, T), _from_first(bad_dy.flip(-1)).flip(-1))
+        if ctx.needs_input_grad[1]:
+            # lag τ pairs u_s with dy_{s+τ}: it meets a non-finite u_s for τ ≤ T − 1 − s and a
+            # non-finite dy_t for τ ≤ t
+            lag = torch.arange(T, device=dy.device)
+            last_dy = torch.where(bad_dy, lag, -1).amax(-1, keepdim=True)
+            first_u = torch.where(bad_u, lag, T).amin(-1, keepdim=True)
+            bad_lag = (lag <= last_dy) | (lag <= T - 1 - first_u)
+            dK = _poison(_corr(u0, dy0, T), bad_lag).sum_to_size(K.shape)
+        return du, dK
+
+
+def fft_conv(u, K):
+    """Causal convolution ``y[.., t] = Σ_{s≤t} K[.., t−s] u[.., s]`` by real FFTs of length 2T,
+    with non-finite values spreading causally as in the recurrence (``_CausalFFTConv``)."""
+    return _CausalFFTConv.apply(u, K)
 
 
 # --------------------------------------------------------------------------- the compiled mixer

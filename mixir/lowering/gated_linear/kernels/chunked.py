@@ -27,7 +27,7 @@ import triton.language as tl
 
 from mixir.lowering.common.launch import kernel
 from mixir.lowering.common.packed_tiles import (chunk_bounds, chunk_program, load_rows, load_state,
-                                                sequence_chunks, sequence_head, state_offsets,
+                                                scores_dot, sequence_chunks, sequence_head, state_offsets,
                                                 store_rows, store_state)
 
 
@@ -40,8 +40,10 @@ def chunk_gla_cumsum(X, G, R, cu_seqlens, chunk_tbl, H, D,
     o_d = tl.program_id(2) * BD + tl.arange(0, BD)
     x = load_rows(X, cs, L, i_h, H, D, o_t, o_d)
     # Floor each step's log-decay: exp(LOG_FLOOR) is already 0 in fp32 terms, and keeping the
-    # cumulative sums small (|G| <= BT * |LOG_FLOOR|) keeps their differences accurate.
-    x = tl.maximum(x, LOG_FLOOR)
+    # cumulative sums small (|G| <= BT * |LOG_FLOOR|) keeps their differences accurate. Written as
+    # a select, not tl.maximum, so that a NaN log-decay stays NaN (and poisons what follows it, as
+    # in the recurrence) instead of becoming a closed gate.
+    x = tl.where(x < LOG_FLOOR, LOG_FLOOR, x)
     g = tl.associative_scan(x, 0, tl.standard._sum_combine)
     g_last = tl.reduce(tl.where((o_t == L - 1)[:, None], g, 0.), 0, tl.standard._sum_combine)
     store_rows(G, g, cs, L, i_h, H, D, o_t, o_d)
@@ -222,7 +224,7 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
             fc_j = tl.load(FC + (rows_j[:, None] * H + i_h) * DV + o_v[None, :],
                            mask=m_j[:, None] & m_v[None, :], other=0.)
             z = z.to(tl.float32) * tl.exp(tl.where(m_j[:, None], fc_r[None, :] - fc_j, 0.))
-        acc_o += tl.dot(A.to(dt), z.to(dt), input_precision=PREC)
+        acc_o += scores_dot(A, z, dt, PREC)
     if USE_C:
         fc_r = tl.load(FC + (r * H + i_h) * DV + o_v, mask=m_v, other=0.)
         acc_o = acc_o * tl.exp(tl.where(m_i[:, None], fc_i - fc_r[None, :], 0.))
@@ -262,7 +264,7 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
         acc += tl.reduce(A[:, :, None] * tl.exp(e) * z.to(tl.float32)[None, :, :], 1,
                          tl.standard._sum_combine)
     else:
-        acc += tl.dot(A.to(dt), z.to(dt), input_precision=PREC)
+        acc += scores_dot(A, z, dt, PREC)
     acc = acc * scale
     p_iv = (rows[:, None] * H + i_h) * DV + o_v[None, :]
     if USE_BIAS:

@@ -121,7 +121,7 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV,
     dg = tl.sum(dG, 0) - tl.cumsum(dG, 0) + dG
     if USE_G:
         graw = load_scalars(Gin, cs, L, i_h, H, o_t)
-        dg = tl.where(graw >= LOG_FLOOR, dg, 0.)
+        dg = tl.where(graw < LOG_FLOOR, 0., dg)           # NaN gates keep their NaN gradient
     tl.store(DB + (cs + o_t) * H + i_h, dbeta, mask=valid)
     if USE_G:
         tl.store(DG + (cs + o_t) * H + i_h, dg, mask=valid)

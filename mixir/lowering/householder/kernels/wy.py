@@ -51,7 +51,8 @@ def st(x, DOT: tl.constexpr):
 def gates(Gin, cs, L, i_h, H, o_t, USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr):
     """Chunk-local inclusive cumsum G of the log-gates (0 without gates); rows ≥ L repeat G_{L−1}."""
     if USE_G:
-        g = tl.maximum(load_scalars(Gin, cs, L, i_h, H, o_t), LOG_FLOOR)
+        g = load_scalars(Gin, cs, L, i_h, H, o_t)
+        g = tl.where(g < LOG_FLOOR, LOG_FLOOR, g)         # a select keeps a NaN gate NaN
         g = tl.where(o_t < L, g, 0.)
         G = tl.cumsum(g, 0)
     else:
