@@ -22,6 +22,7 @@ from ...reference.evaluate import NumpyBackend, evaluate
 from . import core, ops
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
+from ..common.checks import check_log_decay
 from ..common.launch import encode_config
 from ..common.pieces import PiecesKernel
 
@@ -122,6 +123,10 @@ class CompiledMixer(CompiledBase):
         g = shaped("g") if "g" in p else None
         gk = shaped("gk") if "gk" in p else None
         gv = shaped("gv") if "gv" in p else None
+        for piece, t in (("g", g), ("gk", gk), ("gv", gv)):   # opt-in (mixir.input_checks)
+            src = self.direct[f.state.name].get(piece, (None,))[0]
+            check_log_decay(self.mixer.name, f"the log-decay of state {f.state.name!r}"
+                            + (f" (argument {src!r})" if src else ""), t)
         P = Q = None
         if any(n in p for n in ("g_sign", "gk_sign", "gv_sign")):
             P, Q = self._sign_products(p, shaped, cu_seqlens, B, T, H, K, V)

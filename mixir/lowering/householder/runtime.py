@@ -13,6 +13,7 @@ from .analysis import HouseholderPlan
 from ..common.launch import encode_config
 from ..common.pieces import PiecesKernel
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy
+from ..common.checks import check_log_decay
 
 
 class CompiledHouseholder(CompiledBase):
@@ -116,6 +117,7 @@ class CompiledHouseholder(CompiledBase):
             k, v, beta = inter(ks), inter(vs), inter(betas)
             zero = torch.zeros((B, T, H) + ((K,) if p.gate_k else ()), device=device)
             g = inter([gate(j) if has_g[j] else zero for j in range(n)]) if any(has_g) else None
+        check_log_decay(m.name, "the log-gate of the transition", g)   # opt-in (mixir.input_checks)
         cu = None if cu_seqlens is None else cu_seqlens * n
         h0 = None
         if initial_state is not None:
