@@ -92,6 +92,25 @@ def test_valid_entry_is_used(dbdir, monkeypatch):
                                                      dict(GOOD, BT=16, BC=32))
 
 
+def test_lti_and_rnn_lookups_validate_their_entries(monkeypatch):
+    """The LTI conv tiles and the RNN launch config read the database through their spaces too:
+    an entry outside the space is ignored with a warning (the kernels' own choice stands), never
+    launched."""
+    import mixir
+    from mixir.library import MIXERS
+    monkeypatch.setattr(select, "_gpu_for", lambda idx: hardware.get("h100"))
+    dev = torch.device("cuda", 0)
+    s4d = mixir.compile(MIXERS["s4d"].mixer)
+    lstm = mixir.compile(MIXERS["lstm"].mixer)
+    rnn_model = lstm.launch_config(32, dev, torch.bfloat16, B=16, T=64, H=2)
+    bad = {"BN": 7, "BL": 0, "BR": 3, "num_warps": 3, "num_stages": 1}
+    monkeypatch.setattr(db, "lookup", lambda *a, **k: dict(bad))
+    with pytest.warns(UserWarning, match="tuning database entry"):
+        assert s4d._tiles(torch.bfloat16, 2, 64, 4, 16, dev) is None
+    with pytest.warns(UserWarning, match="tuning database entry"):
+        assert lstm.launch_config(32, dev, torch.bfloat16, B=16, T=64, H=2) == rnn_model
+
+
 # ---- 2b / 2c: unreadable files: a warning on read, never overwritten ---------------------------
 UNREADABLE = {
     "version_text": (json.dumps({"format": "mixir-tuning-db", "version": "1", "entries": {}}),

@@ -178,10 +178,12 @@ class CompiledLTIMixer(CompiledBase):
         from . import space as lti_space
         from ...autotune.db import Key
         from ...autotune.select import tuned_config
-        Q = lti_space.launch_shape(self.plan, B, T, H, N).V
-        key = Key(self.mixer.fingerprint, f"lti_{lti_space.kind_of(self.plan)}", dtype, int(B), int(T),
-                  int(H), int(N), int(Q))
-        cfg = tuned_config(None, key, None, device)
+        kind = lti_space.kind_of(self.plan)
+        shp = lti_space.launch_shape(self.plan, B, T, H, N)
+        key = Key(self.mixer.fingerprint, f"lti_{kind}", dtype, int(B), int(T), int(H), int(N), int(shp.V))
+        # the space and shape validate the entry (an invalid one is ignored with a warning);
+        # model=None-returning: without an entry the kernels choose (kernels.launch_config)
+        cfg = tuned_config(lti_space.space(kind), key, shp, device, model=lambda gpu: None)
         return {k: int(cfg[k]) for k in ("BN", "BL", "num_warps", "num_stages")} if cfg else None
 
     def _run(self, s: System, u, z0, strategy, want_state, tiles=None):

@@ -152,7 +152,10 @@ class CompiledRNN(CompiledBase):
             def model(gpu):
                 shape = rnn_space.shape_of(int(B), 1024, 1, int(D), dtype_name(dtype))
                 return rnn_space.best_config(strategy, G, S, shape, gpu, bool(backward))
-            best = tuned_config(None, key, None, device, model=model)
+            # the space and shape validate a database entry (an invalid one is ignored, warned)
+            best = tuned_config(rnn_space.rnn_space(strategy, G, S, bool(backward)), key,
+                                rnn_space.shape_of(int(B), 1024, 1, int(D), dtype_name(dtype)),
+                                device, model=model)
             if best:
                 cfg.update(BR=best["BR"], num_warps=best["num_warps"])
         cfg.update({k: v for k, v in self.config.items() if k in cfg})
