@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(_HERE))      # the repository root: mixir wit
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+import plots
 import mixir.attention as mxa  # noqa: E402
 from mixir.reference.attention import evaluate_mask  # noqa: E402
 from mixir.lowering.attention.tiles import choose  # noqa: E402
@@ -84,7 +85,7 @@ def parse_args(argv=None):
                    help="skip the dense baseline when its T x T scores (fp32) exceed this")
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--no-backward", action="store_true", help="time the forward only")
-    p.add_argument("--plot", default=None, help="PNG: time against visited fraction, and vs T")
+    plots.add_argument(p)
     p.add_argument("--csv", default=None)
     a = p.parse_args(argv)
     if a.device is None:
@@ -94,6 +95,7 @@ def parse_args(argv=None):
         if getattr(a, k) is None:
             setattr(a, k, v)
     a.T = [int(x) for x in str(a.T).split(",") if x]
+    a.plot = plots.resolve(a.plot, "bench_attention", a.device)
     a.dtype = DTYPES[a.dtype]
     a.families = [f for f in a.families.split(",") if f]
     bad = [f for f in a.families if f not in FAMILIES]
@@ -356,47 +358,34 @@ def main(argv=None):
             for r in rows:
                 w.writerow({k_: r.get(k_) for k_ in keys})
         print(f"\n# wrote {args.csv}")
-    if args.plot:
-        plot(rows, args)
+    plot(rows, args)
     return rows
 
 
 def plot(rows, args):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("# --plot: matplotlib is not installed; skipping the plot")
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    """fwd+bwd time against T per mask and implementation (``plots``; no memory is measured
+    here), and mixir's time relative to full attention against the visited tile fraction."""
+    panel = plots.Panel("fwd+bwd", "time (ms)")
+    for key, who in (("mixir_fb", "mixir"), ("dense_fb", "dense"), ("flex_fb", "flex")):
+        for r in rows:
+            if isinstance(r.get(key), float):
+                panel.add(f"{r['mask']} {who}", r["T"], r[key])
     full = {r["T"]: r for r in rows if r["mask"] == "full"}
     colors = {"ref": "k", "sliding": "tab:blue", "document": "tab:orange", "moba": "tab:green"}
-    for fam in colors:
-        pts = [(r["visited"], r["mixir_fb"] / full[r["T"]]["mixir_fb"]) for r in rows
-               if r["family"] == fam and isinstance(r.get("mixir_fb"), float)
-               and isinstance(full.get(r["T"], {}).get("mixir_fb"), float)]
-        if pts:
-            axes[0].scatter(*zip(*pts), c=colors[fam], label=fam, s=18)
-    axes[0].plot([0, 1], [0, 1], "k:", lw=1, label="time ∝ visited")
-    axes[0].set_xlabel("visited tile fraction")
-    axes[0].set_ylabel("mixir fwd+bwd time / full")
-    axes[0].legend()
-    for key, style in (("mixir_fb", "-"), ("dense_fb", "--"), ("flex_fb", ":")):
-        names = sorted({r["mask"] for r in rows})
-        for n in names:
-            pts = [(r["T"], r[key]) for r in rows if r["mask"] == n and isinstance(r.get(key), float)]
-            if len(pts) > 1:
-                fam = next(r["family"] for r in rows if r["mask"] == n)
-                axes[1].plot(*zip(*pts), style, color=colors[fam], alpha=0.7)
-    axes[1].set_xscale("log")
-    axes[1].set_yscale("log")
-    axes[1].set_xlabel("T")
-    axes[1].set_ylabel("fwd+bwd ms (— mixir, -- dense, ·· flex)")
-    fig.suptitle(f"mixir attention, {args.device}, B={args.B} H={args.H} D={args.D}")
-    fig.tight_layout()
-    fig.savefig(args.plot, dpi=120)
-    print(f"# wrote {args.plot}")
+
+    def visited(ax):
+        for fam in colors:
+            pts = [(r["visited"], r["mixir_fb"] / full[r["T"]]["mixir_fb"]) for r in rows
+                   if r["family"] == fam and isinstance(r.get("mixir_fb"), float)
+                   and isinstance(full.get(r["T"], {}).get("mixir_fb"), float)]
+            if pts:
+                ax.scatter(*zip(*pts), c=colors[fam], label=fam, s=18)
+        ax.plot([0, 1], [0, 1], "k:", lw=1, label="time ∝ visited")
+        ax.set_xlabel("visited tile fraction")
+        ax.set_ylabel("mixir fwd+bwd time / full")
+        ax.legend(fontsize=7)
+    plots.save(args.plot, [panel], f"mixir attention, {args.device}, B={args.B} H={args.H} D={args.D}",
+               extra=[visited])
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import plots
 import torch  # noqa: E402
 
 from mixir import library  # noqa: E402
@@ -162,8 +163,12 @@ def main(argv=None):
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--repeats", type=int, default=None)
+    plots.add_argument(p)
     a = p.parse_args(argv)
     device = torch.device(a.device)
+    png = plots.resolve(a.plot, "bench_delta", a.device)
+    panels = [plots.Panel("forward", "time (ms)"), plots.Panel("forward + backward", "time (ms)"),
+              plots.Panel("peak memory of fwd+bwd", "peak MB")]
     gpu = device.type == "cuda"
     Ts = [int(t) for t in (a.T or ("1024,2048,4096,8192,16384,32768" if gpu else "32,64")).split(",")]
     B, H = a.B or (4 if gpu else 1), a.H or (8 if gpu else 1)
@@ -184,10 +189,14 @@ def main(argv=None):
             inputs = make_inputs(op, B, T, H, K, K, dtype, device)
             mf, mfb, mpk, mres = measure(lambda *x: mixir_call(op, *x), inputs, device, warmup, repeats)
             series.setdefault((op, "mixir"), []).append(mfb)
+            for panel, v in zip(panels, (mf, mfb, mpk)):
+                panel.add(f"{op} mixir", T, v)
             row = [op, T, f"{mf:.3f}", f"{mfb:.3f}", "-" if mpk is None else f"{mpk:.0f}"]
             if base is not None:
                 ff, ffb, fpk, fres = measure(base, inputs, device, warmup, repeats)
                 series.setdefault((op, "fla"), []).append(ffb)
+                for panel, v in zip(panels, (ff, ffb, fpk)):
+                    panel.add(f"{op} fla", T, v)
                 diff = max_rel([fres[0], *fres[1]], [mres[0], *mres[1]])
                 row += [f"{ff:.3f}", f"{ffb:.3f}", "-" if fpk is None else f"{fpk:.0f}",
                         f"{mf / ff:.2f}", f"{mfb / ffb:.2f}", f"{diff:.1e}"]
@@ -197,6 +206,7 @@ def main(argv=None):
     print("\nslope of log(fwd+bwd time) vs log(T) (1 = linear):")
     for (op, who), ys in series.items():
         print(f"  {op:22s} {who:6s} {slope(Ts, ys):.2f}")
+    plots.save(png, panels, f"mixir Householder family on {a.device}, B={B} H={H} K=V={K} {a.dtype}")
     return 0
 
 

@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import baselines  # noqa: E402
+import plots
 from cpu_memory import torch_cpu_peak_bytes  # noqa: E402
 import mixir  # noqa: E402
 from mixir.library import MIXERS  # noqa: E402
@@ -98,7 +99,7 @@ def parse_args(argv=None):
                         "threads only add synchronisation noise)")
     p.add_argument("--no-baselines", action="store_true", help="time mixir only")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--plot", metavar="PNG", help="write a log-log plot of time against T")
+    plots.add_argument(p)
     p.add_argument("--csv", metavar="CSV", help="write every measurement as CSV")
     args = p.parse_args(argv)
 
@@ -106,6 +107,7 @@ def parse_args(argv=None):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: torch.cuda.is_available() is False")
+    args.plot = plots.resolve(args.plot, "bench_gated_linear", args.device)
     d = GPU_DEFAULTS if args.device == "cuda" else CPU_DEFAULTS
     args.mixers = [m for m in (args.mixers or d["mixers"]).split(",") if m]
     unknown = [m for m in args.mixers if m not in MIXERS]
@@ -452,37 +454,20 @@ def slope_table(rows):
 
 
 def plot(rows, path, args):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"# --plot {path}: matplotlib is not importable; no plot written (pip install matplotlib)")
-        return
-    data = series(rows)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharex=True)
-    for ax, metric in zip(axes, ("fwd", "fwd+bwd")):
-        mixers = list(dict.fromkeys(r["mixer"] for r in rows))
-        for (label, m), pts in data.items():       # one colour per mixer, one style per implementation
-            if m != metric:
-                continue
-            pts = sorted(pts)
-            mixer, impl = label.split(" ", 1)
-            style = {"mixir recurrent": "-o", "mixir chunked": "-s", "torch-chunked": "--^"}.get(impl, ":v")
-            ax.loglog([t for t, _ in pts], [v for _, v in pts], style, label=label, markersize=4,
-                      color=f"C{mixers.index(mixer) % 10}", alpha=0.9)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("T (tokens)")
-        ax.set_ylabel("time (ms)")
-        ax.set_title(metric)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[1].legend(fontsize=7, loc="upper left")
+    """Time against T (fwd, fwd+bwd) per mixer and implementation, and peak memory (``plots``)."""
+    fwd, fb = plots.Panel("forward", "time (ms)"), plots.Panel("forward + backward", "time (ms)")
+    for (label, metric), pts in series(rows).items():
+        for T, v in pts:
+            (fwd if metric == "fwd" else fb).add(label, T, v)
+    mem = plots.Panel("peak memory of fwd+bwd", "peak MB")
+    for r in rows:
+        mem.add(f"{r['mixer']} mixir {r['strategy']}", r["T"], r.get("peak_mb"))
+        for label, prefix in (("torch-chunked", "torch_"), ("fla", "fla_")):
+            if r["strategy"] == rows[0]["strategy"]:
+                mem.add(f"{r['mixer']} {label}", r["T"], r.get(prefix + "peak_mb"))
     where = "GPU " + torch.cuda.get_device_name() if args.device == "cuda" else "CPU, Triton interpreter"
-    fig.suptitle(f"mixir gated-linear ({where}; B={args.B} H={args.H} K={args.K} V={args.V} "
-                 f"{DTYPE_NAMES[args.dtype]})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"# plot written to {path}")
+    plots.save(path, [fwd, fb, mem], f"mixir gated-linear ({where}; B={args.B} H={args.H} K={args.K} "
+                                     f"V={args.V} {DTYPE_NAMES[args.dtype]})")
 
 
 def write_csv(rows, path):
@@ -519,8 +504,7 @@ def main(argv=None):
     print("Fitted slope of log(time) vs log(T) per series (linear in T => slope ~ 1):")
     print()
     print(slope_table(rows))
-    if args.plot:
-        plot(rows, args.plot, args)
+    plot(rows, args.plot, args)
     if args.csv:
         write_csv(rows, args.csv)
     return 0

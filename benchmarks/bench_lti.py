@@ -39,6 +39,7 @@ import numpy as np   # noqa: E402
 import torch         # noqa: E402
 
 from cpu_memory import torch_cpu_peak_bytes                          # noqa: E402,F401 - re-exported
+import plots
 from mixir.library import lti                                         # noqa: E402
 from mixir.lowering.lti.analysis import analyse                        # noqa: E402
 from mixir.lowering.lti.runtime import CompiledLTIMixer  # noqa: E402
@@ -193,7 +194,9 @@ def parse_args(argv=None):
                          "torch's default)")
     ap.add_argument("--cases", default="", help="comma-separated subset of: vandermonde, "
                     "vandermonde-naive, cauchy, krylov-naive, fftconv (default: all)")
+    plots.add_argument(ap)
     args = ap.parse_args(argv)
+    args.plot = plots.resolve(args.plot, "bench_lti", args.device)
     args.cases = [c for c in args.cases.split(",") if c]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -203,7 +206,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    print(table(run(args), args))
+    rows = run(args)
+    print(table(rows, args))
+    time_p, mem_p = plots.Panel("time", "ms"), plots.Panel("peak memory", "peak MB")
+    for T, name, ms, mb, _ in rows:
+        time_p.add(name, T, ms)
+        mem_p.add(name, T, mb)
+    plots.save(args.plot, [time_p, mem_p], f"mixir LTI kernels on {args.device}, N={args.N} H={args.H} B={args.B}")
 
 
 if __name__ == "__main__":

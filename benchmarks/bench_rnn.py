@@ -18,6 +18,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import plots
 
 from mixir.library.rnn import gru, lstm  # noqa: E402
 
@@ -49,7 +52,7 @@ def cell_loop(cell, x, B, T, hidden):
     return torch.stack(outs, 1)
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--B", type=int, default=16)
@@ -58,9 +61,12 @@ def main():
     ap.add_argument("--heads", type=int, nargs="*", default=[1, 4, 16])
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--dtype", default="bfloat16")
-    a = ap.parse_args()
+    plots.add_argument(ap)
+    a = ap.parse_args(argv)
     cuda = torch.cuda.is_available() and not a.cpu
     dev = "cuda" if cuda else "cpu"
+    png = plots.resolve(a.plot, "bench_rnn", dev)
+    panels = {}          # cell -> Panel of µs per token against the hidden size
     dt = getattr(torch, a.dtype) if cuda else torch.float32
     try:
         import flashrnn  # noqa: F401
@@ -78,6 +84,9 @@ def main():
             loop_ms = _time(lambda: cell_loop(ref_cell, x_dense, a.B, a.T, hidden), max(1, a.repeats // 5), cuda) * 1e3
             rnn = (torch.nn.LSTM if G == 4 else torch.nn.GRU)(hidden, hidden, batch_first=True).to(dev, dt)
             cudnn_ms = _time(lambda: rnn(x_dense), a.repeats, cuda) * 1e3
+            panel = panels.setdefault(cell_name, plots.Panel(f"{cell_name}, T={a.T}", "µs per token"))
+            panel.add("torch cell loop", hidden, loop_ms * 1e3 / a.T)
+            panel.add("torch.nn.LSTM/GRU (cuDNN on a GPU)", hidden, cudnn_ms * 1e3 / a.T)
             for H in a.heads:
                 if hidden % H:
                     continue
@@ -94,6 +103,9 @@ def main():
                         continue
                     print(f"{cell_name:5s} {hidden:6d} {H:3d} {D:5d} {strategy:>12s} {ms:9.3f} "
                           f"{ms * 1e3 / a.T:9.2f} {loop_ms:9.3f} {cudnn_ms:9.3f}")
+                    panel.add(f"mixir {strategy} H={H}", hidden, ms * 1e3 / a.T)
+    plots.save(png, list(panels.values()), f"mixir RNN cells on {dev}, B={a.B}, T={a.T}, {dt} "
+               "(no memory measured)", xlabel="hidden size (H x D)")
 
 
 if __name__ == "__main__":

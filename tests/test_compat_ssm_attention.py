@@ -279,7 +279,7 @@ def test_tracer_reproduces_torch_semantics():
     running it on index tensors; no kernel runs."""
     from torch.nn.attention.flex_attention import noop_mask, or_masks
 
-    from mixir.compat._torch_trace import trace_mask, trace_score_mod
+    from mixir.dsl.torch_trace import trace_mask, trace_score_mod
     from mixir.reference.attention import evaluate_mask
     table = torch.rand(4, 4) > 0.5
     bias = torch.randn(2, 24)

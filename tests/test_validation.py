@@ -231,3 +231,28 @@ def test_transposed_layouts_are_called_out():
     qa, ka, va = (t.transpose(1, 2) for t in _qkv(T=8, H=4, HKV=2))
     with pytest.raises(InputError, match=r"are they laid out \[B, H, T, D\]"):
         L.moba(qa, ka, va, 16, 1)
+
+
+def test_library_wrappers_name_their_public_arguments():
+    """hgrn, lightnet, the Householder and SSM wrappers check the tensors as the caller named them
+    (before splitting or reshaping them into the declaration's arguments: k, not k0)."""
+    from mixir.library import gated_delta_product, hgrn, lightnet, mamba, mamba2
+    q, k, v, _ = _gla(T=2)
+    beta, g = torch.rand(1, 2, 2), torch.zeros(1, 2, 2)
+    calls = {
+        "'g'": lambda: hgrn(torch.randn(1, 3, 4), torch.zeros(1, 3, 4, dtype=torch.float64)),
+        "'v'": lambda: lightnet(q, k, v.double()),
+        "'k'": lambda: gated_delta_product(q, torch.cat([k, k], 1).double(), torch.cat([v, v], 1), g,
+                                           torch.cat([beta, beta], 1), num_householder=2),
+        "'A'": lambda: mamba(torch.randn(1, 3, 4), torch.rand(1, 3, 4), torch.zeros(4, 2, dtype=torch.float64),
+                             torch.randn(1, 3, 2), torch.randn(1, 3, 2)),
+        "'dt_bias'": lambda: mamba2(torch.randn(1, 3, 2, 4), torch.rand(1, 3, 2), -torch.ones(2),
+                                    torch.randn(1, 3, 1, 4), torch.randn(1, 3, 1, 4),
+                                    dt_bias=torch.zeros(2, dtype=torch.float64)),
+    }
+    for name, call in calls.items():
+        with record_launches() as launched, pytest.raises(InputError) as e:
+            call()
+        assert f"argument {name} must be float32" in str(e.value) and not launched, (name, str(e.value))
+    with pytest.raises(InputError, match="hgrn: argument 'x' must be a torch.Tensor, got list"):
+        hgrn([[0.0]], torch.zeros(1, 3, 4))

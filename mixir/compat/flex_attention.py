@@ -3,7 +3,7 @@
 
 The ``mask_mod(b, h, q_idx, kv_idx)`` and ``score_mod(score, b, h, q_idx, kv_idx)`` functions are
 ordinary FlexAttention code — torch operations on index tensors, captured tensors indexed by them —
-traced once into mixir's mask IR (``mixir.compat._torch_trace``); a function using an operation the
+traced once into mixir's mask IR (``mixir.dsl.torch_trace``); a function using an operation the
 tracer cannot express raises ``DeclarationError`` naming it. Layout ``[B, H, T, D]`` as
 FlexAttention (mixir's own attention is ``[B, T, H, D]``; the drop-in transposes views).
 What differs and what is refused: docs/compat.md.
@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..lowering.attention.block_mask import FULL_TILE, PARTIAL, classify_tiles, from_tile_classes
 from ..lowering.attention.block_mask import BlockMask as _MixirBlockMask
 from ..lowering.attention.ops import attention
-from ._torch_trace import trace_mask, trace_score_mod
+from ..dsl.torch_trace import trace_mask, trace_score_mod
 
 TORCH_VERSION = "2.13.0"
 
@@ -141,20 +141,20 @@ def _check(query, key, value, enable_gqa):
     if enable_gqa and query.size(1) % key.size(1):
         raise InputError(f"flex_attention: Expect number of query heads to be a multiple of kv heads "
                          f"for GQA but got Hq={query.size(1)} and Hkv={key.size(1)}.")
-    if query.size(0) != key.size(0):
-        raise InputError(f"flex_attention: query and key/value must have the same batch size (mixir "
-                         f"does not broadcast key/value over a block mask's batch), got "
-                         f"Bq={query.size(0)} and Bkv={key.size(0)}")
-    if value.size(-1) != key.size(-1) or value.shape[:3] != key.shape[:3]:
-        raise InputError(f"flex_attention: value must be [B, Hkv, S, E] like key (mixir's kernels take "
-                         f"one head dim, Ev = E), got key {tuple(key.shape)}, value {tuple(value.shape)}")
+    if key.size(0) not in (query.size(0), 1):
+        raise InputError(f"flex_attention: key/value must have query's batch size or 1 (broadcast), "
+                         f"got Bq={query.size(0)} and Bkv={key.size(0)}")
+    if value.shape[:3] != key.shape[:3]:
+        raise InputError(f"flex_attention: value must be [B, Hkv, S, Ev] like key [B, Hkv, S, E], got "
+                         f"key {tuple(key.shape)}, value {tuple(value.shape)}")
 
 
 def flex_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, score_mod=None,
                    block_mask=None, scale: float | None = None, enable_gqa: bool = False,
                    return_lse: bool = False, kernel_options=None, *, return_aux=None):
-    """FlexAttention's ``flex_attention``: query ``[B, Hq, L, E]``, key/value ``[B, Hkv, S, E]``
-    (``Hkv = Hq`` unless ``enable_gqa``). Returns ``out [B, Hq, L, E]``; ``(out, lse)`` with
+    """FlexAttention's ``flex_attention``: query ``[B, Hq, L, E]``, key ``[B, Hkv, S, E]``, value
+    ``[B, Hkv, S, Ev]`` (``Hkv = Hq`` unless ``enable_gqa``; key/value may have batch 1, broadcast
+    over query's). Returns ``out [B, Hq, L, Ev]``; ``(out, lse)`` with
     ``return_lse``; ``(out, AuxOutput(lse=..., max_scores=None))`` with ``return_aux``
     (``max_scores`` is refused). ``lse [B, Hq, L]`` fp32, natural log; a row with nothing to
     attend to has ``out = 0`` and ``lse = -inf``. ``kernel_options``: ``num_warps`` and

@@ -18,6 +18,7 @@ import torch
 
 import mixir.library as lib
 from ..errors import InputError
+from ..library.ssm import mamba2_scan
 
 MAMBA_SSM_VERSION = "2.3.2.post1"
 
@@ -36,15 +37,13 @@ def _tensor(fn, name, t, ndim=None):
 
 
 def _scan_input(name, t, Bsz, D, L):
-    """B or C of selective_scan_fn → the library's ``[B, L, N]`` / ``[B, L, G, N]``."""
+    """B or C of selective_scan_fn → the library's ``[B, L, N]`` / ``[B, L, G, N]``; a time-invariant
+    ``[D, N]`` passes through (the library broadcasts it over batch and time)."""
     _tensor("selective_scan_fn", name, t, (2, 3, 4))
     if t.is_complex():
         raise InputError(f"selective_scan_fn: complex {name} is not supported (real A, B, C only)")
-    if t.ndim == 2:     # time-invariant [D, N]: one B per channel (= per head), the same at every step
-        if t.shape[0] != D:
-            raise InputError(f"selective_scan_fn: a time-invariant {name} must be [D, N] with D = {D}, "
-                             f"got {tuple(t.shape)}")
-        return t.reshape(1, 1, D, t.shape[1]).expand(Bsz, L, D, t.shape[1])
+    if t.ndim == 2:
+        return t
     if t.shape[0] != Bsz or t.shape[-1] != L:
         raise InputError(f"selective_scan_fn: {name} must be [B, N, L] or [B, G, N, L] with B = {Bsz}, "
                          f"L = {L}, got {tuple(t.shape)}")
@@ -82,37 +81,6 @@ def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_
 # ---- Mamba-2 -----------------------------------------------------------------------------------
 
 
-def _dt(dt, dt_bias, dt_softplus, dt_limit):
-    """mamba_ssm's ``_chunk_cumsum_fwd`` preprocessing, in fp32: bias, softplus (linear above 20),
-    then the clamp to ``dt_limit`` (always applied: the default clamps negative steps to 0)."""
-    x = dt.float()
-    if dt_bias is not None:
-        x = x + dt_bias.float().reshape(1, 1, -1)
-    if dt_softplus:
-        x = torch.nn.functional.softplus(x)        # threshold 20, as mamba_ssm's kernel
-    lo, hi = (float(t) for t in dt_limit)
-    return x.clamp(min=lo, max=hi if hi != float("inf") else None)
-
-
-def _segments(seq_idx, b, L):
-    """Offsets ``cu [S + 1]`` of the packed ``[1, b·L]`` call: a new sequence at every row start and
-    wherever ``seq_idx`` changes; also each segment's row and whether it starts its row with id 0."""
-    if not isinstance(seq_idx, torch.Tensor) or tuple(seq_idx.shape) != (b, L):
-        raise InputError(f"mamba_chunk_scan_combined: seq_idx must be [batch, seqlen] = {(b, L)}, got "
-                         f"{tuple(getattr(seq_idx, 'shape', ())) or type(seq_idx).__name__}")
-    s = seq_idx.long()
-    step = s[:, 1:] - s[:, :-1]
-    if bool((step < 0).any()):
-        raise InputError("mamba_chunk_scan_combined: seq_idx must be non-decreasing along the sequence "
-                         "(each sequence one contiguous run of tokens); mamba_ssm's chunked kernels give "
-                         "a decreasing seq_idx no consistent meaning")
-    start = torch.ones((b, L), dtype=torch.bool, device=s.device)
-    start[:, 1:] = step != 0
-    pos = torch.nonzero(start.reshape(-1)).squeeze(1)
-    cu = torch.cat([pos, pos.new_tensor([b * L])])
-    return cu, pos // L, (pos % L == 0) & (s.reshape(-1)[pos] == 0)
-
-
 def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bias=None,
                               initial_states=None, seq_idx=None, cu_seqlens=None, dt_softplus=False,
                               dt_limit=(0.0, float("inf")), return_final_states=False,
@@ -147,30 +115,9 @@ def mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=None, z=None, dt_bia
                          f"{tuple(initial_states.shape)}")
     if return_varlen_states:
         _check_varlen(fn, cu_seqlens, seq_idx, b, initial_states)
-    step = _dt(dt, dt_bias, dt_softplus, dt_limit)
-    D1 = D if D is not None and D.ndim == 1 else None
     h0 = None if initial_states is None else initial_states.transpose(-1, -2)   # [.., n, p]
-    if seq_idx is None:
-        y, hT = lib.mamba2(x, step, A, B, C, D1, initial_state=h0, output_final_state=True,
-                           strategy="chunked")
-        final, per_seq = hT, None
-    else:
-        cu, row, carries = _segments(seq_idx, b, L)
-        S = cu.numel() - 1
-        init = None
-        if h0 is not None and bool(carries.any()):
-            init = h0.new_zeros((S, h, n, p))
-            init[carries] = h0[row[carries]]
-        flat = [t.reshape((1, b * L) + tuple(t.shape[2:])) for t in (x, step, B, C)]
-        y, per_seq = lib.mamba2(flat[0], flat[1], A, flat[2], flat[3], D1, initial_state=init,
-                                output_final_state=True, cu_seqlens=cu, strategy="chunked")
-        y = y.reshape(b, L, h, p)
-        last = torch.searchsorted(cu[1:], torch.arange(1, b + 1, device=cu.device) * L)  # row ends
-        final = per_seq[last]
-    if D is not None and D.ndim == 2:
-        y = y + x * D.to(x.dtype)
-    if z is not None:
-        y = y * torch.nn.functional.silu(z)
+    y, final, per_seq = mamba2_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, tuple(dt_limit), h0,
+                                    None, seq_idx, None, "chunked", fn)
     out = [y]
     if return_final_states:
         out.append(final.transpose(-1, -2))

@@ -2,7 +2,8 @@
 
 Every ``*_attention`` takes q [B, Tq, H, D], k and v [B, Tkv, Hkv, D] (layout ``[B, T, H, D]``
 like fla / flash-attn) and the keywords ``scale`` (default D ** -0.5), ``block_size`` (tile sizes
-of the block mask) and ``return_lse``. Query i and key j are at positions i and j of their
+of the block mask), ``return_lse`` and ``group`` (a ProcessGroup or 1-D DeviceMesh: context
+parallelism, each rank passing its contiguous slice of the sequence; ``moba`` refuses it). Query i and key j are at positions i and j of their
 sequences (for Tq != Tkv the two sequences are aligned at their starts).
 
 Constants of a mask (a window, a stride, a block size) are part of its expression, hence of its
@@ -20,6 +21,8 @@ from ..errors import InputError
 from ..dsl.signature import check_offsets
 from ..lowering.common.call import check_cu_seqlens
 from ..dsl.mask import REGISTRY, Mask, abs_, mask
+from ..lowering.attention.context import (context_parallel_attention, gather_tokens,
+                                          global_length, refuse)
 from ..lowering.attention.ops import attention, check_qkv
 from ..lowering.attention.tiles import assume_constant, is_compiling
 
@@ -219,71 +222,89 @@ def moba_selection(q: torch.Tensor, k: torch.Tensor, block_size: int, topk: int)
 
 # ---------------------------------------------------------------------------------------- calls
 
-def _run(q, k, v, m, data, scale, block_size, return_lse, config=None):
+def _run(q, k, v, m, data, scale, block_size, return_lse, config=None, group=None):
+    if group is not None:
+        return context_parallel_attention(q, k, v, group=group, mask=m, data=data, scale=scale,
+                                          block_size=block_size, config=config,
+                                          return_lse=return_lse)
     return attention(q, k, v, mask=m, data=data, scale=scale, block_size=block_size,
                      config=config, return_lse=return_lse)
 
 
-def causal_attention(q, k, v, *, scale=None, block_size=None, config=None, return_lse=False):
-    return _run(q, k, v, causal_mask(), {}, scale, block_size, return_lse, config)
+def causal_attention(q, k, v, *, scale=None, block_size=None, config=None, return_lse=False,
+                     group=None):
+    return _run(q, k, v, causal_mask(), {}, scale, block_size, return_lse, config, group)
 
 
 def sliding_window_attention(q, k, v, window: int, *, causal=True, scale=None, block_size=None,
-                             config=None, return_lse=False):
-    return _run(q, k, v, sliding_window_mask(window, causal), {}, scale, block_size, return_lse, config)
+                             config=None, return_lse=False, group=None):
+    return _run(q, k, v, sliding_window_mask(window, causal), {}, scale, block_size, return_lse,
+                config, group)
 
 
 def document_attention(q, k, v, doc_ids=None, *, cu_seqlens=None, causal=True, scale=None,
-                       block_size=None, config=None, return_lse=False):
+                       block_size=None, config=None, return_lse=False, group=None):
     """Packed sequences given by ``doc_ids`` [B, T] (ints; negative = padding) or by
     ``cu_seqlens`` (then B == 1, fla's convention; int32/int64 offsets starting at 0,
-    non-decreasing and ending at T, as for every family: padding is ``doc_ids`` < 0)."""
+    non-decreasing and ending at T, as for every family: padding is ``doc_ids`` < 0).
+    With ``group``: ``doc_ids`` is this rank's slice [B, T_r] like q; ``cu_seqlens`` is global
+    (ends at the global T, the sum of the ranks' T_r)."""
     if (doc_ids is None) == (cu_seqlens is None):
         raise InputError("pass exactly one of doc_ids and cu_seqlens")
-    same_length("document_attention", q, k, equal=cu_seqlens is not None)
+    same_length("document_attention", q, k, equal=cu_seqlens is not None or group is not None)
+    T = q.shape[1] if group is None else global_length(q.shape[1], group)
     if cu_seqlens is not None:
         if q.shape[0] != 1:
             raise InputError(f"document_attention: with cu_seqlens the batch size must be 1, got {q.shape[0]}")
         check_cu_seqlens(cu_seqlens, q.device)
         if not is_compiling():
-            check_offsets(cu_seqlens, q.shape[1])      # the rule of every family: ends at T
-        doc_ids = doc_ids_from_cu_seqlens(cu_seqlens, q.shape[1])
+            check_offsets(cu_seqlens, T)      # the rule of every family: ends at (global) T
+        doc_ids = doc_ids_from_cu_seqlens(cu_seqlens, T)
     if not isinstance(doc_ids, torch.Tensor) or doc_ids.is_floating_point() or doc_ids.is_complex():
         raise InputError(f"document_attention: doc_ids must be an integer tensor [B, T], got "
                          f"{getattr(doc_ids, 'dtype', type(doc_ids).__name__)}")
     if doc_ids.dim() != 2 or doc_ids.shape[0] != q.shape[0] or doc_ids.shape[1] < max(q.shape[1], k.shape[1]):
         raise InputError(f"document_attention: doc_ids must be [B, T] = {(q.shape[0], q.shape[1])}, "
                          f"got {tuple(doc_ids.shape)}")
-    return _run(q, k, v, document_mask(causal), {"doc": doc_ids}, scale, block_size, return_lse, config)
+    if group is not None and cu_seqlens is None:
+        doc_ids = gather_tokens(doc_ids[:, :q.shape[1]], group)
+    return _run(q, k, v, document_mask(causal), {"doc": doc_ids}, scale, block_size, return_lse,
+                config, group)
 
 
-def prefix_lm_attention(q, k, v, prefix, *, scale=None, block_size=None, config=None, return_lse=False):
+def prefix_lm_attention(q, k, v, prefix, *, scale=None, block_size=None, config=None, return_lse=False,
+                        group=None):
     """``prefix``: an int or a [B] tensor of prefix lengths."""
     B = q.shape[0]
     prefix = (torch.full((B,), int(prefix), dtype=torch.int32) if not isinstance(prefix, torch.Tensor)
               else prefix.reshape(-1))
     if prefix.numel() != B:
         raise InputError(f"prefix must be an int or have B={B} entries, got {tuple(prefix.shape)}")
-    return _run(q, k, v, prefix_lm_mask(), {"prefix": prefix}, scale, block_size, return_lse, config)
+    return _run(q, k, v, prefix_lm_mask(), {"prefix": prefix}, scale, block_size, return_lse, config,
+                group)
 
 
 def dilated_attention(q, k, v, stride: int, *, causal=True, scale=None, block_size=None,
-                      config=None, return_lse=False):
-    return _run(q, k, v, dilated_mask(stride, causal), {}, scale, block_size, return_lse, config)
+                      config=None, return_lse=False, group=None):
+    return _run(q, k, v, dilated_mask(stride, causal), {}, scale, block_size, return_lse, config,
+                group)
 
 
 def global_local_attention(q, k, v, globals: int, window: int, *, causal=False,  # noqa: A002
-                           scale=None, block_size=None, config=None, return_lse=False):
+                           scale=None, block_size=None, config=None, return_lse=False, group=None):
     return _run(q, k, v, global_local_mask(globals, window, causal), {}, scale, block_size,
-                return_lse, config)
+                return_lse, config, group)
 
 
 def moba(q, k, v, block_size: int, topk: int, *, scale=None, tile_size=None, config=None,
-         return_lse=False):
+         return_lse=False, group=None):
     """Mixture of Block Attention: each query attends causally within its own key block and to
     the ``topk`` past key blocks ranked by q . mean-pooled keys (``moba_selection``). ``tile_size``
     is the block-mask tile (default: the tuner's tiles for the dtype and head dim, as for every
     mask; any tile is exact, and tiles that divide ``block_size`` keep selected blocks' tiles full)."""
+    if group is not None:
+        refuse("moba", "its top-k block selection ranks every key block against each query, "
+               "which needs the whole sequence's keys on every rank")
     _pos_int(block_size, "block_size")
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
         raise InputError(f"topk must be an int >= 0, got {topk!r}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from ..dsl import ops as mx
 from ..dsl.mixer import In, Scale, State, mixer
 from ..errors import InputError, UnsupportedMixerError
-from .registry import call, register
+from ..lowering.common.call import check_tensors
+from .registry import call, check_chunk_size, register
 
 # ---- declarations ------------------------------------------------------------------------------
 
@@ -75,7 +76,7 @@ def lightnet_mixer(q: In["K"], k: In["K"], v: In["V"], scale: Scale["K"],
 
 
 def linear_attention(q, k, v, *, scale=None, initial_state=None, output_final_state=False,
-                     normalize=False, cu_seqlens=None, strategy=None):
+                     normalize=False, cu_seqlens=None, chunk_size=None, strategy=None, group=None):
     """fla's ``chunk_linear_attn`` with ``normalize=False``.
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; ``initial_state``: ``[N, H, K, V]``.
@@ -86,46 +87,92 @@ def linear_attention(q, k, v, *, scale=None, initial_state=None, output_final_st
         raise UnsupportedMixerError(
             "linear_attention(normalize=True): the normaliser q·Σk is a second state, which the "
             "library does not declare; call with normalize=False (the un-normalised form)")
+    check_chunk_size("linear_attention", chunk_size)
     return call(linear_attention_mixer, (q, k, v), scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy, group=group)
 
 
 def retention(q, k, v, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-              strategy=None):
+              chunk_size=None, strategy=None, group=None):
     """fla's ``chunk_retention``: decay γ_h = 1 - 2^(-5-h) for head h of ``H = q.shape[2]``.
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; ``initial_state``: ``[N, H, K, V]``.
     """
+    check_chunk_size("retention", chunk_size)
     return call(retention_mixer, (q, k, v), scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy, group=group)
 
 
-def simple_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=False,
-               cu_seqlens=None, strategy=None):
-    """fla's ``chunk_simple_gla`` with a per-token gate: ``g`` ``[B, T, H]`` (log-decay, ≤ 0).
+def simple_gla(q, k, v, g=None, *, g_gamma=None, scale=None, initial_state=None,
+               output_final_state=False, state_v_first=False, cu_seqlens=None, chunk_size=None,
+               strategy=None, group=None):
+    """fla's ``chunk_simple_gla``: ``g`` ``[B, T, H]`` per-token log-decays (≤ 0) and/or ``g_gamma``
+    ``[H]`` constant per-head log-decays (their sum when both; neither: no decay).
 
-    q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; ``initial_state``: ``[N, H, K, V]``.
+    q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; ``initial_state``: ``[N, H, K, V]``
+    (``[N, H, V, K]`` in and out with ``state_v_first``). ``chunk_size`` is advisory
+    (``registry.check_chunk_size``).
     """
-    return call(simple_gla_mixer, (q, k, v, g), scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+    check_chunk_size("simple_gla", chunk_size)
+    check_tensors("simple_gla", [(n, t, False) for n, t in (("q", q), ("k", k), ("v", v), ("g", g))
+                                 if t is not None], float64=True)   # float64: refused by the call
+    if g_gamma is not None:
+        check_tensors("simple_gla", [("g_gamma", g_gamma, False)])
+    if q.ndim != 4:
+        raise InputError(f"simple_gla: q must be [B, T, H, K], got shape {tuple(q.shape)}")
+    B, T, H = q.shape[:3]
+    if g_gamma is not None:
+        if g_gamma.numel() != H:
+            raise InputError(f"simple_gla: g_gamma must be [H] = [{H}], got {tuple(g_gamma.shape)}")
+        gam = g_gamma.reshape(1, 1, H).expand(B, T, H)
+        g = gam if g is None else g + gam
+    if g is None:
+        g = q.new_zeros((B, T, H))
+    res = call(simple_gla_mixer, (q, k, v, g), scale=scale,
+               initial_state=_swap(initial_state, state_v_first),
+               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy, group=group)
+    return _v_first(res, output_final_state, state_v_first)
 
 
-def gla(q, k, v, gk, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-        strategy=None):
-    """fla's ``chunk_gla``: ``gk`` ``[B, T, H, K]`` is the per-key-channel log-decay (≤ 0).
+def gla(q, k, v, gk=None, *, g=None, scale=None, initial_state=None, output_final_state=False,
+        state_v_first=False, cu_seqlens=None, chunk_size=None, strategy=None, group=None):
+    """fla's ``chunk_gla`` / ``fused_recurrent_gla``: ``gk`` ``[B, T, H, K]`` is the per-key-channel
+    log-decay (≤ 0); ``g`` is chunk_gla's name for it (pass one of the two).
 
-    q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; ``initial_state``: ``[N, H, K, V]``.
+    q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; ``initial_state``: ``[N, H, K, V]``
+    (``[N, H, V, K]`` in and out with ``state_v_first``). ``chunk_size`` is advisory.
     """
-    return call(gla_mixer, (q, k, v, gk), scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+    if (gk is None) == (g is None):
+        raise InputError("gla: pass the log-decay gate [B, T, H, K] once, as gk (fused_recurrent_gla's "
+                         "name) or g (chunk_gla's), got " + ("neither" if gk is None else "both"))
+    gk = g if gk is None else gk
+    check_chunk_size("gla", chunk_size)
+    res = call(gla_mixer, (q, k, v, gk), scale=scale, initial_state=_swap(initial_state, state_v_first),
+               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy, group=group)
+    return _v_first(res, output_final_state, state_v_first)
 
 
-def hgrn(x, g, *, initial_state=None, output_final_state=False, cu_seqlens=None, strategy=None):
-    """fla's ``fused_recurrent_hgrn``: ``h_t = exp(g_t) ⊙ h_{t-1} + x_t``, ``o_t = h_t``.
+def _swap(state, state_v_first):
+    """fla's ``state_v_first``: states ``[N, H, V, K]`` ↔ the declarations' ``[N, H, K, V]`` (a view)."""
+    return state.transpose(-1, -2) if state_v_first and state is not None else state
+
+
+def _v_first(res, output_final_state, state_v_first):
+    if output_final_state and state_v_first:
+        return res[0], res[1].transpose(-1, -2)
+    return res
+
+
+def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None, *, strategy=None):
+    """fla's ``fused_recurrent_hgrn`` (same positional order): ``h_t = exp(g_t) ⊙ h_{t-1} + x_t``,
+    ``o_t = h_t``.
 
     x, g: ``[B, T, D]``; ``initial_state``: ``[N, D]``. Returns ``o`` ``[B, T, D]`` (and the final
     state ``[N, D]``). The declaration is per head with a state ``[D]``: one head.
     """
+    check_tensors("hgrn", [("x", x, False), ("g", g, False)]      # float64: refused by the call
+                  + ([("initial_state", initial_state, False)] if initial_state is not None else []),
+                  float64=True)
     for name, t in (("x", x), ("g", g)):
         if getattr(t, "ndim", None) != 3:
             raise InputError(f"hgrn: {name} must be [B, T, D], got shape {tuple(getattr(t, 'shape', ()))}")
@@ -152,6 +199,7 @@ def lightnet(q, k, v, *, scale=None, initial_state=None, output_final_state=Fals
     The declaration carries ``Z = exp(z)``; this wrapper converts. Needs the lowering's two-state
     support: until then ``mixir.compile`` raises ``UnsupportedMixerError``.
     """
+    check_tensors("lightnet", [("q", q, False), ("k", k, False), ("v", v, False)], float64=True)
     h0 = Z0 = None
     if initial_state is not None:
         if not isinstance(initial_state, (tuple, list)) or len(initial_state) != 2:

@@ -15,7 +15,8 @@ import inspect
 from ..dsl import ops as mx
 from ..dsl.mixer import In, Scale, State, mixer
 from ..errors import InputError
-from .registry import call, register
+from ..lowering.common.call import check_tensors
+from .registry import call, check_chunk_size, register
 
 # ---- declarations ------------------------------------------------------------------------------
 
@@ -130,39 +131,50 @@ def delta_mixer(kind: str, l2norm: bool = False, num_householder: int = 1, beta_
 
 # ---- wrappers ----------------------------------------------------------------------------------
 
-def _common(name, q, beta, initial_state, cu_seqlens):
-    for arg, t in (("q", q), ("beta", beta)):
-        if not hasattr(t, "shape"):
-            raise InputError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+def _common(name, q, beta, initial_state, cu_seqlens, **tensors):
+    """The public arguments' checks (names as the caller wrote them: q, k, v, g, beta): torch
+    tensors of a float dtype on one device (``check_tensors``; the per-token dtype rule runs at the
+    call), q ``[B, T, H, K]``."""
+    check_tensors(name, [(arg, t, False) for arg, t in dict(q=q, **tensors, beta=beta).items()
+                         if t is not None])
     if q.ndim != 4:
         raise InputError(f"{name}: q must be [B, T, H, K], got shape {tuple(q.shape)}")
 
 
 def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_state=False,
-               cu_seqlens=None, use_qk_l2norm_in_kernel=False, cu_seqlens_cpu=None, strategy=None):
+               cu_seqlens=None, use_qk_l2norm_in_kernel=False, cu_seqlens_cpu=None, chunk_size=None,
+               strategy=None, group=None):
     """fla's ``chunk_delta_rule``: S_t = (I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ, o_t = (scale·q_t)ᵀ S_t.
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, H, V]``; beta: ``[B, T, H]``; ``initial_state``: ``[N, H, K, V]``;
     ``scale`` defaults to K^-1/2. Returns ``o`` (and the final state when ``output_final_state``).
     """
-    _common("delta_rule", q, beta, initial_state, cu_seqlens)
+    _common("delta_rule", q, beta, initial_state, cu_seqlens, k=k, v=v)
+    check_chunk_size("delta_rule", chunk_size)
     m = delta_mixer("delta_rule", use_qk_l2norm_in_kernel)
     return call(m, (q, k, v, beta), scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy, group=group)
 
 
 def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
                      use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False,
                      allow_neg_eigval=False, state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None,
-                     strategy=None):
+                     use_gate_in_kernel=False, A_log=None, dt_bias=None, chunk_size=None, strategy=None):
     """fla's ``chunk_gated_delta_rule``: S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ.
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, HV, V]`` with HV a multiple of H (grouped values: value head
     j reads query/key head j // (HV / H)); g: ``[B, T, HV]`` log-gates (≤ 0); beta: ``[B, T, HV]``
     (``use_beta_sigmoid_in_kernel``: β = sigmoid(beta), or 2·sigmoid(beta) with
     ``allow_neg_eigval``); states ``[N, HV, K, V]`` (``[N, HV, V, K]`` with ``state_v_first``).
-    ``cu_seqlens_cpu`` is accepted for fla compatibility (mixir reads offsets itself).
+    ``use_gate_in_kernel``: g is the raw gate and the log-decay is ``−exp(A_log)·softplus(g + dt_bias)``
+    (``A_log``, ``dt_bias`` ``[HV]``), computed in fp32 by torch before the scan, as fla's kernel does.
+    ``cu_seqlens_cpu`` is accepted for fla compatibility (mixir reads offsets itself); ``chunk_size``
+    is advisory (``registry.check_chunk_size``).
     """
+    _common("gated_delta_rule", q, beta, initial_state, cu_seqlens, k=k, v=v, g=g)
+    check_chunk_size("gated_delta_rule", chunk_size)
+    if use_gate_in_kernel:
+        g = gdn_gate("gated_delta_rule", g, A_log, dt_bias)
     return _gated_call("gated_delta_rule", q, k, v, g, beta, scale, initial_state, output_final_state,
                        use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
                        state_v_first, cu_seqlens, strategy)
@@ -172,7 +184,6 @@ def _gated_call(kind, q, k, v, g, beta, scale, initial_state, output_final_state
                 beta_sigmoid, neg_eigval, state_v_first, cu_seqlens, strategy):
     """The shared fla 0.6 conventions of ``gated_delta_rule`` and ``kda``: grouped value heads
     (q, k repeated over HV / H), β activation in the declaration, V-first state layout."""
-    _common(kind, q, beta, initial_state, cu_seqlens)
     act = ("2sigmoid" if neg_eigval else "sigmoid") if beta_sigmoid else ""
     H, HV = q.shape[2], v.shape[2] if hasattr(v, "shape") and v.ndim == 4 else q.shape[2]
     if HV != H:
@@ -209,7 +220,7 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=
     """
     if bad := sorted(k_ for k_, v_ in unsupported.items() if v_ not in (None, False)):
         raise InputError(f"kda: option(s) {bad} are not supported by mixir")
-    _common("kda", q, beta, initial_state, cu_seqlens)
+    _common("kda", q, beta, initial_state, cu_seqlens, k=k, v=v, g=g)
     B, T, H, K = q.shape
     HV = v.shape[2] if hasattr(v, "shape") and v.ndim == 4 else H
     if not hasattr(g, "shape") or tuple(g.shape) != (B, T, HV, K):
@@ -220,6 +231,26 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=
     return _gated_call("kda", q, k, v, g, beta, scale, initial_state, output_final_state,
                        use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
                        state_v_first, cu_seqlens, strategy)
+
+
+def gdn_gate(where, g, A_log, dt_bias):
+    """fla's in-kernel Gated DeltaNet gate ``−exp(A_log)·softplus(g + dt_bias)`` (A_log, dt_bias
+    ``[HV]``; g ``[B, T, HV]`` the raw gate), in fp32 before the scan."""
+    import torch
+    if A_log is None:
+        raise InputError(f"{where}: `A_log` must be provided when `use_gate_in_kernel=True`.")
+    if g is None:
+        raise InputError(f"{where}: `g` (raw pre-activation) must be provided when "
+                         "`use_gate_in_kernel=True`.")
+    HV = g.shape[2]
+    x = g.float()
+    if dt_bias is not None:
+        if dt_bias.numel() != HV:
+            raise InputError(f"{where}: dt_bias must be [HV] = [{HV}], got {tuple(dt_bias.shape)}")
+        x = x + dt_bias.float().reshape(HV)
+    if A_log.numel() != HV:
+        raise InputError(f"{where}: A_log must be [HV] = [{HV}], got {tuple(A_log.shape)}")
+    return -torch.exp(A_log.float().reshape(HV)) * torch.nn.functional.softplus(x)
 
 
 def _kda_gate(g, A_log, dt_bias, HV, K, lower_bound):
@@ -243,14 +274,15 @@ def _kda_gate(g, A_log, dt_bias, HV, K, lower_bound):
 
 def gated_delta_product(q, k, v, g, beta, *, num_householder, scale=None, initial_state=None,
                         output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False,
-                        cu_seqlens_cpu=None, strategy=None):
+                        cu_seqlens_cpu=None, chunk_size=None, strategy=None):
     """fla's ``chunk_gated_delta_product``: n_h = ``num_householder`` delta steps per token.
 
     q: ``[B, T, H, K]``; k: ``[B, T·n_h, H, K]``; v: ``[B, T·n_h, H, V]``; beta: ``[B, T·n_h, H]``
     (sub-step j of token t at row t·n_h + j); g: ``[B, T, H]`` or ``None`` (applied with the first
     sub-step); ``cu_seqlens`` counts tokens (rows of q).
     """
-    _common("gated_delta_product", q, beta, initial_state, cu_seqlens)
+    _common("gated_delta_product", q, beta, initial_state, cu_seqlens, k=k, v=v, g=g)
+    check_chunk_size("gated_delta_product", chunk_size)
     n = int(num_householder)
     if n < 1:
         raise InputError(f"gated_delta_product: num_householder must be ≥ 1, got {num_householder}")

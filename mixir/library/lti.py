@@ -252,9 +252,10 @@ def _state_in(initial_state, fn):
                      f"real tensors, got {got}")
 
 
-def _run(mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, fn):
+def _run(mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, fn, group=None):
     res = call(mixer, arrays, initial_state=_state_in(initial_state, fn),
-               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy,
+               group=group)
     if not output_final_state:
         return res
     o, (re, im) = res
@@ -262,7 +263,7 @@ def _run(mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy,
 
 
 def s4d(u, log_dt, A_re, A_im, B, C, D, *, initial_state=None, output_final_state=False,
-        cu_seqlens=None, strategy=None):
+        cu_seqlens=None, strategy=None, group=None):
     """S4D (zero-order hold): u ``[B, T, H]``; log_dt, D ``[H]``; A_re (< 0), A_im ``[H, N]``; B, C
     ``[H, N]`` complex (or real). Returns y ``[B, T, H]`` (and the final state ``[N_seq, H, N]``,
     complex; ``initial_state`` likewise, complex or a (re, im) pair)."""
@@ -279,11 +280,12 @@ def s4d(u, log_dt, A_re, A_im, B, C, D, *, initial_state=None, output_final_stat
     (B_re, B_im), (C_re, C_im) = _split("B", B, H, N, "s4d"), _split("C", C, H, N, "s4d")
     arrays = (u, _per_channel("log_dt", log_dt, H, "s4d", u), A_re, A_im, B_re, B_im, C_re, C_im,
               _per_channel("D", D, H, "s4d", u))
-    return _run(s4d_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, "s4d")
+    return _run(s4d_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, "s4d",
+                group=group)
 
 
 def s4(u, log_dt, Lambda_re, Lambda_im, P, B, C, D, *, initial_state=None, output_final_state=False,
-       cu_seqlens=None, strategy=None):
+       cu_seqlens=None, strategy=None, group=None):
     """S4 (DPLR A = Λ − P P*, bilinear): u ``[B, T, H]``; log_dt, D ``[H]``; Λ_re (< 0), Λ_im
     ``[H, N]``; P, B, C ``[H, N]`` complex. ``s4_legs_init`` gives the HiPPO-LegS values."""
     H = _check_u(u, "s4")
@@ -299,7 +301,7 @@ def s4(u, log_dt, Lambda_re, Lambda_im, P, B, C, D, *, initial_state=None, outpu
                                                 (("P", P), ("B", B), ("C", C)))
     arrays = (u, _per_channel("log_dt", log_dt, H, "s4", u), Lambda_re, L_im, P_re, P_im, B_re, B_im,
               C_re, C_im, _per_channel("D", D, H, "s4", u))
-    return _run(s4_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, "s4")
+    return _run(s4_mixer, arrays, initial_state, output_final_state, cu_seqlens, strategy, "s4", group=group)
 
 
 def s4_legs_init(H: int, N: int, seed: int = 0, dt_min=1e-3, dt_max=1e-1):

@@ -18,7 +18,9 @@ from typing import Callable, Mapping
 import numpy as np
 
 from ..dsl.mixer import Mixer
+from ..errors import InputError
 from ..lowering import family as lowering_family
+from ..lowering.common.call import widen_mixed
 
 # ---- value ranges ------------------------------------------------------------------------------
 
@@ -164,12 +166,34 @@ def compiled(mixer: Mixer):
 
 
 def call(mixer: Mixer, arrays, *, initial_state=None, output_final_state=False, cu_seqlens=None,
-         strategy=None, **scalars):
+         strategy=None, group=None, **scalars):
     """Run the compiled ``mixer`` on arrays in declaration order; scalar keywords left at ``None``
-    are not passed, so the declaration's defaults (e.g. ``scale = K ** -0.5``) apply."""
+    are not passed, so the declaration's defaults (e.g. ``scale = K ** -0.5``) apply. fp32 q/k
+    with 16-bit v run in fp32 and return v's dtype (fla's mixed precision: ``widen_mixed``).
+    ``group``: context parallelism (docs/distributed.md), passed on only when given."""
     scalars = {k: v for k, v in scalars.items() if v is not None}
-    return compiled(mixer)(*arrays, initial_state=initial_state, output_final_state=output_final_state,
-                           cu_seqlens=cu_seqlens, strategy=strategy, **scalars)
+    if group is not None:
+        scalars["group"] = group
+    arrays, out_dtype = widen_mixed(mixer, arrays)
+    res = compiled(mixer)(*arrays, initial_state=initial_state, output_final_state=output_final_state,
+                          cu_seqlens=cu_seqlens, strategy=strategy, **scalars)
+    if out_dtype is None:
+        return res
+    return (res[0].to(out_dtype), res[1]) if output_final_state else res.to(out_dtype)
+
+
+def check_chunk_size(where: str, chunk_size) -> None:
+    """fla's ``chunk_size`` keyword: ``None`` or a power of two >= 16 (fla's kernels take 16, 32,
+    64, 128). **Advisory** in mixir: the chunked kernels take their chunk length from their launch
+    config (default 64, tuned per GPU by ``mixir tune``), and the chunk length never changes the
+    function computed. Accepted so that fla calls run unchanged, checked so a wrong value is not
+    silently taken (docs/library.md, "fla keywords")."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 16 or \
+            chunk_size & (chunk_size - 1):
+        raise InputError(f"{where}: chunk_size must be a power of two >= 16 (fla's 16, 32, 64, 128), "
+                         f"got {chunk_size!r}")
 
 
 def clear_cache():

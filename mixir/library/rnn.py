@@ -6,9 +6,11 @@ are per-head params ``R_g: Param["E", "D"]`` used as ``rename(h, D="E") @ R_g`` 
 ``a_d = Σ_e h_e R[e, d]``), the biases per-head ``Param["D"]``. The declarations are the
 definition (``mixir.reference`` executes them token by token); docs/rnn.md has the formulas.
 
-Wrappers take FlashRNN-like stacked tensors: ``x [B, T, G, H, D]`` (gate-major pre-activations),
-``R [G, H, D, D]`` (``R[g, h, e, d]``), ``b [G, H, D]``, and states ``[N, H, D]`` (a tuple for
-cells with several states), and call the compiled declaration on strided views (no copies).
+Wrappers take stacked tensors shaped like FlashRNN's: ``x [B, T, G, H, D]`` (gate-major
+pre-activations), ``R [G, H, D, D]`` (``R[g, h, e, d]``, input unit e, output unit d: the
+transpose of FlashRNN's public ``R[g, h, out, in]``), ``b [G, H, D]``, and states ``[N, H, D]`` (a
+tuple for cells with several states), and call the compiled declaration on strided views (no
+copies). FlashRNN's own layout, GRU gate order and sLSTM rules: ``mixir.compat.flashrnn``.
 
 ``RNN_MIXERS`` is this module's registry (``LibraryEntry`` objects, as ``MIXERS`` holds for the
 gated-linear library); it is kept apart from ``MIXERS`` because the tests and shipped tuning

@@ -6,10 +6,13 @@ layouts (B/C shared across channels or groups) to the declared per-head ones.
 """
 from __future__ import annotations
 
+import torch
+
 from ..dsl import ops as mx
 from ..dsl.mixer import In, Param, State, trace
 from ..errors import InputError
-from .registry import call, register
+from ..lowering.common.call import check_tensors
+from .registry import call, check_chunk_size, register
 
 # ---- Mamba-1: selective scan -------------------------------------------------------------------
 #
@@ -67,20 +70,38 @@ def _mamba2_step(x: In["P"], dt: In[()], A: Param[()], B: In["N"], C: In["N"], D
 mamba2_mixer = trace(_mamba2_step, "mamba2")
 
 
+# per-(head, dim) steps: dt [P] per head, the decay exp(dt·A) per value column (a value-side gate)
+def _mamba2_dtp_step(x: In["P"], dt: In["P"], A: Param[()], B: In["N"], C: In["N"], D: Param[()],
+                     h: State["N", "P"]):
+    """Mamba-2 SSD with a step per (head, dim): h_t = exp(dt_t·A) ⊙ h_{t-1} + B_t (dt_t ⊙ x_t)ᵀ
+    (dt_t ∈ R^P scales column p of h), y_t = C_t @ h_t + D·x_t."""
+    h = mx.exp(dt * A) * h + mx.outer(B, dt * x)
+    return C @ h + D * x, h
+
+
+mamba2_dtp_mixer = trace(_mamba2_dtp_step, "mamba2_dtp")
+
+
 # ---- layout helpers ----------------------------------------------------------------------------
 
 
 def _per_head(t, Bsz, T, H, name, fn):
-    """``[B, T, N]`` (shared) or ``[B, T, G, N]`` (G groups, G | H) → ``[B, T, H, N]``.
+    """``[B, T, N]`` (shared), ``[B, T, G, N]`` (G groups, G | H) or time-invariant ``[H, N]``
+    (one per channel/head, the same at every step) → ``[B, T, H, N]``.
 
-    Shared or single-group tensors are broadcast with ``expand`` (a stride-0 view, no copy); with
-    1 < G < H the repeat cannot be one strided view, so ``reshape`` copies.
+    Shared, single-group and time-invariant tensors are broadcast with ``expand`` (a stride-0
+    view, no copy); with 1 < G < H the repeat cannot be one strided view, so ``reshape`` copies.
     """
+    if t.ndim == 2:
+        if int(t.shape[0]) != H:
+            raise InputError(f"{fn}: a time-invariant {name} must be [D, N] with D = {H} (one row per "
+                             f"channel), got shape {tuple(t.shape)}")
+        return t.reshape(1, 1, H, t.shape[1]).expand(Bsz, T, H, t.shape[1])
     if t.ndim == 3:
         t = t.unsqueeze(2)
     if t.ndim != 4 or tuple(t.shape[:2]) != (Bsz, T):
-        raise InputError(f"{fn}: {name} must be [B, T, N] or [B, T, G, N] with B = {Bsz}, T = {T}, "
-                         f"got shape {tuple(t.shape)}")
+        raise InputError(f"{fn}: {name} must be [B, T, N], [B, T, G, N] or [D, N] with B = {Bsz}, "
+                         f"T = {T}, got shape {tuple(t.shape)}")
     G, N = int(t.shape[2]), int(t.shape[3])
     if G == H:
         return t
@@ -91,6 +112,15 @@ def _per_head(t, Bsz, T, H, name, fn):
     return t.unsqueeze(3).expand(Bsz, T, G, H // G, N).reshape(Bsz, T, H, N)
 
 
+def _tensors(fn, named, torch_side=()):
+    """The public arguments, named as the caller wrote them, through the one type/device rule
+    (``check_tensors``). Those the declaration receives unchanged may be float64 here: the compiled
+    mixer refuses float64 under the same name (and ``mixir.reference`` runs it); those computed in
+    torch first (``torch_side``: dt_bias, z, D [H, P] of Mamba-2) are refused float64 here."""
+    check_tensors(fn, [(n, t, False) for n, t in named if t is not None], float64=True)
+    check_tensors(fn, [(n, t, False) for n, t in torch_side if t is not None])
+
+
 # ---- wrappers ----------------------------------------------------------------------------------
 
 
@@ -98,18 +128,21 @@ def mamba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=Fal
           initial_state=None, output_final_state=False, cu_seqlens=None, strategy=None):
     """Mamba-1 selective scan: mamba_ssm's ``selective_scan_ref`` in layout ``[B, T, D]``.
 
-    u, delta, z: ``[B, T, D]``; A: ``[D, N]`` (real, negative); B, C: ``[B, T, N]`` or grouped
-    ``[B, T, G, N]`` (G | D); D, delta_bias: ``[D]`` or None (→ 0); ``initial_state``: ``[N_seq, D, N]``
-    (an extension: selective_scan_ref starts from zero). Returns ``out`` ``[B, T, D]`` (and the
-    last state ``[N_seq, D, N]``, selective_scan_ref's ``return_last_state``).
+    u, delta, z: ``[B, T, D]``; A: ``[D, N]`` (real, negative); B, C: ``[B, T, N]``, grouped
+    ``[B, T, G, N]`` (G | D) or time-invariant ``[D, N]``; D, delta_bias: ``[D]`` or None (→ 0);
+    ``initial_state``: ``[N_seq, D, N]`` (an extension: selective_scan_ref starts from zero).
+    Returns ``out`` ``[B, T, D]`` (and the last state ``[N_seq, D, N]``, selective_scan_ref's
+    ``return_last_state``).
     """
-    if getattr(u, "ndim", None) != 3:
-        raise InputError(f"mamba: u must be [B, T, D], got shape {tuple(getattr(u, 'shape', ()))}")
-    Bsz, T, Dch = (int(x) for x in u.shape)
-    if getattr(A, "ndim", None) != 2 or int(A.shape[0]) != Dch:
-        raise InputError(f"mamba: A must be [D, N] with D = {Dch}, got shape {tuple(getattr(A, 'shape', ()))}")
-    if A.is_complex():
+    if isinstance(A, torch.Tensor) and A.is_complex():
         raise InputError("mamba: complex A is not supported (declare the real and imaginary parts)")
+    _tensors("mamba", [("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                       ("delta_bias", delta_bias)])
+    if u.ndim != 3:
+        raise InputError(f"mamba: u must be [B, T, D], got shape {tuple(u.shape)}")
+    Bsz, T, Dch = (int(x) for x in u.shape)
+    if A.ndim != 2 or int(A.shape[0]) != Dch:
+        raise InputError(f"mamba: A must be [D, N] with D = {Dch}, got shape {tuple(A.shape)}")
     for name, t in (("delta", delta), ("z", z)):
         if t is not None and tuple(t.shape) != (Bsz, T, Dch):
             raise InputError(f"mamba: {name} must be [B, T, D] = {(Bsz, T, Dch)}, got {tuple(t.shape)}")
@@ -125,24 +158,116 @@ def mamba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=Fal
                 cu_seqlens=cu_seqlens, strategy=strategy)
 
 
-def mamba2(x, dt, A, B, C, D=None, *, initial_state=None, output_final_state=False, cu_seqlens=None,
-           strategy=None):
-    """Mamba-2 SSD (ssd_minimal_discrete semantics with dt applied, plus the D skip).
+def mamba2(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, *,
+           initial_state=None, output_final_state=False, cu_seqlens=None, seq_idx=None,
+           chunk_size=None, strategy=None):
+    """Mamba-2 SSD (ssd_minimal_discrete semantics with dt applied, plus the D skip), with
+    mamba_chunk_scan_combined's options.
 
-    x: ``[B, T, H, P]``; dt: ``[B, T, H]`` (positive: softplus and bias already applied);
-    A: ``[H]`` (negative); B, C: ``[B, T, H, N]`` or ``[B, T, G, N]`` (G | H, groups repeated);
-    D: ``[H]`` or None (→ 0); ``initial_state``: ``[N_seq, H, N, P]`` (mamba_ssm stores
-    ``[.., P, N]``: transpose the last two dims). Returns ``y`` ``[B, T, H, P]`` (and the state).
+    x: ``[B, T, H, P]``; dt: ``[B, T, H]``, or ``[B, T, H, P]`` (a step per head and dim: the
+    ``mamba2_dtp`` declaration); A: ``[H]`` (negative); B, C: ``[B, T, H, N]`` or ``[B, T, G, N]``
+    (G | H, groups repeated); D: ``[H]``, ``[H, P]`` or None (→ 0); z: ``[B, T, H, P]``
+    (``y · silu(z)``); dt_bias ``[H]`` (``[H, P]`` with a per-dim dt), ``dt_softplus`` and
+    ``dt_limit = (lo, hi)``: ``dt ← clamp(softplus(dt + dt_bias), lo, hi)`` in fp32 before the
+    scan (each step only when given). ``seq_idx [B, T]``: a new sequence wherever it changes
+    along a row (mamba_ssm's convention; the initial state feeds a row's first sequence when its
+    id is 0, the final state is the state at the end of each row). ``chunk_size`` is advisory.
+    ``initial_state``: ``[N_seq, H, N, P]`` (mamba_ssm stores ``[.., P, N]``: transpose the last
+    two dims). Returns ``y`` ``[B, T, H, P]`` (and the final state).
     """
-    if getattr(x, "ndim", None) != 4:
-        raise InputError(f"mamba2: x must be [B, T, H, P], got shape {tuple(getattr(x, 'shape', ()))}")
-    Bsz, T, H, _ = (int(s) for s in x.shape)
-    Bh = _per_head(B, Bsz, T, H, "B", "mamba2")
-    Ch = _per_head(C, Bsz, T, H, "C", "mamba2")
-    if D is None:
-        D = x.new_zeros(H)
-    return call(mamba2_mixer, (x, dt, A, Bh, Ch, D), initial_state=initial_state,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+    y, final, _ = mamba2_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state,
+                              cu_seqlens, seq_idx, chunk_size, strategy, "mamba2")
+    return (y, final) if output_final_state else y
+
+
+def mamba2_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, cu_seqlens,
+                seq_idx, chunk_size, strategy, fn):
+    """``mamba2``'s work: ``(y, final states, per-sequence final states or None)`` (the last for
+    ``seq_idx``: one per sequence found; mixir.compat.mamba_ssm's varlen states)."""
+    torch_side = [("z", z), ("dt_bias", dt_bias)] + ([("D", D)] if getattr(D, "ndim", 1) == 2 else [])
+    _tensors(fn, [("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C)]
+             + ([("D", D)] if getattr(D, "ndim", 1) != 2 else []), torch_side)
+    check_chunk_size(fn, chunk_size)
+    if x.ndim != 4:
+        raise InputError(f"{fn}: x must be [B, T, H, P], got shape {tuple(x.shape)}")
+    Bsz, T, H, P = (int(s) for s in x.shape)
+    if tuple(dt.shape) not in ((Bsz, T, H), (Bsz, T, H, P)):
+        raise InputError(f"{fn}: dt must be [B, T, H] = {(Bsz, T, H)} or [B, T, H, P], got "
+                         f"{tuple(dt.shape)}")
+    if D is not None and tuple(D.shape) not in ((H,), (H, P)):
+        raise InputError(f"{fn}: D must be [H] or [H, P] = {(H, P)}, got {tuple(D.shape)}")
+    if z is not None and tuple(z.shape) != tuple(x.shape):
+        raise InputError(f"{fn}: z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
+    if dt_bias is not None or dt_softplus or dt_limit is not None:
+        dt = _step(fn, dt, dt_bias, dt_softplus, dt_limit)
+    Bh = _per_head(B, Bsz, T, H, "B", fn)
+    Ch = _per_head(C, Bsz, T, H, "C", fn)
+    D1 = D if D is not None and D.ndim == 1 else x.new_zeros(H)
+    m = mamba2_dtp_mixer if dt.ndim == 4 else mamba2_mixer
+    if seq_idx is None:
+        y, final = call(m, (x, dt, A, Bh, Ch, D1), initial_state=initial_state, output_final_state=True,
+                        cu_seqlens=cu_seqlens, strategy=strategy)
+        per_seq = None
+    else:
+        if cu_seqlens is not None:
+            raise InputError(f"{fn}: pass sequence boundaries once, as seq_idx or as cu_seqlens")
+        cu, row, carries = seq_segments(fn, seq_idx, Bsz, T)
+        init = None
+        if initial_state is not None and bool(carries.any()):
+            init = initial_state.new_zeros((cu.numel() - 1,) + tuple(initial_state.shape[1:]))
+            init[carries] = initial_state[row[carries]]
+        flat = [t.reshape((1, Bsz * T) + tuple(t.shape[2:])) for t in (x, dt, Bh, Ch)]
+        y, per_seq = call(m, (flat[0], flat[1], A, flat[2], flat[3], D1), initial_state=init,
+                          output_final_state=True, cu_seqlens=cu, strategy=strategy)
+        y = y.reshape(Bsz, T, H, P)
+        ends = torch.searchsorted(cu[1:], torch.arange(1, Bsz + 1, device=cu.device) * T)
+        final = per_seq[ends]
+    if D is not None and D.ndim == 2:
+        y = y + x * D.to(x.dtype)
+    if z is not None:
+        y = y * torch.nn.functional.silu(z)
+    return y, final, per_seq
+
+
+def _step(fn, dt, dt_bias, dt_softplus, dt_limit):
+    """mamba_ssm's step preprocessing in fp32: bias, softplus (linear above 20, as its kernel),
+    then the clamp to ``dt_limit``."""
+    x = dt.float()
+    if dt_bias is not None:
+        H = dt.shape[2]
+        shapes = {(H,): (H,) + (1,) * (dt.ndim - 3)}
+        if dt.ndim == 4:
+            shapes[(H, dt.shape[3])] = (H, dt.shape[3])
+        if tuple(dt_bias.shape) not in shapes:
+            raise InputError(f"{fn}: dt_bias must be " + " or ".join(str(list(k)) for k in shapes)
+                             + f" (H, P of x), got {tuple(dt_bias.shape)}")
+        x = x + dt_bias.float().reshape(shapes[tuple(dt_bias.shape)])
+    if dt_softplus:
+        x = torch.nn.functional.softplus(x)
+    if dt_limit is not None:
+        lo, hi = (float(t) for t in dt_limit)
+        x = x.clamp(min=lo, max=hi if hi != float("inf") else None)
+    return x
+
+
+def seq_segments(fn, seq_idx, b, L):
+    """Offsets ``cu [S + 1]`` of the packed ``[1, b·L]`` call: a new sequence at every row start and
+    wherever ``seq_idx`` changes; also each segment's row and whether it starts its row with id 0
+    (mamba_ssm: only then does the row's initial state feed it)."""
+    if not isinstance(seq_idx, torch.Tensor) or tuple(seq_idx.shape) != (b, L):
+        raise InputError(f"{fn}: seq_idx must be [batch, seqlen] = {(b, L)}, got "
+                         f"{tuple(getattr(seq_idx, 'shape', ())) or type(seq_idx).__name__}")
+    s = seq_idx.long()
+    step = s[:, 1:] - s[:, :-1]
+    if bool((step < 0).any()):
+        raise InputError(f"{fn}: seq_idx must be non-decreasing along the sequence (each sequence one "
+                         "contiguous run of tokens); mamba_ssm's chunked kernels give a decreasing "
+                         "seq_idx no consistent meaning")
+    start = torch.ones((b, L), dtype=torch.bool, device=s.device)
+    start[:, 1:] = step != 0
+    pos = torch.nonzero(start.reshape(-1)).squeeze(1)
+    cu = torch.cat([pos, pos.new_tensor([b * L])])
+    return cu, pos // L, (pos % L == 0) & (s.reshape(-1)[pos] == 0)
 
 
 # ---- registry ----------------------------------------------------------------------------------

@@ -77,6 +77,15 @@ def pair(res, output_final_state: bool, v_first: bool = False):
     return res, None
 
 
+def v_like_q(q, v):
+    """fla's ``fused_recurrent_{linear_attn, retention, simple_gla, gla}`` compute in fp32 and return
+    ``o.to(q.dtype)``: with fp32 q a 16-bit v is read in fp32, so the result is fp32 (the library,
+    like fla's other ops, would return v's dtype)."""
+    if isinstance(q, torch.Tensor) and isinstance(v, torch.Tensor) and q.dtype == torch.float32:
+        return v.float()
+    return v
+
+
 def reversal(T: int, cu_seqlens, device):
     """Indices along time that reverse each sequence in place (all of ``T`` without cu_seqlens)."""
     pos = torch.arange(T, device=device)

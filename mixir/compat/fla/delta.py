@@ -13,6 +13,7 @@ import torch
 import mixir.compat.fla._common as c
 import mixir.library as lib
 from ...errors import InputError
+from ...library.householder import gdn_gate
 
 CHUNKED, RECURRENT = "chunked", "recurrent"
 
@@ -72,25 +73,6 @@ def fused_recurrent_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 # ---- Gated DeltaNet ----------------------------------------------------------------------------
 
 
-def _gdn_gate(name, g, A_log, dt_bias):
-    """fla's in-kernel Gated DeltaNet gate ``−exp(A_log)·softplus(g + dt_bias)`` (A_log, dt_bias
-    ``[HV]``), in torch (fp32) before the core."""
-    if A_log is None:
-        raise InputError(f"{name}: `A_log` must be provided when `use_gate_in_kernel=True`.")
-    if g is None:
-        raise InputError(f"{name}: `g` (raw pre-activation) must be provided when "
-                         "`use_gate_in_kernel=True`.")
-    HV = g.shape[2]
-    x = g.float()
-    if dt_bias is not None:
-        if dt_bias.numel() != HV:
-            raise InputError(f"{name}: dt_bias must be [HV] = [{HV}], got {tuple(dt_bias.shape)}")
-        x = x + dt_bias.float().reshape(HV)
-    if A_log.numel() != HV:
-        raise InputError(f"{name}: A_log must be [HV] = [{HV}], got {tuple(A_log.shape)}")
-    return -torch.exp(A_log.float().reshape(HV)) * torch.nn.functional.softplus(x)
-
-
 def _check_heads(name, q, k, v):
     c.tensor(name, "q", q, 4)
     c.tensor(name, "k", k, 4)
@@ -120,8 +102,8 @@ def chunk_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g:
     _check_heads(name, q, k, v)
     c.check_varlen(name, q, initial_state, cu_seqlens)
     _sigmoid_beta(name, use_beta_sigmoid_in_kernel, allow_neg_eigval)
-    if kwargs.get("use_gate_in_kernel", False):
-        g = _gdn_gate(name, g, kwargs.get("A_log"), kwargs.get("dt_bias"))
+    if kwargs.get("use_gate_in_kernel", False):     # fla reads these from kwargs here
+        g = gdn_gate(name, g, kwargs.get("A_log"), kwargs.get("dt_bias"))
     res = lib.gated_delta_rule(q, k, v, g, beta, scale=scale, initial_state=initial_state,
                                output_final_state=output_final_state,
                                use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
@@ -155,7 +137,7 @@ def fused_recurrent_gated_delta_rule(q: torch.Tensor, k: torch.Tensor, v: torch.
         raise InputError(f"{name}: gv (a gate per value channel) is not supported: mixir declares the "
                          "gated delta rule with scalar (g) and key-side (gk) gates only")
     if use_gate_in_kernel:
-        g = _gdn_gate(name, g, A_log, dt_bias)
+        g = gdn_gate(name, g, A_log, dt_bias)
     beta = _beta(name, beta, q, v)
     opts = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state,
                 use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,

@@ -39,7 +39,7 @@ def fused_recurrent_linear_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
                                 normalize: bool = False, cu_seqlens: torch.LongTensor | None = None):
     """fla's ``fused_recurrent_linear_attn`` (``normalize`` off by default, ``reverse`` supported):
     as ``chunk_linear_attn``, with mixir's recurrent strategy."""
-    return _linear_attn("fused_recurrent_linear_attn", q, k, v, scale, initial_state,
+    return _linear_attn("fused_recurrent_linear_attn", q, k, c.v_like_q(q, v), scale, initial_state,
                         output_final_state, normalize, cu_seqlens, reverse, RECURRENT)
 
 
@@ -105,7 +105,7 @@ def fused_recurrent_retention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """fla's ``fused_recurrent_retention`` (``reverse``, ``state_v_first`` supported)."""
     vf = c.options("fused_recurrent_retention", kwargs, state_v_first)
     c.check_varlen("fused_recurrent_retention", q, initial_state, cu_seqlens)
-    res = c.run(lib.retention, dict(q=q, k=k, v=v), reverse, cu_seqlens, output_final_state,
+    res = c.run(lib.retention, dict(q=q, k=k, v=c.v_like_q(q, v)), reverse, cu_seqlens, output_final_state,
                 scale=scale, initial_state=c.swap(initial_state) if vf else initial_state,
                 strategy=RECURRENT)
     return c.pair(res, output_final_state, vf)
@@ -132,8 +132,9 @@ def fused_recurrent_simple_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                state_v_first: bool = False, cu_seqlens: torch.LongTensor | None = None,
                                **kwargs):
     """fla's ``fused_recurrent_simple_gla`` (``reverse``, ``state_v_first`` supported)."""
-    return _simple_gla("fused_recurrent_simple_gla", q, k, v, g, g_gamma, scale, initial_state,
-                       output_final_state, state_v_first, cu_seqlens, reverse, kwargs, RECURRENT)
+    return _simple_gla("fused_recurrent_simple_gla", q, k, c.v_like_q(q, v), g, g_gamma, scale,
+                       initial_state, output_final_state, state_v_first, cu_seqlens, reverse, kwargs,
+                       RECURRENT)
 
 
 def _simple_gla(name, q, k, v, g, g_gamma, scale, initial_state, output_final_state, state_v_first,
@@ -141,18 +142,10 @@ def _simple_gla(name, q, k, v, g, g_gamma, scale, initial_state, output_final_st
     vf = c.options(name, kwargs, state_v_first)
     c.tensor(name, "q", q, 4)
     c.check_varlen(name, q, initial_state, cu_seqlens)
-    B, T, H = q.shape[:3]
-    if g_gamma is not None:
-        if g_gamma.numel() != H:
-            raise InputError(f"{name}: g_gamma must be [H] = [{H}], got {tuple(g_gamma.shape)}")
-        gam = g_gamma.reshape(1, 1, H).expand(B, T, H)
-        g = gam if g is None else g + gam
-    if g is None:
-        g = q.new_zeros((B, T, H))
     res = c.run(lib.simple_gla, dict(q=q, k=k, v=v, g=g), reverse, cu_seqlens, output_final_state,
-                scale=scale, initial_state=c.swap(initial_state) if vf else initial_state,
+                g_gamma=g_gamma, scale=scale, initial_state=initial_state, state_v_first=vf,
                 strategy=strategy)
-    return c.pair(res, output_final_state, vf)
+    return c.pair(res, output_final_state)
 
 
 # ---- GLA ---------------------------------------------------------------------------------------
@@ -169,10 +162,9 @@ def chunk_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor
     if not isinstance(g, torch.Tensor) or g.shape != q.shape:
         raise InputError(f"chunk_gla: q, k, g must have the same shape, got q {tuple(q.shape)}, "
                          f"g {tuple(getattr(g, 'shape', ()))}")
-    res = lib.gla(q, k, v, g, scale=scale, initial_state=c.swap(initial_state) if state_v_first
-                  else initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                  strategy=CHUNKED)
-    return c.pair(res, output_final_state, state_v_first)
+    res = lib.gla(q, k, v, g=g, scale=scale, initial_state=initial_state, state_v_first=state_v_first,
+                  output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=CHUNKED)
+    return c.pair(res, output_final_state)
 
 
 def fused_recurrent_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: torch.Tensor | None = None,
@@ -184,6 +176,7 @@ def fused_recurrent_gla(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gk: t
     ``gv [B, T, H, V]`` log-decays (``gv`` runs the ``gla_gv`` mixer declared in ``_mixers``)."""
     name = "fused_recurrent_gla"
     vf = c.options(name, kwargs, state_v_first)
+    v = c.v_like_q(q, v)
     c.tensor(name, "q", q, 4)
     c.check_varlen(name, q, initial_state, cu_seqlens)
     h0 = c.swap(initial_state) if vf else initial_state

@@ -29,13 +29,13 @@ import math
 
 import torch
 
+from ...dsl.mask import FULL, Mask, ScoreMod
 from ...errors import InputError
-from ...dsl.mask import FULL, Mask
 from ...reference.attention import evaluate_mask
 
 EMPTY, PARTIAL, FULL_TILE = 0, 1, 2
 
-__all__ = ["BlockMask", "create_block_mask", "classify_tiles", "EMPTY", "PARTIAL", "FULL_TILE"]
+__all__ = ["EMPTY", "FULL_TILE", "PARTIAL", "BlockMask", "classify_tiles", "create_block_mask"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ class BlockMask:
         Bm, Hm, NM, NN = self.shape
         return float((self.kv_num + self.full_kv_num).sum()) / (Bm * Hm * NM * NN)
 
-    def to(self, device) -> "BlockMask":
+    def to(self, device) -> BlockMask:
         moved = {f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         data = {k: v.to(device) for k, v in self.data.items()}
@@ -143,17 +143,39 @@ def from_tile_classes(classes: torch.Tensor, block_m, block_n, q_len, kv_len, ma
                      int(block_m), int(block_n), int(q_len), int(kv_len), mask, dict(data or {}))
 
 
+def as_data(data) -> dict:
+    """The data tensors by name, a 0-dim tensor read as a one-element vector (``s[0]`` in the
+    mask or score modification)."""
+    return {n: (t.reshape(1) if isinstance(t, torch.Tensor) and t.dim() == 0 else t)
+            for n, t in dict(data or {}).items()}
+
+
+def as_declaration(fn, data, kind: str):
+    """``(Mask or ScoreMod, data)``: a declaration as given, or a plain Python function traced
+    FlexAttention-style (``mixir.dsl.torch_trace``: torch ops on the indices; tensors it
+    captures become data, added to ``data``). ``kind``: "mask" or "score_mod"."""
+    want = Mask if kind == "mask" else ScoreMod
+    data = as_data(data)
+    if fn is None or isinstance(fn, want):
+        return fn, data
+    if isinstance(fn, (Mask, ScoreMod)) or not callable(fn):
+        raise InputError(f"{kind} must be a mixir.attention {want.__name__} (@mixir.attention."
+                         f"{kind}) or a plain function of the indices, got {fn!r}")
+    from ...dsl.torch_trace import trace_mask, trace_score_mod
+    decl, captured = (trace_mask if kind == "mask" else trace_score_mod)(fn)
+    data.update(captured)
+    return decl, data
+
+
 def create_block_mask(mask, B: int, H: int, q_len: int, kv_len: int | None = None, *,
                       block_size=None, data=None, device=None) -> BlockMask:
     """Build the ``BlockMask`` of ``mask`` (a ``Mask`` or None for full attention) for ``B``
     batch elements, ``H`` query heads and the given lengths. ``block_size``: an int or
     ``(block_m, block_n)`` (powers of two >= 16; default 64 on CUDA, 32 elsewhere).
-    ``data``: the mask's data tensors by name."""
-    mask = FULL if mask is None else mask
-    if not isinstance(mask, Mask):
-        raise InputError(f"mask must be a mixir.attention Mask (use @mixir.dsl.mask), got {mask!r}")
+    ``data``: the mask's data tensors by name (0-dim ones are read as ``x[0]``). A plain function
+    ``mask(b, h, q, kv)`` is traced with its captured tensors (``as_declaration``)."""
+    mask, data = as_declaration(FULL if mask is None else mask, data, "mask")
     kv_len = q_len if kv_len is None else kv_len
-    data = dict(data or {})
     missing = [d for d in mask.data_names if d not in data]
     if missing:
         raise InputError(f"mask {mask.name} needs data {missing} (pass data={{name: tensor}})")

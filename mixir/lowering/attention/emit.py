@@ -111,7 +111,7 @@ def emit(root: ir.Node, data_index: dict, data_kinds: dict, prefix: str, lines: 
             e = f"-{as_num(s[0])}"
         elif op == "abs":
             e = f"tl.abs({as_num(s[0])})"
-        elif op in ("exp", "log", "sqrt", "rsqrt", "sigmoid"):
+        elif op in ("exp", "log", "sqrt", "rsqrt", "sigmoid", "sin", "cos"):
             e = f"tl.{op}({as_flt(s[0])})"
         elif op == "tanh":
             e = f"2.0 * tl.sigmoid(2.0 * {as_flt(s[0])}) - 1.0"

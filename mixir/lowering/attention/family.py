@@ -27,11 +27,21 @@ class CompiledAttention:
         from . import kernels
         return [kernels.__file__]
 
-    def __call__(self, *tensors, config=None, **options):
+    def __call__(self, *tensors, config=None, group=None, **options):
+        """``group``: a ProcessGroup or 1-D DeviceMesh over which the sequence is sharded
+        (context parallelism, ``context.py``); None: one process."""
         if len(tensors) != 3:
             raise InputError(f"{self.mask.name}: attention takes 3 tensors (q, k, v), got {len(tensors)}")
-        from .ops import attention
         q, k, v = tensors
+        if group is not None:
+            if options.get("block_mask") is not None:
+                raise InputError(f"{self.mask.name}: block_mask= cannot be combined with group= "
+                                 "(the metadata is built per rank and key range); pass data= instead")
+            options.pop("block_mask", None)
+            from .context import context_parallel_attention
+            return context_parallel_attention(q, k, v, group=group, mask=self.mask,
+                                              config=config or self.config, **options)
+        from .ops import attention
         return attention(q, k, v, mask=self.mask, config=config or self.config, **options)
 
 

@@ -41,7 +41,9 @@ def check_tensors(where: str, named, *, float64: bool = False):
       may instead be float32 (fla keeps gates and β in fp32); parameters may be any accepted dtype;
     - all on one device, CUDA or the CPU.
 
-    Returns ``(device, dtype)``; ``InputError`` naming the argument otherwise."""
+    (The library wrappers first apply fla's mixed precision, ``widen_mixed``: fp32 q/k with a
+    16-bit v arrive here as fp32.) Returns ``(device, dtype)``; ``InputError`` naming the argument
+    otherwise."""
     device, dtype = None, None
     for name, a, per_token in named:
         if not isinstance(a, torch.Tensor):
@@ -67,6 +69,42 @@ def check_tensors(where: str, named, *, float64: bool = False):
     if device is not None and device.type not in ("cuda", "cpu"):
         raise InputError(f"{where}: tensors must be on a CUDA device or the CPU, got {device}")
     return device, dtype
+
+
+def _is_key(name: str) -> bool:
+    return name == "k" or (name[:1] == "k" and name[1:].isdigit())
+
+
+def widen_mixed(m, arrays):
+    """fla's mixed precision, for the library wrappers (before ``check_call``): fp32 q/k with 16-bit
+    v (and 16-bit or fp32 gates/β) is computed in fp32 and returned in v's dtype, as fla's kernels
+    do (they accumulate in fp32 and allocate ``o`` like ``v``). Acts only where ``check_tensors``
+    would refuse: the first per-token input fp32 and a later one 16-bit. Still refused (by
+    ``check_tensors``, or here): a key (``k``, ``k0``, …) of another dtype than ``q`` (fla
+    contracts them in one matmul), and fp16 beside bf16 (no common 16-bit dtype).
+
+    Returns ``(arrays, out_dtype)``: every 16-bit per-token tensor cast to fp32 and the dtype of the
+    value input (``v``/``v0``, else the first per-token input), or ``(arrays, None)`` unchanged."""
+    per_token = [(i, spec.name, a) for i, (spec, a) in enumerate(zip(m.inputs, arrays))
+                 if spec.kind == "input" and isinstance(a, torch.Tensor)]
+    if not per_token or per_token[0][2].dtype != torch.float32:
+        return arrays, None
+    narrow = [(i, name, a) for i, name, a in per_token if a.dtype in (torch.float16, torch.bfloat16)]
+    if not narrow:
+        return arrays, None
+    if per_token[0][1] == "q" and any(_is_key(name) for _, name, _ in narrow):
+        return arrays, None               # check_tensors refuses it, naming the key
+    if len({a.dtype for _, _, a in narrow}) > 1:
+        (_, n1, a1), (_, n2, a2) = narrow[0], next(x for x in narrow if x[2].dtype != narrow[0][2].dtype)
+        raise InputError(f"{m.name}: argument {n2!r} has dtype {a2.dtype}, but {n1!r} has {a1.dtype}: "
+                         f"the 16-bit inputs of a call share one dtype")
+    names = [name for _, name, _ in per_token]
+    value = next((n for n in ("v", "v0") if n in names), names[0])
+    out_dtype = next(a.dtype for _, name, a in per_token if name == value)
+    arrays = list(arrays)
+    for i, _, a in narrow:
+        arrays[i] = a.float()
+    return arrays, out_dtype
 
 
 def check_cu_seqlens(cu_seqlens, device) -> None:

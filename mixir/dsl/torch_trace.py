@@ -6,7 +6,10 @@ The function is called once with ``TorchExpr`` arguments: a subclass of the mask
 ``torch.tanh(...)``, ``q_idx.abs()`` and indexing a captured tensor (``document_id[q_idx]``,
 ``bias[h, q_idx - kv_idx]``) build IR nodes instead of running. A captured tensor becomes a data
 argument of the mask (``mask_mod_captured0``, ...; ``score_mod_captured0``, ...: looked up at run time, clamped into its
-extent like every mixir data lookup). Anything else raises ``DeclarationError`` naming the
+extent like every mixir data lookup); a 0-dim tensor used as an operand (a captured temperature,
+``torch.tensor(-1.0)``) becomes a one-element data tensor too, so a new value reuses the kernels.
+``torch.sin`` / ``torch.cos`` are accepted in score mods (not in masks: the block-mask builder's
+evaluator has no sin/cos); ``torch.exp2(x)`` is ``exp(x ln 2)``. Anything else raises ``DeclarationError`` naming the
 operation; Python ``if``/``and``/``or`` on traced values raise the DSL's own error.
 """
 from __future__ import annotations
@@ -16,10 +19,10 @@ import numbers
 
 import torch
 
-from ..dsl import ir
-from ..dsl.mask import SCORE_NAME, Data, Expr, Mask, ScoreMod, infer_types
-from ..dsl.mask import _bin as _mask_bin
-from ..dsl.mask import where as _where
+from . import ir
+from .mask import SCORE_NAME, Data, Expr, Mask, ScoreMod, infer_types
+from .mask import _bin as _mask_bin
+from .mask import where as _where
 from ..errors import DeclarationError, MixirError
 
 INDEX_NAMES = ("b", "h", "q", "kv")
@@ -40,7 +43,7 @@ class _Trace:
         name = self.names.get(id(t))
         if name is None:
             name = self.names[id(t)] = f"{self.prefix}{len(self.tensors)}"
-            self.tensors[name] = t.detach()
+            self.tensors[name] = t.detach().reshape(1) if t.dim() == 0 else t.detach()
         return Data(name)
 
 
@@ -48,8 +51,9 @@ def _fail(what: str):
     where = _CURRENT[-1].what if _CURRENT else "a traced function"
     raise DeclarationError(
         f"{where} uses {what}, which mixir's tracer cannot express. Supported: arithmetic "
-        "(+ - * / ** // %), comparisons, & | ~, torch.where / abs / exp / log / tanh / sigmoid / sqrt "
-        "/ rsqrt / maximum / minimum / clamp / softplus / silu / logsigmoid / logical_and|or|not, "
+        "(+ - * / ** // %), comparisons, & | ~, torch.where / abs / exp / exp2 / log / tanh / sigmoid "
+        "/ sqrt / rsqrt / maximum / minimum / clamp / softplus / silu / logsigmoid / logical_and|or|not, "
+        "sin / cos (score_mod only), "
         "indexing a captured tensor with index values, and constants")
 
 
@@ -62,8 +66,12 @@ def _node(x):
     if isinstance(x, numbers.Real):
         return x
     if isinstance(x, torch.Tensor):
-        if x.numel() == 1 and x.dim() == 0:
-            return x.item()
+        if x.dim() == 0:
+            if not _CURRENT:
+                return x.item()
+            if x.dtype.is_complex:
+                _fail("a complex 0-dim tensor")
+            return _wrap(_CURRENT[-1].capture(x)[0])      # data: a new value reuses the kernels
         _fail(f"a tensor of shape {tuple(x.shape)} as an operand (index it with b / h / q_idx / "
               "kv_idx: only elements of captured tensors can be read)")
     _fail(f"an operand of type {type(x).__name__}")
@@ -144,6 +152,33 @@ def _un(op):
     return f
 
 
+def _float_operand(x):
+    """``x`` as an expression of float type (an integer index is converted, as torch's
+    ``q_idx.float()`` would)."""
+    x = _as_expr(x)
+    if _is_float(x):
+        return x
+    return Expr(ir.Node("div", x.node.dims, (x.node, ir.const(1.0))))    # typed float, unfolded
+
+
+def _trig(op):
+    def f(x, *rest, **kw):
+        if rest or kw:
+            _fail(f"torch.{op} with extra arguments {rest or sorted(kw)}")
+        if _CURRENT and _CURRENT[-1].prefix.startswith("mask_mod"):
+            _fail(f"torch.{op} in a mask_mod (the block-mask builder cannot evaluate it; it is "
+                  "accepted in a score_mod)")
+        return _wrap(Expr(ir.unary(op, _float_operand(x).node)))
+    return f
+
+
+def _exp2(x, *rest, **kw):
+    if rest or kw:
+        _fail(f"torch.exp2 with extra arguments {rest or sorted(kw)}")
+    return _wrap(Expr(ir.unary("exp", ir.binary("mul", _float_operand(x).node,
+                                                ir.const(math.log(2.0))))))
+
+
 def _as_expr(x):
     x = _node(x)
     return x if isinstance(x, Expr) else Expr(ir.const(float(x)))
@@ -216,7 +251,8 @@ _OPS = {
     "clamp": _clamp, "clip": _clamp, "clamp_min": lambda x, m: _clamp(x, min=m),
     "clamp_max": lambda x, m: _clamp(x, max=m),
     "neg": _un("neg"), "negative": _un("neg"), "abs": _un("abs"), "absolute": _un("abs"),
-    "exp": _un("exp"), "log": _un("log"), "tanh": _un("tanh"), "sigmoid": _un("sigmoid"),
+    "exp": _un("exp"), "exp2": _exp2, "sin": _trig("sin"), "cos": _trig("cos"),
+    "log": _un("log"), "tanh": _un("tanh"), "sigmoid": _un("sigmoid"),
     "sqrt": _un("sqrt"), "rsqrt": _un("rsqrt"), "reciprocal": _un("recip"),
     "softplus": _un("softplus"), "silu": _un("silu"), "logsigmoid": _un("logsigmoid"),
     "square": lambda x: _wrap(_bin("mul", x, x)),
