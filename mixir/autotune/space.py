@@ -45,6 +45,10 @@ def cdiv_expr(a, b):
     return sp.ceiling(a / b)
 
 
+#: log2(16 / num_warps) for num_warps in {1, 2, 4, 8, 16}, in terms the CP-SAT translator takes
+LOG2_16_OVER_W = sum(sp.Min(1, sp.floor(sp.Integer(j) / W)) for j in (8, 4, 2, 1))
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelModel:
     """Resource formulas of one kernel launch (all sympy expressions)."""
@@ -57,9 +61,15 @@ class KernelModel:
     fp32_flops: sp.Expr      # scalar (CUDA-core) FLOPs
     serial_steps: sp.Expr    # dependent loop iterations per program (latency chain)
     count: int = 1           # launches per training step (forward + backward)
+    #: registers per thread fitted to ptxas builds of this kernel (an integer-valued expression),
+    #: where the generic model (``REG_PER_ELEMENT`` x live elements per thread + ``REG_OVERHEAD``)
+    #: misjudges it; None: the generic model
+    regs_fit: sp.Expr | None = None
 
     @functools.cached_property
     def regs(self):
+        if self.regs_fit is not None:
+            return self.regs_fit
         return sp.ceiling(REG_PER_ELEMENT * self.live_fp32 / (32 * W)) + REG_OVERHEAD
 
 

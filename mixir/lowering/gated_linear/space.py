@@ -14,8 +14,8 @@ import sympy as sp
 
 from ...autotune.db import bucket
 from ...autotune.pipeline import TuningTarget
-from ...autotune.space import (BC, BK, BT, BV, PK, PV, Constraint, KernelModel, Shape, Space, B, H, K,
-                               S, T, V, W, cdiv_expr, db, ob)
+from ...autotune.space import (BC, BK, BT, BV, LOG2_16_OVER_W, PK, PV, Constraint, KernelModel, Shape,
+                               Space, B, H, K, S, T, V, W, cdiv_expr, db, ob)
 from ...tiles import padded, pow2
 
 # ---- the chunked GLA space -----------------------------------------------------------------------
@@ -55,6 +55,18 @@ _chunk_states = KernelModel(
     fp32_flops=3 * B * T * H * K * V / BT + B * T * H * K * 2,
     serial_steps=NT, count=3)
 
+def _output_regs(per_channel: bool):
+    """Registers per thread of the output kernel, fitted to ptxas builds for sm_90 (2026-12-07;
+    simple_gla and gla at K = V = 128, bf16, BT 64, BC 16-64, BK/BV 32/64, 4-16 warps, 1-2 stages;
+    the most of its four launches): 90 + 41 log2(16 / W) + 1.69 X / threads with X = the accumulator,
+    operand and diagonal tile elements (RMS error 23 registers; the generic model erred by up to 84,
+    and excluded every 16-warp whole-chunk sub-chunk, which compiles to 107). The intercept is taken
+    12 lower: near the limits the compiler decides (the AOT check), and a config that spills raises
+    the estimate through the AOT feedback (autotune/feedback.py)."""
+    X = 2 * BC * BV + 3 * BC * BK + (BC * BC * BKD / 4 if per_channel else 0)
+    return 78 + 41 * LOG2_16_OVER_W + sp.ceiling(sp.Rational(169, 100) * X / (32 * W))
+
+
 def _output_model(per_channel: bool) -> KernelModel:
     """The output kernel; ``per_channel``: a per-key decay, whose diagonal sub-chunk factors live on a
     [BC, BC, BKD] tile (a scalar-decayed one is a [BC, BC] dot)."""
@@ -79,7 +91,7 @@ def _output_model(per_channel: bool) -> KernelModel:
                      + B * T * H * K * (2 * db + 12) / 4),
         tc_flops=2 * B * T * H * K * V + B * T * H * BT * (K * cdiv_expr(V, BV) + V),
         fp32_flops=3 * B * T * H * BC * K,
-        serial_steps=BT / BC, count=4)
+        serial_steps=BT / BC, count=4, regs_fit=_output_regs(per_channel))
 
 
 _chunk_rev_cumsum = KernelModel(
