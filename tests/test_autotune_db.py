@@ -111,6 +111,19 @@ def test_lti_and_rnn_lookups_validate_their_entries(monkeypatch):
         assert lstm.launch_config(32, dev, torch.bfloat16, B=16, T=64, H=2) == rnn_model
 
 
+def test_attention_lookup_validates_its_entries(monkeypatch):
+    """The attention tiles read the database through the attention space: an entry outside it
+    (BM = 7) is ignored with a warning and the cost model's pick is launched."""
+    from mixir.lowering.attention import tiles
+    monkeypatch.setattr(select, "_gpu_for", lambda idx: hardware.get("h100"))
+    args = (0, "causal_test_key", "bf16", 64, 2, 256, 4, 0, 0)
+    model = tiles.gpu_config(*args)
+    monkeypatch.setattr(db, "lookup", lambda *a, **k: {"BM": 7, "BN": 64, "num_warps": 4,
+                                                       "num_stages": 2})
+    with pytest.warns(UserWarning, match="tuning database entry"):
+        assert tiles.gpu_config(*args) == model
+
+
 # ---- 2b / 2c: unreadable files: a warning on read, never overwritten ---------------------------
 UNREADABLE = {
     "version_text": (json.dumps({"format": "mixir-tuning-db", "version": "1", "entries": {}}),

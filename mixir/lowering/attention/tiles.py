@@ -75,10 +75,13 @@ def gpu_config(device_index: int, mask_key: str, dtype: str, D: int, B: int, T: 
     cfg = None
     gpu = attention_space.REFERENCE_GPU
     if device_index >= 0:
-        # the database's entry for the mask (K = V = head dim), used when its tiles agree with the
-        # fixed ones → the attention space's cost-model best with those tiles → None
-        cfg = tuned_config(None, Key(mask_key, attention_space.STRATEGY, dtype, B, T, H, D, D), None,
-                           device_index, accept=lambda c: all(c.get(k) == v for k, v in fixed.items()),
+        # the database's entry for the mask (K = V = head dim; validated against the space: an
+        # invalid one is ignored with a warning), used when its tiles agree with the fixed ones →
+        # the attention space's cost-model best with those tiles → None
+        cfg = tuned_config(attention_space.ATTENTION,
+                           Key(mask_key, attention_space.STRATEGY, dtype, B, T, H, D, D),
+                           attention_space.shape(B, T, H, D, dtype), device_index,
+                           accept=lambda c: all(c.get(k) == v for k, v in fixed.items()),
                            model=lambda g: attention_space.model_best(g, dtype, D, B, T, H, fixed))
         gpu = current_gpu(device_index) or gpu
     if not cfg:
