@@ -14,7 +14,7 @@ from .version import __version__ as __version__
 
 
 def __getattr__(name):
-    if name in ("autotune", "tuning", "library", "testing", "attention"):   # sub-packages, on use
+    if name in ("autotune", "tuning", "library", "testing", "attention", "nn", "distributed"):   # on use
         import importlib
         return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'mixir' has no attribute {name!r}")

@@ -163,7 +163,7 @@ def _v_first(res, output_final_state, state_v_first):
     return res
 
 
-def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None, *, strategy=None):
+def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None, *, strategy=None, group=None):
     """fla's ``fused_recurrent_hgrn`` (same positional order): ``h_t = exp(g_t) ⊙ h_{t-1} + x_t``,
     ``o_t = h_t``.
 
@@ -181,7 +181,7 @@ def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None, *,
             raise InputError(f"hgrn: initial_state must be [N, D], got shape {tuple(initial_state.shape)}")
         initial_state = initial_state.unsqueeze(1)
     res = call(hgrn_mixer, (x.unsqueeze(2), g.unsqueeze(2)), initial_state=initial_state,
-               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy, group=group)
     if output_final_state:
         o, ht = res
         return o.squeeze(2), ht.squeeze(1)
@@ -189,7 +189,7 @@ def hgrn(x, g, initial_state=None, output_final_state=False, cu_seqlens=None, *,
 
 
 def lightnet(q, k, v, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-             strategy=None):
+             strategy=None, group=None):
     """fla's ``chunk_lightnet`` (LightNet, "You Only Scan Once").
 
     q: ``[B, T, H, K]``; k: ``[B, T, H, K]`` key logits; v: ``[B, T, H, V]``.
@@ -216,7 +216,7 @@ def lightnet(q, k, v, *, scale=None, initial_state=None, output_final_state=Fals
         else:
             initial_state = (h0, Z0)
     res = call(lightnet_mixer, (q, k, v), scale=scale, initial_state=initial_state,
-               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy, group=group)
     if output_final_state:
         o, (ST, ZT) = res
         return o, (ST, ZT.log().unsqueeze(1))

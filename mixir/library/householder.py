@@ -159,7 +159,8 @@ def delta_rule(q, k, v, beta, *, scale=None, initial_state=None, output_final_st
 def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
                      use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False,
                      allow_neg_eigval=False, state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None,
-                     use_gate_in_kernel=False, A_log=None, dt_bias=None, chunk_size=None, strategy=None):
+                     use_gate_in_kernel=False, A_log=None, dt_bias=None, chunk_size=None, strategy=None,
+                     group=None):
     """fla's ``chunk_gated_delta_rule``: S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t−1} + β_t k_t v_tᵀ.
 
     q, k: ``[B, T, H, K]``; v: ``[B, T, HV, V]`` with HV a multiple of H (grouped values: value head
@@ -177,11 +178,11 @@ def gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, output
         g = gdn_gate("gated_delta_rule", g, A_log, dt_bias)
     return _gated_call("gated_delta_rule", q, k, v, g, beta, scale, initial_state, output_final_state,
                        use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
-                       state_v_first, cu_seqlens, strategy)
+                       state_v_first, cu_seqlens, strategy, group=group)
 
 
 def _gated_call(kind, q, k, v, g, beta, scale, initial_state, output_final_state, l2norm,
-                beta_sigmoid, neg_eigval, state_v_first, cu_seqlens, strategy):
+                beta_sigmoid, neg_eigval, state_v_first, cu_seqlens, strategy, group=None):
     """The shared fla 0.6 conventions of ``gated_delta_rule`` and ``kda``: grouped value heads
     (q, k repeated over HV / H), β activation in the declaration, V-first state layout."""
     act = ("2sigmoid" if neg_eigval else "sigmoid") if beta_sigmoid else ""
@@ -194,7 +195,8 @@ def _gated_call(kind, q, k, v, g, beta, scale, initial_state, output_final_state
         initial_state = initial_state.transpose(-1, -2)
     m = delta_mixer(kind, l2norm, beta_act=act)
     res = call(m, (q, k, v, beta, g), scale=scale, initial_state=initial_state,
-               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+               output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy,
+               group=group)
     if output_final_state and state_v_first:
         return res[0], res[1].transpose(-1, -2)
     return res
@@ -203,7 +205,8 @@ def _gated_call(kind, q, k, v, g, beta, scale, initial_state, output_final_state
 def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=False,
         use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False, use_beta_sigmoid_in_kernel=False,
         allow_neg_eigval=False, safe_gate=False, lower_bound=None, state_v_first=False,
-        cu_seqlens=None, cu_seqlens_cpu=None, A_log=None, dt_bias=None, strategy=None, **unsupported):
+        cu_seqlens=None, cu_seqlens_cpu=None, A_log=None, dt_bias=None, strategy=None, group=None,
+        **unsupported):
     """fla's ``chunk_kda`` (Kimi Delta Attention): S_t = (I − β_t k_t k_tᵀ) Diag(exp g_t) S_{t−1}
     + β_t k_t v_tᵀ, o_t = (scale·q_t)ᵀ S_t.
 
@@ -230,7 +233,7 @@ def kda(q, k, v, g, beta, *, scale=None, initial_state=None, output_final_state=
         g = _kda_gate(g, A_log, dt_bias, HV, K, lower_bound if safe_gate else None)
     return _gated_call("kda", q, k, v, g, beta, scale, initial_state, output_final_state,
                        use_qk_l2norm_in_kernel, use_beta_sigmoid_in_kernel, allow_neg_eigval,
-                       state_v_first, cu_seqlens, strategy)
+                       state_v_first, cu_seqlens, strategy, group=group)
 
 
 def gdn_gate(where, g, A_log, dt_bias):

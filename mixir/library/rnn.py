@@ -178,7 +178,7 @@ def slstm(x, R, b, *, initial_state=None, output_final_state=False, cu_seqlens=N
 
 
 def mlstm(q, k, v, i, f, *, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
-          strategy=None):
+          strategy=None, group=None):
     """xLSTM's mLSTM, fla layout: ``q, k [B, T, H, K]``, ``v [B, T, H, V]``, gate pre-activations
     ``i, f [B, T, H]``; states ``(C [N, H, K, V], n [N, H, K], m [N, H])`` (zeros by default).
     Compiled through the gated-linear family (docs/gated_linear.md, "Stabiliser states"): the
@@ -186,7 +186,7 @@ def mlstm(q, k, v, i, f, *, scale=None, initial_state=None, output_final_state=F
     (strategies ``recurrent`` and ``chunked``)."""
     return call(mlstm_mixer, [q, k, v, i, f], initial_state=initial_state,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy,
-                scale=scale)
+                scale=scale, group=group)
 
 
 # ---- registry ----------------------------------------------------------------------------------

@@ -125,7 +125,7 @@ def _tensors(fn, named, torch_side=()):
 
 
 def mamba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *,
-          initial_state=None, output_final_state=False, cu_seqlens=None, strategy=None):
+          initial_state=None, output_final_state=False, cu_seqlens=None, strategy=None, group=None):
     """Mamba-1 selective scan: mamba_ssm's ``selective_scan_ref`` in layout ``[B, T, D]``.
 
     u, delta, z: ``[B, T, D]``; A: ``[D, N]`` (real, negative); B, C: ``[B, T, N]``, grouped
@@ -155,7 +155,7 @@ def mamba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=Fal
     mixer = MAMBA_VARIANTS[(z is not None, bool(delta_softplus))]
     arrays = (u, delta, A, Bh, Ch, D) + ((z,) if z is not None else ()) + (delta_bias,)
     return call(mixer, arrays, initial_state=initial_state, output_final_state=output_final_state,
-                cu_seqlens=cu_seqlens, strategy=strategy)
+                cu_seqlens=cu_seqlens, strategy=strategy, group=group)
 
 
 def mamba2(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, *,

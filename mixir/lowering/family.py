@@ -27,8 +27,12 @@ The contract, in the order a declaration meets it:
    (the others take V) when a tool picks sizes for a declaration it knows only by its IR.
 6. context parallelism: ``state_passing(plan)`` — how a chunk's state combines with the next
    (the transition of a whole chunk and the chunk's final state, combined associatively), for a
-   sequence split across ranks; ``None`` (the default) means the family cannot be split and
-   ``group=`` is refused with the reason.
+   sequence split across ranks: an object with ``kind`` (one line) and ``run(compiled, arrays, *,
+   g, initial_state, output_final_state, cu_seqlens, strategy, scalars)`` (``g``: a resolved
+   ``mixir.distributed.Group``), built on ``mixir.distributed``'s layout, all-gather and prefix
+   combine; the compiled mixer's ``__call__(..., group=)`` runs it. ``None`` (the default) means
+   the family cannot be split, and its compiled mixers refuse ``group=`` with the reason
+   (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -101,8 +105,9 @@ class Family(abc.ABC):
 
     # ---- 6: context parallelism --------------------------------------------------------------
     def state_passing(self, plan):
-        """How the state of one chunk of the sequence passes to the next (context parallelism),
-        or None when it cannot be combined associatively."""
+        """How the state of one chunk of the sequence passes to the next (context parallelism:
+        ``kind`` and ``run``, see point 6 above), or None when it cannot be combined
+        associatively."""
         return None
 
     def __repr__(self):

@@ -1,8 +1,7 @@
 """The collectives of context-parallel attention (``context.py``), on ``torch.distributed``.
 
-- ``resolve_group``: a ``ProcessGroup`` or a 1-D ``DeviceMesh`` -> (group, rank, world size).
-- ``all_gather_ints``: every rank's small int64 vector (lengths, shapes, which ranks it needs), no
-  gradient.
+- ``resolve_group``, ``all_gather_ints``: the shared ``mixir.distributed`` helpers in the shape
+  ``context.py`` takes ((group, rank, world size); a [world, n] int64 tensor, no gradient).
 - ``exchange``: point-to-point sends of one tensor per rank to exactly the ranks that need it,
   differentiable: the backward sends each received tensor's gradient back to its owner, and the
   owner sums what comes back (the adjoint of "copy my tensor to these ranks"; no reduce_scatter,
@@ -16,39 +15,27 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ...distributed.collectives import all_gather_ints as _all_gather_ints
+from ...distributed.group import resolve_group as _resolve_group
 from ...errors import InputError
 
 FWD_TAG, BWD_TAG = 1601, 1602
 
 
 def resolve_group(group):
-    """(ProcessGroup, rank in it, size) of ``group`` (a ProcessGroup or a 1-D DeviceMesh)."""
-    if not dist.is_available() or not dist.is_initialized():
-        raise InputError("group=: torch.distributed is not initialized "
-                         "(call torch.distributed.init_process_group first)")
-    try:
-        from torch.distributed.device_mesh import DeviceMesh
-    except ImportError:                         # a torch build without DeviceMesh
-        DeviceMesh = None
-    if DeviceMesh is not None and isinstance(group, DeviceMesh):
-        if group.ndim != 1:
-            raise InputError(f"group= must be a ProcessGroup or a 1-D DeviceMesh, got a "
-                             f"{group.ndim}-D DeviceMesh (pass mesh[dim_name])")
-        group = group.get_group()
-    if not isinstance(group, dist.ProcessGroup):
-        raise InputError(f"group= must be a torch.distributed ProcessGroup or a 1-D DeviceMesh, "
-                         f"got {type(group).__name__}")
-    return group, dist.get_rank(group), dist.get_world_size(group)
+    """(ProcessGroup, rank in it, size) of ``group`` (a ProcessGroup or a 1-D DeviceMesh; the
+    shared ``mixir.distributed.group.resolve_group`` and its errors)."""
+    if group is None:
+        raise InputError("group= must be a torch.distributed ProcessGroup or a 1-D DeviceMesh")
+    g = _resolve_group(group)
+    return g.pg, g.rank, g.world
 
 
 def all_gather_ints(values, group, world: int) -> torch.Tensor:
     """[world, n] int64: row j is rank j's ``values`` (a list of n ints, n equal on all ranks)."""
-    t = torch.tensor([int(x) for x in values], dtype=torch.int64)
-    if dist.get_backend(group) == "nccl":
-        t = t.cuda()
-    out = [torch.empty_like(t) for _ in range(world)]
-    dist.all_gather(out, t, group=group)
-    return torch.stack(out).cpu()
+    g = _resolve_group(group)
+    device = "cuda" if g.backend == "nccl" else "cpu"
+    return torch.tensor(_all_gather_ints(values, g, device), dtype=torch.int64)
 
 
 def _global(group, r: int) -> int:

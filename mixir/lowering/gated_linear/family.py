@@ -55,5 +55,11 @@ class GatedLinearFamily(Family):
     def key_dims(self, mixer, plan) -> frozenset:
         return frozenset(f.k_dim for _, f in list(plan.aux) + [(None, plan.main)] if f.k_dim)
 
+    def state_passing(self, plan):
+        """How a slice's (transition, final state) pair combines with the next (``distributed.py``;
+        docs/distributed.md), or None when the plan cannot be split."""
+        from .distributed import passing_for
+        return passing_for(plan)
+
 
 FAMILY = register(GatedLinearFamily())

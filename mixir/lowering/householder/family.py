@@ -23,5 +23,11 @@ class HouseholderFamily(Family):
         from .space import targets
         return targets(mixer, plan, request)
 
+    def state_passing(self, plan):
+        """How a slice's (transition, final state) pair combines with the next (``distributed.py``;
+        docs/distributed.md), or None when the plan cannot be split."""
+        from .distributed import passing_for
+        return passing_for(plan)
+
 
 FAMILY = register(HouseholderFamily())

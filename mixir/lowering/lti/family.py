@@ -34,5 +34,11 @@ class LTIFamily(Family):
         from .space import kernel_signature
         return kernel_signature(mixer, plan, request)
 
+    def state_passing(self, plan):
+        """How a slice's (transition, final state) pair combines with the next (``distributed.py``;
+        docs/distributed.md), or None when the plan cannot be split."""
+        from .distributed import passing_for
+        return passing_for(plan)
+
 
 FAMILY = register(LTIFamily())

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ...tiles import pow2
-from ...errors import InputError
+from ...errors import InputError, UnsupportedMixerError
 from ..common.call import CompiledBase, check_call, check_strategy
 from ..common.kernel_cache import import_source
 from ..common.launch import Kernel, targets_gpu
@@ -53,8 +53,14 @@ class CompiledRNN(CompiledBase):
 
     # ---- the call -----------------------------------------------------------------------------
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
-                 strategy=None, **scalars):
+                 strategy=None, group=None, **scalars):
         m, f = self.mixer, self.plan
+        if group is not None:
+            raise UnsupportedMixerError(
+                f"{m.name}: group= (context parallelism) is not supported for nonlinear RNNs: the "
+                "state update is nonlinear in the state, so a slice's effect on the state is not a "
+                "transition that can be combined before the state entering it is known (run the "
+                "sequence on one rank, or pass the state rank to rank yourself)")
         b, N, device, dtype = check_call(m, arrays, initial_state, cu_seqlens, scalars)
         D = b.sizes[f.dim]
         if b.sizes.get(f.rdim, D) != D:
