@@ -277,7 +277,7 @@ def _kda_gate(g, A_log, dt_bias, HV, K, lower_bound):
 
 def gated_delta_product(q, k, v, g, beta, *, num_householder, scale=None, initial_state=None,
                         output_final_state=False, cu_seqlens=None, use_qk_l2norm_in_kernel=False,
-                        cu_seqlens_cpu=None, chunk_size=None, strategy=None):
+                        cu_seqlens_cpu=None, chunk_size=None, strategy=None, group=None):
     """fla's ``chunk_gated_delta_product``: n_h = ``num_householder`` delta steps per token.
 
     q: ``[B, T, H, K]``; k: ``[B, T·n_h, H, K]``; v: ``[B, T·n_h, H, V]``; beta: ``[B, T·n_h, H]``
@@ -306,7 +306,8 @@ def gated_delta_product(q, k, v, g, beta, *, num_householder, scale=None, initia
     m = delta_mixer("gated_delta_product", use_qk_l2norm_in_kernel, n)
     arrays = (q, *split(k), *split(v), *split(beta), g)
     return call(m, arrays, scale=scale, initial_state=initial_state,
-                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy)
+                output_final_state=output_final_state, cu_seqlens=cu_seqlens, strategy=strategy,
+                group=group)
 
 
 # ---- registry ----------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def mamba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=Fal
 
 def mamba2(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, *,
            initial_state=None, output_final_state=False, cu_seqlens=None, seq_idx=None,
-           chunk_size=None, strategy=None):
+           chunk_size=None, strategy=None, group=None):
     """Mamba-2 SSD (ssd_minimal_discrete semantics with dt applied, plus the D skip), with
     mamba_chunk_scan_combined's options.
 
@@ -176,12 +176,12 @@ def mamba2(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_l
     two dims). Returns ``y`` ``[B, T, H, P]`` (and the final state).
     """
     y, final, _ = mamba2_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state,
-                              cu_seqlens, seq_idx, chunk_size, strategy, "mamba2")
+                              cu_seqlens, seq_idx, chunk_size, strategy, "mamba2", group=group)
     return (y, final) if output_final_state else y
 
 
 def mamba2_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_state, cu_seqlens,
-                seq_idx, chunk_size, strategy, fn):
+                seq_idx, chunk_size, strategy, fn, group=None):
     """``mamba2``'s work: ``(y, final states, per-sequence final states or None)`` (the last for
     ``seq_idx``: one per sequence found; mixir.compat.mamba_ssm's varlen states)."""
     torch_side = [("z", z), ("dt_bias", dt_bias)] + ([("D", D)] if getattr(D, "ndim", 1) == 2 else [])
@@ -206,11 +206,14 @@ def mamba2_scan(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, initial_st
     m = mamba2_dtp_mixer if dt.ndim == 4 else mamba2_mixer
     if seq_idx is None:
         y, final = call(m, (x, dt, A, Bh, Ch, D1), initial_state=initial_state, output_final_state=True,
-                        cu_seqlens=cu_seqlens, strategy=strategy)
+                        cu_seqlens=cu_seqlens, strategy=strategy, group=group)
         per_seq = None
     else:
         if cu_seqlens is not None:
             raise InputError(f"{fn}: pass sequence boundaries once, as seq_idx or as cu_seqlens")
+        if group is not None:
+            raise InputError(f"{fn}: seq_idx with group= is not supported (seq_idx is per rank); pass "
+                             f"the global cu_seqlens instead")
         cu, row, carries = seq_segments(fn, seq_idx, Bsz, T)
         init = None
         if initial_state is not None and bool(carries.any()):
