@@ -110,7 +110,8 @@ def test_select_reads_the_database_then_the_model(monkeypatch, tmp_path):
         return dict(zip(tiles.KEYS, tiles.gpu_config(0, key, "bf16", 64, 4, 1024, 8, BM, BN)))
     model = gpu_config()
     assert model == asp.default_config("h100", "bf16", 64, B=4, T=1024, H=8)
-    mine = {"BM": 128, "BN": 16, "num_warps": 8, "num_stages": 3}
+    mine = {"BM": 64, "BN": 32, "num_warps": 4, "num_stages": 3}       # valid, not the model's
+    assert mine != model
     db.record(key, "h100", "bf16", 4, 1024, 8, 64, 64, "attention", mine, source="model")
     assert gpu_config() == mine
     # a database entry whose tiles contradict the given block size is not used
