@@ -234,6 +234,7 @@ def _build_picks(cases):
     assert not spilled, spilled
 
 
+@pytest.mark.slow   # many AOT builds; tests/test_family_contract.py builds one declaration per family in the fast lane
 @pytest.mark.filterwarnings("ignore:overflow encountered")
 @pytest.mark.aot
 @pytest.mark.interp

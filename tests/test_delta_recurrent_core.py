@@ -217,6 +217,7 @@ def _cuda_compiler_available():
         return False
 
 
+@pytest.mark.slow   # many AOT builds; tests/test_family_contract.py builds one declaration per family in the fast lane
 @pytest.mark.aot
 def test_default_configs_build_for_sm80_sm90_without_spills(fresh_triton_cache):
     """K = V = 64 and 128, fp32 and bf16 inputs, the heaviest variant (gate, h0, dhT, checkpoints):

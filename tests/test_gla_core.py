@@ -321,6 +321,7 @@ def test_kernels_enumerable():
         assert mod.KERNELS and all(isinstance(k, Kernel) for k in mod.KERNELS)
 
 
+@pytest.mark.slow   # many AOT builds; tests/test_family_contract.py builds one declaration per family in the fast lane
 @pytest.mark.aot
 def test_kernels_compile_for_cuda():
     """Compile the launched kernel variants ahead of time for sm_90 (no GPU needed) so that

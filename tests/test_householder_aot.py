@@ -53,6 +53,7 @@ def _a100_config(K, V, dtype):
     return cfg
 
 
+@pytest.mark.slow   # many AOT builds; tests/test_family_contract.py builds one declaration per family in the fast lane
 def test_core_kernels_build_without_spills_at_the_benchmark_size():
     recs = _core_records(128, 128, torch.bfloat16, strategies=("chunked",))
     names = {r.kernel.name.rsplit(".", 1)[-1] for r in recs.values()}

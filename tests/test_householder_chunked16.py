@@ -37,6 +37,7 @@ def test_gated_delta_rule_16bit_across_chunks(dtype):
         assert_close(check(m, c, [q, k, v, beta, g], dtype=dtype, strategy="chunked", initial_state=h0))
 
 
+@pytest.mark.slow   # K = V = 128 forward and backward in the interpreter, twice (~50 s)
 def test_16bit_intermediates_and_chunks_as_a_gpu_runs_them():
     """Recorded as for a GPU (the AOT recorder): bf16 inputs at K = V = 128 run 64-token chunks
     with bf16 dot operands (DOT = 1), and every intermediate tensor is bf16; fp32 inputs keep fp32."""

@@ -530,6 +530,7 @@ def test_wrappers_and_initialisers():
 
 # ---- ahead-of-time build -------------------------------------------------------------------------
 
+@pytest.mark.slow   # many AOT builds; tests/test_family_contract.py builds one declaration per family in the fast lane
 @pytest.mark.aot
 def test_every_lti_kernel_builds_for_sm80_and_sm90(fresh_triton_cache):
     from mixir.lowering.common import aot

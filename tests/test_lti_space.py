@@ -160,6 +160,7 @@ def _check_built(entries, archs):
     return results
 
 
+@pytest.mark.slow   # many AOT builds; tests/test_family_contract.py builds one declaration per family in the fast lane
 @pytest.mark.aot
 def test_default_configs_build_without_spills(fresh_triton_cache):
     """The reference shapes' default configs (sm_80 cost model) for fp32 and fp64, built for

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.aot, pytest.mark.interp]
 COVER = [("lstm", torch.bfloat16, 32), ("gru", torch.float32, 24)]
 
 
-@pytest.fixture(params=[pytest.param(COVER[:1], id="lstm"), pytest.param(COVER, id="lstm-gru",
-                                                                         marks=pytest.mark.slow)])
+@pytest.fixture(params=[pytest.param(COVER[:1], id="lstm", marks=pytest.mark.slow),  # fast lane:
+                        pytest.param(COVER, id="lstm-gru",                     # test_family_contract
+                                     marks=pytest.mark.slow)])
 def records(request, fresh_triton_cache):
     recs = {}
     for name, dtype, D in request.param:
