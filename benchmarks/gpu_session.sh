@@ -6,7 +6,7 @@
 # (or ./gpu_logs). The figures go to docs/benchmarks.md with the date, device and command.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"
+OUT=${OUT:-gpu_logs}; mkdir -p "$OUT"; export OUT   # the benchmarks write their PNGs to $OUT
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -27,7 +27,7 @@ step bench_gated_linear 70 python3 benchmarks/bench_gated_linear.py --device cud
 step bench_attention 60 python3 benchmarks/bench_attention.py --device cuda
 step bench_lti 40 python3 benchmarks/bench_lti.py
 step bench_rnn 40 python3 benchmarks/bench_rnn.py
-step tune_gla_timed 45 python3 -m mixir.cli tune gla --gpu h100 --time --db "$OUT/db"
+step tune_gla_timed 45 python3 -m mixir.cli tune gla --gpu h100 --time --db "$OUT/db" --plot "$OUT/tune_gla.png"
 # the generated CUDA C (load_inline builds, ~45 s each, in parallel): forward and training
 step gpu_cuda_c_tests 110 python3 -m pytest -q -m gpu -k fused_cuda -n 8 --timeout 100 -p no:cacheprovider
 cat "$OUT/summary.txt"
