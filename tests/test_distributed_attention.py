@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import mixir
 import mixir.attention as A
 import mixir.distributed.attention as DA
-from mixir.errors import InputError, UnsupportedMixerError
+from mixir.errors import InputError
 from mixir.library import attention as L
 from mixir.lowering.attention.context import last_exchange
 from mixir.testing.tolerances import bounds_for, rel_rms_error
@@ -52,6 +52,9 @@ def _mask_data(c, T):
         return L.causal_mask(), alibi, {"slopes": torch.tensor([0.5, 0.25])}
     if kind == "facade":    # a plain function closing over a tensor
         return L.sliding_window_mask(7), None, {}
+    if kind == "moba":      # the selection of the whole sequence (single-process)
+        q, k = _inputs(c)[:2]
+        return L.moba_mask(c["block"]), None, {"sel": L.moba_selection(q, k, c["block"], c["topk"])}
     raise AssertionError(kind)
 
 
@@ -77,6 +80,8 @@ def _call(c, q, k, v, group=None, start=0):
         if group is None:
             return A.attention(q, k, v, mask=window, block_size=16, return_lse=True)
         return DA.attention(q, k, v, mask=window, **kw)
+    if kind == "moba":
+        return L.moba(q, k, v, c["block"], c["topk"], tile_size=16, return_lse=True, group=group)
     raise AssertionError(kind)
 
 
@@ -182,7 +187,7 @@ def _cu(*lens):
 def test_w3_fast():
     """W=3, one spawn: causal with unequal slices (rank 0 reads only itself: ranks 1, 2 skipped),
     a sliding window that reaches one neighbour, documents from cu_seqlens spanning a rank
-    boundary, GQA in bf16, and an empty middle slice."""
+    boundary, GQA in bf16, an empty middle slice, and MoBA's top-k block selection across ranks."""
     cases = [
         case(name="causal", kind="causal", lens=[5, 9, 4], HK=2,
              skipped=[[1, 2], [2], []]),
@@ -191,6 +196,8 @@ def test_w3_fast():
              skipped=[[1, 2], [2], [0]]),
         case(name="causal-bf16-gqa", kind="causal", lens=[6, 0, 7], H=4, HK=2,
              dtype=torch.bfloat16, skipped=[[1, 2], [0, 1, 2], [1]]),
+        # MoBA: key blocks of 4 straddle the rank boundaries (block means from two ranks)
+        case(name="moba", kind="moba", block=4, topk=1, lens=[7, 6, 9], H=2, HK=2),
     ]
     run_cases(3, cases)
 
@@ -218,7 +225,7 @@ def test_w2_w4():
 
 def test_group_errors():
     q = torch.randn(1, 8, 2, D)
-    with pytest.raises(UnsupportedMixerError, match="moba: group="):
+    with pytest.raises(InputError, match=r"^group\b.*torch\.distributed"):
         L.moba(q, q, q, 16, 1, group=object())
     with pytest.raises(InputError, match=r"^group\b.*torch\.distributed"):
         L.causal_attention(q, q, q, group=object())

@@ -3,7 +3,8 @@
 Every ``*_attention`` takes q [B, Tq, H, D], k and v [B, Tkv, Hkv, D] (layout ``[B, T, H, D]``
 like fla / flash-attn) and the keywords ``scale`` (default D ** -0.5), ``block_size`` (tile sizes
 of the block mask), ``return_lse`` and ``group`` (a ProcessGroup or 1-D DeviceMesh: context
-parallelism, each rank passing its contiguous slice of the sequence; ``moba`` refuses it). Query i and key j are at positions i and j of their
+parallelism, each rank passing its contiguous slice of the sequence). Query i and key j are at
+positions i and j of their
 sequences (for Tq != Tkv the two sequences are aligned at their starts).
 
 Constants of a mask (a window, a stride, a block size) are part of its expression, hence of its
@@ -21,8 +22,10 @@ from ..errors import InputError
 from ..dsl.signature import check_offsets
 from ..lowering.common.call import check_cu_seqlens
 from ..dsl.mask import REGISTRY, Mask, abs_, mask
+from ..distributed.collectives import all_gather_ints
+from ..distributed.group import resolve_group
 from ..lowering.attention.context import (context_parallel_attention, gather_tokens,
-                                          global_length, refuse)
+                                          global_length)
 from ..lowering.attention.ops import attention, check_qkv
 from ..lowering.attention.tiles import assume_constant, is_compiling
 
@@ -203,21 +206,51 @@ def moba_selection(q: torch.Tensor, k: torch.Tensor, block_size: int, topk: int)
         kp[:, :Tk] = k.float()
         counts = torch.clamp(Tk - torch.arange(NB, device=k.device) * block_size, max=block_size)
         kmean = kp.view(B, NB, block_size, HK, D).sum(2) / counts[None, :, None, None]
-        kmean = kmean.repeat_interleave(H // HK, 2)                      # [B, NB, H, D]
-        scores = torch.einsum("bthd,bnhd->bhtn", q.float(), kmean)        # [B, H, T, NB]
-        own = (torch.arange(T, device=q.device) // block_size)[:, None]   # [T, 1]
-        blk = torch.arange(NB, device=q.device)[None, :]
-        past = blk < own
-        scores = scores.masked_fill(~past, float("-inf"))
-        sel = blk == own
-        sel = sel.expand(B, H, T, NB).clone()
-        kk = min(topk, NB)
-        if kk > 0:
-            vals, idx = scores.topk(kk, dim=-1)
-            chosen = torch.zeros_like(sel)
-            chosen.scatter_(-1, idx, torch.isfinite(vals))
-            sel |= chosen
-        return sel
+        return _moba_pick(q, kmean, torch.arange(T, device=q.device) // block_size, topk)
+
+
+def _moba_pick(q, kmean, own, topk):
+    """sel [B, H, Tq, NB]: per query its own block ``own`` [Tq] and the ``topk`` best past blocks
+    by q . kmean (kmean [B, NB, HK, D], the key blocks' means)."""
+    H, NB = q.shape[2], kmean.shape[1]
+    kmean = kmean.repeat_interleave(H // kmean.shape[2], 2)              # [B, NB, H, D]
+    scores = torch.einsum("bthd,bnhd->bhtn", q.float(), kmean)            # [B, H, Tq, NB]
+    blk = torch.arange(NB, device=q.device)[None, :]
+    past = blk < own[:, None]
+    scores = scores.masked_fill(~past, float("-inf"))
+    sel = (blk == own[:, None]).expand(q.shape[0], H, q.shape[1], NB).clone()
+    kk = min(topk, NB)
+    if kk > 0:
+        vals, idx = scores.topk(kk, dim=-1)
+        chosen = torch.zeros_like(sel)
+        chosen.scatter_(-1, idx, torch.isfinite(vals))
+        sel |= chosen
+    return sel
+
+
+def _moba_selection_sharded(q, k, block_size: int, topk: int, group) -> torch.Tensor:
+    """``moba_selection`` of this rank's queries (q, k: this rank's slices) against the whole
+    sequence's key blocks: every rank adds its keys into per-block sums and counts, summed over
+    the ranks by one all-reduce of [B, NB, HK, D] (T / block_size rows, not the keys). The other
+    ranks' query rows stay False: this rank's kernels read only its own. Returns sel
+    [B, H, T_global, NB] (the mask's data is indexed by global positions)."""
+    g = resolve_group(group)
+    lens = all_gather_ints([q.shape[1]], g, q.device)
+    q0, TG = sum(n[0] for n in lens[:g.rank]), sum(n[0] for n in lens)
+    B, Tq, H, D = q.shape
+    NB = max(1, math.ceil(TG / block_size))
+    with torch.no_grad():
+        blocks = (q0 + torch.arange(Tq, device=q.device)) // block_size
+        sums = torch.zeros((B, NB, k.shape[2], D), device=k.device, dtype=torch.float32)
+        sums.index_add_(1, blocks, k.float())
+        counts = torch.zeros(NB, device=k.device, dtype=torch.float32)
+        counts.index_add_(0, blocks, torch.ones(Tq, device=k.device))
+        torch.distributed.all_reduce(sums, group=g.pg)
+        torch.distributed.all_reduce(counts, group=g.pg)
+        kmean = sums / counts.clamp(min=1.0)[None, :, None, None]
+        sel = torch.zeros((B, H, TG, NB), dtype=torch.bool, device=q.device)
+        sel[:, :, q0:q0 + Tq] = _moba_pick(q, kmean, blocks, topk)
+    return sel
 
 
 # ---------------------------------------------------------------------------------------- calls
@@ -302,16 +335,17 @@ def moba(q, k, v, block_size: int, topk: int, *, scale=None, tile_size=None, con
     the ``topk`` past key blocks ranked by q . mean-pooled keys (``moba_selection``). ``tile_size``
     is the block-mask tile (default: the tuner's tiles for the dtype and head dim, as for every
     mask; any tile is exact, and tiles that divide ``block_size`` keep selected blocks' tiles full)."""
-    if group is not None:
-        refuse("moba", "its top-k block selection ranks every key block against each query, "
-               "which needs the whole sequence's keys on every rank")
     _pos_int(block_size, "block_size")
     if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
         raise InputError(f"topk must be an int >= 0, got {topk!r}")
     same_length("moba", q, k)
     check_qkv(q, k, v)                  # before the selection reads q and k
-    sel = moba_selection(q, k, block_size, topk)
-    return _run(q, k, v, moba_mask(block_size), {"sel": sel}, scale, tile_size, return_lse, config)
+    if group is None:
+        sel = moba_selection(q, k, block_size, topk)
+    else:   # the block means of the whole sequence's keys: one all-reduce of T / block_size rows
+        sel = _moba_selection_sharded(q, k, block_size, topk, group)
+    return _run(q, k, v, moba_mask(block_size), {"sel": sel}, scale, tile_size, return_lse, config,
+                group)
 
 
 def example_data(name: str, B: int, H: int, T: int, args=(), seed: int = 0) -> dict:
