@@ -77,6 +77,7 @@ def test_causal_attention_compiles_fullgraph():
     assert _check(Causal(), [()], backend="aot_eager") == 1
 
 
+@pytest.mark.slow   # 13 s of inductor; the aot_eager tests above keep torch.compile in the fast lane
 def test_document_attention_compiles_fullgraph_and_new_data_reuses_the_graph():
     """New document ids (same shape) rebuild the block-mask metadata inside the same graph: no
     recompilation, and the results still match eager."""

@@ -68,7 +68,8 @@ def test_core_kernels_build_without_spills_at_the_benchmark_size():
                   + aot.build_all(list(recs80.values()), ["sm_80"], workers=2), len(recs) + len(recs80))
 
 
-@pytest.mark.parametrize("K", [pytest.param(64, marks=pytest.mark.slow), 128])
+@pytest.mark.parametrize("K", [pytest.param(64, marks=pytest.mark.slow),
+                               pytest.param(128, marks=pytest.mark.slow)])   # AOT builds
 def test_key_diagonal_gate_kernels_build_without_spills(K):
     """KDA's recurrent kernels (GATE_K: the state gated row-wise, dg per key channel)."""
     torch.manual_seed(0)

@@ -171,6 +171,7 @@ def test_final_state_gradient_only():
 
 # ---- ahead-of-time build -------------------------------------------------------------------------
 
+@pytest.mark.slow   # AOT builds; tests/test_family_contract.py builds one LTI declaration in the fast lane
 @pytest.mark.aot
 def test_recurrent_kernels_build_for_sm80_and_sm90(fresh_triton_cache):
     from mixir.lowering.common import aot
