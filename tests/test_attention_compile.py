@@ -3,7 +3,7 @@ compiled module must trace as one graph (``fullgraph=True`` raises on a graph br
 eager in the forward and in the backward.
 
 What made this work (see docs/attention.md, "torch.compile"): the library's mask factories are
-constant-folded by Dynamo (``tiles.assume_constant``) instead of re-running the ``@mask``
+constant-folded by Dynamo (``common.call.assume_constant``) instead of re-running the ``@mask``
 declaration under tracing; masks get their content key at declaration, and the call only formats
 a program key string (``kernels.program_key``); the kernels are generated, imported and launched
 inside the custom ops ``mixir::attention_fwd`` / ``attention_bwd``, which Dynamo does not trace.

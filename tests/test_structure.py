@@ -10,6 +10,8 @@
 import ast
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -181,3 +183,28 @@ def test_no_module_over_500_lines():
     long = {os.path.relpath(p, ROOT): n for p in MODULES.values()
             if (n := sum(1 for _ in open(p))) > MAX_LINES}
     assert long == {}
+
+
+def test_assume_constant_marks_as_torch_does():
+    """``common.call.assume_constant`` sets the attribute torch's ``assume_constant_result`` sets
+    (without importing torch._dynamo at import time); a torch that marks differently fails here."""
+    import torch
+
+    from mixir.lowering.common.call import assume_constant
+
+    def ours():
+        return 0
+
+    def theirs():
+        return 0
+    assume_constant(ours)
+    torch.compiler.assume_constant_result(theirs)
+    marks = {k: v for k, v in vars(theirs).items()}
+    assert marks == {"_dynamo_marked_constant": True}
+    assert {k: v for k, v in vars(ours).items()} == marks
+
+
+def test_importing_the_library_does_not_import_dynamo():
+    code = "import sys, mixir.library, mixir.attention; print('torch._dynamo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -20,14 +20,13 @@ import torch
 
 from ..errors import InputError
 from ..dsl.signature import check_offsets
-from ..lowering.common.call import check_cu_seqlens
+from ..lowering.common.call import assume_constant, check_cu_seqlens, is_compiling
 from ..dsl.mask import REGISTRY, Mask, abs_, mask
 from ..distributed.collectives import all_gather_ints
 from ..distributed.group import resolve_group
 from ..lowering.attention.context import (context_parallel_attention, gather_tokens,
                                           global_length)
 from ..lowering.attention.ops import attention, check_qkv
-from ..lowering.attention.tiles import assume_constant, is_compiling
 
 __all__ = ["causal_mask", "sliding_window_mask", "document_mask", "prefix_lm_mask", "dilated_mask",
            "global_local_mask", "moba_mask", "moba_selection", "doc_ids_from_cu_seqlens",

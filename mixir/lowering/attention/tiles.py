@@ -15,7 +15,7 @@ kernels (forward, dQ, dK/dV). The first rule that applies decides:
    shared memory of the two AOT targets). Nothing feasible: ``TuningError`` naming the binding
    constraint (e.g. the shared memory of the GPU for a large fp32 head dim).
 
-Under ``torch.compile`` the GPU choice is one constant-folded call (``ops.assume_constant``): its
+Under ``torch.compile`` the GPU choice is one constant-folded call (``common.call.assume_constant``): its
 arguments are the dtype, head dim and shape, never tensors.
 """
 from __future__ import annotations
@@ -23,29 +23,12 @@ from __future__ import annotations
 import torch
 
 from ...errors import InputError
+from ..common.call import assume_constant
 from ..common.launch import targets_gpu
 
 CPU_CONFIG = {"BM": 32, "BN": 32, "num_warps": 4, "num_stages": 2}
 KEYS = ("BM", "BN", "num_warps", "num_stages")
 _DT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-
-
-def assume_constant(fn):
-    """``torch.compiler.assume_constant_result`` (``torch._dynamo``'s before torch 2.2): Dynamo
-    calls ``fn`` eagerly at trace time, with constant arguments, and keeps its result as a
-    constant of the graph instead of tracing it."""
-    mark = getattr(torch.compiler, "assume_constant_result", None)
-    if mark is None:  # pragma: no cover - old torch
-        from torch._dynamo import assume_constant_result as mark
-    return mark(fn)
-
-
-def is_compiling() -> bool:
-    """Whether Dynamo is tracing (value-dependent input checks are skipped then)."""
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover - torch < 2.3
-        return False
 
 
 def _check_config(config) -> dict:

@@ -8,6 +8,8 @@ library wrappers call them directly, so dtypes, devices and offsets follow the s
 messages everywhere."""
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ...dsl.signature import bind
@@ -24,6 +26,22 @@ def is_compiling() -> bool:
         return torch.compiler.is_compiling()
     except AttributeError:  # torch < 2.3
         return False
+
+
+def assume_constant(fn):
+    """``torch.compiler.assume_constant_result(fn)``: under ``torch.compile`` Dynamo calls ``fn``
+    eagerly at trace time, with constant arguments, and keeps its result as a constant of the
+    graph instead of tracing it. That API imports ``torch._dynamo`` (1.5-2.5 s), which every
+    ``import mixir.library`` paid at import time; the marking it makes is one attribute of ``fn``,
+    set here directly until Dynamo is loaded (``tests/test_structure.py`` checks that it is still
+    the attribute torch's API sets)."""
+    if "torch._dynamo" in sys.modules:
+        mark = getattr(torch.compiler, "assume_constant_result", None)
+        if mark is None:  # pragma: no cover - old torch
+            from torch._dynamo import assume_constant_result as mark
+        return mark(fn)
+    fn._dynamo_marked_constant = True
+    return fn
 
 
 def _dtype_text(float64: bool) -> str:

@@ -23,7 +23,7 @@ import torch
 
 from ...tiles import pow2
 from ...errors import InputError, UnsupportedMixerError
-from ..common.call import CompiledBase, check_call, check_strategy
+from ..common.call import CompiledBase, assume_constant, check_call, check_strategy
 from ..common.kernel_cache import import_source
 from ..common.launch import Kernel, targets_gpu
 from .analysis import RNNPlan
@@ -169,16 +169,7 @@ class CompiledRNN(CompiledBase):
         return cfg
 
 
-def _assume_constant(fn):
-    """``torch.compiler.assume_constant_result``: under torch.compile the call runs once at trace
-    time (constant arguments) and its result is a constant of the graph."""
-    mark = getattr(torch.compiler, "assume_constant_result", None)
-    if mark is None:  # pragma: no cover - old torch
-        from torch._dynamo import assume_constant_result as mark
-    return mark(fn)
-
-
-@_assume_constant
+@assume_constant
 def _choose_strategy(gates: int, states: int, D: int, dtype: str, device_type: str,
                      device_index: int, backward: bool) -> str:
     """The default strategy: ``fused`` in the interpreter (no on-chip limit), else the tuning
