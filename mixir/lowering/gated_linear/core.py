@@ -40,6 +40,8 @@ def default_config(strategy, K, V, dtype) -> dict:
     """Launch parameters for one strategy, head sizes K, V and input dtype (all values are ints).
 
     chunked: BT chunk length, BC sub-chunk length (BT % BC == 0, BC >= 16), BK / BV tile caps,
+    BKS the K-tile of the sequential state passes (default BK: they run one program per
+    (K-tile, V-tile), so a small BKS rereads v once per K-tile),
     optional "dot_fp32" / "bwd_dot_fp32" (see ``_dot_mode``), "BKD" (16) and "BV_DIAG" (32).
     "bwd_dot_fp32" defaults to 1 for 16-bit inputs: the decay gradients come from sums of terms
     that cancel (q*dq - k*dk), and 16-bit dot operands in the backward make that cancellation noise
@@ -49,7 +51,7 @@ def default_config(strategy, K, V, dtype) -> dict:
     if strategy == "chunked":
         BK, BV = tile(K, 64), tile(V, 64)
         # 64 x 64 fp32 tiles spill registers at 4 warps on sm_90 (checked with ptxas): use 8
-        return {"BT": 64, "BC": 16, "BK": BK, "BV": BV,
+        return {"BT": 64, "BC": 16, "BK": BK, "BKS": BK, "BV": BV,
                 "bwd_dot_fp32": int(dtype in (torch.float16, torch.bfloat16)),
                 "num_warps": 8 if BK * BV >= 4096 else 4, "num_stages": 2}
     if strategy == "recurrent":
@@ -136,7 +138,7 @@ def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot, hs_dt
     N, H = plan.N, plan.H
     HS = empty(max(plan.NT, 1), H, K, V, device=kx.device, dtype=hs_dtype)
     out = empty(N, H, K, V, device=kx.device) if store_out else None
-    BK, BV = tile(K, cfg["BK"]), tile(V, cfg["BV"])
+    BK, BV = tile(K, cfg.get("BKS", cfg["BK"])), tile(V, cfg["BV"])   # BKS: the states K-tile
     if N > 0:
         _ck.chunk_gla_states[(N * H, cdiv(K, BK), cdiv(V, BV))](
             kx, vx, F[0], F[1], F[2], Gl[0], Gl[1], Gl[2], h_in, out, HS, plan.cu, plan.chunk_off,

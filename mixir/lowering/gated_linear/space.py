@@ -1,6 +1,7 @@
 """The tuning spaces of the gated-linear core's templates (``kernels/chunked.py``,
-``kernels/recurrent.py``, launched by ``core.py``): one config (BT, BC, BK, BV, num_warps,
-num_stages) drives every kernel of a strategy, forward and backward, so the resource constraints
+``kernels/recurrent.py``, launched by ``core.py``): one config (chunked: BT, BC, BK, BKS, BV,
+num_warps, num_stages; BKS is the state passes' K-tile, BK the output kernel's K-loop tile)
+drives every kernel of a strategy, forward and backward, so the resource constraints
 hold for the maximum over the kernels and the cost is the sum over one training step's launches.
 Resource needs are sympy expressions of the parameters and the shape (``autotune.space``).
 
@@ -39,21 +40,33 @@ _chunk_cumsum = KernelModel(
     fp32_flops=B * T * H * DD * 4,
     serial_steps=sp.Integer(1), count=2)
 
+#: the K-tile of the sequential state passes, apart from the output kernel's BK (a K-loop tile
+#: there): the passes run one program per (K-tile, V-tile) and read v once per K-tile
+BKS = sp.Symbol("BKS", integer=True, positive=True)
+
+#: registers of chunk_gla_states: the generic model (2 x live / threads + 96) with the intercept
+#: taken at 74, from 24 sm_90 builds (2026-12-07; simple_gla and gla, K = V = 128, bf16, BT 32/64,
+#: BKS 32-128, BV 32-128, 4-16 warps; the most of its three launches): RMS error 42 registers
+#: (the generic one: 54), at most 35 under. The generic intercept excluded the 64 x 64 state tile
+#: at 8 warps (predicted 256, compiled 226-231 without spills), which halves the forward's
+#: rereads of v against BKS = 32; the AOT check and its feedback catch the under-estimates.
+STATES_REGS_FIT = sp.ceiling(2 * (2 * BKS * BV + 2 * BT * BKS + BT * BV) / (32 * W)) + 74
+
 _chunk_states = KernelModel(
     "chunk_gla_states",
-    grid=B * H * cdiv_expr(K, BK) * cdiv_expr(V, BV),
+    grid=B * H * cdiv_expr(K, BKS) * cdiv_expr(V, BV),
     # tl.dot(trans(kx), vx): the kx tile is pipelined over num_stages, vx staged once
-    smem=(BT * BK * S + BT * BV) * ob,
+    smem=(BT * BKS * S + BT * BV) * ob,
     # running matrix h, kx and its decay fb, vx (fp32), dot result
-    live_fp32=2 * BK * BV + 2 * BT * BK + BT * BV,
+    live_fp32=2 * BKS * BV + 2 * BT * BKS + BT * BV,
     # k (+ its fp32 decay) once per V-tile, v once per K-tile; the chunk-boundary states are
     # stored in the dtype of the dots that read them: db in the forward, ob in the two backward
     # launches (the per-launch mean)
-    bytes_moved=(B * T * H * (K * cdiv_expr(V, BV) * (db + 4) + V * cdiv_expr(K, BK) * db)
+    bytes_moved=(B * T * H * (K * cdiv_expr(V, BV) * (db + 4) + V * cdiv_expr(K, BKS) * db)
                  + B * NT * H * K * V * (db + 2 * ob) / 3),
     tc_flops=2 * B * T * H * K * V,
     fp32_flops=3 * B * T * H * K * V / BT + B * T * H * K * 2,
-    serial_steps=NT, count=3)
+    serial_steps=NT, count=3, regs_fit=STATES_REGS_FIT)
 
 def _output_regs(per_channel: bool):
     """Registers per thread of the output kernel, fitted to ptxas builds for sm_90 (2026-12-07;
@@ -110,6 +123,8 @@ def _chunked_extra(shape, gpu):
         Constraint("bc_le_bt", BC, "le", BT, "sub-chunk BC <= chunk BT (BT % BC == 0)"),
         Constraint("bk_le_padded_k", BK, "le", sp.Integer(padded(shape.K)),
                    f"BK <= padded K = {padded(shape.K)}"),
+        Constraint("bks_le_padded_k", BKS, "le", sp.Integer(padded(shape.K)),
+                   f"BKS <= padded K = {padded(shape.K)}"),
         Constraint("bv_le_padded_v", BV, "le", sp.Integer(padded(shape.V)),
                    f"BV <= padded V = {padded(shape.V)}"),
         Constraint("bt_le_padded_t", BT, "le", sp.Integer(max(16, pow2(shape.T))),
@@ -118,7 +133,7 @@ def _chunked_extra(shape, gpu):
 
 
 def _chunked_config(values: dict, shape: Shape) -> dict:
-    cfg = {k: int(values[k]) for k in ("BT", "BC", "BK", "BV", "num_warps", "num_stages")}
+    cfg = {k: int(values[k]) for k in ("BT", "BC", "BK", "BKS", "BV", "num_warps", "num_stages")}
     return cfg
 
 
@@ -126,9 +141,10 @@ def _chunked_space(name: str, per_channel: bool) -> Space:
     return Space(
         name=name, strategy="chunked",
         params={BT: (16, 32, 64, 128), BC: (16, 32, 64), BK: (16, 32, 64, 128, 256),
-                BV: (16, 32, 64, 128, 256), W: (1, 2, 4, 8, 16), S: (1, 2, 3, 4)},
+                BKS: (16, 32, 64, 128, 256), BV: (16, 32, 64, 128, 256), W: (1, 2, 4, 8, 16),
+                S: (1, 2, 3, 4)},
         kernels=(_chunk_cumsum, _chunk_states, _output_model(per_channel), _chunk_rev_cumsum),
-        dot_dims=(BT, BC, BK, BV), arange_dims=(BT, BC, BK, BV),
+        dot_dims=(BT, BC, BK, BKS, BV), arange_dims=(BT, BC, BK, BKS, BV),
         extra=_chunked_extra, to_config=_chunked_config,
         fp32_dot_passes=1)     # the backward's fp32 operands run as "tf32" (core._dot_mode)
 
@@ -247,7 +263,8 @@ def probe_config(strategy: str, fK: int, fV: int) -> dict:
     """A small valid config whose launches show which template kernels a mixer runs."""
     PK, PV = padded(fK), padded(fV)
     if strategy == "chunked":
-        return {"BT": 32, "BC": 16, "BK": min(64, PK), "BV": min(64, PV), "num_warps": 4, "num_stages": 1}
+        return {"BT": 32, "BC": 16, "BK": min(64, PK), "BKS": min(64, PK), "BV": min(64, PV),
+                "num_warps": 4, "num_stages": 1}
     return {"BK": PK, "BV": min(32, PV), "num_warps": 4, "num_stages": 1}
 
 
