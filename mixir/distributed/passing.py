@@ -27,7 +27,7 @@ import torch
 
 from ..errors import InputError
 from .collectives import all_gather, all_gather_ints, tie
-from .group import Group
+from .group import Group, resolve_group
 
 ABSENT, STARTS, CONTINUES = 0, 1, 2
 
@@ -172,3 +172,10 @@ def tied(out, anchor):
     if isinstance(out, (tuple, list)):
         return type(out)([tie(out[0], anchor)] + list(out[1:]))
     return tie(out, anchor)
+
+
+def split_call(passing, fn, arrays, *, group, **call):
+    """``fn(*arrays, group=group, **call)``: this rank's slice of a sequence split across
+    ``group``, run by a family's ``state_passing(plan)`` object (``passing.run(fn, arrays, g=...,
+    initial_state=, output_final_state=, cu_seqlens=, strategy=, scalars=)``)."""
+    return passing.run(fn, arrays, g=resolve_group(group), **call)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 
-from ...distributed.group import resolve_group
 from ...distributed.passing import (
     ABSENT,
     CONTINUES,
@@ -223,11 +222,3 @@ def _apply(M, S):
 def passing_for(plan):
     """``GatedLinearFamily.state_passing``: every gated-linear plan can be split (state by state)."""
     return GatedLinearPassing(plan)
-
-
-def split_call(fn, arrays, *, group, initial_state, output_final_state, cu_seqlens, strategy, scalars):
-    """``fn(*arrays, group=group, ...)``: this rank's slice of a sequence split across ``group``."""
-    g = resolve_group(group)
-    return GatedLinearPassing(fn.plan).run(fn, arrays, g=g, initial_state=initial_state,
-                                           output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                           strategy=strategy, scalars=scalars)

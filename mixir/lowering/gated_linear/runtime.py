@@ -21,7 +21,8 @@ from ...errors import InputError
 from ...reference.evaluate import NumpyBackend, evaluate
 from . import core, ops
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
-from .distributed import split_call
+from ...distributed.passing import split_call
+from .distributed import passing_for
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
 from ..common.checks import check_log_decay
 from ..common.launch import encode_config
@@ -65,9 +66,9 @@ class CompiledMixer(CompiledBase):
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
                  strategy=None, group=None, **scalars):
         if group is not None:       # context parallelism: this rank's slice (distributed.py)
-            return split_call(self, arrays, group=group, initial_state=initial_state,
-                              output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                              strategy=strategy, scalars=scalars)
+            return split_call(passing_for(self.plan), self, arrays, group=group,
+                              initial_state=initial_state, output_final_state=output_final_state,
+                              cu_seqlens=cu_seqlens, strategy=strategy, scalars=scalars)
         m = self.mixer
         b, N, device, dtype = self._check(arrays, initial_state, cu_seqlens, scalars)
         strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")

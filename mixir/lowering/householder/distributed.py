@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 
-from ...distributed.group import resolve_group
 from ...distributed.passing import exchange, layout, needs_grad, prefix_combine, tied
 from ...dsl.signature import bind
 from ...errors import InputError
@@ -41,6 +40,8 @@ class HouseholderPassing:
 
     def run(self, fn, arrays, *, g, initial_state, output_final_state, cu_seqlens, strategy, scalars):
         m, p = fn.mixer, self.plan
+        if isinstance(initial_state, (tuple, list)):
+            raise InputError(f"initial_state: {m.name} has one state; pass a tensor")
         b = bind(m, arrays, scalars=scalars)
         device = next(a.device for a in arrays)
         lay = layout(g, b.T, b.B, cu_seqlens, device, needs_grad(arrays, initial_state))
@@ -86,13 +87,3 @@ class HouseholderPassing:
 def passing_for(plan):
     """``HouseholderFamily.state_passing``: every Householder plan can be split."""
     return HouseholderPassing(plan)
-
-
-def split_call(fn, arrays, *, group, initial_state, output_final_state, cu_seqlens, strategy, scalars):
-    """``fn(*arrays, group=group, ...)``: this rank's slice of a sequence split across ``group``."""
-    g = resolve_group(group)
-    if isinstance(initial_state, (tuple, list)):
-        raise InputError(f"initial_state: {fn.mixer.name} has one state; pass a tensor")
-    return HouseholderPassing(fn.plan).run(fn, arrays, g=g, initial_state=initial_state,
-                                           output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                           strategy=strategy, scalars=scalars)

@@ -10,7 +10,8 @@ from ...errors import InputError
 from . import core
 from . import ops as _ops  # noqa: F401 - registers the custom ops mixir::delta_fwd / delta_bwd
 from .analysis import HouseholderPlan
-from .distributed import split_call
+from ...distributed.passing import split_call
+from .distributed import passing_for
 from ..common.launch import encode_config
 from ..common.pieces import PiecesKernel
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy
@@ -74,9 +75,9 @@ class CompiledHouseholder(CompiledBase):
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
                  strategy=None, group=None, **scalars):
         if group is not None:       # context parallelism: this rank's slice (distributed.py)
-            return split_call(self, arrays, group=group, initial_state=initial_state,
-                              output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                              strategy=strategy, scalars=scalars)
+            return split_call(passing_for(self.plan), self, arrays, group=group,
+                              initial_state=initial_state, output_final_state=output_final_state,
+                              cu_seqlens=cu_seqlens, strategy=strategy, scalars=scalars)
         m, p = self.mixer, self.plan
         b, N, device, dtype = check_call(m, arrays, initial_state, cu_seqlens, scalars)
         strategy = strategy or self.strategy or (

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from ...distributed.group import resolve_group
 from ...distributed.passing import exchange, layout, needs_grad, prefix_combine, tied
 from ...dsl.signature import bind
 
@@ -112,11 +111,3 @@ class LTIPassing:
 def passing_for(plan):
     """``LTIFamily.state_passing``: every LTI plan can be split."""
     return LTIPassing(plan)
-
-
-def split_call(fn, arrays, *, group, initial_state, output_final_state, cu_seqlens, strategy, scalars):
-    """``fn(*arrays, group=group, ...)``: this rank's slice of a sequence split across ``group``."""
-    g = resolve_group(group)
-    return LTIPassing(fn.plan).run(fn, arrays, g=g, initial_state=initial_state,
-                                   output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                                   strategy=strategy, scalars=scalars)

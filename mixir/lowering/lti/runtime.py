@@ -35,7 +35,8 @@ from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strat
 from .analysis import LTIPlan
 from .params import flatten_param_trees, run_param_program
 from .system import System, final_state_blocked, fft_conv, kernel_powers
-from .distributed import split_call
+from ...distributed.passing import split_call
+from .distributed import passing_for
 
 
 class CompiledLTIMixer(CompiledBase):
@@ -124,9 +125,9 @@ class CompiledLTIMixer(CompiledBase):
     def __call__(self, *arrays, initial_state=None, output_final_state=False, cu_seqlens=None,
                  strategy=None, group=None, **scalars):
         if group is not None:       # context parallelism: this rank's slice (distributed.py)
-            return split_call(self, arrays, group=group, initial_state=initial_state,
-                              output_final_state=output_final_state, cu_seqlens=cu_seqlens,
-                              strategy=strategy, scalars=scalars)
+            return split_call(passing_for(self.plan), self, arrays, group=group,
+                              initial_state=initial_state, output_final_state=output_final_state,
+                              cu_seqlens=cu_seqlens, strategy=strategy, scalars=scalars)
         m, p = self.mixer, self.plan
         b, device, nseq = self._check(arrays, initial_state, cu_seqlens, scalars)
         strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "conv")
