@@ -156,6 +156,17 @@ class ShortConvolution(nn.Module):
         return y, None
 
 
+def layer_output(o, recurrent, conv, output_final_state: bool):
+    """``o``, or ``(o, state)`` with the state dict ``{"recurrent": ..., "conv": ...}`` (``conv``
+    only when the layer has a short convolution) that ``split_state`` reads back."""
+    if not output_final_state:
+        return o
+    state = {"recurrent": recurrent}
+    if conv is not None:
+        state["conv"] = conv
+    return o, state
+
+
 def split_state(initial_state, layer: str, keys: tuple) -> dict:
     """The layer state dict (``{"recurrent": ..., "conv": ...}``) with absent keys as None;
     ``InputError`` for anything else."""

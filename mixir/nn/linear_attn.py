@@ -26,6 +26,7 @@ from .common import (
     check_x,
     dt_bias_init,
     heads,
+    layer_output,
     split_state,
     xavier_,
 )
@@ -49,15 +50,6 @@ class _ConvQKV(nn.Module):
         caches = caches if caches is not None else (None,) * len(xs)
         outs = [c(x, cache, output_final_state) for c, x, cache in zip(self.convs, xs, caches)]
         return [o[0] for o in outs], (tuple(o[1] for o in outs) if output_final_state else None)
-
-
-def _pack(o, S, conv, output_final_state):
-    if not output_final_state:
-        return o
-    state = {"recurrent": S}
-    if conv is not None:
-        state["conv"] = conv
-    return o, state
 
 
 class GatedLinearAttention(nn.Module):
@@ -118,7 +110,7 @@ class GatedLinearAttention(nn.Module):
                   strategy=self.strategy)
         o, S = res if output_final_state else (res, None)
         o = self.o_norm(o, heads(self.g_proj(x), self.num_heads)) if self.g_proj is not None else self.o_norm(o)
-        return _pack(self.o_proj(o.flatten(-2)), S, conv, output_final_state)
+        return layer_output(self.o_proj(o.flatten(-2)), S, conv, output_final_state)
 
 
 class GatedDeltaNet(nn.Module):
@@ -188,4 +180,4 @@ class GatedDeltaNet(nn.Module):
                                strategy=self.strategy)
         o, S = res if output_final_state else (res, None)
         o = self.o_norm(o, heads(self.g_proj(x), self.num_heads)) if self.g_proj is not None else self.o_norm(o)
-        return _pack(self.o_proj(o.flatten(-2)), S, conv, output_final_state)
+        return layer_output(self.o_proj(o.flatten(-2)), S, conv, output_final_state)

@@ -19,6 +19,7 @@ from .common import (
     check_divides,
     check_positive,
     check_x,
+    layer_output,
     split_state,
     xavier_,
 )
@@ -75,13 +76,7 @@ class _HeadwiseRNN(nn.Module):
         h, hT = res if output_final_state else (res, None)
         Bsz, T = h.shape[:2]
         y = self.norm(h.reshape(Bsz * T, self.d_model).float()).to(x.dtype).view(Bsz, T, self.d_model)
-        out = self.out_proj(y)
-        if not output_final_state:
-            return out
-        state = {"recurrent": hT}
-        if conv is not None:
-            state["conv"] = conv
-        return out, state
+        return layer_output(self.out_proj(y), hT, conv, output_final_state)
 
 
 class SLSTM(_HeadwiseRNN):
