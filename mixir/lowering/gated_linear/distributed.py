@@ -37,7 +37,6 @@ from ...distributed.passing import (
 from ...dsl import ir
 from ...dsl.signature import bind
 from ...errors import InputError
-from ...reference.evaluate import NumpyBackend, evaluate
 from ..common.call import RECURRENT_MAX_T, shift_by_one
 from .analysis import MaxPlusForm, new_input, prev_input
 
@@ -114,32 +113,11 @@ class GatedLinearPassing:
         return {k: (v if k in self.params else v[:, :L]) for k, v in env.items()}
 
     def _pieces(self, fn, form, env, b, L):
-        """The form's pieces on the first ``L`` tokens (fp32), the output scale, and ``shaped``."""
-        seg = self._segment_env(env, L)
-        pk = fn.pieces_kernels[form.state.name]
-        B, H = b.B, b.H
-        p = {} if pk is None else pk([seg[s[0]] for s in pk.input_specs], b.scalars, B, L, H, b.sizes)
-        scale = 1.0
-        device = next(iter(env.values())).device
-        for name, (src, factor) in fn.direct[form.state.name].items():
-            if src is None:
-                p[name] = torch.full((), factor, device=device)
-            else:
-                p[name] = seg[src].float()
-                if factor is not None:       # q times per-call scalars: the output scale
-                    env_s = {x: float(b.scalars[x.arg]) for x in ir.leaves(factor) if x.op == "scalar"}
-                    scale = float(evaluate(factor, env_s, NumpyBackend(), 0))
+        """The form's pieces on the first ``L`` tokens, the output scale (q's per-call factor
+        times the form's constant output scale), and ``shaped`` (``CompiledMixer.pieces``)."""
+        p, scale, shaped = fn.pieces(form, self._segment_env(env, L), b, L)
         if ir.is_const(form.out_scale):
             scale *= form.out_scale.arg
-        K = b.sizes[form.k_dim] if form.k_dim else 1
-        V = b.sizes[form.v_dim] if form.v_dim else 1
-        full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
-
-        def shaped(name):
-            t = p[name]
-            feat = (t.shape[3] if t.dim() > 3 else 1,) if name in full else ()
-            shape = (B, L, H) + ((full[name],) if name in full else ())
-            return t.reshape(tuple(t.shape[:3]) + feat).expand(shape)
         return p, scale, shaped
 
     def _cumulative(self, fn, form, env, b, L, K, V):

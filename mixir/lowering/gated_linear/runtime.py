@@ -102,29 +102,7 @@ class CompiledMixer(CompiledBase):
         B, T, H = b.B, b.T, b.H
         K = b.sizes[f.k_dim] if f.k_dim else 1
         V = b.sizes[f.v_dim] if f.v_dim else 1
-        pk = self.pieces_kernels[f.state.name]
-        # q, k, v in the call's 16-bit dtype straight from the pieces kernel (the core reads them
-        # in that dtype; the gates stay fp32)
-        narrow = ("q", "k", "v") if dtype != torch.float32 else ()
-        p = {} if pk is None else pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H,
-                                     b.sizes, narrow=narrow, dtype=dtype)
-        scale = 1.0
-        device = next(t.device for t in env.values() if isinstance(t, torch.Tensor))
-        for name, (src, factor) in self.direct[f.state.name].items():
-            if src is None:
-                p[name] = torch.full((), factor, device=device)
-            else:
-                p[name] = env[src]
-                if factor is not None:       # only q has a factor: the core's output scale
-                    scale = _value(factor, b.scalars)
-        full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
-
-        def shaped(name):
-            t = p[name]
-            feat = (t.shape[3] if t.dim() > 3 else 1,) if name in full else ()
-            shape = (B, T, H) + ((full[name],) if name in full else ())
-            return t.reshape(tuple(t.shape[:3]) + feat).expand(shape)
-
+        p, scale, shaped = self.pieces(f, env, b, T, dtype)
         q, k, v = shaped("q"), shaped("k"), shaped("v")
         g = shaped("g") if "g" in p else None
         gk = shaped("gk") if "gk" in p else None
@@ -162,6 +140,37 @@ class CompiledMixer(CompiledBase):
         if P is not None:
             hT = hT * self._last(P, cu_seqlens, N)[..., :, None] * self._last(Q, cu_seqlens, N)[..., None, :]
         return o, self._from_canonical_state(f, hT)
+
+    def pieces(self, f: GatedLinearForm, env, b, T, dtype=torch.float32):
+        """``(p, scale, shaped)`` of the form ``f`` on the ``T`` tokens of ``env``: its pieces (q, k,
+        v in ``dtype`` when it is 16-bit, straight from the pieces kernel - the core reads them in
+        that dtype -, the rest fp32; a piece that is a call tensor is that tensor, a constant a
+        0-dim tensor), the output scale of q's per-call factor (1 without one), and
+        ``shaped(name)``: a piece broadcast to ``[B, T, H(, its feature size)]``."""
+        B, H = b.B, b.H
+        K = b.sizes[f.k_dim] if f.k_dim else 1
+        V = b.sizes[f.v_dim] if f.v_dim else 1
+        pk = self.pieces_kernels[f.state.name]
+        narrow = ("q", "k", "v") if dtype != torch.float32 else ()
+        p = {} if pk is None else pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H,
+                                     b.sizes, narrow=narrow, dtype=dtype)
+        scale = 1.0
+        device = next(t.device for t in env.values() if isinstance(t, torch.Tensor))
+        for name, (src, factor) in self.direct[f.state.name].items():
+            if src is None:
+                p[name] = torch.full((), factor, device=device)
+            else:
+                p[name] = env[src]
+                if factor is not None:       # only q has a factor: the core's output scale
+                    scale = _value(factor, b.scalars)
+        full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
+
+        def shaped(name):
+            t = p[name]
+            feat = (t.shape[3] if t.dim() > 3 else 1,) if name in full else ()
+            shape = (B, T, H) + ((full[name],) if name in full else ())
+            return t.reshape(tuple(t.shape[:3]) + feat).expand(shape)
+        return p, scale, shaped
 
     def _run_maxplus(self, f: MaxPlusForm, env, b, N, init, cu_seqlens):
         """A stabiliser state (``MaxPlusForm``): pieces a, b → ``maxplus_scan``. Returns (m fp32
