@@ -14,7 +14,7 @@ import torch
 
 from ...dsl.signature import bind
 from ...errors import InputError
-from .checks import check_finite
+from .checks import check_finite, checks_enabled
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 RECURRENT_MAX_T = 16      # default rule: short sequences (decoding) run the recurrent kernel
@@ -153,8 +153,9 @@ def check_call(m, arrays, initial_state, cu_seqlens, scalars, *, float64: bool =
     if cu_seqlens is not None:
         check_cu_seqlens(cu_seqlens, device)
     states = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,)
-    check_finite(m.name, [(spec.name, a) for spec, a in zip(m.inputs, arrays)]
-                 + [("initial_state", s) for s in states])   # opt-in (mixir.input_checks)
+    if checks_enabled():      # opt-in (mixir.input_checks): nothing built per call otherwise
+        check_finite(m.name, [(spec.name, a) for spec, a in zip(m.inputs, arrays)]
+                     + [("initial_state", s) for s in states])
     for s in states:
         if s is not None:
             if not isinstance(s, torch.Tensor) or not s.is_floating_point():

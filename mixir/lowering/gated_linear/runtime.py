@@ -24,7 +24,7 @@ from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, pr
 from ...distributed.passing import split_call
 from .distributed import passing_for
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
-from ..common.checks import check_log_decay
+from ..common.checks import check_log_decay, checks_enabled
 from ..common.launch import encode_config
 from ..common.pieces import PiecesKernel
 
@@ -107,10 +107,11 @@ class CompiledMixer(CompiledBase):
         g = shaped("g") if "g" in p else None
         gk = shaped("gk") if "gk" in p else None
         gv = shaped("gv") if "gv" in p else None
-        for piece, t in (("g", g), ("gk", gk), ("gv", gv)):   # opt-in (mixir.input_checks)
-            src = self.direct[f.state.name].get(piece, (None,))[0]
-            check_log_decay(self.mixer.name, f"the log-decay of state {f.state.name!r}"
-                            + (f" (argument {src!r})" if src else ""), t)
+        if checks_enabled():     # opt-in (mixir.input_checks)
+            for piece, t in (("g", g), ("gk", gk), ("gv", gv)):
+                src = self.direct[f.state.name].get(piece, (None,))[0]
+                check_log_decay(self.mixer.name, f"the log-decay of state {f.state.name!r}"
+                                + (f" (argument {src!r})" if src else ""), t)
         P = Q = None
         if any(n in p for n in ("g_sign", "gk_sign", "gv_sign")):
             P, Q = self._sign_products(p, shaped, cu_seqlens, B, T, H, K, V)
