@@ -45,7 +45,8 @@ def _has_cuda():
 INTERP_MODULES = {
     "test_attention", "test_attention_compile", "test_codegen", "test_delta_recurrent_core",
     "test_family_contract", "test_gated_linear", "test_gla_core", "test_householder", "test_launch",
-    "test_library_reference", "test_lti", "test_lti_compile", "test_lti_recurrent_bwd", "test_rnn",
+    "test_library_reference", "test_library_wrappers", "test_lti", "test_lti_compile",
+    "test_lti_kernels", "test_lti_recurrent_bwd", "test_lti_wrappers", "test_rnn",
     "test_rnn_compile", "test_rnn_cuda_emulated", "test_rnn_mlstm", "test_runtime",
     "test_tuned_configs",
 }

@@ -213,6 +213,23 @@ def test_score_mods():
     _check(q, k, v, do, mask=None, score_mod=relative, data={"rel": rel}, block=16)
 
 
+@pytest.mark.slow      # ~1 s of new interpreted kernels; the fast lane: tests/test_evaluate.py
+def test_sin_cos_score_mod_and_mask():
+    """``A.sin`` / ``A.cos`` in a score mod (a rotary-like bias of the distance, a periodic score)
+    and in a mask, forward and backward against the float64 reference."""
+    q, k, v, do = _inputs(1, 32, 2, 1, 16, torch.float32, seed=5)
+
+    @A.score_mod
+    def periodic(score, b, h, q, kv):
+        return score * A.cos(0.3 * (q - kv)) + 0.5 * A.sin(score)
+
+    @A.mask
+    def wavy(b, h, q, kv):
+        return (kv <= q) & (A.sin(0.7 * kv) > -0.5)
+
+    _check(q, k, v, do, mask=wavy, score_mod=periodic, block=16)
+
+
 # --------------------------------------------------------------------------- data, DSL, library
 
 def test_new_data_rebuilds_metadata_not_kernels():

@@ -58,8 +58,8 @@ def _three_ways(trees):
     sub = {X: ir.leaf("input", "x"), Y: ir.leaf("input", "y"), C: ir.leaf("input", "c")}
     mask = []
     for t in trees:
-        if t.op in ("sum", "amax", "cos", "sin"):
-            mask.append(None)                      # masks have no reductions, no cos / sin
+        if t.op in ("sum", "amax"):
+            mask.append(None)                      # masks have no reductions
             continue
         v = evaluate_mask(ir.substitute(t, sub), menv, {})
         mask.append(v.to(torch.float64).expand(H, N))
@@ -100,8 +100,10 @@ def test_mask_types():
     doc = A.Data("doc")
     got = evaluate_mask(doc[i + 10].node, env, {"doc": torch.tensor([5, 6, 7])})
     assert got.tolist() == [[7]] * 6
+    assert evaluate_mask(A.sin(i).node, env, {}).dtype == torch.float64      # of an integer index
+    assert torch.equal(evaluate_mask(A.cos(i - j).node, env, {}), torch.cos((q - kv).double()))
     with pytest.raises(DeclarationError, match="not supported in attention masks"):
-        evaluate_mask(ir.unary("cos", i.node), env, {})
+        evaluate_mask(ir.Node("sum", (), (i.node,), ("N",)), env, {})
 
 
 # ------------------------------------------------------------------------- forward-mode derivative
@@ -111,6 +113,7 @@ def _score_mods():
     return {
         "alibi": lambda s, q, kv: s + rel[kv] * (kv - q),
         "softcap": lambda s, q, kv: 16.0 * A.tanh(s / 16.0),
+        "sin_cos": lambda s, q, kv: A.sin(s) * A.cos(0.3 * (q - kv)) + A.cos(s / 2.0) + A.sin(q),
         "silu_exp": lambda s, q, kv: s * A.sigmoid(s) + A.exp(-abs(s)) + A.log(1.0 + s * s),
         "sqrt_div": lambda s, q, kv: A.sqrt(s * s + 1.0) / (s - 10.0),
         "max_min_where": lambda s, q, kv: A.maximum(s, 0.1) - A.minimum(s, -0.1)

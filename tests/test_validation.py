@@ -116,6 +116,21 @@ def test_t0_is_accepted_everywhere():
     assert (qa.grad == 0).all()
 
 
+def test_shift_by_one_takes_empty_sequences():
+    """``common.call.shift_by_one`` (a scanned state's value before each token: LightNet's and
+    mLSTM's later states read it): T = 0 with an initial state (LightNet on an empty slice)
+    raised IndexError; an empty sequence in ``cu_seqlens`` takes no token."""
+    from mixir.lowering.common.call import shift_by_one
+    init = torch.arange(6.0).reshape(2, 3)
+    assert shift_by_one(torch.zeros(2, 0, 3), init, None, 2).shape == (2, 0, 3)
+    assert shift_by_one(torch.zeros(1, 0, 3), init, torch.tensor([0, 0, 0]), 2).shape == (1, 0, 3)
+    o = torch.arange(1.0, 5.0)[None, :, None].expand(2, 4, 3)          # token t holds t + 1
+    assert shift_by_one(o, init, None, 2)[..., 0].tolist() == [[0, 1, 2, 3], [3, 1, 2, 3]]
+    cu = torch.tensor([0, 0, 3, 3, 4])                                 # empty, 3 tokens, empty, 1
+    got = shift_by_one(o[:1], -torch.arange(1.0, 5.0)[:, None].expand(4, 3), cu, 4)
+    assert got[0, :, 0].tolist() == [-2, 1, 2, -4]
+
+
 def test_b0_reference_matches_the_compiled_shapes():
     """The reference returned ``need at least one array to stack`` for B = 0."""
     q, k, v, gk = _gla(B=0)

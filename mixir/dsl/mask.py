@@ -19,10 +19,10 @@ per element in Python)::
         return score + slopes[h] * (kv - q)
 
 The nodes are ``mixir.dsl.ir`` nodes (arithmetic, comparisons, ``&``/``|``, ``where``, ``exp``,
-``tanh``, ...) plus four index ops that the mixer DSL does not need and that live here as
-``MaskNode``: ``mod`` and ``floordiv`` (Python's floor semantics), ``not`` and ``load`` (a data
-lookup ``data[i0, i1, ...]``; indices are clamped into the tensor's extent). Integral constants are
-integers; ``/`` is true division (float).
+``tanh``, ``sin``, ``cos``, ...) plus four index ops that the mixer DSL does not need and that live
+here as ``MaskNode``: ``mod`` and ``floordiv`` (Python's floor semantics), ``not`` and ``load`` (a
+data lookup ``data[i0, i1, ...]``; indices are clamped into the tensor's extent). Integral
+constants are integers; ``/`` is true division (float).
 
 Constants are part of the expression (a different window is a different kernel); data tensors
 are not (different document ids or a different top-k choice rebuild the block-mask metadata, never
@@ -45,11 +45,11 @@ EXTRA_OPS = ("mod", "floordiv", "not", "load")
 BOOL_OPS = ("lt", "le", "gt", "ge", "eq", "ne", "and", "or", "not")
 #: the ops whose value is a float whatever their operands (integer operands are converted)
 FLOAT_OPS = ("div", "pow", "exp", "log", "tanh", "sigmoid", "sqrt", "rsqrt", "recip", "softplus",
-             "logsigmoid", "silu")
+             "logsigmoid", "silu", "sin", "cos")
 
 __all__ = ["Mask", "ScoreMod", "mask", "score_mod", "Expr", "Data", "MaskNode", "where", "exp",
-           "log", "tanh", "sigmoid", "sqrt", "abs_", "maximum", "minimum", "and_masks", "or_masks",
-           "FULL", "infer_types", "REGISTRY"]
+           "log", "tanh", "sigmoid", "sqrt", "sin", "cos", "abs_", "maximum", "minimum", "and_masks",
+           "or_masks", "FULL", "infer_types", "REGISTRY"]
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -155,7 +155,8 @@ def _unary(op):
     return f
 
 
-exp, log, tanh, sigmoid, sqrt, abs_ = (_unary(o) for o in ("exp", "log", "tanh", "sigmoid", "sqrt", "abs"))
+exp, log, tanh, sigmoid, sqrt, sin, cos, abs_ = (
+    _unary(o) for o in ("exp", "log", "tanh", "sigmoid", "sqrt", "sin", "cos", "abs"))
 
 
 def where(cond, a, b) -> Expr:

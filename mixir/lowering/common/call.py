@@ -177,14 +177,14 @@ def check_call(m, arrays, initial_state, cu_seqlens, scalars, *, float64: bool =
 
 def shift_by_one(o, init, cu_seqlens, N):
     """The value *before* each token of a scanned state: o shifted by one token along T, with
-    each sequence's initial state (or 0) at its first token."""
+    each sequence's initial state (or 0) at its first token. T = 0 (an empty slice) and empty
+    sequences in ``cu_seqlens`` are fine: they have no token to fill."""
     B, T = o.shape[:2]
     shifted = torch.cat([torch.zeros_like(o[:, :1]), o[:, :-1]], dim=1)
     if cu_seqlens is None:
         if init is not None:
             first = init.float().reshape((B, 1) + tuple(o.shape[2:]))
-            mask = torch.zeros(T, dtype=torch.bool, device=o.device)
-            mask[0] = True
+            mask = torch.arange(T, device=o.device) == 0          # all False when T = 0
             shifted = torch.where(mask.reshape((1, T) + (1,) * (o.dim() - 2)), first, shifted)
         return shifted
     starts = cu_seqlens.long()[:-1]

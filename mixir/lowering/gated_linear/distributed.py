@@ -80,7 +80,7 @@ class GatedLinearPassing:
             if i != plan.main_index:       # later states read its values before / after each token
                 start = torch.where(lay.role_is(CONTINUES, S_in), S_in,
                                     S_in * 0 if local[i] is None else local[i].float())
-                env[prev_input(spec.name)] = shift_by_one(o_i, start, lay.cu_local, N) if lay.T else o_i
+                env[prev_input(spec.name)] = shift_by_one(o_i, start, lay.cu_local, N)
                 env[new_input(spec.name)] = o_i
         o = o_i.to(dtype)
         for anchor in anchors:
