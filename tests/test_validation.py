@@ -131,6 +131,20 @@ def test_shift_by_one_takes_empty_sequences():
     assert got[0, :, 0].tolist() == [-2, 1, 2, -4]
 
 
+def test_lightnet_takes_an_empty_packed_call_with_an_initial_state():
+    """LightNet's running sign product at each sequence's last token indexed an empty tensor
+    (IndexError) for T = 0 with ``cu_seqlens``; the final state is the initial one."""
+    from mixir.verify import example_inputs
+    m = MIXERS["lightnet"].mixer
+    arrays, h0 = example_inputs(m, B=1, T=0, H=2, K=8, V=8, seed=0)
+    xs = [torch.tensor(a, dtype=torch.float32) for a in arrays]
+    init = tuple(torch.tensor(s, dtype=torch.float32) for s in h0)
+    o, S = mx.compile(m)(*xs, initial_state=init, output_final_state=True,
+                         cu_seqlens=torch.tensor([0, 0], dtype=torch.int32))
+    assert o.shape == (1, 0, 2, 8)
+    assert all(torch.equal(a, b) for a, b in zip(S, init))
+
+
 def test_b0_reference_matches_the_compiled_shapes():
     """The reference returned ``need at least one array to stack`` for B = 0."""
     q, k, v, gk = _gla(B=0)

@@ -221,6 +221,8 @@ class CompiledMixer(CompiledBase):
         if cu_seqlens is None:
             return P[:, -1] if T else torch.ones((B, H, D), device=P.device)
         ends = cu_seqlens.long()
+        if T == 0:                      # every sequence is empty
+            return torch.ones((N, H, D), device=P.device, dtype=P.dtype)
         idx = (ends[1:] - 1).clamp(min=0)
         last = P[0, idx]
         empty = (ends[1:] == ends[:-1])[:, None, None]
