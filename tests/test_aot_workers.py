@@ -97,7 +97,7 @@ def test_killed_worker_is_worker_died_and_teaches_nothing(tmp_path, monkeypatch)
     t = threading.Thread(target=killer)
     t.start()
     said = []
-    cfg = {"BT": 64, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "num_warps": 4, "num_stages": 2}
+    cfg = {"BT": 64, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "BVS": 64, "num_warps": 4, "num_stages": 2}
     (cc,) = candidates.compile_recorded([cfg], lambda c: [rec], "sm_90", workers=1, timeout_s=120,
                                         progress=said.append)
     t.join()

@@ -117,7 +117,7 @@ def test_cost_model_sees_pipelining_and_tf32_passes():
     a space whose backward fp32 operands run as tf32 (one pass) predicts faster than tf32x3."""
     gpu = hardware.get("h100")
     shape = spaces.Shape(8, 4096, 16, 128, 128, "bf16")
-    cfg = {"BT": 64, "BC": 32, "BK": 16, "BKS": 16, "BV": 64, "num_warps": 16, "num_stages": 1}
+    cfg = {"BT": 64, "BC": 32, "BK": 16, "BKS": 16, "BV": 64, "BVS": 64, "num_warps": 16, "num_stages": 1}
     one = cost.predict(gla_space.CHUNKED_SCALAR, shape, gpu, cfg)
     two = cost.predict(gla_space.CHUNKED_SCALAR, shape, gpu, dict(cfg, num_stages=2))
     three = cost.predict(gla_space.CHUNKED_SCALAR, shape, gpu, dict(cfg, num_stages=3))
@@ -175,7 +175,7 @@ SMEM_SLACK = 4
 # ---- database ------------------------------------------------------------------------------------
 def test_db_roundtrip_and_buckets(tmp_path, monkeypatch):
     monkeypatch.setenv("MIXIR_TUNING_DB", str(tmp_path))
-    cfg = {"BT": 64, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "num_warps": 4, "num_stages": 2}
+    cfg = {"BT": 64, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "BVS": 64, "num_warps": 4, "num_stages": 2}
     db.record("fp0", "h100", "bf16", 8, 4000, 16, 128, 128, "chunked", cfg, source="model")
     assert db.lookup("fp0", "H100-SXM", "bf16", 8, 4096, 16, K=128, V=128) == cfg   # same bucket
     assert db.lookup("fp0", "h100", "torch.bfloat16", 4, 3000, 32, K=128, V=128) == cfg
@@ -267,7 +267,7 @@ def test_runtime_selection(tmp_path, monkeypatch):
     key = db.Key("fpX", "chunked", torch.bfloat16, 8, 4096, 16, 64, 64)
     shape = gla_space.core_shape(8, 4096, 16, 64, 64, torch.bfloat16)
     cfg = select.tuned_config(gla_space.CHUNKED, key, shape, dev)
-    assert cfg and set(cfg) == {"BT", "BC", "BK", "BKS", "BV", "num_warps", "num_stages"}   # model's best
+    assert cfg and set(cfg) == {"BT", "BC", "BK", "BKS", "BV", "BVS", "num_warps", "num_stages"}   # model's best
     mine = dict(cfg, num_warps=2)
     db.record("fpX", "h100", "bf16", 8, 4096, 16, 64, 64, "chunked", mine, source="aot")
     assert select.tuned_config(gla_space.CHUNKED, key, shape, dev) == mine

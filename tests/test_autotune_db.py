@@ -28,7 +28,7 @@ from mixir.lowering.gated_linear import space as gla_space
 pytest.importorskip("ortools")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOOD = {"BT": 64, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "num_warps": 4, "num_stages": 2}
+GOOD = {"BT": 64, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "BVS": 64, "num_warps": 4, "num_stages": 2}
 
 
 @pytest.fixture

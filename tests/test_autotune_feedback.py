@@ -60,7 +60,7 @@ def _solve(space, shape, fb):
 # ---- 1. mismatches fed back as constraints -----------------------------------------------------
 def test_spill_becomes_register_correction_and_the_config_is_excluded():
     feas = solver.enumerate_feasible(gla_space.CHUNKED, SHAPE, H100)
-    bad = {"BT": 64, "BC": 16, "BK": 32, "BKS": 32, "BV": 64, "num_warps": 8, "num_stages": 1}
+    bad = {"BT": 64, "BC": 16, "BK": 32, "BKS": 32, "BV": 64, "BVS": 64, "num_warps": 8, "num_stages": 1}
     assert bad in feas
     fb = feedback.Feedback(gla_space.CHUNKED, SHAPE, H100)
     (d,) = fb.observe(bad, _spill(bad))                        # fake compile result: spills
@@ -80,8 +80,8 @@ def test_feedback_never_excludes_a_config_that_compiled_cleanly():
     # measured on sm_90 (docs/autotune.md): BT=64 BK=32 spills in chunk_gla_states where BT=32 BK=64
     # does not, though the model rates the latter heavier: a register correction would remove the
     # clean one, so the feedback falls back to a dominance nogood
-    bad = {"BT": 64, "BC": 16, "BK": 32, "BKS": 32, "BV": 64, "num_warps": 8, "num_stages": 1}
-    good = {"BT": 32, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "num_warps": 8, "num_stages": 1}
+    bad = {"BT": 64, "BC": 16, "BK": 32, "BKS": 32, "BV": 64, "BVS": 64, "num_warps": 8, "num_stages": 1}
+    good = {"BT": 32, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "BVS": 64, "num_warps": 8, "num_stages": 1}
     fb = feedback.Feedback(gla_space.CHUNKED, SHAPE, H100)
     new = fb.observe_all([(bad, _spill(bad)), (good, _clean(good))])     # clean ones first
     assert [d.level for d in new] == ["dominance"]
@@ -104,13 +104,13 @@ def test_spill_at_16_warps_leaves_fewer_warps_alone():
 
 def test_shared_memory_over_the_limit_and_compile_errors():
     fb = feedback.Feedback(gla_space.CHUNKED, SHAPE, H100)
-    big = {"BT": 64, "BC": 32, "BK": 64, "BKS": 64, "BV": 64, "num_warps": 4, "num_stages": 3}
+    big = {"BT": 64, "BC": 32, "BK": 64, "BKS": 64, "BV": 64, "BVS": 64, "num_warps": 4, "num_stages": 3}
     over = CompiledConfig(big, [_res("chunk_gla_output", 200, smem=H100.smem_block + 4096, warps=4)], [])
     (d,) = fb.observe(big, over)
     assert d.kind == "shared_memory" and d.compiled_smem > H100.smem_block and d.level == "correction"
     assert d.constraint.startswith("ob*(") or "BC" in d.constraint
     feas = solver.enumerate_feasible(gla_space.CHUNKED, SHAPE, H100)
-    err = {"BT": 16, "BC": 16, "BK": 16, "BKS": 16, "BV": 16, "num_warps": 4, "num_stages": 1}
+    err = {"BT": 16, "BC": 16, "BK": 16, "BKS": 16, "BV": 16, "BVS": 16, "num_warps": 4, "num_stages": 1}
     assert err in feas and dict(err, num_warps=8) in feas
     (e,) = fb.observe(err, CompiledConfig(err, [], ["compiling kernel x failed: boom"]))
     assert e.kind == "error" and e.level == "nogood" and "boom" in e.what()

@@ -266,7 +266,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers(-2, 2 ** 41) | st.f
                      | st.text(max_size=8), lambda c: st.lists(c, max_size=3) | st.dictionaries(
                          st.text(max_size=6), c, max_size=3), max_leaves=8)
 KEY = db.make_key("fp0", "bf16", "chunked", 8, 4096, 16, 64, 64)
-GOOD = {"BT": 64, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "num_warps": 4, "num_stages": 2}
+GOOD = {"BT": 64, "BC": 16, "BK": 64, "BKS": 64, "BV": 64, "BVS": 64, "num_warps": 4, "num_stages": 2}
 
 
 @st.composite

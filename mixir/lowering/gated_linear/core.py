@@ -40,8 +40,9 @@ def default_config(strategy, K, V, dtype) -> dict:
     """Launch parameters for one strategy, head sizes K, V and input dtype (all values are ints).
 
     chunked: BT chunk length, BC sub-chunk length (BT % BC == 0, BC >= 16), BK / BV tile caps,
-    BKS the K-tile of the sequential state passes (default BK: they run one program per
-    (K-tile, V-tile), so a small BKS rereads v once per K-tile),
+    BKS x BVS the tile of the sequential state passes (default BK x BV: they run one program per
+    (K-tile, V-tile), so a small BKS rereads v once per K-tile) - scalar decays' fused dq/dk
+    kernel takes K-tiles of BKS too, and its contraction over V in BK-tiles,
     optional "dot_fp32" / "bwd_dot_fp32" (see ``_dot_mode``), "BKD" (16) and "BV_DIAG" (32).
     "bwd_dot_fp32" defaults to 1 for 16-bit inputs: the decay gradients come from sums of terms
     that cancel (q*dq - k*dk), and 16-bit dot operands in the backward make that cancellation noise
@@ -51,7 +52,7 @@ def default_config(strategy, K, V, dtype) -> dict:
     if strategy == "chunked":
         BK, BV = tile(K, 64), tile(V, 64)
         # 64 x 64 fp32 tiles spill registers at 4 warps on sm_90 (checked with ptxas): use 8
-        return {"BT": 64, "BC": 16, "BK": BK, "BKS": BK, "BV": BV,
+        return {"BT": 64, "BC": 16, "BK": BK, "BKS": BK, "BV": BV, "BVS": BV,
                 "bwd_dot_fp32": int(dtype in (torch.float16, torch.bfloat16)),
                 "num_warps": 8 if BK * BV >= 4096 else 4, "num_stages": 2}
     if strategy == "recurrent":
@@ -138,7 +139,7 @@ def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot, hs_dt
     N, H = plan.N, plan.H
     HS = empty(max(plan.NT, 1), H, K, V, device=kx.device, dtype=hs_dtype)
     out = empty(N, H, K, V, device=kx.device) if store_out else None
-    BK, BV = tile(K, cfg.get("BKS", cfg["BK"])), tile(V, cfg["BV"])   # BKS: the states K-tile
+    BK, BV = tile(K, cfg.get("BKS", cfg["BK"])), tile(V, cfg.get("BVS", cfg["BV"]))  # the states tile
     if N > 0:
         _ck.chunk_gla_states[(N * H, cdiv(K, BK), cdiv(V, BV))](
             kx, vx, F[0], F[1], F[2], Gl[0], Gl[1], Gl[2], h_in, out, HS, plan.cu, plan.chunk_off,
@@ -187,6 +188,25 @@ def _xp_buffer(plan, D, elementwise, cfg, device):
     if elementwise:
         return empty(plan.T_total, plan.H, D, device=device), 1
     return empty(cdiv(D, _output_bv(D, False, cfg)), plan.T_total, plan.H, device=device), 2
+
+
+def _dqk(plan, c, do, HS, DHS, scale, grad_dtype, use_xp):
+    """dq, dk of scalar decays (``chunk_gla_dqk``: whole chunks) and, with ``use_xp``, the
+    decay-gradient row sums q*dq - k*dk per K-tile [cdiv(K, BKS), T, H] (fp32). It walks the state
+    tiles as the state passes do: K-tiles of BKS (default BK); the contraction over V runs in
+    BK-tiles (the output kernel's contraction tile)."""
+    cfg, H, K, V = c.cfg, plan.H, c.K, c.V
+    BK, BV = tile(K, cfg.get("BKS", cfg["BK"])), tile(V, cfg["BK"])
+    dq = empty(plan.T_total, H, K, device=do.device, dtype=grad_dtype)
+    dk = empty(plan.T_total, H, K, device=do.device, dtype=grad_dtype)
+    XP = empty(cdiv(K, BK), plan.T_total, H, device=do.device) if use_xp else None
+    if plan.NT > 0:
+        _ck.chunk_gla_dqk[(plan.NT, cdiv(K, BK), H)](
+            c.q, c.k, c.v, do, c.Ga, c.Ra, HS, DHS, dq, dk, XP, plan.cu, plan.chunk_tbl,
+            H, K, V, plan.T_total, float(scale), USE_A=c.Ga is not None, USE_XP=use_xp,
+            BT=cfg["BT"], BK=BK, BV=BV, PREC=c.dot[1], DOT_F32=c.dot[0],
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    return dq, dk, XP
 
 
 def _rev_cumsum(plan, x, init, cfg, sum_d=False, out_dtype=torch.float32):
@@ -267,15 +287,19 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
     DHS, dh0 = _states(plan, c.q, do, (c.Ga, c.Gb, c.Gc), (c.Ga, c.Gb, c.Gc), dhT,
                        h0 is not None, True, K, V, cfg, dot, c.hs_dtype, scale)
     use_k = g is not None or gk is not None
-    xq = xk = None
-    if use_k:
-        XP, mode = _xp_buffer(plan, K, gk is not None, cfg, q.device)
-        xq, xk = (c.q, XP, mode, False, 1.0), (c.k, XP, mode, True, -1.0)
+    if gk is None and gv is None:      # scalar decays: dq and dk in one launch
+        dq, dk, XP = _dqk(plan, c, do, HS, DHS, scale, grad_dtype, use_k)
+        mode = 2
+    else:
+        xq = xk = None
+        if use_k:
+            XP, mode = _xp_buffer(plan, K, gk is not None, cfg, q.device)
+            xq, xk = (c.q, XP, mode, False, 1.0), (c.k, XP, mode, True, -1.0)
+        dq = _output(plan, do, c.v, c.k, (c.Ga, c.Gc, c.Gb), HS, V, K, True, False, cfg, dot,
+                     out_dtype=grad_dtype, scale=scale, xp=xq)
+        dk = _output(plan, c.v, do, c.q, (c.Ra, c.Rc, c.Rb), DHS, V, K, True, True, cfg, dot,
+                     out_dtype=grad_dtype, scale=scale, xp=xk)
     kv_dtype = torch.float32 if gv is not None else grad_dtype
-    dq = _output(plan, do, c.v, c.k, (c.Ga, c.Gc, c.Gb), HS, V, K, True, False, cfg, dot,
-                 out_dtype=grad_dtype, scale=scale, xp=xq)
-    dk = _output(plan, c.v, do, c.q, (c.Ra, c.Rc, c.Rb), DHS, V, K, True, True, cfg, dot,
-                 out_dtype=grad_dtype, scale=scale, xp=xk)
     dv = _output(plan, c.k, c.q, do, (c.Ra, c.Rb, c.Rc), DHS, K, V, False, True, cfg, dot,
                  out_dtype=kv_dtype, scale=scale)
     fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]

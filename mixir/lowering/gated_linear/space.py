@@ -1,6 +1,7 @@
 """The tuning spaces of the gated-linear core's templates (``kernels/chunked.py``,
-``kernels/recurrent.py``, launched by ``core.py``): one config (chunked: BT, BC, BK, BKS, BV,
-num_warps, num_stages; BKS is the state passes' K-tile, BK the output kernel's K-loop tile)
+``kernels/recurrent.py``, launched by ``core.py``): one config (chunked: BT, BC, BK, BKS, BV, BVS,
+num_warps, num_stages; BKS x BVS is the state passes' tile, BK the output kernel's K-loop tile and
+BV its V-tile; scalar decays' fused dq/dk kernel takes K-tiles of BKS and V-loop tiles of BK)
 drives every kernel of a strategy, forward and backward, so the resource constraints
 hold for the maximum over the kernels and the cost is the sum over one training step's launches.
 Resource needs are sympy expressions of the parameters and the shape (``autotune.space``).
@@ -43,6 +44,10 @@ _chunk_cumsum = KernelModel(
 #: the K-tile of the sequential state passes, apart from the output kernel's BK (a K-loop tile
 #: there): the passes run one program per (K-tile, V-tile) and read v once per K-tile
 BKS = sp.Symbol("BKS", integer=True, positive=True)
+#: the V-tile of the sequential state passes, apart from the output kernel's BV: a 64 x 128 state
+#: tile spills at 8 warps (sm_90) where the output kernel's 128-wide V-tile does not, and that reads
+#: its x / y tiles once instead of once per V-tile
+BVS = sp.Symbol("BVS", integer=True, positive=True)
 
 #: registers of chunk_gla_states: the generic model (2 x live / threads + 96) with the intercept
 #: taken at 74, from 24 sm_90 builds (2026-12-07; simple_gla and gla, K = V = 128, bf16, BT 32/64,
@@ -50,19 +55,19 @@ BKS = sp.Symbol("BKS", integer=True, positive=True)
 #: (the generic one: 54), at most 35 under. The generic intercept excluded the 64 x 64 state tile
 #: at 8 warps (predicted 256, compiled 226-231 without spills), which halves the forward's
 #: rereads of v against BKS = 32; the AOT check and its feedback catch the under-estimates.
-STATES_REGS_FIT = sp.ceiling(2 * (2 * BKS * BV + 2 * BT * BKS + BT * BV) / (32 * W)) + 74
+STATES_REGS_FIT = sp.ceiling(2 * (2 * BKS * BVS + 2 * BT * BKS + BT * BVS) / (32 * W)) + 74
 
 _chunk_states = KernelModel(
     "chunk_gla_states",
-    grid=B * H * cdiv_expr(K, BKS) * cdiv_expr(V, BV),
+    grid=B * H * cdiv_expr(K, BKS) * cdiv_expr(V, BVS),
     # tl.dot(trans(kx), vx): the kx tile is pipelined over num_stages, vx staged once
-    smem=(BT * BKS * S + BT * BV) * ob,
+    smem=(BT * BKS * S + BT * BVS) * ob,
     # running matrix h, kx and its decay fb, vx (fp32), dot result
-    live_fp32=2 * BKS * BV + 2 * BT * BKS + BT * BV,
+    live_fp32=2 * BKS * BVS + 2 * BT * BKS + BT * BVS,
     # k (+ its fp32 decay) once per V-tile, v once per K-tile; the chunk-boundary states are
     # stored in the dtype of the dots that read them: db in the forward, ob in the two backward
     # launches (the per-launch mean)
-    bytes_moved=(B * T * H * (K * cdiv_expr(V, BV) * (db + 4) + V * cdiv_expr(K, BKS) * db)
+    bytes_moved=(B * T * H * (K * cdiv_expr(V, BVS) * (db + 4) + V * cdiv_expr(K, BKS) * db)
                  + B * NT * H * K * V * (db + 2 * ob) / 3),
     tc_flops=2 * B * T * H * K * V,
     fp32_flops=3 * B * T * H * K * V / BT + B * T * H * K * 2,
@@ -80,9 +85,26 @@ def _output_regs(per_channel: bool):
     return 78 + 41 * LOG2_16_OVER_W + sp.ceiling(sp.Rational(169, 100) * X / (32 * W))
 
 
+def _output_bytes(per_channel: bool):
+    """HBM bytes of one output launch (the mean over its launches). Per-channel decays: x, y once
+    per V-tile for the inter term and for the diagonal's exact factors, and per earlier sub-chunk;
+    the state tile once per sub-chunk (db in the forward, ob in the 3 backward launches); z read and
+    the output stored in db; the dq and dk launches' decay-gradient epilogue (w read, fp32 terms
+    stored, dk's read back). Scalar decays (the forward and dv only: dq and dk are
+    ``chunk_gla_dqk``'s): x, y once per V-tile and per earlier sub-chunk (the diagonal's scores take
+    the inter term's x tiles); the state tile in db and ob."""
+    if per_channel:
+        return (B * T * H * K * db * cdiv_expr(V, BV) * (1 + (BT / BC) / 2) * 2
+                + B * NT * H * K * V * (db + 3 * ob) / 4 * (BT / BC) + B * T * H * V * 2 * db
+                + B * T * H * K * (2 * db + 12) / 4)
+    return (B * T * H * K * db * cdiv_expr(V, BV) * (1 + (BT / BC - 1) / 2) * 2
+            + B * NT * H * K * V * (db + ob) / 2 * (BT / BC) + B * T * H * V * 2 * db)
+
+
 def _output_model(per_channel: bool) -> KernelModel:
     """The output kernel; ``per_channel``: a per-key decay, whose diagonal sub-chunk factors live on a
-    [BC, BC, BKD] tile (a scalar-decayed one is a [BC, BC] dot)."""
+    [BC, BC, BKD] tile (a scalar-decayed one is a [BC, BC] dot). Per-channel decays run it four
+    times per training step (o; dq, dk, dv), scalar ones twice (o, dv)."""
     return KernelModel(
         "chunk_gla_output",
         grid=B * NT * (BT / BC) * cdiv_expr(V, BV) * H,
@@ -96,15 +118,35 @@ def _output_model(per_channel: bool) -> KernelModel:
         # pairwise factors [BC, BC, BKD] (per-channel decay) or its [BC, BC] scores
         live_fp32=(2 * BC * BV + BC * BC + 3 * BC * BK + BK * BV // 2
                    + (BC * BC * BKD if per_channel else BC * BC)),
-        # x, y once per V-tile and earlier sub-chunk; the state tile once per sub-chunk (db in the
-        # forward, ob in the 3 backward launches); z read and the output stored in db; the dq and dk
-        # launches' decay-gradient epilogue (w read, fp32 terms stored, dk's read back): per-launch mean
-        bytes_moved=(B * T * H * K * db * cdiv_expr(V, BV) * (1 + (BT / BC) / 2) * 2
-                     + B * NT * H * K * V * (db + 3 * ob) / 4 * (BT / BC) + B * T * H * V * 2 * db
-                     + B * T * H * K * (2 * db + 12) / 4),
+        bytes_moved=_output_bytes(per_channel),
         tc_flops=2 * B * T * H * K * V + B * T * H * BT * (K * cdiv_expr(V, BV) + V),
         fp32_flops=3 * B * T * H * BC * K,
-        serial_steps=BT / BC, count=4, regs_fit=_output_regs(per_channel))
+        serial_steps=BT / BC, count=4 if per_channel else 2, regs_fit=_output_regs(per_channel))
+
+
+#: live fp32 elements of chunk_gla_dqk: dq, dk [BT, BKS], the score tile [BT, BT], q / k [BT, BKS],
+#: do, v [BT, BK] and the two state tiles [BK, BKS]
+_DQK_LIVE = 2 * BT * BKS + BT * BT + BT * BKS + 2 * BT * BK + 2 * BK * BKS
+
+#: the fused dq / dk kernel of scalar decays (whole chunks; K-tiles of BKS, the contraction over V
+#: in BK-tiles). Registers fitted to 13 sm_90 builds (2026-12-07; simple_gla K = V = 128, bf16 with
+#: the backward's fp32 operands, BT 32/64, BKS 32-128, BK 16-64, 4-16 warps): 150 + live / threads
+#: is within 44 over and 2 under the compiled count of the 5 spill-free builds, and rules out 7 of
+#: the 8 that spilled (docs/autotune.md).
+_dqk = KernelModel(
+    "chunk_gla_dqk",
+    grid=B * NT * cdiv_expr(K, BKS) * H,
+    smem=((2 * BT * BK + 2 * BK * BKS) * S + BT * BT) * ob,
+    live_fp32=_DQK_LIVE,
+    # do, v once per K-tile; both state tiles (ob) once; q, k read and dq, dk stored (db); the
+    # fp32 decay-gradient row sums, one per K-tile
+    bytes_moved=(B * T * H * V * 2 * db * cdiv_expr(K, BKS) + 2 * B * NT * H * K * V * ob
+                 + 4 * B * T * H * K * db + 4 * B * T * H * cdiv_expr(K, BKS)),
+    tc_flops=(2 * B * T * H * BT * V * cdiv_expr(K, BKS) + 4 * B * T * H * K * V
+              + 4 * B * T * H * BT * K),
+    fp32_flops=4 * B * T * H * BT,
+    serial_steps=sp.Integer(1), count=1,
+    regs_fit=150 + sp.ceiling(_DQK_LIVE / (32 * W)))
 
 
 _chunk_rev_cumsum = KernelModel(
@@ -127,13 +169,15 @@ def _chunked_extra(shape, gpu):
                    f"BKS <= padded K = {padded(shape.K)}"),
         Constraint("bv_le_padded_v", BV, "le", sp.Integer(padded(shape.V)),
                    f"BV <= padded V = {padded(shape.V)}"),
+        Constraint("bvs_le_padded_v", BVS, "le", sp.Integer(padded(shape.V)),
+                   f"BVS <= padded V = {padded(shape.V)}"),
         Constraint("bt_le_padded_t", BT, "le", sp.Integer(max(16, pow2(shape.T))),
                    f"BT <= padded T = {max(16, pow2(shape.T))}"),
     ]
 
 
 def _chunked_config(values: dict, shape: Shape) -> dict:
-    cfg = {k: int(values[k]) for k in ("BT", "BC", "BK", "BKS", "BV", "num_warps", "num_stages")}
+    cfg = {k: int(values[k]) for k in ("BT", "BC", "BK", "BKS", "BV", "BVS", "num_warps", "num_stages")}
     return cfg
 
 
@@ -141,10 +185,11 @@ def _chunked_space(name: str, per_channel: bool) -> Space:
     return Space(
         name=name, strategy="chunked",
         params={BT: (16, 32, 64, 128), BC: (16, 32, 64), BK: (16, 32, 64, 128, 256),
-                BKS: (16, 32, 64, 128, 256), BV: (16, 32, 64, 128, 256), W: (1, 2, 4, 8, 16),
-                S: (1, 2, 3, 4)},
-        kernels=(_chunk_cumsum, _chunk_states, _output_model(per_channel), _chunk_rev_cumsum),
-        dot_dims=(BT, BC, BK, BKS, BV), arange_dims=(BT, BC, BK, BKS, BV),
+                BKS: (16, 32, 64, 128, 256), BV: (16, 32, 64, 128, 256),
+                BVS: (16, 32, 64, 128, 256), W: (1, 2, 4, 8, 16), S: (1, 2, 3, 4)},
+        kernels=(_chunk_cumsum, _chunk_states, _output_model(per_channel))
+        + (() if per_channel else (_dqk,)) + (_chunk_rev_cumsum,),
+        dot_dims=(BT, BC, BK, BKS, BV, BVS), arange_dims=(BT, BC, BK, BKS, BV, BVS),
         extra=_chunked_extra, to_config=_chunked_config,
         fp32_dot_passes=1)     # the backward's fp32 operands run as "tf32" (core._dot_mode)
 
@@ -264,6 +309,7 @@ def probe_config(strategy: str, fK: int, fV: int) -> dict:
     PK, PV = padded(fK), padded(fV)
     if strategy == "chunked":
         return {"BT": 32, "BC": 16, "BK": min(64, PK), "BKS": min(64, PK), "BV": min(64, PV),
+                "BVS": min(64, PV),
                 "num_warps": 4, "num_stages": 1}
     return {"BK": PK, "BV": min(32, PV), "num_warps": 4, "num_stages": 1}
 

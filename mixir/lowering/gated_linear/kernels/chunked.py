@@ -18,6 +18,8 @@ Kernels (all launched from ``mixir.lowering.gated_linear.core``):
   chunk_gla_output       per-(sub-chunk) output: inter-chunk term through the boundary state plus
                          the intra-chunk term; computes o and dq (causal) and dk, dv (REVERSE)
                          by swapping the roles of its operands
+  chunk_gla_dqk          the backward's dq and dk of scalar decays in one launch: whole chunks, one
+                         score tile shared by both (fla's dqkwg)
   chunk_gla_rev_cumsum   segmented reverse cumsum with an initial carry (decay gradients)
 
 These are plain functions turned into ``Kernel`` objects by ``@kernel``; the bookkeeping of packed
@@ -165,8 +167,10 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
     if USE_C:
         fc_i = tl.load(FC + (rows[:, None] * H + i_h) * DV + o_v[None, :], mask=m_iv, other=0.)
 
-    # ---- inter-chunk term through the chunk-boundary matrix
+    # ---- inter-chunk term through the chunk-boundary matrix; without a per-key decay the
+    # diagonal sub-chunk's scores X_i Y_i^T take the same x tiles (one read of X, not two)
     acc = tl.full([BC, BV], 0., tl.float32)
+    A_diag = tl.full([BC, BC], 0., tl.float32)
     for i_k in range(0, NK):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < DK
@@ -175,6 +179,9 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
         if USE_B:
             fb_i = tl.load(FB + (rows[:, None] * H + i_h) * DK + o_k[None, :], mask=m_ik, other=0.)
             x = x.to(tl.float32) * tl.exp(fb_i)
+        else:
+            y = tl.load(Y + (rows[:, None] * H + i_h) * DK + o_k[None, :], mask=m_ik, other=0.)
+            A_diag += tl.dot(x.to(dt), tl.trans(y.to(dt)), input_precision=PREC)
         hs = tl.load(HS + hs_base + o_k[:, None] * s_hk + o_v[None, :] * s_hv,
                      mask=m_k[:, None] & m_v[None, :], other=0.)
         acc += tl.dot(x.to(dt), hs.to(dt), input_precision=PREC)
@@ -235,8 +242,8 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
         causal = (o_i[:, None] <= o_i[None, :]) & m_i[:, None] & m_i[None, :]
     else:
         causal = (o_i[:, None] >= o_i[None, :]) & m_i[:, None] & m_i[None, :]
-    A = tl.full([BC, BC], 0., tl.float32)
     if USE_B:
+        A = tl.full([BC, BC], 0., tl.float32)
         # exact pairwise K factors on a [BC, BC, BKD] tile, BKD key channels at a time
         for i_k in range(0, (DK + BKD - 1) // BKD):
             o_k = i_k * BKD + tl.arange(0, BKD)
@@ -248,12 +255,7 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
             e = tl.where(causal[:, :, None], fb[:, None, :] - fb[None, :, :], 0.)
             A += tl.reduce(x[:, None, :] * y[None, :, :] * tl.exp(e), 2, tl.standard._sum_combine)
     else:
-        for i_k in range(0, NK):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m_ik = m_i[:, None] & (o_k < DK)[None, :]
-            x = tl.load(X + (rows[:, None] * H + i_h) * DK + o_k[None, :], mask=m_ik, other=0.)
-            y = tl.load(Y + (rows[:, None] * H + i_h) * DK + o_k[None, :], mask=m_ik, other=0.)
-            A += tl.dot(x.to(dt), tl.trans(y.to(dt)), input_precision=PREC)
+        A = A_diag
     if USE_A:
         A = A * tl.exp(tl.where(causal, fa_i[:, None] - fa_i[None, :], 0.))
     A = tl.where(causal, A, 0.)
@@ -282,6 +284,74 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
             if XP_ACCUM:
                 ps += tl.load(XP + p_r, mask=m_i, other=0.)
             tl.store(XP + p_r, ps, mask=m_i)
+
+
+@kernel
+def chunk_gla_dqk(Q, KK, VV, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, chunk_tbl,
+                  H, DK_, DV_, T_total, scale,
+                  USE_A: tl.constexpr, USE_XP: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                  DOT_F32: tl.constexpr):
+    # grid: (num chunks, cdiv(DK_, BK), H). The backward's dq and dk of one whole chunk and one
+    # K-tile when every decay is scalar (GA / RA: the chunk-local cumsums G and R = G_last - G of
+    # g, or none). Both share one score tile P_ij = (do_i . v_j) exp(G_i - G_j) [i >= j]:
+    #     dq_i = scale * (exp(G_i) do_i @ HS[c]^T + sum_j P_ij k_j)
+    #     dk_j = scale * (exp(R_j) v_j @ DHS[c]^T + sum_i P_ij q_i)
+    # (HS[c]: the state before chunk c; DHS[c]: the adjoint after it, both [DK_, DV_]). The V
+    # extent is walked in BV-tiles, each adding to the score tile and to both inter-chunk terms.
+    # USE_XP: the decay-gradient terms sum_k (q dq - k dk) of this K-tile into XP[i_k, t, h].
+    i_c = tl.program_id(0)
+    i_k = tl.program_id(1)
+    i_h = tl.program_id(2)
+    cs, L = chunk_bounds(cu_seqlens, chunk_tbl, i_c, BT)
+    o_t = tl.arange(0, BT)
+    m_t = o_t < L
+    rows = cs + o_t
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < DK_
+    m_tk = m_t[:, None] & m_k[None, :]
+    hs_base = (i_c.to(tl.int64) * H + i_h) * DK_ * DV_
+    if DOT_F32:
+        dt = tl.float32
+    else:
+        dt = Q.dtype.element_ty
+    P = tl.full([BT, BT], 0., tl.float32)
+    dq = tl.full([BT, BK], 0., tl.float32)
+    dk = tl.full([BT, BK], 0., tl.float32)
+    for i_v in range(0, (DV_ + BV - 1) // BV):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < DV_
+        m_tv = m_t[:, None] & m_v[None, :]
+        do = tl.load(DO + (rows[:, None] * H + i_h) * DV_ + o_v[None, :], mask=m_tv, other=0.)
+        v = tl.load(VV + (rows[:, None] * H + i_h) * DV_ + o_v[None, :], mask=m_tv, other=0.)
+        # the state tiles as [BV, BK] (HS is [DK_, DV_] row-major)
+        p_s = hs_base + o_k[None, :] * DV_ + o_v[:, None]
+        m_s = m_v[:, None] & m_k[None, :]
+        hs = tl.load(HS + p_s, mask=m_s, other=0.)
+        dhs = tl.load(DHS + p_s, mask=m_s, other=0.)
+        do = do.to(dt)
+        v = v.to(dt)
+        P += tl.dot(do, tl.trans(v), input_precision=PREC)
+        dq += tl.dot(do, hs.to(dt), input_precision=PREC)
+        dk += tl.dot(v, dhs.to(dt), input_precision=PREC)
+    causal = (o_t[:, None] >= o_t[None, :]) & m_t[:, None] & m_t[None, :]
+    if USE_A:
+        ga = tl.load(GA + rows * H + i_h, mask=m_t, other=0.)
+        ra = tl.load(RA + rows * H + i_h, mask=m_t, other=0.)
+        dq = dq * tl.exp(ga)[:, None]
+        dk = dk * tl.exp(ra)[:, None]
+        P = P * tl.exp(tl.where(causal, ga[:, None] - ga[None, :], 0.))
+    P = tl.where(causal, P, 0.)
+    q = tl.load(Q + (rows[:, None] * H + i_h) * DK_ + o_k[None, :], mask=m_tk, other=0.)
+    k = tl.load(KK + (rows[:, None] * H + i_h) * DK_ + o_k[None, :], mask=m_tk, other=0.)
+    dq = (dq + scores_dot(P, k, dt, PREC)) * scale
+    dk = (dk + scores_dot(tl.trans(P), q, dt, PREC)) * scale
+    p_tk = (rows[:, None] * H + i_h) * DK_ + o_k[None, :]
+    tl.store(DQ + p_tk, dq, mask=m_tk)
+    tl.store(DK + p_tk, dk, mask=m_tk)
+    if USE_XP:
+        ps = tl.sum(q.to(tl.float32) * dq - k.to(tl.float32) * dk, 1)
+        tl.store(XP + (i_k.to(tl.int64) * T_total + rows) * H + i_h, ps, mask=m_t)
 
 
 @kernel
@@ -323,4 +393,5 @@ def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D, NP, s_p,
         carry += tot
 
 
-KERNELS = (chunk_gla_cumsum, chunk_gla_states, chunk_gla_output, chunk_gla_rev_cumsum)
+KERNELS = (chunk_gla_cumsum, chunk_gla_states, chunk_gla_output, chunk_gla_dqk,
+           chunk_gla_rev_cumsum)
