@@ -5,9 +5,15 @@ Per sequence and head, state S ∈ R^{K×V} (fp32):
 (fla's delta rule has v_t = β_t v_fla). Layouts: q, k [B, T, H, K]; v [B, T, H, V]; beta, g
 [B, T, H]; h0 / hT [N, H, K, V] with N = B, or N = len(cu_seqlens) − 1 (then B == 1).
 
+Pieces applied on load (``direct.py``): every entry point takes ``q_scale`` (the core's q is
+``q_scale · q``) and ``v_beta`` (its v is ``β ⊙ v``); the gradients are then those of the q, v and
+β passed in (dq = q_scale·dq', dv = β·dv', dβ += Σ_V v·dv'). The chunked kernels apply both on
+chip; the recurrent strategy in torch. β and g are read in their own dtype by the chunked kernels.
+
 ``delta_forward`` → (o [B, T, H, V] in ``out_dtype`` (fp32 by default), hT fp32 [N, H, K, V]);
 ``delta_backward`` → (dq, dk, dv, dbeta, dg or None, dh0 or None), fp32 but the chunked dq, dk, dv
-of 16-bit inputs (input dtype: ``grads_in_input_dtype``).
+of 16-bit inputs (input dtype: ``grads_in_input_dtype``) and the chunked dβ, dg (β's and g's
+dtype).
 
 Strategies: "recurrent" (kernels/recurrent.py: a fused token loop, also the decode path)
 and "chunked" (kernels/chunked.py, chunked_grads.py, wy.py: the WY/UT representation,
@@ -99,7 +105,7 @@ def _dot_mode(x):
 class _Call:
     """The bookkeeping of one chunked call: packed tensors, chunk tables, launch parameters."""
 
-    def __init__(self, q, k, v, beta, g, cu_seqlens, config):
+    def __init__(self, q, k, v, beta, g, cu_seqlens, config, q_scale=1.0, v_beta=False):
         B, T, H, K = q.shape
         if g is not None and g.dim() == 4:
             raise ValueError("the chunked delta kernels take scalar gates [B, T, H]; a key-diagonal "
@@ -111,8 +117,8 @@ class _Call:
         self.cfg = dict(default_config("chunked", K, V, q.dtype), **(config or {}))
         self.plan = ChunkPlan(q, cu_seqlens, self.cfg["BT"])
         self.q, self.k, self.v = packed(q), packed(k), packed(v)
-        self.beta = packed(beta, torch.float32)
-        self.g = packed(g, torch.float32)
+        self.beta, self.g = packed(beta), packed(g)         # read in their own dtype
+        self.q_scale, self.v_beta = float(q_scale), bool(v_beta)
         self.dot, self.prec = _dot_mode(q)
         self.iprec = _inverse_prec(q)
         # W, Ũ, u, the per-chunk states and du: stored in the input dtype
@@ -142,7 +148,8 @@ class _Call:
         if p.NT > 0:
             _ck.delta_chunk_prep[(p.NT, H)](self.k, self.v, self.beta, self.g, W, U, Ai, p.cu,
                                            p.chunk_tbl, H, K, V, BT=BT, BV=BV, BKT=BKT,
-                                           IPREC=self.iprec, STORE_A=store_a, **self.common())
+                                           IPREC=self.iprec, STORE_A=store_a, V_BETA=self.v_beta,
+                                           **self.common())
         HS = empty(max(p.NT, 1), H, K, V, device=dev, dtype=sdt)
         Unew = empty(p.T_total, H, V, device=dev, dtype=sdt)
         hT = empty(p.N, H, K, V, device=dev) if store_ht else None
@@ -170,25 +177,28 @@ def _quiet(x):
     return contextlib.nullcontext()
 
 
-def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None, n_h=1, out_dtype=torch.float32):
+def chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config=None, n_h=1, out_dtype=torch.float32,
+                    q_scale=1.0, v_beta=False):
     with _quiet(q):
-        return _chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype)
+        return _chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype, q_scale,
+                                v_beta)
 
 
-def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None):
+def chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config=None, q_scale=1.0,
+                     v_beta=False):
     """(dq, dk, dv, dβ, dg or None, dh0 or None): dq, dk, dv in the input dtype for 16-bit inputs
-    (``grads_in_input_dtype``), the rest fp32."""
+    (``grads_in_input_dtype``), dβ and dg in β's and g's dtype, dh0 fp32."""
     with _quiet(q):
-        return _chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config)
+        return _chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config, q_scale, v_beta)
 
 
-def _chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype):
+def _chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype, q_scale, v_beta):
     """``n_h`` > 1 (DeltaProduct): k, v, beta, g and ``cu_seqlens`` are on the T·n_h sub-step
     sequence, ``q`` [B, T, H, K] is compact, and o [B, T, H, V] is each token's last sub-step.
     o is written in ``out_dtype``."""
     # the bookkeeping is on the sub-step sequence: k stands in for q's shape there (q is read by
     # the output kernel only, from its compact tensor)
-    c = _Call(q if n_h == 1 else k, k, v, beta, g, cu_seqlens, config)
+    c = _Call(q if n_h == 1 else k, k, v, beta, g, cu_seqlens, config, q_scale, v_beta)
     p, H, K, V = c.plan, c.H, c.K, c.V
     h0 = _state_arg(h0, p.N, H, K, V, "h0")
     HS, Unew, hT, _, _ = c.forward_states(h0, True)
@@ -198,7 +208,7 @@ def _chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype):
     if p.NT > 0:
         BR = BT if n_h == 1 else max(16, pow2(-(-BT // n_h)))
         _ck.delta_chunk_output[(p.NT, H)](
-            packed(q), c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, K, V, BT=BT, BV=BV, BKT=BKT,
+            packed(q), c.k, c.g, HS, Unew, O, p.cu, p.chunk_tbl, H, c.q_scale, K, V, BT=BT, BV=BV, BKT=BKT,
             NH=n_h, BR=BR, **c.common())
     return O.view(B, T, H, V), hT
 
@@ -208,8 +218,8 @@ def grads_in_input_dtype(dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
 
 
-def _chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config):
-    c = _Call(q, k, v, beta, g, cu_seqlens, config)
+def _chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config, q_scale, v_beta):
+    c = _Call(q, k, v, beta, g, cu_seqlens, config, q_scale, v_beta)
     p, H, K, V, dev = c.plan, c.H, c.K, c.V, c.device
     h0 = _state_arg(h0, p.N, H, K, V, "h0")
     dhT = _state_arg(dhT, p.N, H, K, V, "dhT")
@@ -221,19 +231,20 @@ def _chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config):
     dh0 = empty(p.N, H, K, V, device=dev) if h0 is not None else None
     if p.N > 0:
         _ck.delta_chunk_dstates[(p.N * H, cdiv(V, BV))](
-            c.q, c.k, W, c.g, dO, dhT, DHS, DU, dh0, p.cu, p.chunk_off, H, K, V,
+            c.q, c.k, W, c.g, dO, dhT, DHS, DU, dh0, p.cu, p.chunk_off, H, c.q_scale, K, V,
             USE_DHT=dhT is not None, STORE_DH0=h0 is not None, BT=BT, BK=BK, BV=BV, BKT=BKT,
             **c.common())
     gdt = q.dtype if grads_in_input_dtype(q.dtype) else torch.float32
     dq = empty(p.T_total, H, K, device=dev, dtype=gdt)
     dk = empty(p.T_total, H, K, device=dev, dtype=gdt)
     dv = empty(p.T_total, H, V, device=dev, dtype=gdt)
-    db = empty(p.T_total, H, device=dev)
-    dg = empty(p.T_total, H, device=dev) if g is not None else None
+    db = empty(p.T_total, H, device=dev, dtype=beta.dtype)
+    dg = empty(p.T_total, H, device=dev, dtype=g.dtype) if g is not None else None
     if p.NT > 0:
         _cg.delta_chunk_grads[(p.NT, H)](
             c.q, c.k, c.v, c.beta, c.g, Ai, HS, DHS, Unew, DU, dO, dq, dk, dv, db, dg,
-            p.cu, p.chunk_tbl, H, K, V, BT=BT, BV=BV, BKT=BKT, **c.common())
+            p.cu, p.chunk_tbl, H, c.q_scale, K, V, BT=BT, BV=BV, BKT=BKT, V_BETA=c.v_beta,
+            **c.common())
     B, T = c.B, c.T
     return (dq.view(B, T, H, K), dk.view(B, T, H, K), dv.view(B, T, H, V), db.view(B, T, H),
             None if dg is None else dg.view(B, T, H), dh0)
@@ -261,14 +272,30 @@ def _flat(x):
 
 
 def delta_forward(q, k, v, beta, g, h0, cu_seqlens, strategy="chunked", config=None, n_h=1,
-                  out_dtype=torch.float32):
+                  out_dtype=torch.float32, q_scale=1.0, v_beta=False):
     """``n_h`` > 1 (DeltaProduct): q and o are per token [B, T, ·]; k, v, beta, g and
     ``cu_seqlens`` are on the T·n_h sub-step sequence (the read-out is each token's last step).
-    o in ``out_dtype`` (the chunked kernels write it so; the recurrent output is converted)."""
+    o in ``out_dtype`` (the chunked kernels write it so; the recurrent output is converted).
+    ``q_scale``, ``v_beta``: the pieces applied on load (module docstring)."""
     if strategy == "chunked":
-        return chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype)
-    o, hT = _recurrent_forward(q, k, v, beta, g, h0, cu_seqlens, strategy, config, n_h)
+        return chunked_forward(q, k, v, beta, g, h0, cu_seqlens, config, n_h, out_dtype, q_scale,
+                               v_beta)
+    q, v = _on_load(q, v, beta, q_scale, v_beta)
+    o, hT = _recurrent_forward(q, k, v, beta.float(), _f32(g), h0, cu_seqlens, strategy, config, n_h)
     return o.to(out_dtype), hT
+
+
+def _f32(x):
+    return None if x is None else x.float()
+
+
+def _on_load(q, v, beta, q_scale, v_beta):
+    """(q_scale·q, β⊙v or v) in q's and v's dtypes (the recurrent strategy applies them in torch)."""
+    if q_scale != 1.0:
+        q = (q.float() * q_scale).to(q.dtype)
+    if v_beta:
+        v = (v.float() * beta.float()[..., None]).to(v.dtype)
+    return q, v
 
 
 def _recurrent_forward(q, k, v, beta, g, h0, cu_seqlens, strategy, config, n_h):
@@ -287,16 +314,30 @@ def _recurrent_forward(q, k, v, beta, g, h0, cu_seqlens, strategy, config, n_h):
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
-def delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy="chunked", config=None, n_h=1):
-    """The adjoint of ``delta_forward`` (same ``n_h`` convention). For n_h > 1 the backward runs
-    on the sub-step sequence with q and do zero at the sub-steps that are not read out."""
+def delta_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy="chunked", config=None, n_h=1,
+                   q_scale=1.0, v_beta=False):
+    """The adjoint of ``delta_forward`` (same ``n_h``, ``q_scale`` and ``v_beta`` conventions). For
+    n_h > 1 the backward runs on the sub-step sequence with q and do zero at the sub-steps that are
+    not read out."""
     if n_h > 1:
         B, T = q.shape[:2]
         dq, *rest = delta_backward(_expand_steps(q, n_h), k, v, beta, g, h0, cu_seqlens,
-                                   _expand_steps(do, n_h), dhT, strategy, config)
+                                   _expand_steps(do, n_h), dhT, strategy, config, 1, q_scale, v_beta)
         return (dq.reshape(B, T, n_h, *dq.shape[2:])[:, :, n_h - 1].contiguous(), *rest)
     if strategy == "chunked":
-        return chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config)
+        return chunked_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, config, q_scale, v_beta)
+    qs, vs = _on_load(q, v, beta, q_scale, v_beta)
+    dq, dk, dv, db, dg, dh0 = _recurrent_backward(qs, k, vs, beta.float(), _f32(g), h0, cu_seqlens,
+                                                  do, dhT, strategy, config)
+    if q_scale != 1.0:
+        dq = dq * q_scale
+    if v_beta:
+        db = db + (dv * v.float()).sum(-1)
+        dv = dv * beta.float()[..., None]
+    return dq, dk, dv, db, dg, dh0
+
+
+def _recurrent_backward(q, k, v, beta, g, h0, cu_seqlens, do, dhT, strategy, config):
     if strategy == "recurrent":
         B, T, H, K = q.shape
         V = v.shape[-1]

@@ -1,6 +1,11 @@
 """The compiled Householder mixer (DeltaNet, Gated DeltaNet, DeltaProduct, KDA): pieces kernel →
 sub-steps interleaved into a sequence of length T·n_h → delta core (recurrent or chunked WY) →
-read-out at each token's last sub-step → output affine map."""
+read-out at each token's last sub-step → output affine map.
+
+The chunked strategy skips the pieces kernel where the pieces are maps the core applies on load
+(``direct.py``: q' = c·q, v' = β·v, raw k, β, g; no output map): the core then reads the call's
+tensors and returns their gradients. Other declarations, and the recurrent strategy, run the
+pieces kernel."""
 from __future__ import annotations
 
 import torch
@@ -10,6 +15,7 @@ from ...errors import InputError
 from . import core
 from . import ops as _ops  # noqa: F401 - registers the custom ops mixir::delta_fwd / delta_bwd
 from .analysis import HouseholderPlan
+from .direct import direct_plan
 from ...distributed.passing import split_call
 from .distributed import passing_for
 from ..common.launch import encode_config
@@ -24,6 +30,7 @@ class CompiledHouseholder(CompiledBase):
     def __init__(self, mixer, plan: HouseholderPlan, strategy=None, config=None):
         super().__init__(mixer, plan, strategy, config)
         self.pieces_kernel = PiecesKernel(mixer.name, plan.pieces(), list(mixer.inputs))
+        self.direct = direct_plan(plan, [(s.name, s.kind, s.dims) for s in mixer.inputs])
 
     def _check_strategy(self, strategy):
         if strategy == "chunked" and self.plan.gate_k:
@@ -65,6 +72,43 @@ class CompiledHouseholder(CompiledBase):
                 out[piece] = arrays[i]
         return out
 
+    def _direct_inputs(self, strategy, arrays, scalars, dtype):
+        """(q, [k], [v], [β], [g or None], q_scale, v_beta) of the call's own tensors when the
+        chunked core applies the pieces on load (``direct.py``; q, k, v in the call's dtype),
+        else None."""
+        d = self.direct
+        if d is None or strategy != "chunked":
+            return None
+        t = {s.name: a for s, a in zip(self.mixer.inputs, arrays)}
+        if any(t[x].dtype != dtype for x in [d.q] + [n for s in d.steps for n in (s.k, s.v)]):
+            return None
+        steps = d.steps
+        return (t[d.q], [t[s.k] for s in steps], [t[s.v] for s in steps],
+                [t[s.beta] for s in steps], [None if s.g is None else t[s.g] for s in steps],
+                d.q_scale(scalars), steps[0].v_beta)
+
+    def _pieces(self, arrays, b, dtype):
+        """(q, [k], [v], [β], [g or None], pieces) from the pieces kernel."""
+        p = self.plan
+        B, T, H = b.B, b.T, b.H
+        K, V = b.sizes[p.k_dim], b.sizes[p.v_dim]
+        # q, k, v pieces straight in the call's 16-bit dtype (the core reads them in it: one
+        # rounding, as the conversion after an fp32 piece made; beta and gates stay fp32)
+        narrow = () if dtype == torch.float32 else ("q", *(f"{x}{j}" for x in "kv"
+                                                          for j in range(p.num_householder)))
+        pieces = self.pieces_kernel(list(arrays), b.scalars, B, T, H, b.sizes, narrow=narrow,
+                                    dtype=dtype)
+        pieces.update(self._raw_passthrough(arrays, dtype))
+        n = range(p.num_householder)
+
+        def gate(j):        # [B, T, H] (scalar gate) or [B, T, H, K] (key-diagonal, KDA)
+            if f"g{j}" not in pieces:
+                return None
+            return _shaped(pieces[f"g{j}"], B, T, H, K if p.gate_k else None)
+        return (_shaped(pieces["q"], B, T, H, K), [_shaped(pieces[f"k{j}"], B, T, H, K) for j in n],
+                [_shaped(pieces[f"v{j}"], B, T, H, V) for j in n],
+                [_shaped(pieces[f"beta{j}"], B, T, H) for j in n], [gate(j) for j in n], pieces)
+
     def source_files(self):
         from ..common import packed_tiles
         from .kernels import chunked as delta_chunked, recurrent as delta_recurrent
@@ -90,39 +134,26 @@ class CompiledHouseholder(CompiledBase):
         if strategy == "chunked" and K > core.MAX_HEAD_K:
             raise InputError(f"{m.name}: the chunked strategy holds the key dim in one tile: "
                              f"{p.k_dim} = {K} > {core.MAX_HEAD_K}; use strategy='recurrent'")
-        # q, k, v pieces straight in the call's 16-bit dtype (the core reads them in it: one
-        # rounding, as the conversion after an fp32 piece made; beta and gates stay fp32)
-        narrow = () if dtype == torch.float32 else ("q", *(f"{x}{j}" for x in "kv"
-                                                          for j in range(p.num_householder)))
-        pieces = self.pieces_kernel(list(arrays), b.scalars, B, T, H, b.sizes, narrow=narrow,
-                                    dtype=dtype)
-        pieces.update(self._raw_passthrough(arrays, dtype))
-
-        def shaped(name, size=None):
-            t = pieces[name]
-            if size is None:
-                return t.reshape(tuple(t.shape[:3])).expand(B, T, H)
-            return t.reshape(tuple(t.shape[:3]) + (t.shape[3] if t.dim() > 3 else 1,)).expand(B, T, H, size)
-
         n = p.num_householder
-
-        def gate(j):        # [B, T, H] (scalar gate) or [B, T, H, K] (key-diagonal, KDA)
-            return shaped(f"g{j}", K) if p.gate_k else shaped(f"g{j}")
-        ks = [shaped(f"k{j}", K) for j in range(n)]
-        vs = [shaped(f"v{j}", V) for j in range(n)]
-        betas = [shaped(f"beta{j}") for j in range(n)]
-        has_g = [f"g{j}" in pieces for j in range(n)]
-        q = shaped("q", K)
+        direct = self._direct_inputs(strategy, arrays, b.scalars, dtype)
+        if direct is not None:      # (direct_plan: no output affine map)
+            q, ks, vs, betas, gs, q_scale, v_beta = direct
+        else:
+            q, ks, vs, betas, gs, pieces = self._pieces(arrays, b, dtype)
+            q_scale, v_beta = 1.0, False
         if n == 1:
-            qs, k, v, beta = q, ks[0], vs[0], betas[0]
-            g = gate(0) if has_g[0] else None
+            qs, k, v, beta, g = q, ks[0], vs[0], betas[0], gs[0]
         else:      # DeltaProduct: the delta rule on a sequence of length T·n_h
             def inter(xs):
                 return torch.stack(xs, dim=2).reshape((B, T * n) + tuple(xs[0].shape[2:]))
             qs = q          # compact: the core reads out each token's last sub-step only
             k, v, beta = inter(ks), inter(vs), inter(betas)
-            zero = torch.zeros((B, T, H) + ((K,) if p.gate_k else ()), device=device)
-            g = inter([gate(j) if has_g[j] else zero for j in range(n)]) if any(has_g) else None
+            like = next((x for x in gs if x is not None), None)
+            g = None
+            if like is not None:
+                zero = torch.zeros((B, T, H) + ((K,) if p.gate_k else ()), device=device,
+                                   dtype=like.dtype)
+                g = inter([zero if x is None else x for x in gs])
         check_log_decay(m.name, "the log-gate of the transition", g)   # opt-in (mixir.input_checks)
         cu = None if cu_seqlens is None else cu_seqlens * n
         h0 = None
@@ -135,17 +166,26 @@ class CompiledHouseholder(CompiledBase):
         # without an output affine map the core writes o in the input dtype (one rounding, no
         # conversion pass); with one, fp32 and the map is applied before the rounding
         affine = not (ir.is_const(p.out_scale, 1.0) and ir.is_const(p.out_bias, 0.0))
+        # β and g in their own dtype: the chunked kernels read them so, the recurrent core converts
         o, hT = torch.ops.mixir.delta_fwd(qs.to(dtype).contiguous(), k.to(dtype).contiguous(),
-                                          v.to(dtype).contiguous(), beta.float().contiguous(),
-                                          None if g is None else g.float().contiguous(), h0, cu,
-                                          strategy, encode_config(cfg), n, not affine)
+                                          v.to(dtype).contiguous(), beta.contiguous(),
+                                          None if g is None else g.contiguous(), h0, cu,
+                                          strategy, encode_config(cfg), n, not affine,
+                                          q_scale, v_beta)
         if not ir.is_const(p.out_scale, 1.0):
-            o = shaped("e", V) * o
+            o = _shaped(pieces["e"], B, T, H, V) * o
         if not ir.is_const(p.out_bias, 0.0):
-            o = o + shaped("d", V)
+            o = o + _shaped(pieces["d"], B, T, H, V)
         o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in m.output.dims)).to(dtype)
         if not output_final_state:
             return o
         if m.states[0].dims != (p.k_dim, p.v_dim):
             hT = hT.transpose(-1, -2)
         return o, hT
+
+
+def _shaped(t, B, T, H, size=None):
+    """A piece [B, T, H(, D)] (or a broadcast constant) expanded to [B, T, H(, size)]."""
+    if size is None:
+        return t.reshape(tuple(t.shape[:3])).expand(B, T, H)
+    return t.reshape(tuple(t.shape[:3]) + (t.shape[3] if t.dim() > 3 else 1,)).expand(B, T, H, size)

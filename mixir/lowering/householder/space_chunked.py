@@ -149,35 +149,37 @@ def _kernel(name, **kw):
 
 def kernels():
     """The five chunked kernel models (bytes per token from what each kernel loads and stores:
-    ``householder.traffic`` counts the same from the kernels themselves)."""
+    ``householder.traffic`` counts the same from the kernels themselves). The kernels read the
+    call's q, v, β and g (``direct.py``: the library's mixers need no pieces kernel), β and g in
+    the input dtype, and write dβ and dg in it."""
     return (
         _kernel("prep", grid=B * H * NT,
                 # K, V, β, g read; W, Ũ written (input dtype); A⁻¹ written in the backward's pass
-                bytes_moved=B * H * T * (db * (2 * K + 2 * V + BT / 2) + 8),
+                bytes_moved=B * H * T * db * (2 * K + 2 * V + BT / 2 + 2),
                 tc_flops=B * H * T * _tc(4 * BT * K + 2 * BT * V, _INV_PER_TOKEN),
                 fp32_flops=B * H * T * (4 * BT + 2 * K + 480),
                 serial_steps=sp.Integer(1), count=2),
         _kernel("states", grid=B * H * NV,
                 # per V-tile program: W and K of every chunk; Ũ, u (its columns); h per chunk
-                bytes_moved=B * H * (T * (2 * K * db * NV + 2 * V * db + 4 * NV) + NT * K * V * db),
+                bytes_moved=B * H * (T * (2 * K * db * NV + 2 * V * db + db * NV) + NT * K * V * db),
                 tc_flops=B * H * T * _tc(4 * K * V),
                 fp32_flops=B * H * (NT * 3 * K * V + T * 2 * V),
                 serial_steps=NT, count=2),
         _kernel("output", grid=B * H * NT,
                 # Q, K, u, O once per chunk, h per chunk
-                bytes_moved=B * H * (T * (2 * K * db + 2 * V * db + 4) + NT * K * V * db),
+                bytes_moved=B * H * (T * db * (2 * K + 2 * V + 1) + NT * K * V * db),
                 tc_flops=B * H * T * _tc(2 * BT * K + 2 * K * V + 2 * BT * V),
                 fp32_flops=B * H * T * (6 * BT + 2 * V),
                 serial_steps=sp.Integer(1), count=1),
         _kernel("dstates", grid=B * H * NV,
                 # per V-tile program: Q, K, W of every chunk (QKᵀ per program); dO, du; dh per chunk
-                bytes_moved=B * H * (T * (3 * K * db * NV + 2 * V * db + 4 * NV) + NT * K * V * db),
+                bytes_moved=B * H * (T * (3 * K * db * NV + 2 * V * db + db * NV) + NT * K * V * db),
                 tc_flops=B * H * T * _tc(2 * BT * K * NV + 2 * BT * V + 6 * K * V),
                 fp32_flops=B * H * T * (4 * BT + 4 * V),
                 serial_steps=NT, count=1),
         _kernel("grads", grid=B * H * NT,
                 # Q, K, V, dO, du, u, A⁻¹, β, g read, dq, dk, dv, dβ, dg written; h, dh per chunk
-                bytes_moved=B * H * (T * (db * (5 * K + 4 * V + BT) + 16) + 2 * NT * K * V * db),
+                bytes_moved=B * H * (T * db * (5 * K + 4 * V + BT + 4) + 2 * NT * K * V * db),
                 tc_flops=B * H * T * _tc(6 * BT * V + 8 * K * V + 4 * BT * BT + 12 * BT * K),
                 fp32_flops=B * H * T * (20 * BT + 10 * K),
                 serial_steps=sp.Integer(1), count=1),

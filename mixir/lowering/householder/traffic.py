@@ -16,7 +16,8 @@ plus per-sequence states), so ``model`` measures two short sequences (B = H = 1)
 
 prints one row per launch of a chunked forward + backward (``core.delta_forward`` then
 ``core.delta_backward``, Gated DeltaNet: scalar gates, an initial state, ``dhT``; o in the input
-dtype, as the runtime asks for mixers without an output map) and the totals.
+dtype, and q, β ⊙ v, β and g read from the call's tensors (β and g in the input dtype), as the
+runtime runs the library's mixers: ``direct.py``) and the totals.
 """
 from __future__ import annotations
 
@@ -138,15 +139,18 @@ def core_step(T, K, V, dtype, config=None, n_h=1, seed=0):
     """One chunked forward + backward of the core (B = H = 1, T tokens): the rows of ``counting``."""
     from . import core
     g = torch.Generator().manual_seed(seed)
-    q = (torch.randn(1, T, 1, K, generator=g) / K ** 0.5).to(dtype)
+    q = torch.randn(1, T, 1, K, generator=g).to(dtype)        # read with q_scale = K^-1/2
     k = torch.nn.functional.normalize(torch.randn(1, T, 1, K, generator=g), dim=-1).to(dtype)
     v = torch.randn(1, T, 1, V, generator=g).to(dtype)
-    beta, gate = torch.rand(1, T, 1, generator=g), -torch.rand(1, T, 1, generator=g) * 0.1
+    beta = torch.rand(1, T, 1, generator=g).to(dtype)
+    gate = (-torch.rand(1, T, 1, generator=g) * 0.1).to(dtype)
     h0 = torch.randn(1, 1, K, V, generator=g)
     do, dhT = torch.randn(1, T, 1, V, generator=g).to(dtype), torch.randn(1, 1, K, V, generator=g)
     with counting() as rows:
-        o, hT = core.delta_forward(q, k, v, beta, gate, h0, None, "chunked", config, out_dtype=dtype)
-        core.delta_backward(q, k, v, beta, gate, h0, None, do, dhT, "chunked", config)
+        o, hT = core.delta_forward(q, k, v, beta, gate, h0, None, "chunked", config, out_dtype=dtype,
+                                   q_scale=K ** -0.5, v_beta=True)
+        core.delta_backward(q, k, v, beta, gate, h0, None, do, dhT, "chunked", config, q_scale=K ** -0.5,
+                            v_beta=True)
     return rows
 
 

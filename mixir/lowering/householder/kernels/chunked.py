@@ -19,6 +19,10 @@ state, A⁻¹); the dot operands are rounded to the input dtype for 16-bit input
 W, Ũ, u, the per-chunk states HS / DHS and du are stored in the dtype of the tensors the caller
 allocates (``core``: the input dtype). Final states, h0 and dh0 are fp32.
 
+Pieces applied on load (``householder/direct.py``): the kernels read the call's q and v with
+``QS`` (q' = QS·q: the terms in q are scaled, fp32 on chip) and ``V_BETA`` (v' = β ⊙ v); β and g
+are read in their own dtype.
+
 Layout: packed [T_total, H, D] contiguous tensors; per-chunk states [NT, H, DK, DV]; chunk tables
 as in ``common.chunks``.
   delta_chunk_prep     parallel over chunks: W, Ũ (and A⁻¹ for the backward)
@@ -38,7 +42,7 @@ from .wy import gates, gram, op, st, wy_matrix
 def delta_chunk_prep(K_, V_, B_, Gin, W, U, AI, cu_seqlens, chunk_tbl, H, DK: tl.constexpr, DV: tl.constexpr,
                      USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
                      BKT: tl.constexpr, PREC: tl.constexpr, IPREC: tl.constexpr, DOT: tl.constexpr,
-                     STORE_A: tl.constexpr):
+                     STORE_A: tl.constexpr, V_BETA: tl.constexpr = False):
     # grid: (num chunks, H). W = A⁻¹ diag(βγ) K [T, H, DK], Ũ = A⁻¹ V [T, H, DV], tile by tile;
     # STORE_A (the backward): A⁻¹ [T, H, BT] too, as the dots take it (for delta_chunk_grads)
     i_c, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
@@ -57,6 +61,8 @@ def delta_chunk_prep(K_, V_, B_, Gin, W, U, AI, cu_seqlens, chunk_tbl, H, DK: tl
     for v0 in range(0, DV, BV):
         o_v = v0 + tl.arange(0, BV)
         Vt = load_rows(V_, cs, L, i_h, H, DV, o_t, o_v)
+        if V_BETA:
+            Vt = Vt * beta[:, None]
         store_rows(U, st(tl.dot(A, op(Vt, DOT), input_precision=PREC), DOT), cs, L, i_h, H, DV, o_t, o_v)
 
 
@@ -86,7 +92,7 @@ def delta_chunk_states(K_, W, U, Gin, H0, HT, HS, Unew, cu_seqlens, chunk_off, H
 
 
 @kernel
-def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl.constexpr, DV: tl.constexpr,
+def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, QS, DK: tl.constexpr, DV: tl.constexpr,
                        USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
                        BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
                        NH: tl.constexpr = 1, BR: tl.constexpr = 0):
@@ -131,7 +137,7 @@ def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl
                         mask=(o_k < DK)[:, None] & (o_v < DV)[None, :], other=0.).to(tl.float32)
             o += tl.dot(op(Qt, DOT), op(h, DOT), input_precision=PREC)
         u = load_rows(Unew, cs, L, i_h, H, DV, o_t, o_v)
-        o = o * gq[:, None] + tl.dot(P, op(u, DOT), input_precision=PREC)
+        o = (o * gq[:, None] + tl.dot(P, op(u, DOT), input_precision=PREC)) * QS
         if O.dtype.element_ty != tl.float32:
             o = st(o, DOT)
         tl.store(O + (tok[:, None] * H + i_h) * DV + o_v[None, :], o,
@@ -139,7 +145,7 @@ def delta_chunk_output(Q, K_, Gin, HS, Unew, O, cu_seqlens, chunk_tbl, H, DK: tl
 
 
 @kernel
-def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_off, H, DK: tl.constexpr,
+def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_off, H, QS, DK: tl.constexpr,
                         DV: tl.constexpr, USE_G: tl.constexpr, USE_DHT: tl.constexpr,
                         STORE_DH0: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
                         BK: tl.constexpr, BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr,
@@ -158,14 +164,14 @@ def delta_chunk_dstates(Q, K_, W, Gin, DO, DHT, DHS, DU, DH0, cu_seqlens, chunk_
         tl.store(DHS + ((co + c) * H + i_h).to(tl.int64) * DK * DV + o_kv, st(dh, DOT), mask=m_kv)
         G, G_last = gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
         ratio = tl.where(o_t < L, tl.exp(G_last - G), 0.)
-        QK = gram(Q, K_, cs, L, i_h, H, DK, o_t, BKT, PREC, DOT)
+        QK = gram(Q, K_, cs, L, i_h, H, DK, o_t, BKT, PREC, DOT) * QS
         P = tl.where(causal, QK * tl.exp(tl.where(causal, G[:, None] - G[None, :], float("-inf"))), 0.)
         dO = op(load_rows(DO, cs, L, i_h, H, DV, o_t, o_v), DOT)
         Kt = load_rows(K_, cs, L, i_h, H, DK, o_t, o_k)
         du = (tl.dot(tl.trans(op(P, DOT)), dO, input_precision=PREC)
               + tl.dot(op(Kt, DOT), op(dh, DOT), input_precision=PREC) * ratio[:, None])
         store_rows(DU, st(du, DOT), cs, L, i_h, H, DV, o_t, o_v)
-        Qt = load_rows(Q, cs, L, i_h, H, DK, o_t, o_k) * tl.exp(G)[:, None]
+        Qt = load_rows(Q, cs, L, i_h, H, DK, o_t, o_k) * (tl.exp(G) * QS)[:, None]
         Wt = load_rows(W, cs, L, i_h, H, DK, o_t, o_k)
         dh = (tl.exp(G_last) * dh + tl.dot(tl.trans(op(Qt, DOT)), dO, input_precision=PREC)
               - tl.dot(tl.trans(op(Wt, DOT)), op(du, DOT), input_precision=PREC))

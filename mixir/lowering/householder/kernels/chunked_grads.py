@@ -16,19 +16,24 @@ formed in the program: no other scratch tensor.
        dq = dQa ⊙ γ + (dP ⊙ D) K
        dk = (dP ⊙ D)ᵀ Q + dKb ⊙ γ_L/γ + βγ ⊙ (A⁻ᵀ dW) + (F + Fᵀ) K
   5. dβ, and dg as the chunk-local reverse cumsum of dG.
+
+Pieces applied on load (``chunked.py``): with ``QS`` the q-terms use QS·q and dq is stored as
+QS·dq'; with ``V_BETA`` v' = β ⊙ v, dv is stored as β ⊙ dv' and Σ_V v ⊙ dv' joins dβ. dβ and dg
+are stored in their tensors' dtype.
 """
 import triton.language as tl
 
 from mixir.lowering.common.launch import kernel
 from mixir.lowering.common.packed_tiles import chunk_program, load_rows, load_scalars, store_rows
-from .wy import gates, gram, op
+from .wy import gates, gram, op, st
 
 
 @kernel
 def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV, DB, DG,
-                      cu_seqlens, chunk_tbl, H, DK_: tl.constexpr, DV_: tl.constexpr,
+                      cu_seqlens, chunk_tbl, H, QS, DK_: tl.constexpr, DV_: tl.constexpr,
                       USE_G: tl.constexpr, LOG_FLOOR: tl.constexpr, BT: tl.constexpr,
-                      BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr):
+                      BV: tl.constexpr, BKT: tl.constexpr, PREC: tl.constexpr, DOT: tl.constexpr,
+                      V_BETA: tl.constexpr = False):
     # grid: (num chunks, H)
     i_c, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_h = tl.program_id(1)
@@ -45,6 +50,7 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV,
     # 2. the [BT, BT] sums over V, and dv
     dP = tl.zeros([BT, BT], dtype=tl.float32)
     M = tl.zeros([BT, BT], dtype=tl.float32)
+    dbv = tl.zeros([BT], dtype=tl.float32)         # Σ_V v ⊙ dv' (V_BETA)
     for v0 in range(0, DV_, BV):
         o_v = v0 + tl.arange(0, BV)
         du = op(load_rows(DU, cs, L, i_h, H, DV_, o_t, o_v), DOT)
@@ -56,9 +62,14 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV,
             h = tl.load(HS + base_h + o_k[:, None] * DV_ + o_v[None, :],
                         mask=(o_k < DK_)[:, None] & (o_v < DV_)[None, :], other=0.).to(tl.float32)
             KH += tl.dot(op(load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k), DOT), op(h, DOT), input_precision=PREC)
-        X = load_rows(V_, cs, L, i_h, H, DV_, o_t, o_v) - KH * bg[:, None]
-        M += tl.dot(du, tl.trans(op(X, DOT)), input_precision=PREC)
-        store_rows(DV, tl.dot(AT, du, input_precision=PREC), cs, L, i_h, H, DV_, o_t, o_v)
+        Vr = load_rows(V_, cs, L, i_h, H, DV_, o_t, o_v)
+        dv = tl.dot(AT, du, input_precision=PREC)
+        if V_BETA:
+            dbv += tl.sum(dv * Vr, 1)
+            dv = dv * beta[:, None]
+            Vr = Vr * beta[:, None]
+        M += tl.dot(du, tl.trans(op(Vr - KH * bg[:, None], DOT)), input_precision=PREC)
+        store_rows(DV, dv, cs, L, i_h, H, DV_, o_t, o_v)
     # 3. the [BT, BT] adjoints (K Kᵀ ⊙ D and D recomputed: fewer live tiles across step 2)
     dA = tl.where(strict, -tl.dot(op(tl.dot(AT, op(M, DOT), input_precision=PREC), DOT), AT,
                                   input_precision=PREC), 0.)
@@ -68,7 +79,7 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV,
     dG = beta * dbeta - tl.sum(X2 * beta[:, None], 0)
     F = dA * beta[:, None] * Dm
     F = op(F + tl.trans(F), DOT)
-    T1 = dP * tl.where(causal, gram(Q, K_, cs, L, i_h, H, DK_, o_t, BKT, PREC, DOT) * Dm, 0.)
+    T1 = dP * tl.where(causal, gram(Q, K_, cs, L, i_h, H, DK_, o_t, BKT, PREC, DOT) * (Dm * QS), 0.)
     dG += tl.sum(T1, 1) - tl.sum(T1, 0)
     dPm = op(tl.where(causal, dP * Dm, 0.), DOT)
     # 4. per K-tile: its sums over V, then dq and dk
@@ -79,7 +90,7 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV,
         o_k = k0 + tl.arange(0, BKT)
         m_k = (o_k < DK_)[:, None]
         Kt = load_rows(K_, cs, L, i_h, H, DK_, o_t, o_k)
-        Qt = load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k)
+        Qt = load_rows(Q, cs, L, i_h, H, DK_, o_t, o_k) * QS
         # one [BT, BKT] sum over V at a time (fewer live tiles): dQa, then dW, then dKb
         dQa = tl.zeros([BT, BKT], dtype=tl.float32)
         for v0 in range(0, DV_, BV):
@@ -88,7 +99,7 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV,
             dQa += tl.dot(op(load_rows(DO, cs, L, i_h, H, DV_, o_t, o_v), DOT), tl.trans(op(h.to(tl.float32), DOT)),
                           input_precision=PREC)
         dG += gam * tl.sum(dQa * Qt, 1)
-        store_rows(DQ, dQa * gam[:, None] + tl.dot(dPm, op(Kt, DOT), input_precision=PREC),
+        store_rows(DQ, (dQa * gam[:, None] + tl.dot(dPm, op(Kt, DOT), input_precision=PREC)) * QS,
                    cs, L, i_h, H, DK_, o_t, o_k)
         dK = tl.dot(tl.trans(dPm), op(Qt, DOT), input_precision=PREC) + tl.dot(F, op(Kt, DOT), input_precision=PREC)
         dW = tl.zeros([BT, BKT], dtype=tl.float32)
@@ -114,7 +125,7 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV,
     # 5. dβ, dg
     cend = ratio * cend
     dG += bg * kdx - cend
-    dbeta += gam * kdx
+    dbeta += gam * kdx + dbv          # (dG above takes the canonical β's part only)
     dG_L = tl.sum(cend, 0) + tl.exp(G_last) * tl.sum(hdh, 0)
     dG = tl.where(o_t == L - 1, dG + dG_L, dG)
     dG = tl.where(valid, dG, 0.)
@@ -122,6 +133,10 @@ def delta_chunk_grads(Q, K_, V_, B_, Gin, AI, HS, DHS, Unew, DU, DO, DQ, DK, DV,
     if USE_G:
         graw = load_scalars(Gin, cs, L, i_h, H, o_t)
         dg = tl.where(graw < LOG_FLOOR, 0., dg)           # NaN gates keep their NaN gradient
+    if DB.dtype.element_ty != tl.float32:
+        dbeta = st(dbeta, DOT)
     tl.store(DB + (cs + o_t) * H + i_h, dbeta, mask=valid)
     if USE_G:
+        if DG.dtype.element_ty != tl.float32:
+            dg = st(dg, DOT)
         tl.store(DG + (cs + o_t) * H + i_h, dg, mask=valid)
