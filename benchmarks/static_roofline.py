@@ -120,7 +120,7 @@ def _gpu_config(fn, gpu_name, shape, used: list, tuned: bool):
         del fn._config
 
 
-def count_mixir(name, Br, Hr, T, K, V, dtype, target, gpu, tuned, records: dict):
+def count_mixir(name, Br, Hr, T, K, V, dtype, target, gpu, tuned, records: dict, strategy=None):
     """Launch dicts of mixir's fwd + bwd at (Br, T, Hr); LaunchRecords go to ``records``."""
     import mixir
     from mixir.library import MIXERS
@@ -129,7 +129,7 @@ def count_mixir(name, Br, Hr, T, K, V, dtype, target, gpu, tuned, records: dict)
     entry = MIXERS[name]
     xs = [torch.tensor(a, dtype=dtype).requires_grad_()
           for a in entry.make_inputs(np.random.default_rng(0), Br, T, Hr, K, V)]
-    fn = mixir.compile(entry.mixer)
+    fn = mixir.compile(entry.mixer, strategy=strategy)
     launches, used = [], []
     with record_launches(), _mixir_launch_meta(), _gpu_config(fn, gpu, target, used, tuned):
         rc.warm_up(lambda: torch.autograd.grad(fn(*xs).float().sum(), xs, allow_unused=True))
@@ -321,6 +321,8 @@ def parse(argv=None):
     p.add_argument("--overhead-us", type=float, default=2.0, help="added per launch (default 2)")
     p.add_argument("--config", default="tuned", choices=("tuned", "default"),
                    help="mixir's config: the GPU runtime's choice at the target shape, or the template's")
+    p.add_argument("--strategy", default=None,
+                   help="run mixir's mixers with this strategy (e.g. fused); default: the runtime's rule")
     p.add_argument("--reduced-T", default="128,256", help="the two reduced sequence lengths")
     p.add_argument("--reduced-B", type=int, default=1)
     p.add_argument("--reduced-H", type=int, default=1)
@@ -370,7 +372,8 @@ def main(argv=None):
         runs, cfgs = [], None
         for T in (T1, T2):
             launches, cfgs = count_mixir(m, args.reduced_B, args.reduced_H, T, args.K, args.V, dtype,
-                                         (args.B, args.T, args.H), pk["name"], args.config == "tuned", records)
+                                         (args.B, args.T, args.H), pk["name"], args.config == "tuned", records,
+                                         args.strategy)
             runs.append(launches)
         scaled = rm.scale(runs[0], runs[1], T1, T2, args.T, f)
         res[m] = {"mixir": {"launches": scaled, "config": cfgs, "_records": records}}

@@ -32,7 +32,7 @@ from . import space as _sp
 
 LAUNCH_OVERHEAD_S = 4e-6
 TILE_OVERHEAD_S = 1.5e-6
-STEP_LATENCY_S = {"chunked": 1.0e-6, "recurrent": 0.25e-6}
+STEP_LATENCY_S = {"chunked": 1.0e-6, "recurrent": 0.25e-6, "fused": 1.0e-6}
 WARPS_SATURATE = 16
 #: per-strategy override of WARPS_SATURATE (attention: tensor-core tiles with enough
 #: instruction-level parallelism per warp, see attention_space.py)

@@ -111,11 +111,13 @@ def analyse_state(mixer, spec, F, output) -> GatedLinearForm:
     for name, node in (("output scale", e), ("output bias", d)):
         if bad := [x for x in node.dims if x != v_dim]:
             raise _unsupported(mixer, f"the {name} `{ir.render(node)}` has dims {bad} beyond the read-out's")
+    gk = decay(mixer, groups[(k_dim,)], _unsupported) if k_dim else None
+    gv = decay(mixer, groups[(v_dim,)], _unsupported) if v_dim else None
     return GatedLinearForm(
         state=spec, k_dim=k_dim, v_dim=v_dim, q=q, k=product(kf), v=product(vf),
-        g=decay(mixer, groups[()], _unsupported),
-        gk=decay(mixer, groups[(k_dim,)], _unsupported) if k_dim else None,
-        gv=decay(mixer, groups[(v_dim,)], _unsupported) if v_dim else None, out_scale=e, out_bias=d)
+        g=decay(mixer, groups[()], _unsupported), gk=gk, gv=gv, out_scale=e, out_bias=d,
+        # scalar decays only: the state-on-chip sweeps (core's "fused" strategy) apply too
+        strategies=STRATEGIES + (("fused",) if gk is None and gv is None else ()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +215,8 @@ class Plan:
 
     @property
     def strategies(self):
-        return self.main.strategies
+        """The main form's strategies that every auxiliary scan runs too."""
+        return tuple(s for s in self.main.strategies if all(s in f.strategies for _, f in self.aux))
 
     @property
     def family(self):

@@ -5,7 +5,8 @@ Per batch element (or packed sequence) and head, with state S in R^{K x V} (fp32
 
 ``gla_forward`` returns (o fp32 [B, T, H, V], hT fp32 [N, H, K, V] or None);
 ``gla_backward`` returns (dq, dk, dv, dg, dgk, dgv, dh0), all fp32 (None where the matching input
-is None). Two strategies: "recurrent" (fused token loop) and "chunked" (fla-style chunks).
+is None). Three strategies: "recurrent" (fused token loop), "chunked" (fla-style chunks) and
+"fused" (scalar decays: the chunk state kept on chip, ``fused.py``).
 Layouts: q, k [B, T, H, K]; v [B, T, H, V]; g [B, T, H]; gk [B, T, H, K]; gv [B, T, H, V];
 h0 / hT / dhT / dh0 [N, H, K, V] with N = B, or N = len(cu_seqlens) - 1 (then B == 1).
 
@@ -28,10 +29,11 @@ import torch
 from ...tiles import cdiv, pow2
 from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
 from ..common.launch import targets_gpu
+from . import fused as _fused
 from .kernels import chunked as _ck
 from .kernels import recurrent as _rc
 
-STRATEGIES = ("recurrent", "chunked")
+STRATEGIES = ("recurrent", "chunked", "fused")
 
 _FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -59,6 +61,8 @@ def default_config(strategy, K, V, dtype) -> dict:
         BK = tile(K, 1 << 30)                     # the whole K extent is one register tile
         BV = tile(V, max(16, min(64, 4096 // BK)))
         return {"BK": BK, "BV": BV, "num_warps": 4 if BK * BV >= 2048 else 2, "num_stages": 1}
+    if strategy == "fused":
+        return _fused.default_config(K, V, dtype)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
@@ -322,6 +326,20 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
                    None if dh0 is None else dh0)
 
 
+def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
+    B, T, H, K, V = _check(q, k, v, g, gk, gv, "fused")
+    _fused.check_form(K, V, gk, gv)
+    cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
+    dq, dk, dv, XP, hT, dh0 = _fused.fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, cfg,
+                                                    scale, grad_dtype, _dot_mode(q, cfg, True))
+    dg = None
+    if XP is not None:
+        plan = ChunkPlan(q, cu_seqlens, None)
+        fin = None if hT is None else (hT * _state(dhT, plan.N, H, K, V)).sum((-1, -2))
+        dg = _rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype).view(B, T, H)
+    return dq, dk, dv, dg, None, None, dh0
+
+
 # ------------------------------------------------------------------------------------- recurrent
 
 def _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state):
@@ -414,6 +432,12 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
         o, hT = _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state)
         o = o if scale == 1.0 else o * scale
         return (o if bias is None else o + bias.float()).to(out_dtype), hT
+    if strategy == "fused":
+        B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
+        _fused.check_form(K, V, gk, gv)
+        cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
+        return _fused.fused_forward(q, k, v, g, h0, cu_seqlens, cfg, output_final_state, scale,
+                                    out_dtype, bias, _dot_mode(q, cfg))
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
@@ -422,12 +446,16 @@ def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunk
     """Returns (dq, dk, dv, dg, dgk, dgv, dh0) of ``gla_forward`` with the same ``scale``: dq, dk,
     dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk in g's / gk's dtype);
     None for absent g / gk / gv / h0."""
+    if strategy in ("chunked", "fused") and scale == 0.0:
+        # the kernels scale by s and 1/s: a zero scale is the zero output
+        do = torch.zeros_like(do)
+        scale = 1.0
     if strategy == "chunked":
-        if scale == 0.0:     # the kernels scale by s and 1/s: a zero scale is the zero output
-            do = torch.zeros_like(do)
-            scale = 1.0
         return _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
                                  grad_dtype)
+    if strategy == "fused":
+        return _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
+                               grad_dtype)
     if strategy == "recurrent":
         do = do if scale == 1.0 else do.float() * scale
         dq, dk, dv, *rest = _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config)

@@ -20,7 +20,8 @@ class GatedLinearFamily(Family):
     def describe(self, mixer, plan) -> str:
         from ..common.call import RECURRENT_MAX_T
         return (plan.describe() + "\n"
-                f"default strategy: recurrent for T <= {RECURRENT_MAX_T}, chunked above")
+                f"default strategy: recurrent for T <= {RECURRENT_MAX_T}, chunked above"
+                + ("; fused (the state on chip) on request" if "fused" in plan.strategies else ""))
 
     def tuning_targets(self, mixer, plan, request) -> list:
         from .space import targets
@@ -33,9 +34,10 @@ class GatedLinearFamily(Family):
 
     def tuning_formulas(self, plan) -> str | None:
         from ...autotune.report import formulas_text
-        from .space import SPACES
-        tuned = [s for s in plan.strategies if s in SPACES]
-        return formulas_text(SPACES, tuned, plan.main.k_dim, plan.main.v_dim) if tuned else None
+        from .space import spaces_for
+        spaces = spaces_for(plan.main)
+        tuned = [s for s in plan.strategies if s in spaces]
+        return formulas_text(spaces, tuned, plan.main.k_dim, plan.main.v_dim) if tuned else None
 
     def input_ranges(self, mixer, plan) -> dict:
         """An input used directly as a log-decay is drawn from (-3, 0); one used as a (possibly

@@ -199,6 +199,59 @@ CHUNKED = _chunked_space("gla_chunked", True)
 CHUNKED_SCALAR = _chunked_space("gla_chunked_scalar", False)
 
 
+# ---- the fused GLA space (scalar decays, the state on chip: fused.py) -----------------------------
+#: the sweeps: o and dv hold a [PK, BV] state tile (q, k whole, v / do tiled), dq and dk a [PV, BK]
+#: one (do, v whole, k / q tiled); per launch the mean of the two tilings, its resources their max
+_SWEEP_LIVE = sp.Max(PK * BV + 2 * BT * PK + 2 * BT * BV, PV * BK + 2 * BT * PV + 2 * BT * BK) + BT * BT
+
+_fused_sweep = KernelModel(
+    "fused_gla_sweep",
+    grid=B * H * (cdiv_expr(V, BV) + cdiv_expr(K, BK)) / 2,
+    # the x / y tiles of the contracted dimension and the z tile, staged per stage; the score tile
+    smem=(2 * BT * sp.Max(PK, PV) + BT * sp.Max(BK, BV)) * S * ob + BT * BT * 4,
+    live_fp32=_SWEEP_LIVE,
+    # o / dv: two [T, K] inputs once per V-tile, one [T, V] input, the output; dq / dk: two [T, V]
+    # inputs once per K-tile, two [T, K] inputs (z and the decay-gradient weight), the output and
+    # the fp32 row sums (the mean of the four launches)
+    bytes_moved=B * T * H * (2 * K * db * cdiv_expr(V, BV) + 2 * V * db
+                             + 2 * V * db * cdiv_expr(K, BK) + 3 * K * db + 4 * cdiv_expr(K, BK)) / 2,
+    tc_flops=B * T * H * (2 * BT * K * cdiv_expr(V, BV) + 2 * BT * V * cdiv_expr(K, BK)
+                          + 8 * K * V + 2 * BT * (K + V)) / 2,
+    fp32_flops=B * T * H * (4 * BT + K + V),
+    serial_steps=NT, count=4,
+    # fitted by hand to 27 sm_90 builds (2026-12-07; simple_gla K = V = 128, bf16, forward and
+    # backward, BT 16-64, BK = BV 16-64, 4-16 warps): the tiles of the whole contracted dimension
+    # and the state tile's layout conversions cost ~3.5 registers per live element; only 16-token
+    # chunks with 32-wide tiles at 8 warps compiled without spills (docs/autotune.md)
+    regs_fit=96 + sp.ceiling(7 * _SWEEP_LIVE / (2 * 32 * W)))
+
+
+def _fused_extra(shape, gpu):
+    return [
+        Constraint("bk_le_padded_k", BK, "le", sp.Integer(padded(shape.K)),
+                   f"BK <= padded K = {padded(shape.K)}"),
+        Constraint("bv_le_padded_v", BV, "le", sp.Integer(padded(shape.V)),
+                   f"BV <= padded V = {padded(shape.V)}"),
+        Constraint("bt_le_padded_t", BT, "le", sp.Integer(max(16, pow2(shape.T))),
+                   f"BT <= padded T = {max(16, pow2(shape.T))}"),
+    ]
+
+
+def _fused_config(values: dict, shape: Shape) -> dict:
+    return {k: int(values[k]) for k in ("BT", "BK", "BV", "num_warps", "num_stages")}
+
+
+FUSED = Space(
+    name="gla_fused", strategy="fused",
+    params={BT: (16, 32, 64, 128), BK: (16, 32, 64, 128, 256), BV: (16, 32, 64, 128, 256),
+            W: (1, 2, 4, 8, 16), S: (1, 2, 3, 4)},
+    # the decay gradient's reverse cumsum runs with the fused config's num_warps too
+    kernels=(_fused_sweep, _chunk_rev_cumsum),
+    dot_dims=(BT, BK, BV), arange_dims=(BT, BK, BV),
+    extra=_fused_extra, to_config=_fused_config,
+    fp32_dot_passes=1)
+
+
 # ---- the recurrent GLA space ---------------------------------------------------------------------
 _rec_fwd = KernelModel(
     "recurrent_gla_fwd",
@@ -244,12 +297,14 @@ SPACES = {"chunked": CHUNKED, "recurrent": RECURRENT}
 
 def spaces_for(form) -> dict:
     """The spaces of one gated-linear form by strategy: a form whose decays are all scalar tunes in
-    ``CHUNKED_SCALAR`` (no per-channel diagonal factors: whole-chunk sub-chunks fit)."""
+    ``CHUNKED_SCALAR`` (no per-channel diagonal factors: whole-chunk sub-chunks fit) and has the
+    ``FUSED`` strategy's too."""
     scalar = form.gk is None and form.gv is None
-    return dict(SPACES, chunked=CHUNKED_SCALAR) if scalar else SPACES
+    return dict(SPACES, chunked=CHUNKED_SCALAR, fused=FUSED) if scalar else SPACES
 
 #: the template modules whose launches an AOT check compiles
-TEMPLATE_MODULES = ("gated_linear.kernels.chunked", "gated_linear.kernels.recurrent")
+TEMPLATE_MODULES = ("gated_linear.kernels.chunked", "gated_linear.kernels.fused",
+                    "gated_linear.kernels.recurrent")
 
 
 def core_shape(B_: int, T_: int, H_: int, K_: int, V_: int, dtype) -> Shape:
@@ -280,7 +335,7 @@ def record_config(mixer, strategy: str, config: dict, request, *, T: int | None 
     from ..family import compile_mixer
     dtype = request.dtype_name
     if T is None:
-        T = int(config.get("BT", 16)) + 3 if strategy == "chunked" else 3
+        T = int(config.get("BT", 16)) + 3 if strategy in ("chunked", "fused") else 3
     arrays, h0 = request.example_inputs(mixer, B=1, T=T, H=1, K=request.K, V=request.V)
     rec_dtype = torch_dtype("fp16" if dtype == "bf16" else dtype)
     compiled = compile_mixer(mixer, strategy=strategy, config=dict(config))
@@ -311,6 +366,8 @@ def probe_config(strategy: str, fK: int, fV: int) -> dict:
         return {"BT": 32, "BC": 16, "BK": min(64, PK), "BKS": min(64, PK), "BV": min(64, PV),
                 "BVS": min(64, PV),
                 "num_warps": 4, "num_stages": 1}
+    if strategy == "fused":
+        return {"BT": 32, "BK": min(64, PK), "BV": min(64, PV), "num_warps": 4, "num_stages": 1}
     return {"BK": PK, "BV": min(32, PV), "num_warps": 4, "num_stages": 1}
 
 
@@ -349,5 +406,5 @@ def targets(mixer, plan, request) -> list:
             for s in (request.strategies or avail) if s in avail and s in spaces]
 
 
-__all__ = ["CHUNKED", "CHUNKED_SCALAR", "RECURRENT", "SPACES", "spaces_for", "TEMPLATE_MODULES", "core_shape", "form_sizes",
+__all__ = ["CHUNKED", "CHUNKED_SCALAR", "FUSED", "RECURRENT", "SPACES", "spaces_for", "TEMPLATE_MODULES", "core_shape", "form_sizes",
            "record_config", "compile_configs", "probe_config", "kernel_signature", "targets"]

@@ -1,0 +1,124 @@
+"""The gated-linear core's "fused" strategy: scalar decays, the chunk state kept on chip.
+
+``fused_forward`` / ``fused_backward`` have the contract of the chunked strategy's entry points in
+``core`` (layouts, output scale and bias, dtypes, ``cu_seqlens``); they run
+``kernels/fused.fused_gla_sweep`` four times per training step (o; dq, dk, dv) plus one reverse
+cumsum for the decay gradient. Each launch is one program per (sequence, head, tile of the output
+head dimension) walking the sequence's chunks in order, so its parallelism is N·H·tiles: it suits
+large batches × heads (docs/gla_math.md, "Fused strategy"); the chunked strategy is the default.
+
+Config: ``BT`` chunk length; ``BV`` the V-tile of the o / dv sweeps (their state tile is
+[K, BV]); ``BK`` the K-tile of the dq / dk sweeps (state tile [V, BK]); ``num_warps``,
+``num_stages``; ``bwd_dot_fp32`` as the chunked strategy's (fp32 dot operands in the backward,
+16-bit inputs; default 1). The contracted head dimension is one register tile: K and V up to
+``MAX_HEAD``.
+"""
+import torch
+
+from ...errors import InputError
+from ...tiles import cdiv, pow2
+from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
+from .kernels import fused as _fk
+
+#: the largest head size the fused sweeps hold in one register tile
+MAX_HEAD = 256
+
+
+def default_config(K, V, dtype) -> dict:
+    # the contracted head dimension is one register tile: small chunks and output tiles (at
+    # K = V = 128 the only spill-free sm_90 builds, docs/autotune.md)
+    return {"BT": 16, "BK": tile(K, 32), "BV": tile(V, 32),
+            "bwd_dot_fp32": int(dtype in (torch.float16, torch.bfloat16)),
+            "num_warps": 8, "num_stages": 2}
+
+
+def check_form(K, V, gk, gv):
+    """An ``InputError`` unless the fused strategy runs this call."""
+    if gk is not None or gv is not None:
+        raise InputError("strategy='fused' takes scalar decays only; this mixer decays along a "
+                         "head dimension (use strategy='chunked')")
+    if max(K, V) > MAX_HEAD:
+        raise InputError(f"strategy='fused' holds a head dimension in one register tile: K = {K}, "
+                         f"V = {V}, at most {MAX_HEAD} (use strategy='chunked')")
+
+
+class _Sweeps:
+    """One call's bookkeeping: packed tensors, sequence offsets, launch parameters."""
+
+    def __init__(self, q, k, v, g, cu_seqlens, config, dot):
+        B, T, H, K = q.shape
+        V = v.shape[-1]
+        self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
+        self.cfg = dict(default_config(K, V, q.dtype), **(config or {}))
+        self.plan = ChunkPlan(q, cu_seqlens, None)
+        self.q, self.k, self.v, self.g = packed(q), packed(k), packed(v), packed(g)
+        self.dot = dot
+
+    def sweep(self, X, Y, Z, DX, DZ, reverse, *, s0=None, s0_scale=1.0, sn=None, sn_scale=1.0,
+              transposed=False, out_dtype=torch.float32, scale=1.0, bias=None, xp=None):
+        """One ``fused_gla_sweep`` launch: the output [T, H, DZ] (``xp`` = (W, XP, offset, sign):
+        also the decay-gradient row sums into XP slices offset + tile)."""
+        p, cfg = self.plan, self.cfg
+        O = empty(p.T_total, p.H, DZ, device=X.device, dtype=out_dtype)
+        BZ = tile(DZ, cfg["BK"] if transposed else cfg["BV"])
+        s_a, s_b = (1, DX) if transposed else (DZ, 1)
+        W, XP, off, sign = xp if xp is not None else (None, None, 0, 1.0)
+        if p.N > 0:
+            _fk.fused_gla_sweep[(cdiv(DZ, BZ), p.N * p.H)](
+                X, Y, Z, self.g, s0, sn, O, W, XP, bias, p.cu, p.H, DX, DZ, p.T_total, s_a, s_b,
+                float(s0_scale), float(sn_scale), float(scale), float(sign), int(off),
+                USE_G=self.g is not None, USE_S0=s0 is not None, STORE_SN=sn is not None,
+                REVERSE=reverse, USE_XP=xp is not None, USE_BIAS=bias is not None,
+                LOG_FLOOR=LOG_FLOOR, BT=cfg["BT"], BX=pow2(max(DX, 16)), BZ=BZ,
+                PREC=self.dot[1], DOT_F32=self.dot[0],
+                num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        return O
+
+
+def _state(x, N, H, K, V):
+    if x is None:
+        return None
+    assert x.shape == (N, H, K, V)
+    return x.to(torch.float32).contiguous()
+
+
+def fused_forward(q, k, v, g, h0, cu_seqlens, config, output_final_state, scale, out_dtype, bias,
+                  dot):
+    """(o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None); ``dot`` = (DOT_F32, PREC)
+    of the forward's dots (``core._dot_mode``)."""
+    c = _Sweeps(q, k, v, g, cu_seqlens, config, dot)
+    N, H, K, V = c.plan.N, c.H, c.K, c.V
+    h0 = _state(h0, N, H, K, V)
+    hT = empty(N, H, K, V, device=q.device) if output_final_state else None
+    o = c.sweep(c.q, c.k, c.v, K, V, False, s0=h0, sn=hT, out_dtype=out_dtype, scale=scale,
+                bias=packed(bias))
+    return o.view(c.B, c.T, H, V), hT
+
+
+def fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, config, scale, grad_dtype, dot):
+    """(dq, dk, dv, XP, hT, dh0) of ``fused_forward`` with the same ``scale`` (the gradients of
+    the core at scale·do: every launch computes them at (do, dhT / scale) and scales its result; a
+    zero scale is the caller's, ``core.gla_backward``). With g: XP [slices, T, H, 1] holds the
+    decay-gradient row sums q·dq and −k·dk whose sum, reverse-cumsummed per sequence with the
+    final-state term sum(hT · dhT) (hT fp32 when dhT is given), is dg (``core``)."""
+    c = _Sweeps(q, k, v, g, cu_seqlens, config, dot)
+    p, N, H, K, V, cfg = c.plan, c.plan.N, c.H, c.K, c.V, c.cfg
+    h0 = _state(h0, N, H, K, V)
+    dhT = _state(dhT, N, H, K, V)
+    do = packed(do).to(q.dtype)
+    use_g = g is not None
+    need_hT = use_g and dhT is not None
+    NK = cdiv(K, tile(K, cfg["BK"]))
+    XP = empty(2 * NK, p.T_total, H, device=q.device) if use_g else None
+    hT = empty(N, H, K, V, device=q.device) if need_hT else None
+    dh0 = empty(N, H, K, V, device=q.device) if h0 is not None else None
+    inv = 1.0 / scale
+    dq = c.sweep(do, c.v, c.k, V, K, False, s0=h0, sn=hT, transposed=True, out_dtype=grad_dtype,
+                 scale=scale, xp=(c.q, XP, 0, 1.0) if use_g else None)
+    dk = c.sweep(c.v, do, c.q, V, K, True, s0=dhT, s0_scale=inv, transposed=True,
+                 out_dtype=grad_dtype, scale=scale, xp=(c.k, XP, NK, -1.0) if use_g else None)
+    dv = c.sweep(c.k, c.q, do, K, V, True, s0=dhT, s0_scale=inv, sn=dh0, sn_scale=scale,
+                 out_dtype=grad_dtype, scale=scale)
+    B, T = c.B, c.T
+    return (dq.view(B, T, H, K), dk.view(B, T, H, K), dv.view(B, T, H, V),
+            None if XP is None else XP.view(2 * NK, p.T_total, H, 1), hT, dh0)
