@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of mixir's gated-linear family: time and memory against T, with baselines.
 
-For each mixer × strategy (recurrent, chunked) × T it measures mixir's compiled mixer
+For each mixer × strategy (recurrent, chunked, fused where the mixer has it) × T it measures mixir's compiled mixer
 (``mixir.compile(MIXERS[name].mixer)``):
 
 - forward time and forward+backward time: the median of ``--repeats`` runs after ``--warmup``
@@ -55,7 +55,7 @@ from cpu_memory import torch_cpu_peak_bytes  # noqa: E402
 import mixir  # noqa: E402
 from mixir.library import MIXERS  # noqa: E402
 
-STRATEGIES = ("recurrent", "chunked")
+STRATEGIES = ("recurrent", "chunked", "fused")   # fused: scalar-decay mixers only
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -91,7 +91,7 @@ def parse_args(argv=None):
     p.add_argument("--V", type=int, help="value head size (the state's second feature dim)")
     p.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the per-token inputs")
     p.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated: recurrent,chunked")
+    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated: recurrent,chunked,fused (a mixer runs those it has)")
     p.add_argument("--warmup", type=int, help="warm-up runs per measurement")
     p.add_argument("--repeats", type=int, help="timed runs per measurement (the median is reported)")
     p.add_argument("--threads", type=int, default=1,
