@@ -256,6 +256,18 @@ def enumerate_feasible(space, shape, gpu, constraints=None, explain: bool = True
     return out
 
 
+def first_feasible(space, shape, gpu, constraints=None) -> dict | None:
+    """One feasible config of ``space`` (a dict of parameter values), or None: a single CP-SAT
+    solve, for callers that only ask whether the space is empty."""
+    cp_model = _cp()
+    cs = space.constraints(shape, gpu) if constraints is None else list(constraints)
+    m, vars_, _ = _build(space, shape, gpu, cs)
+    solver = _solver()
+    if solver.Solve(m) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    return {str(s): solver.Value(v) for s, v in vars_.items()}
+
+
 RESOURCE_CONSTRAINTS = ("threads", "shared_memory", "registers_per_thread", "register_file")
 
 
