@@ -371,6 +371,15 @@ def probe_config(strategy: str, fK: int, fV: int) -> dict:
     return {"BK": PK, "BV": min(32, PV), "num_warps": 4, "num_stages": 1}
 
 
+#: strategies tuned only when a request names them (``mixir tune --strategy fused``): the runtime
+#: runs them only on request too, so the database and ``mixir tune --all`` leave them out
+OPT_IN = ("fused",)
+
+
+def _requested(request, avail) -> tuple:
+    return tuple(request.strategies or (s for s in avail if s not in OPT_IN))
+
+
 def kernel_signature(mixer, plan, request) -> tuple:
     """What decides a mixer's AOT results: the form's (K, V), its strategies and, per strategy, the
     set of template launches (kernel, argument types, constexprs such as USE_G / USE_GK / USE_GV,
@@ -381,7 +390,7 @@ def kernel_signature(mixer, plan, request) -> tuple:
     avail = tuple(plan.strategies)
     request.say(f"recording {mixer.name}'s template launches")
     sig = [("form", fK, fV, avail, request.dtype_name)]
-    for s in (request.strategies or avail):
+    for s in _requested(request, avail):
         if s in avail:
             recs = record_config(mixer, s, probe_config(s, fK, fV), request)
             sig.append((s, frozenset(r.key() for r in recs)))
@@ -403,7 +412,7 @@ def targets(mixer, plan, request) -> list:
     spaces = spaces_for(plan.main)
     return [TuningTarget(s, spaces[s], shape, compile=_compiler(mixer, s, request),
                          time=timer(mixer, request, strategy=s, reference="recurrent"))
-            for s in (request.strategies or avail) if s in avail and s in spaces]
+            for s in _requested(request, avail) if s in avail and s in spaces]
 
 
 __all__ = ["CHUNKED", "CHUNKED_SCALAR", "FUSED", "RECURRENT", "SPACES", "spaces_for", "TEMPLATE_MODULES", "core_shape", "form_sizes",
