@@ -177,6 +177,19 @@ def test_cli_tune_delta_rule_writes_the_database(tmp_path, capsys):
     assert not spaces.violated(sp_, shape, hardware.get("h100"), ent["config"])
 
 
+def test_grads_bytes_count_the_reads_per_k_tile():
+    """delta_chunk_grads loads dO, du and u once more per K-tile (docs/delta_rule.md): the model's
+    bytes are those the static roofline counts (2.89 GB at the benchmark shape, BT = BV = BKT = 64)
+    and grow with the number of K-tiles, so 64-wide K-tiles beat 32-wide ones at K = 128."""
+    grads = next(k for k in ds.CHUNKED_KERNELS if k.name == "delta_chunk_grads")
+    shape = ds.shape(8, 4096, 16, 128, 128, "bf16")
+    vals = dict(_values("chunked", 128, 128, "bf16"), BT=64, BV=64)
+    b = {bkt: float(spaces.evaluate(grads.bytes_moved, ds.CHUNKED, shape, dict(vals, BKT=bkt)))
+         for bkt in (32, 64)}
+    assert b[64] == pytest.approx(2.888e9, rel=2e-3)
+    assert b[32] - b[64] == 8 * 4096 * 16 * 2 * (3 * 128 * (4 - 2))     # 3V more per token per K-tile
+
+
 @pytest.mark.aot
 @pytest.mark.interp
 def test_predicted_resources_bound_a_real_aot_build(fresh_triton_cache):

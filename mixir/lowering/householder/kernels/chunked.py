@@ -35,7 +35,7 @@ import triton.language as tl
 from mixir.lowering.common.launch import kernel
 from mixir.lowering.common.packed_tiles import (chunk_program, load_rows, load_scalars, load_state,
                                                 sequence_chunks, state_offsets, store_rows, store_state)
-from .wy import gates, gram, op, st, wy_matrix
+from .wy import gates, gram, gram_self, op, st, wy_matrix
 
 
 @kernel
@@ -49,7 +49,7 @@ def delta_chunk_prep(K_, V_, B_, Gin, W, U, AI, cu_seqlens, chunk_tbl, H, DK: tl
     i_h = tl.program_id(1)
     beta = load_scalars(B_, cs, L, i_h, H, o_t)
     G, G_last = gates(Gin, cs, L, i_h, H, o_t, USE_G, LOG_FLOOR)
-    KKD, Dm, Ainv = wy_matrix(gram(K_, K_, cs, L, i_h, H, DK, o_t, BKT, PREC, DOT), beta, G, o_t, IPREC)
+    KKD, Dm, Ainv = wy_matrix(gram_self(K_, cs, L, i_h, H, DK, o_t, BKT, PREC, DOT), beta, G, o_t, IPREC)
     A = op(Ainv, DOT)
     if STORE_A:
         store_rows(AI, st(A.to(tl.float32), DOT), cs, L, i_h, H, BT, o_t, o_t)

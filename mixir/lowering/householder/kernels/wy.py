@@ -74,6 +74,32 @@ def gram(X, Y, cs, L, i_h, H, D: tl.constexpr, o_t, BKT: tl.constexpr, PREC: tl.
 
 
 @triton.jit
+def gram_self(X, cs, L, i_h, H, D: tl.constexpr, o_t, BKT: tl.constexpr, PREC: tl.constexpr,
+              DOT: tl.constexpr):
+    """X Xᵀ [BT, BT] (fp32): ``gram(X, X, …)`` with each tile loaded once."""
+    acc = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
+    for k0 in range(0, D, BKT):
+        o_k = k0 + tl.arange(0, BKT)
+        x = op(load_rows(X, cs, L, i_h, H, D, o_t, o_k), DOT)
+        acc += tl.dot(x, tl.trans(x), input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def grams_kq(K_, Q, cs, L, i_h, H, D: tl.constexpr, o_t, BKT: tl.constexpr, PREC: tl.constexpr,
+             DOT: tl.constexpr):
+    """(K Kᵀ, Q Kᵀ) [BT, BT] (fp32) in one loop over K-tiles (each tile of K and Q loaded once)."""
+    kk = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
+    qk = tl.zeros([o_t.shape[0], o_t.shape[0]], dtype=tl.float32)
+    for k0 in range(0, D, BKT):
+        o_k = k0 + tl.arange(0, BKT)
+        kt = tl.trans(op(load_rows(K_, cs, L, i_h, H, D, o_t, o_k), DOT))
+        kk += tl.dot(tl.trans(kt), kt, input_precision=PREC)
+        qk += tl.dot(op(load_rows(Q, cs, L, i_h, H, D, o_t, o_k), DOT), kt, input_precision=PREC)
+    return kk, qk
+
+
+@triton.jit
 def _split_dot(a, b, PREC: tl.constexpr):
     """a b in about fp32 accuracy for the inverse. "bf16x3": a = a_hi + a_lo with both parts bf16,
     a b ≈ a_hi b_hi + a_hi b_lo + a_lo b_hi (three bf16 tensor-core passes, fp32 accumulation;
