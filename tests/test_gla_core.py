@@ -10,7 +10,11 @@ import triton.language as tl
 
 from mixir.lowering.common import chunks
 from mixir.lowering.gated_linear import core as gla_core
-from mixir.lowering.gated_linear.core import STRATEGIES, default_config, gla_backward, gla_forward
+from mixir.lowering.gated_linear.core import default_config, gla_backward, gla_forward
+
+#: the strategies that take every decay combination; "fused" (scalar decays only) runs in
+#: test_decay_combinations' scalar cases here and in tests/test_gla_fused.py
+STRATEGIES = ("recurrent", "chunked")
 
 # relative RMS error bounds: rms(out - ref) / max(rms(ref), 1e-6)
 TOL = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
@@ -129,7 +133,9 @@ CHUNKED_FAST = [pytest.param("recurrent", marks=pytest.mark.slow), "chunked"]
 @pytest.mark.parametrize("strategy, decays", [
     pytest.param(s, d, id=f"{d}-{s}",
                  marks=() if s == "chunked" or d in ("none", "g+gk+gv") else pytest.mark.slow)
-    for d in DECAYS for s in STRATEGIES])
+    for d in DECAYS for s in STRATEGIES] + [
+    pytest.param("fused", d, id=f"{d}-fused", marks=pytest.mark.slow)
+    for d in DECAYS if d in ("none", "g")])
 def test_decay_combinations(strategy, decays):
     # T = 70: two chunks of the default BT = 64, the second one partial (6 rows)
     inp, do, dhT = make_inputs(1, 70, 1, 16, 16, DECAYS[decays], seed=1)
@@ -478,3 +484,38 @@ def test_output_bias_is_added_in_the_epilogue(strategy):
     o.backward(do.half())
     assert b.grad.dtype == torch.float32
     torch.testing.assert_close(b.grad, do.half().float())
+
+
+@pytest.mark.parametrize("strategy,decays", [
+    pytest.param("chunked", ("g", "gk"), marks=pytest.mark.slow), ("recurrent", ("g",))])
+def test_scaled_values_and_value_bias(strategy, decays):
+    """v_scale u (v' = u v, formed on load) and v_bias c (o += c_h v) through the custom op match
+    the core on v' = u v with the bias c v formed in torch: the output, the final state and every
+    gradient (u's and c's included). With gk the dq / dk output launches read v (as Y / X)."""
+    from mixir.lowering.gated_linear import ops  # noqa: F401  (registers mixir::gla_fwd)
+    inp, do, dhT = make_inputs(1, 20, 1, 16, 16, decays, seed=25)
+    from mixir.lowering.common.launch import encode_config
+    cfg = encode_config({"BT": 16} if strategy == "chunked" else {})
+    gen = torch.Generator().manual_seed(5)
+    leaves = {n: t.clone().requires_grad_() for n, t in inp.items() if t is not None}
+    leaves["u"] = torch.rand(1, 20, 1, generator=gen).requires_grad_()
+    leaves["c"] = torch.randn(1, generator=gen).requires_grad_()
+
+    def run(fused):
+        x = {n: t.detach().clone().requires_grad_() for n, t in leaves.items()}
+        q, k, v, g, h0, u, c = (x[n] for n in ("q", "k", "v", "g", "h0", "u", "c"))
+        gk = x.get("gk")
+        if fused:
+            o, hT = torch.ops.mixir.gla_fwd(q, k, v, g, gk, None, h0, None, strategy, cfg, 0.5,
+                                            True, None, u, c)
+        else:
+            o, hT = torch.ops.mixir.gla_fwd(q, k, u[..., None] * v, g, gk, None, h0, None,
+                                            strategy, cfg, 0.5, True, c[:, None] * v)
+        ((o * do).sum() + (hT * dhT).sum()).backward()
+        return o, hT, {n: t.grad for n, t in x.items()}
+
+    o1, h1, g1 = run(True)
+    o0, h0, g0 = run(False)
+    assert rel_err(o1, o0) < TOL[torch.float32] and rel_err(h1, h0) < TOL[torch.float32]
+    for n in g0:
+        assert rel_err(g1[n], g0[n]) < TOL[torch.float32], n
