@@ -72,8 +72,12 @@ def test_flex_sin_cos_exp2_zero_dim_and_broadcast():
     _compare(lambda q, k, v: FA.flex_attention(q, k, v, score_mod=score, return_lse=True),
              lambda q, k, v: _dense(q, k, v, score), (q, k, v))
     assert len(kernels._programs) == n
-    with pytest.raises(DeclarationError, match="torch.sin in a mask_mod"):
-        FA.create_block_mask(lambda b, h, qi, ki: torch.sin(qi.float()) > 0, 1, 1, T, T, device="cpu")
+    # sin / cos in a mask_mod too: the block mask visits a block iff one of its rows passes
+    bm = FA.create_block_mask(lambda b, h, qi, ki: torch.sin(qi.float() * 0.3) > 0, 1, 1, T, T,
+                              device="cpu", BLOCK_SIZE=16)
+    rows = torch.sin(torch.arange(T) * 0.3) > 0
+    want = torch.stack([rows[i:i + 16].any() for i in range(0, T, 16)]).int()
+    assert torch.equal(bm.to_dense()[0, 0], want[:, None].expand(-1, bm.to_dense().shape[-1]))
     w = torch.tensor(2.0, requires_grad=True)
     with pytest.raises(DeclarationError, match="requires grad"):
         FA.flex_attention(q, k, v, score_mod=lambda s, b, h, qi, ki: s * w)

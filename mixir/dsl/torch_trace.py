@@ -8,8 +8,8 @@ The function is called once with ``TorchExpr`` arguments: a subclass of the mask
 argument of the mask (``mask_mod_captured0``, ...; ``score_mod_captured0``, ...: looked up at run time, clamped into its
 extent like every mixir data lookup); a 0-dim tensor used as an operand (a captured temperature,
 ``torch.tensor(-1.0)``) becomes a one-element data tensor too, so a new value reuses the kernels.
-``torch.sin`` / ``torch.cos`` are accepted in score mods (not in masks: the block-mask builder's
-evaluator has no sin/cos); ``torch.exp2(x)`` is ``exp(x ln 2)``. Anything else raises ``DeclarationError`` naming the
+``torch.sin`` / ``torch.cos`` are accepted in score mods and masks (the mask DSL's ``sin`` /
+``cos``); ``torch.exp2(x)`` is ``exp(x ln 2)``. Anything else raises ``DeclarationError`` naming the
 operation; Python ``if``/``and``/``or`` on traced values raise the DSL's own error.
 """
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _fail(what: str):
         f"{where} uses {what}, which mixir's tracer cannot express. Supported: arithmetic "
         "(+ - * / ** // %), comparisons, & | ~, torch.where / abs / exp / exp2 / log / tanh / sigmoid "
         "/ sqrt / rsqrt / maximum / minimum / clamp / softplus / silu / logsigmoid / logical_and|or|not, "
-        "sin / cos (score_mod only), "
+        "sin / cos, "
         "indexing a captured tensor with index values, and constants")
 
 
@@ -165,9 +165,6 @@ def _trig(op):
     def f(x, *rest, **kw):
         if rest or kw:
             _fail(f"torch.{op} with extra arguments {rest or sorted(kw)}")
-        if _CURRENT and _CURRENT[-1].prefix.startswith("mask_mod"):
-            _fail(f"torch.{op} in a mask_mod (the block-mask builder cannot evaluate it; it is "
-                  "accepted in a score_mod)")
         return _wrap(Expr(ir.unary(op, _float_operand(x).node)))
     return f
 
