@@ -30,6 +30,7 @@ from ...tiles import cdiv, pow2
 from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
 from ..common.launch import targets_gpu
 from . import fused as _fused
+from . import scaled as _scaled
 from .kernels import chunked as _ck
 from .kernels import recurrent as _rc
 
@@ -137,17 +138,17 @@ def _local_cumsums(plan, x, cfg):
 
 
 def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot, hs_dtype=torch.float32,
-            h_scale=1.0):
+            h_scale=1.0, vs=None):
     """Sequential chunk pass; returns (per-chunk matrices [NT, H, K, V] in ``hs_dtype``, final
-    matrix fp32 or None). ``h_scale`` s: the pass starts from h_in / s and returns s * final."""
+    matrix fp32 or None). ``h_scale`` s: from h_in / s, returns s * final; ``vs``: vx's row scales."""
     N, H = plan.N, plan.H
     HS = empty(max(plan.NT, 1), H, K, V, device=kx.device, dtype=hs_dtype)
     out = empty(N, H, K, V, device=kx.device) if store_out else None
     BK, BV = tile(K, cfg.get("BKS", cfg["BK"])), tile(V, cfg.get("BVS", cfg["BV"]))  # the states tile
     if N > 0:
         _ck.chunk_gla_states[(N * H, cdiv(K, BK), cdiv(V, BV))](
-            kx, vx, F[0], F[1], F[2], Gl[0], Gl[1], Gl[2], h_in, out, HS, plan.cu, plan.chunk_off,
-            H, K, V, 1.0 / h_scale, float(h_scale),
+            kx, vx, vs, F[0], F[1], F[2], Gl[0], Gl[1], Gl[2], h_in, out, HS, plan.cu,
+            plan.chunk_off, H, K, V, 1.0 / h_scale, float(h_scale), USE_VS=vs is not None,
             USE_A=F[0] is not None, USE_B=F[1] is not None, USE_C=F[2] is not None,
             USE_H0=h_in is not None, STORE_HT=store_out, REVERSE=reverse,
             BT=cfg["BT"], BK=BK, BV=BV, PREC=dot[1], DOT_F32=dot[0],
@@ -156,11 +157,14 @@ def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot, hs_dt
 
 
 def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot, *,
-            out_dtype=torch.float32, scale=1.0, xp=None, bias=None):
-    """out = scale * (inter(X, HS) + intra(X, Y, Z)) (+ ``bias`` [T, H, DV]) with decays
-    F = (FA, FB over DK, FC over DV), stored in ``out_dtype``. ``xp`` = (W, XP, mode, accumulate, sign): also store the decay-gradient
-    terms sign * W * out (fp32) into XP - mode 1 elementwise [T, H, DV], mode 2 summed over each
-    program's BV channels into [cdiv(DV, BV), T, H] (see ``_xp_buffer``)."""
+            out_dtype=torch.float32, scale=1.0, xp=None, bias=None, zs=None, os=None, bs=None,
+            xb=None):
+    """out = scale * (inter(X, HS) + intra(X, Y, Z)) (+ ``bias`` [T, H, DV], times ``bs`` [H])
+    with decays F = (FA, FB over DK, FC over DV), stored in ``out_dtype``. ``xp`` = (W, XP, mode,
+    accumulate, sign): also store sign * W * out (fp32) into XP - mode 1 elementwise [T, H, DV],
+    mode 2 summed over each program's BV channels into [cdiv(DV, BV), T, H] (``_xp_buffer``).
+    Per-token [T, H]: ``zs`` scales Z's (or Y's: the same) rows, ``os`` = (scalars, mode) the
+    output rows before (1) / after (2) the XP terms; ``xb`` = (W, XB): W * bias row sums, mode 2."""
     H = plan.H
     O = empty(plan.T_total, H, DV, device=X.device, dtype=out_dtype)
     BT, BC = cfg["BT"], cfg["BC"]
@@ -169,10 +173,14 @@ def _output(plan, X, Y, Z, F, HS, DK, DV, transposed, reverse, cfg, dot, *,
     BV = _output_bv(DV, F[2] is not None, cfg)
     s_hk, s_hv = (1, DK) if transposed else (DV, 1)
     W, XP, mode, accum, sign = xp if xp is not None else (None, None, 0, False, 1.0)
+    XB = None if xb is None else xb[1]
+    W = W if xb is None else xb[0]
     if plan.NT > 0:
         _ck.chunk_gla_output[(plan.NT * (BT // BC), cdiv(DV, BV), H)](
-            X, Y, Z, F[0], F[1], F[2], HS, O, W, XP, bias, plan.cu, plan.chunk_tbl, H, DK, DV,
-            s_hk, s_hv, plan.T_total, float(scale), float(sign),
+            X, Y, Z, F[0], F[1], F[2], HS, O, W, XP, bias, zs, None if os is None else os[0], bs,
+            XB, plan.cu, plan.chunk_tbl, H, DK, DV, s_hk, s_hv, plan.T_total, float(scale),
+            float(sign), USE_ZS=zs is not None, OS_MODE=0 if os is None else os[1],
+            USE_BS=bs is not None, USE_XB=XB is not None,
             USE_A=F[0] is not None, USE_B=F[1] is not None, USE_C=F[2] is not None,
             REVERSE=reverse, XP_MODE=mode, XP_ACCUM=accum, USE_BIAS=bias is not None,
             BT=BT, BC=BC, BK=BK, BV=BV, BKD=cfg.get("BKD", 16), PREC=dot[1],
@@ -206,8 +214,9 @@ def _dqk(plan, c, do, HS, DHS, scale, grad_dtype, use_xp):
     XP = empty(cdiv(K, BK), plan.T_total, H, device=do.device) if use_xp else None
     if plan.NT > 0:
         _ck.chunk_gla_dqk[(plan.NT, cdiv(K, BK), H)](
-            c.q, c.k, c.v, do, c.Ga, c.Ra, HS, DHS, dq, dk, XP, plan.cu, plan.chunk_tbl,
-            H, K, V, plan.T_total, float(scale), USE_A=c.Ga is not None, USE_XP=use_xp,
+            c.q, c.k, c.v, c.vs, do, c.Ga, c.Ra, HS, DHS, dq, dk, XP, plan.cu, plan.chunk_tbl,
+            H, K, V, plan.T_total, float(scale), USE_VS=c.vs is not None,
+            USE_A=c.Ga is not None, USE_XP=use_xp,
             BT=cfg["BT"], BK=BK, BV=BV, PREC=c.dot[1], DOT_F32=c.dot[0],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return dq, dk, XP
@@ -242,14 +251,18 @@ def _state_dtype(x, dot):
 
 
 class _Chunked:
-    def __init__(self, q, k, v, g, gk, gv, cu_seqlens, config, backward=False):
+    def __init__(self, q, k, v, g, gk, gv, cu_seqlens, config, backward=False, v_scale=None,
+                 v_bias=None):
         B, T, H, K, V = _check(q, k, v, g, gk, gv, "chunked")
+        assert (v_scale is None or v_scale.shape == (B, T, H)) and (v_bias is None or gv is None)
         self.cfg = dict(default_config("chunked", K, V, q.dtype), **(config or {}))
         self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
         self.plan = ChunkPlan(q, cu_seqlens, self.cfg["BT"])
         self.dot = _dot_mode(q, self.cfg, backward)
         self.hs_dtype = _state_dtype(q, self.dot)
         self.q, self.k, self.v = packed(q), packed(k), packed(v)
+        self.vs = packed(v_scale)       # v' = vs * v, formed on load (fp32 on chip)
+        self.vb = None if v_bias is None else v_bias.contiguous()   # o += vb_h * v
         # gates are read in their own dtype (fp32 on chip)
         self.Ga, self.Ra = _local_cumsums(self.plan, packed(g), self.cfg)
         self.Gb, self.Rb = _local_cumsums(self.plan, packed(gk), self.cfg)
@@ -258,29 +271,35 @@ class _Chunked:
     def states(self, h0, store_final):
         return _states(self.plan, self.k, self.v, (self.Ra, self.Rb, self.Rc),
                        (self.Ga, self.Gb, self.Gc), h0, store_final, False, self.K, self.V,
-                       self.cfg, self.dot, self.hs_dtype)
+                       self.cfg, self.dot, self.hs_dtype, vs=self.vs)
 
     def output(self, HS, out_dtype=torch.float32, scale=1.0, bias=None):
         return _output(self.plan, self.q, self.k, self.v, (self.Ga, self.Gb, self.Gc), HS,
                        self.K, self.V, False, False, self.cfg, self.dot, out_dtype=out_dtype,
-                       scale=scale, bias=packed(bias))
+                       scale=scale, bias=self.v if self.vb is not None else packed(bias),
+                       zs=self.vs, bs=self.vb)
 
 
 def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
-                     out_dtype, bias):
-    c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config)
+                     out_dtype, bias, v_scale=None, v_bias=None):
+    c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, v_scale=v_scale, v_bias=v_bias)
     h0 = _state(h0, c.plan.N, c.H, c.K, c.V)
     HS, hT = c.states(h0, output_final_state)
     o = c.output(HS, out_dtype, scale, bias)
     return o.view(c.B, c.T, c.H, c.V), hT
 
 
-def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
+def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
+                      v_scale=None, v_bias=None):
     """The chunked backward. With an output scale s (o = s * core(q, k, v)) the gradients are those
     of the core at s * do: every launch computes them at (do, dhT / s) and scales its result by s.
     The decay gradients q*dq - k*dk come from the dq and dk launches' epilogues (fp32, before the
-    gradients are rounded to ``grad_dtype``) and one reverse-cumsum launch."""
-    c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, backward=True)
+    gradients are rounded to ``grad_dtype``) and one reverse-cumsum launch. ``v_scale`` u
+    (v' = u v): every launch scales v's rows on load, the dk launch (X = v) its output rows, the
+    dv launch writes dv = u dv' and du = sum_V v dv' (epilogue); ``v_bias`` c (o += c_h v): the
+    dv launch adds c do and sums v do for dc. Returns (grads, du [B, T, H], dc [H]) (fp32)."""
+    c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, backward=True, v_scale=v_scale,
+                 v_bias=v_bias)
     plan, K, V, cfg, dot = c.plan, c.K, c.V, c.cfg, c.dot
     N, H = plan.N, c.H
     h0 = _state(h0, N, H, K, V)
@@ -300,12 +319,18 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
             XP, mode = _xp_buffer(plan, K, gk is not None, cfg, q.device)
             xq, xk = (c.q, XP, mode, False, 1.0), (c.k, XP, mode, True, -1.0)
         dq = _output(plan, do, c.v, c.k, (c.Ga, c.Gc, c.Gb), HS, V, K, True, False, cfg, dot,
-                     out_dtype=grad_dtype, scale=scale, xp=xq)
+                     out_dtype=grad_dtype, scale=scale, xp=xq, zs=c.vs)
         dk = _output(plan, c.v, do, c.q, (c.Ra, c.Rc, c.Rb), DHS, V, K, True, True, cfg, dot,
-                     out_dtype=grad_dtype, scale=scale, xp=xk)
+                     out_dtype=grad_dtype, scale=scale, xp=xk,
+                     os=None if c.vs is None else (c.vs, 1))
     kv_dtype = torch.float32 if gv is not None else grad_dtype
+    # du = sum_V v dv' and dc = sum_V v do (per V-tile row sums); dv = u dv' + c do
+    xs = None if c.vs is None else _xp_buffer(plan, V, False, cfg, q.device)[0]
+    xb = None if c.vb is None else _xp_buffer(plan, V, False, cfg, q.device)[0]
     dv = _output(plan, c.k, c.q, do, (c.Ra, c.Rb, c.Rc), DHS, K, V, False, True, cfg, dot,
-                 out_dtype=kv_dtype, scale=scale)
+                 out_dtype=kv_dtype, scale=scale, xp=None if xs is None else (c.v, xs, 2, False, 1.0),
+                 os=None if c.vs is None else (c.vs, 2), bias=None if xb is None else do, bs=c.vb,
+                 xb=None if xb is None else (c.v, xb))
     fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]
     dg = dgk = dgv = None
     if use_k:
@@ -322,8 +347,10 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
         _, _, dgv = _decay_grads(plan, c.q, c.k, c.v, o, do, None, None, dv, hT, dhT,
                                  False, False, True, cfg)
         dv = dv.to(grad_dtype)
+    du = None if xs is None else (xs[0] if xs.shape[0] == 1 else xs.sum(0)).view(c.B, c.T, H)
+    dc = None if xb is None else xb.sum((0, 1))
     return _finish(c.B, c.T, H, K, V, dq, dk, dv, dg, dgk, dgv,
-                   None if dh0 is None else dh0)
+                   None if dh0 is None else dh0), du, dc
 
 
 def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
@@ -421,13 +448,15 @@ def _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0):
 
 def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
                 strategy="chunked", config=None, output_final_state=True, scale=1.0,
-                out_dtype=torch.float32, bias=None):
+                out_dtype=torch.float32, bias=None, v_scale=None, v_bias=None):
     """Returns (o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None), with
-    o = scale * core(q, k, v) + bias (an output scale and bias [B, T, H, V] folded into the
-    kernels' stores; the gradient of the bias is do)."""
+    o = scale * core(q, k, v') + bias (an output scale and bias [B, T, H, V] folded into the
+    kernels' stores; the gradient of the bias is do). No gv: ``v_scale`` u [B, T, H] (v' = u v)
+    and ``v_bias`` c [H] (bias c_h v): chunked applies them on load / in epilogues."""
     if strategy == "chunked":
         return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
-                                scale, out_dtype, bias)
+                                scale, out_dtype, bias, v_scale, v_bias)
+    v, bias = _scaled.materialise(v, bias, v_scale, v_bias)
     if strategy == "recurrent":
         o, hT = _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state)
         o = o if scale == 1.0 else o * scale
@@ -442,17 +471,25 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
 
 
 def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunked", config=None,
-                 scale=1.0, grad_dtype=torch.float32):
+                 scale=1.0, grad_dtype=torch.float32, v_scale=None, v_bias=None):
     """Returns (dq, dk, dv, dg, dgk, dgv, dh0) of ``gla_forward`` with the same ``scale``: dq, dk,
     dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk in g's / gk's dtype);
-    None for absent g / gk / gv / h0."""
+    None for absent g / gk / gv / h0. With ``v_scale`` or ``v_bias``: dv is v's, and the
+    gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent)."""
+    if (v_scale is not None or v_bias is not None) and (strategy != "chunked" or scale == 0.0):
+        # the core at v' = u v, then the chain rule (the bias's do is not scaled)
+        v1, _ = _scaled.materialise(v, None, v_scale, None)
+        grads = gla_backward(q, k, v1, g, gk, gv, h0, cu_seqlens, do, dhT, strategy=strategy,
+                             config=config, scale=scale)
+        return _scaled.chain(grads, v, do, v_scale, v_bias, grad_dtype)
     if strategy in ("chunked", "fused") and scale == 0.0:
         # the kernels scale by s and 1/s: a zero scale is the zero output
         do = torch.zeros_like(do)
         scale = 1.0
     if strategy == "chunked":
-        return _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
-                                 grad_dtype)
+        grads, du, dc = _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
+                                          scale, grad_dtype, v_scale, v_bias)
+        return grads if v_scale is None and v_bias is None else (*grads, du, dc)
     if strategy == "fused":
         return _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
                                grad_dtype)

@@ -24,12 +24,15 @@ def _num_seqs(q, cu_seqlens):
 def gla_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
             gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
             cu_seqlens: Optional[torch.Tensor], strategy: str, config: str, scale: float = 1.0,
-            out_fp32: bool = True, bias: Optional[torch.Tensor] = None
+            out_fp32: bool = True, bias: Optional[torch.Tensor] = None,
+            v_scale: Optional[torch.Tensor] = None, v_bias: Optional[torch.Tensor] = None
             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """o = scale * core(q, k, v) + bias, in fp32 or q's dtype (``out_fp32``), and the final state."""
+    """o = scale * core(q, k, v_scale * v) + bias (+ v_bias * v), in fp32 or q's dtype
+    (``out_fp32``), and the final state (``v_scale`` [B, T, H], ``v_bias`` [H]: optional)."""
     o, hT = core.gla_forward(q, k, v, g, gk, gv, h0, cu_seqlens, strategy=strategy,
                              config=decode_config(config), output_final_state=True, scale=scale,
-                             out_dtype=_out_dtype(q, out_fp32), bias=bias)
+                             out_dtype=_out_dtype(q, out_fp32), bias=bias, v_scale=v_scale,
+                             v_bias=v_bias)
     return o, hT
 
 
@@ -38,7 +41,8 @@ def _out_dtype(q, out_fp32):
 
 
 @gla_fwd.register_fake
-def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale=1.0, out_fp32=True, bias=None):
+def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale=1.0, out_fp32=True, bias=None,
+      v_scale=None, v_bias=None):
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = _num_seqs(q, cu_seqlens)
@@ -50,24 +54,30 @@ def _(q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale=1.0, out_fp32=
 def gla_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional[torch.Tensor],
             gk: Optional[torch.Tensor], gv: Optional[torch.Tensor], h0: Optional[torch.Tensor],
             cu_seqlens: Optional[torch.Tensor], do: torch.Tensor, dhT: Optional[torch.Tensor],
-            strategy: str, config: str, scale: float = 1.0) -> list[torch.Tensor]:
-    """Gradients of ``gla_fwd``: dq, dk, dv in the input dtype, the gates' and h0's in fp32."""
+            strategy: str, config: str, scale: float = 1.0,
+            v_scale: Optional[torch.Tensor] = None, v_bias: Optional[torch.Tensor] = None
+            ) -> list[torch.Tensor]:
+    """Gradients of ``gla_fwd``: dq, dk, dv in the input dtype, the gates', h0's, v_scale's and
+    v_bias's in fp32."""
     grads = core.gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy=strategy,
-                              config=decode_config(config), scale=scale, grad_dtype=q.dtype)
+                              config=decode_config(config), scale=scale, grad_dtype=q.dtype,
+                              v_scale=v_scale, v_bias=v_bias)
+    grads = tuple(grads) + ((None, None) if v_scale is None and v_bias is None else ())
     return [q.new_empty((0,), dtype=torch.float32) if x is None else x for x in grads]
 
 
 @gla_bwd.register_fake
-def _(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale=1.0):
+def _(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale=1.0, v_scale=None,
+      v_bias=None):
     def like(t, dtype=torch.float32):
         return q.new_empty((0,), dtype=torch.float32) if t is None else t.new_empty(t.shape, dtype=dtype)
     return [like(q, q.dtype), like(k, q.dtype), like(v, q.dtype), like(g), like(gk), like(gv),
-            like(h0)]
+            like(h0), like(v_scale), like(v_bias)]
 
 
 def _setup(ctx, inputs, output):
-    q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale, _, bias = inputs
-    ctx.save_for_backward(q, k, v, g, gk, gv, h0, cu_seqlens)
+    q, k, v, g, gk, gv, h0, cu_seqlens, strategy, config, scale, _, bias, v_scale, v_bias = inputs
+    ctx.save_for_backward(q, k, v, g, gk, gv, h0, cu_seqlens, v_scale, v_bias)
     ctx.bias_dtype = None if bias is None else bias.dtype
     ctx.strategy, ctx.config, ctx.scale = strategy, config, scale
     # an unused output's gradient stays None (not a zero tensor): no final-state adjoint pass
@@ -75,18 +85,18 @@ def _setup(ctx, inputs, output):
 
 
 def _backward(ctx, do, dhT):
-    q, k, v, g, gk, gv, h0, cu_seqlens = ctx.saved_tensors
+    q, k, v, g, gk, gv, h0, cu_seqlens, v_scale, v_bias = ctx.saved_tensors
     if do is None:
         do = q.new_zeros(q.shape[:3] + v.shape[-1:])
-    dq, dk, dv, dg, dgk, dgv, dh0 = torch.ops.mixir.gla_bwd(
+    dq, dk, dv, dg, dgk, dgv, dh0, du, dc = torch.ops.mixir.gla_bwd(
         q, k, v, g, gk, gv, h0, cu_seqlens, do.contiguous(), dhT, ctx.strategy, ctx.config,
-        ctx.scale)
-    present = (g, gk, gv, h0)
-    dg, dgk, dgv, dh0 = (None if p is None else d.to(p.dtype)
-                         for d, p in zip((dg, dgk, dgv, dh0), present))
+        ctx.scale, v_scale, v_bias)
+    present = (g, gk, gv, h0, v_scale, v_bias)
+    dg, dgk, dgv, dh0, du, dc = (None if p is None else d.to(p.dtype)
+                                 for d, p in zip((dg, dgk, dgv, dh0, du, dc), present))
     dbias = None if ctx.bias_dtype is None else do.to(ctx.bias_dtype)
     return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dgk, dgv, dh0, None, None, None,
-            None, None, dbias)
+            None, None, dbias, du, dc)
 
 
 gla_fwd.register_autograd(_backward, setup_context=_setup)

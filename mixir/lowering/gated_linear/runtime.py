@@ -11,6 +11,9 @@ a per-call scalar factor such as ``scale``, a constant) never go through the gen
 kernel: the core reads the caller's tensors in their own dtype, a q factor becomes the core's
 output scale, and without signs or an output map the core writes the output in the call's dtype.
 So a declaration like simple_gla / gla runs as the core's launches alone, with no fp32 copies.
+Pieces that are a call tensor times one scalar (``scaled.scaled_pieces``: mamba2's v' = dt·x,
+g = dt·A, D·x) are formed by the core too (v_scale, bias_scale) or, for g, by one small torch
+product.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from . import core, ops
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
 from ...distributed.passing import split_call
 from .distributed import passing_for
+from .scaled import scaled_pieces
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
 from ..common.checks import check_log_decay, checks_enabled
 from ..common.launch import encode_config
@@ -40,15 +44,16 @@ class CompiledMixer(CompiledBase):
         # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
         # (an auxiliary state's pieces may read the auxiliary states scanned before it)
         specs = [(s.name, s.kind, s.dims) for s in mixer.inputs]
-        self.pieces_kernels, self.direct = {}, {}
+        self.pieces_kernels, self.direct, self.scaled = {}, {}, {}
         for _, form in list(self.plan.aux) + [(None, self.form)]:
             name, dims = form.state.name, form.state.dims
             pieces = form.pieces()
             direct = {} if isinstance(form, MaxPlusForm) else direct_pieces(form, specs)
+            scaled = {} if isinstance(form, MaxPlusForm) else scaled_pieces(form, specs, direct)
             # the output map's constants (e = 1, d = 0, ...) are read off the form in ``_run``
-            rest = {n: node for n, node in pieces.items() if n not in direct
+            rest = {n: node for n, node in pieces.items() if n not in direct and n not in scaled
                     and not (n in ("e", "d") and ir.is_const(node))}
-            self.direct[name] = direct
+            self.direct[name], self.scaled[name] = direct, scaled
             self.pieces_kernels[name] = PiecesKernel(mixer.name, rest, specs) if rest else None
             specs = specs + [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
 
@@ -120,22 +125,28 @@ class CompiledMixer(CompiledBase):
             scale *= f.out_scale.arg
         # a constant output scale and a per-token bias (mamba's D skip) go into the core's output
         # stores; a per-token output scale or sign products need the fp32 output
+        # scaled pieces (``scaled``): v' = v_scale * v and the bias v_bias_h * v (v as given)
+        v_scale, v_bias = p.get("v_scale"), p.get("d_scale")
         bias = None
-        if Q is None and ir.is_const(f.out_scale) and not ir.is_const(f.out_bias, 0.0):
-            bias = shaped("d")
+        in_core = v_bias is not None      # the bias the core forms (recognised without signs)
+        if v_bias is None and Q is None and ir.is_const(f.out_scale) \
+                and not ir.is_const(f.out_bias, 0.0):
+            bias, in_core = shaped("d"), True
         out_fp32 = Q is not None or not ir.is_const(f.out_scale) or (
-            bias is None and not ir.is_const(f.out_bias, 0.0))
+            not in_core and not ir.is_const(f.out_bias, 0.0))
         h0 = None if init is None else self._to_canonical_state(f, init.float())
         o, hT = ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype), g, gk, gv,
                             None if h0 is None else h0.contiguous(), cu_seqlens, strategy,
                             encode_config(self._config(strategy, K, V, dtype, shape=(B, T, H),
                                                        device=q.device, form=f)),
-                            float(scale), out_fp32, bias)
+                            float(scale), out_fp32, bias,
+                            None if v_scale is None else v_scale.reshape(B, T, H),
+                            None if v_bias is None else v_bias.reshape(H))
         if Q is not None:
             o = o * Q
         if not ir.is_const(f.out_scale):
             o = shaped("e") * o
-        if bias is None and not ir.is_const(f.out_bias, 0.0):
+        if not in_core and not ir.is_const(f.out_bias, 0.0):
             o = o + shaped("d")
         o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in out_dims))
         if P is not None:
@@ -146,7 +157,8 @@ class CompiledMixer(CompiledBase):
         """``(p, scale, shaped)`` of the form ``f`` on the ``T`` tokens of ``env``: its pieces (q, k,
         v in ``dtype`` when it is 16-bit, straight from the pieces kernel - the core reads them in
         that dtype -, the rest fp32; a piece that is a call tensor is that tensor, a constant a
-        0-dim tensor), the output scale of q's per-call factor (1 without one), and
+        0-dim tensor; a scaled piece v / d is its call tensor, with its scalar as p["v_scale"] /
+        p["d_scale"]), the output scale of q's per-call factor (1 without one), and
         ``shaped(name)``: a piece broadcast to ``[B, T, H(, its feature size)]``."""
         B, H = b.B, b.H
         K = b.sizes[f.k_dim] if f.k_dim else 1
@@ -164,6 +176,11 @@ class CompiledMixer(CompiledBase):
                 p[name] = env[src]
                 if factor is not None:       # only q has a factor: the core's output scale
                     scale = _value(factor, b.scalars)
+        for name, (src, factor) in self.scaled[f.state.name].items():
+            if name == "g":                  # per-token u times per-head a: [B, T, H] in torch
+                p[name] = env[src].float() * env[factor].float()
+            else:                            # the core scales it: "v_scale" / "d_scale"
+                p[name], p[name + "_scale"] = env[src], env[factor]
         full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
 
         def shaped(name):

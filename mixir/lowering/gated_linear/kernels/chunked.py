@@ -53,8 +53,9 @@ def chunk_gla_cumsum(X, G, R, cu_seqlens, chunk_tbl, H, D,
 
 
 @kernel
-def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chunk_off,
+def chunk_gla_states(KX, VX, VS, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chunk_off,
                      H, DK, DV, h0_scale, ht_scale,
+                     USE_VS: tl.constexpr,
                      USE_A: tl.constexpr, USE_B: tl.constexpr, USE_C: tl.constexpr,
                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE: tl.constexpr,
                      BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
@@ -67,6 +68,7 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
     # where *_L are the inclusive chunk-local cumsums at the chunk's last row.
     # forward: KX=k, VX=v, F* = reverse-exclusive cumsums R -> HS[c] = state before chunk c.
     # backward: KX=q, VX=do, F* = inclusive cumsums G, REVERSE -> HS[c] = adjoint after chunk c.
+    # USE_VS: the rows of VX times a per-token scalar VS [T_total, H] (fp32 on chip: v' = s v).
     # HS is stored in its own dtype (the input dtype for 16-bit inputs); h starts at
     # h0_scale * H0 and HT receives ht_scale * h (the backward of an output scale s: 1/s and s).
     i_n, i_h, bos, eos, co, nt = sequence_chunks(cu_seqlens, chunk_off, tl.program_id(0), H, BT)
@@ -97,6 +99,8 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
                      mask=m_t[:, None] & m_v[None, :], other=0.)
         kx = kx.to(tl.float32)
         vx = vx.to(tl.float32)
+        if USE_VS:
+            vx = vx * tl.load(VS + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)[:, None]
         # decay of the whole chunk: exp(GA_L + GB_L + GC_L) as a product of factors <= 1
         if USE_A:
             fa = tl.load(FA + rows * H + i_h, mask=m_t, other=0.)
@@ -118,8 +122,10 @@ def chunk_gla_states(KX, VX, FA, FB, FC, GA, GB, GC, H0, HT, HS, cu_seqlens, chu
 
 
 @kernel
-def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_tbl,
-                     H, DK, DV, s_hk, s_hv, T_total, scale, xp_sign,
+def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, ZS, OS, BS, XB, cu_seqlens,
+                     chunk_tbl, H, DK, DV, s_hk, s_hv, T_total, scale, xp_sign,
+                     USE_ZS: tl.constexpr, OS_MODE: tl.constexpr, USE_BS: tl.constexpr,
+                     USE_XB: tl.constexpr,
                      USE_A: tl.constexpr, USE_B: tl.constexpr, USE_C: tl.constexpr,
                      REVERSE: tl.constexpr, XP_MODE: tl.constexpr, XP_ACCUM: tl.constexpr,
                      USE_BIAS: tl.constexpr,
@@ -139,6 +145,10 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
     # p = xp_sign * W * (scale * out) (W laid out like O, fp32 products) are stored too:
     # XP_MODE 1 elementwise into XP [T_total, H, DV], XP_MODE 2 as sums over this program's BV
     # channels into XP [cdiv(DV, BV), T_total, H]; XP_ACCUM adds to what XP holds.
+    # Per-token scalars [T_total, H] (fp32 on chip; a scalar on the rows of Y is one on Z's):
+    # USE_ZS: Z's rows times ZS; OS_MODE 1 / 2: the output rows times OS before / after the XP
+    # terms are formed; USE_BS: BIAS times a per-head factor BS [H]; USE_XB: the row sums of
+    # W * BIAS over this program's BV channels into XB [cdiv(DV, BV), T_total, H] (before BS).
     i_s = tl.program_id(0)
     i_v = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -226,6 +236,8 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
             A = A * tl.exp(tl.where(m_i[:, None] & m_j[None, :], fa_i[:, None] - fa_j[None, :], 0.))
         z = tl.load(Z + (rows_j[:, None] * H + i_h) * DV + o_v[None, :],
                     mask=m_j[:, None] & m_v[None, :], other=0.)
+        if USE_ZS:
+            z = z.to(tl.float32) * tl.load(ZS + rows_j * H + i_h, mask=m_j, other=0.).to(tl.float32)[:, None]
         if USE_C:
             fc_r = tl.load(FC + (r * H + i_h) * DV + o_v, mask=m_v, other=0.)
             fc_j = tl.load(FC + (rows_j[:, None] * H + i_h) * DV + o_v[None, :],
@@ -260,6 +272,8 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
         A = A * tl.exp(tl.where(causal, fa_i[:, None] - fa_i[None, :], 0.))
     A = tl.where(causal, A, 0.)
     z = tl.load(Z + (rows[:, None] * H + i_h) * DV + o_v[None, :], mask=m_iv, other=0.)
+    if USE_ZS:
+        z = z.to(tl.float32) * tl.load(ZS + rows * H + i_h, mask=m_i, other=0.).to(tl.float32)[:, None]
     if USE_C:
         # exact pairwise V factors on a [BC, BC, BV] tile
         e = tl.where(causal[:, :, None], fc_i[:, None, :] - fc_i[None, :, :], 0.)
@@ -269,11 +283,14 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
         acc += scores_dot(A, z, dt, PREC)
     acc = acc * scale
     p_iv = (rows[:, None] * H + i_h) * DV + o_v[None, :]
-    if USE_BIAS:
-        acc += tl.load(BIAS + p_iv, mask=m_iv, other=0.).to(tl.float32)
-    tl.store(O + p_iv, acc, mask=m_iv)
+    if OS_MODE != 0:
+        os_i = tl.load(OS + rows * H + i_h, mask=m_i, other=0.).to(tl.float32)
+    if OS_MODE == 1:
+        acc = acc * os_i[:, None]
+    if XP_MODE != 0 or USE_XB:
+        w = tl.load(W + p_iv, mask=m_iv, other=0.).to(tl.float32)
     if XP_MODE != 0:
-        p = tl.load(W + p_iv, mask=m_iv, other=0.).to(tl.float32) * acc * xp_sign
+        p = w * acc * xp_sign
         if XP_MODE == 1:
             if XP_ACCUM:
                 p += tl.load(XP + p_iv, mask=m_iv, other=0.)
@@ -284,12 +301,23 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, cu_seqlens, chunk_
             if XP_ACCUM:
                 ps += tl.load(XP + p_r, mask=m_i, other=0.)
             tl.store(XP + p_r, ps, mask=m_i)
+    if OS_MODE == 2:
+        acc = acc * os_i[:, None]
+    if USE_BIAS:
+        bias = tl.load(BIAS + p_iv, mask=m_iv, other=0.).to(tl.float32)
+        if USE_XB:
+            tl.store(XB + (i_v.to(tl.int64) * T_total + rows) * H + i_h, tl.sum(w * bias, 1),
+                     mask=m_i)
+        if USE_BS:
+            bias = bias * tl.load(BS + i_h).to(tl.float32)
+        acc += bias
+    tl.store(O + p_iv, acc, mask=m_iv)
 
 
 @kernel
-def chunk_gla_dqk(Q, KK, VV, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, chunk_tbl,
+def chunk_gla_dqk(Q, KK, VV, VS, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, chunk_tbl,
                   H, DK_, DV_, T_total, scale,
-                  USE_A: tl.constexpr, USE_XP: tl.constexpr,
+                  USE_VS: tl.constexpr, USE_A: tl.constexpr, USE_XP: tl.constexpr,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
                   DOT_F32: tl.constexpr):
     # grid: (num chunks, cdiv(DK_, BK), H). The backward's dq and dk of one whole chunk and one
@@ -300,6 +328,7 @@ def chunk_gla_dqk(Q, KK, VV, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, chunk_
     # (HS[c]: the state before chunk c; DHS[c]: the adjoint after it, both [DK_, DV_]). The V
     # extent is walked in BV-tiles, each adding to the score tile and to both inter-chunk terms.
     # USE_XP: the decay-gradient terms sum_k (q dq - k dk) of this K-tile into XP[i_k, t, h].
+    # USE_VS: v's rows times a per-token scalar VS [T_total, H] (fp32 on chip: v' = s v).
     i_c = tl.program_id(0)
     i_k = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -318,6 +347,8 @@ def chunk_gla_dqk(Q, KK, VV, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, chunk_
     P = tl.full([BT, BT], 0., tl.float32)
     dq = tl.full([BT, BK], 0., tl.float32)
     dk = tl.full([BT, BK], 0., tl.float32)
+    if USE_VS:
+        vs = tl.load(VS + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
     for i_v in range(0, (DV_ + BV - 1) // BV):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < DV_
@@ -330,6 +361,8 @@ def chunk_gla_dqk(Q, KK, VV, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, chunk_
         hs = tl.load(HS + p_s, mask=m_s, other=0.)
         dhs = tl.load(DHS + p_s, mask=m_s, other=0.)
         do = do.to(dt)
+        if USE_VS:
+            v = v.to(tl.float32) * vs[:, None]
         v = v.to(dt)
         P += tl.dot(do, tl.trans(v), input_precision=PREC)
         dq += tl.dot(do, hs.to(dt), input_precision=PREC)
