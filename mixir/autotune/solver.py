@@ -247,13 +247,24 @@ def _enumerate(m, vars_):
 
 def enumerate_feasible(space, shape, gpu, constraints=None, explain: bool = True) -> list[dict]:
     """Every feasible config of ``space`` for ``shape`` on ``gpu`` (dicts of parameter values,
-    sorted). An empty result raises ``TuningError`` naming the binding constraint when ``explain``."""
+    sorted). An empty result raises ``TuningError`` naming the binding constraint when ``explain``.
+    Results are kept per (space, shape, GPU, constraints) for the process: a tuning run re-solves
+    the same problem after feedback that changed nothing, and the full enumeration of a chunked
+    space takes seconds."""
     cs = space.constraints(shape, gpu) if constraints is None else list(constraints)
-    m, vars_, _ = _build(space, shape, gpu, cs)
-    out = _enumerate(m, vars_)
+    key = (id(space), space.name, shape, gpu, tuple(cs))
+    out = _ENUMERATED.get(key)
+    if out is None:
+        m, vars_, _ = _build(space, shape, gpu, cs)
+        out = _ENUMERATED[key] = _enumerate(m, vars_)
+        while len(_ENUMERATED) > 64:           # a bounded memo, oldest first
+            _ENUMERATED.pop(next(iter(_ENUMERATED)))
     if not out and explain:
         raise TuningError(explain_infeasible(space, shape, gpu, cs))
-    return out
+    return [dict(c) for c in out]
+
+
+_ENUMERATED: dict = {}
 
 
 def first_feasible(space, shape, gpu, constraints=None) -> dict | None:
