@@ -171,6 +171,10 @@ def _chunked_extra(shape, gpu):
                    f"BV <= padded V = {padded(shape.V)}"),
         Constraint("bvs_le_padded_v", BVS, "le", sp.Integer(padded(shape.V)),
                    f"BVS <= padded V = {padded(shape.V)}"),
+        # the split exists for a state tile narrower than the output kernel's V-tile (64 x 64
+        # beside BV = 128); a wider one only trades the passes' rereads of k for the output
+        # kernel's, and keeping it out halves the space the tuner enumerates
+        Constraint("bvs_le_bv", BVS, "le", BV, "the state passes' V-tile BVS <= the output kernel's BV"),
         Constraint("bt_le_padded_t", BT, "le", sp.Integer(max(16, pow2(shape.T))),
                    f"BT <= padded T = {max(16, pow2(shape.T))}"),
     ]
