@@ -74,6 +74,7 @@ def test_solver_matches_bruteforce(data):
     assert sorted(got, key=key) == sorted(brute, key=key)
 
 
+@pytest.mark.slow     # the fast lane compares solver and brute force on random subspaces (above)
 def test_full_space_matches_bruteforce():
     shape = spaces.Shape(8, 4096, 16, 64, 64, "bf16")   # the tiles <= 64: a full but small space
     for g in ("h100", "4090"):
