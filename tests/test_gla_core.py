@@ -173,6 +173,14 @@ def test_head_sizes(strategy, K, V, decays):
     check_case(inp, do, dhT, strategy, config=cfg)
 
 
+@pytest.mark.parametrize("decays", [("g", "gk", "gv"), ("g",)])
+def test_recurrent_value_tiles(decays):
+    """The recurrent kernel over three V-tiles: dq and dk are summed from per-tile partials, the
+    decay gradients' terms come from every tile's epilogue (K side) or its own columns (V side)."""
+    inp, do, dhT = make_inputs(2, 23, 2, 20, 40, decays, seed=31)
+    check_case(inp, do, dhT, "recurrent", config={"BV": 16})
+
+
 @pytest.mark.parametrize("strategy", CHUNKED_FAST)
 def test_varlen_with_empty_sequences(strategy):
     offsets = [0, 5, 5, 40, 77, 77]      # empty sequences inside and at the end

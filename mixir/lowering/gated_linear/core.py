@@ -344,8 +344,7 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
                              out_dtype=g.dtype)
     if gv is not None:
         o = c.output(HS, torch.float32, scale)
-        _, _, dgv = _decay_grads(plan, c.q, c.k, c.v, o, do, None, None, dv, hT, dhT,
-                                 False, False, True, cfg)
+        dgv = _value_decay_grad(plan, c.v, o, do, dv, hT, dhT, cfg)
         dv = dv.to(grad_dtype)
     du = None if xs is None else (xs[0] if xs.shape[0] == 1 else xs.sum(0)).view(c.B, c.T, H)
     dc = None if xb is None else xb.sum((0, 1))
@@ -369,71 +368,80 @@ def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, 
 
 # ------------------------------------------------------------------------------------- recurrent
 
-def _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state):
+def _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
+                       out_dtype, bias):
+    """(o = scale * core + bias in ``out_dtype``, hT fp32 or None): one launch."""
     B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent")
     cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
     plan = ChunkPlan(q, cu_seqlens, None)
     N = plan.N
     h0 = _state(h0, N, H, K, V)
     BK, BV = tile(K, 1 << 30), tile(V, cfg["BV"])   # the whole K extent is one tile
-    o = empty(plan.T_total, H, V, device=q.device)
+    o = empty(plan.T_total, H, V, device=q.device, dtype=out_dtype)
     hT = empty(N, H, K, V, device=q.device) if output_final_state else None
     if N > 0:
         _rc.recurrent_gla_fwd[(N * H, cdiv(V, BV))](
-            packed(q), packed(k), packed(v), _f32(g), _f32(gk), _f32(gv), h0, o, hT, plan.cu,
-            H, K, V, USE_G=g is not None, USE_GK=gk is not None, USE_GV=gv is not None,
-            USE_H0=h0 is not None, STORE_HT=output_final_state, BK=BK, BV=BV,
+            packed(q), packed(k), packed(v), _f32(g), _f32(gk), _f32(gv), h0, o, hT, packed(bias),
+            plan.cu, H, K, V, float(scale), USE_G=g is not None, USE_GK=gk is not None,
+            USE_GV=gv is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
+            USE_BIAS=bias is not None, BK=BK, BV=BV,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o.view(B, T, H, V), hT
 
 
-def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config):
+def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
+    """The recurrent backward in one launch (the gradients at scale·do) plus the decay gradients'
+    reverse cumsums: the launch writes their terms q·dq − k·dk and o·do − v·dv (fp32, before dq,
+    dk, dv are rounded to ``grad_dtype``)."""
     B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent")
     cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
     plan = ChunkPlan(q, cu_seqlens, None)
-    N, TT = plan.N, plan.T_total
+    N, TT, dev = plan.N, plan.T_total, q.device
     h0 = _state(h0, N, H, K, V)
     dhT = _state(dhT, N, H, K, V)
     BK, BV = tile(K, 1 << 30), tile(V, cfg["BV"])
     NV = cdiv(V, BV)
-    qp, kp, vp, dop = packed(q), packed(k), packed(v), packed(do)
-    dq_p = empty(NV, TT, H, K, device=q.device)
-    dk_p = empty(NV, TT, H, K, device=q.device)
-    dv = empty(TT, H, V, device=q.device)
-    dh0 = empty(N, H, K, V, device=q.device) if h0 is not None else None
-    o = empty(TT, H, V, device=q.device) if gv is not None else None
-    hT = empty(N, H, K, V, device=q.device)
+    # one V-tile: dq, dk are whole in the launch and stored in grad_dtype; more: fp32 partials
+    part_dtype = grad_dtype if NV == 1 else torch.float32
+    dq_p = empty(NV, TT, H, K, device=dev, dtype=part_dtype)
+    dk_p = empty(NV, TT, H, K, device=dev, dtype=part_dtype)
+    dv = empty(TT, H, V, device=dev, dtype=grad_dtype)
+    dh0 = empty(N, H, K, V, device=dev) if h0 is not None else None
+    xk_d = 2 if gk is not None else 1 if g is not None else 0
+    XK = (empty(2 * NV, TT, H, K, device=dev) if xk_d == 2 else
+          empty(2 * NV, TT, H, 1, device=dev) if xk_d == 1 else None)
+    XV = empty(2, TT, H, V, device=dev) if gv is not None else None
+    need_hT = dhT is not None and xk_d + (gv is not None) > 0
+    hT = empty(N, H, K, V, device=dev) if need_hT else None
     if N > 0:
         _rc.recurrent_gla_bwd[(N * H, NV)](
-            qp, kp, vp, _f32(g), _f32(gk), _f32(gv), h0, dop, dhT,
-            dq_p, dk_p, dv, dh0, o, hT, plan.cu, TT, H, K, V,
+            packed(q), packed(k), packed(v), _f32(g), _f32(gk), _f32(gv), h0, packed(do), dhT,
+            dq_p, dk_p, dv, dh0, XK, XV, hT, plan.cu, TT, H, K, V, float(scale),
             USE_G=g is not None, USE_GK=gk is not None, USE_GV=gv is not None,
             USE_H0=h0 is not None, USE_DHT=dhT is not None, STORE_DH0=h0 is not None,
-            STORE_O=gv is not None, BK=BK, BV=BV,
+            STORE_HT=need_hT, XK_D=xk_d, USE_XV=gv is not None, BK=BK, BV=BV,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    dq, dk = dq_p.sum(0), dk_p.sum(0)
-    dg, dgk, dgv = _decay_grads(plan, qp, kp, vp, o, dop, dq, dk, dv, hT, dhT,
-                                g is not None, gk is not None, gv is not None, cfg)
-    return _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0)
+    dq, dk = (dq_p[0], dk_p[0]) if NV == 1 else (dq_p.sum(0), dk_p.sum(0))
+    fin = hT * dhT if need_hT else None                          # [N, H, K, V]
+    dg = dgk = dgv = None
+    if gk is not None:
+        dgk = _rev_cumsum(plan, XK, None if fin is None else fin.sum(-1), cfg)
+    if g is not None:
+        dg = _rev_cumsum(plan, XK, None if fin is None else fin.sum((-1, -2)), cfg,
+                         sum_d=True)
+    if gv is not None:
+        dgv = _rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg)
+    return _finish(B, T, H, K, V, dq.to(grad_dtype), dk.to(grad_dtype), dv, dg, dgk, dgv, dh0)
 
 
 # ------------------------------------------------------------------------------------------ shared
 
-def _decay_grads(plan, q, k, v, o, do, dq, dk, dv, hT, dhT, use_g, use_gk, use_gv, cfg):
-    """dG_t = q*dq - k*dk (K side) / o*do - v*dv (V side), reverse-cumsummed per sequence, plus
-    the final-state term sum(S_T * dhT) that every position of the sequence receives."""
-    dg = dgk = dgv = None
+def _value_decay_grad(plan, v, o, do, dv, hT, dhT, cfg):
+    """dgv: o*do - v*dv reverse-cumsummed per sequence, plus the final-state term sum_K(S_T * dhT)
+    that every position of the sequence receives (the chunked strategy with value-side decays)."""
     fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]
-    if use_g or use_gk:
-        xk = q.float() * dq - k.float() * dk                       # [T, H, K]
-        if use_gk:
-            dgk = _rev_cumsum(plan, xk, None if fin is None else fin.sum(-1), cfg)
-        if use_g:
-            dg = _rev_cumsum(plan, xk.sum(-1), None if fin is None else fin.sum((-1, -2)), cfg)
-    if use_gv:
-        xv = o * do.float() - v.float() * dv                       # [T, H, V]
-        dgv = _rev_cumsum(plan, xv, None if fin is None else fin.sum(-2), cfg)
-    return dg, dgk, dgv
+    xv = o * do.float() - v.float() * dv                         # [T, H, V]
+    return _rev_cumsum(plan, xv, None if fin is None else fin.sum(-2), cfg)
 
 
 def _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0):
@@ -458,9 +466,8 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
                                 scale, out_dtype, bias, v_scale, v_bias)
     v, bias = _scaled.materialise(v, bias, v_scale, v_bias)
     if strategy == "recurrent":
-        o, hT = _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state)
-        o = o if scale == 1.0 else o * scale
-        return (o if bias is None else o + bias.float()).to(out_dtype), hT
+        return _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
+                                  scale, out_dtype, bias)
     if strategy == "fused":
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
         _fused.check_form(K, V, gk, gv)
@@ -494,7 +501,6 @@ def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunk
         return _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
                                grad_dtype)
     if strategy == "recurrent":
-        do = do if scale == 1.0 else do.float() * scale
-        dq, dk, dv, *rest = _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config)
-        return (dq.to(grad_dtype), dk.to(grad_dtype), dv.to(grad_dtype), *rest)
+        return _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
+                                   grad_dtype)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")

@@ -262,7 +262,7 @@ _rec_fwd = KernelModel(
     grid=B * H * cdiv_expr(V, BV),
     smem=BV * 4 * W,                                    # cross-warp reduction scratch over K
     live_fp32=2 * BK * BV + 3 * BK + 2 * BV,
-    bytes_moved=B * T * H * (K * cdiv_expr(V, BV) * (2 * db + 4) + V * (db + 4)),
+    bytes_moved=B * T * H * (K * cdiv_expr(V, BV) * (2 * db + 4) + V * 2 * db),   # o in db
     tc_flops=sp.Integer(0),
     fp32_flops=4 * B * T * H * K * V,
     serial_steps=T, count=1)
@@ -272,7 +272,9 @@ _rec_bwd = KernelModel(
     grid=B * H * cdiv_expr(V, BV),
     smem=(BV + BK) * 4 * W,
     live_fp32=3 * BK * BV + 4 * BK + 4 * BV,
-    bytes_moved=B * T * H * (K * cdiv_expr(V, BV) * (4 * db + 16) + V * (4 * db + 8)),
+    # per V-tile: q, k twice, dq / dk partials and the decay terms q*dq, -k*dk (fp32), gk twice;
+    # v, do twice, dv in db, the value-side terms o*do, -v*dv (fp32)
+    bytes_moved=B * T * H * (K * cdiv_expr(V, BV) * (4 * db + 24) + V * (5 * db + 8)),
     tc_flops=sp.Integer(0),
     fp32_flops=10 * B * T * H * K * V,
     serial_steps=2 * T, count=1)

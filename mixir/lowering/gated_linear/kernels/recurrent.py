@@ -40,11 +40,11 @@ def _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v,
 
 
 @kernel
-def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, H0, O, HT, cu_seqlens, H, DK, DV,
+def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, H0, O, HT, BIAS, cu_seqlens, H, DK, DV, scale,
                       USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr,
-                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                      USE_H0: tl.constexpr, STORE_HT: tl.constexpr, USE_BIAS: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr):
-    # grid: (N * H, cdiv(DV, BV))
+    # grid: (N * H, cdiv(DV, BV)). O [T_total, H, DV] (its dtype) = scale * S_t^T q_t (+ BIAS).
     i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, tl.program_id(1), DK, DV, BK, BV)
     h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
@@ -53,7 +53,9 @@ def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, H0, O, HT, cu_seqlens, H, DK, DV,
         base_v = (t * H + i_h) * DV
         q = tl.load(Q + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
         h = _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
-        o = tl.reduce(h * q[:, None], 0, tl.standard._sum_combine)
+        o = tl.reduce(h * q[:, None], 0, tl.standard._sum_combine) * scale
+        if USE_BIAS:
+            o += tl.load(BIAS + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
         tl.store(O + base_v + o_v, o, mask=m_v)
     if STORE_HT:
         store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
@@ -61,32 +63,50 @@ def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, H0, O, HT, cu_seqlens, H, DK, DV,
 
 @kernel
 def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, H0, DO, DHT,
-                      DQ, DK_, DV_, DH0, O, HT, cu_seqlens, T_total, H, DK, DV,
+                      DQ, DK_, DV_, DH0, XK, XV, HT, cu_seqlens, T_total, H, DK, DV, scale,
                       USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr,
                       USE_H0: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                      STORE_O: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    # grid: (N * H, cdiv(DV, BV)).
-    # DQ, DK_ are per-V-tile partial sums: [NV, T_total, H, DK] (summed by the caller).
-    # Pass 1 (forward in time): S_t, dq_t = S_t do_t, optionally o_t = S_t^T q_t, and S_T -> HT.
+                      STORE_HT: tl.constexpr, XK_D: tl.constexpr, USE_XV: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr):
+    # grid: (N * H, cdiv(DV, BV)); the gradients of O = scale * S_t^T q_t at DO (dhT unscaled).
+    # DQ, DK_ are per-V-tile partial sums [NV, T_total, H, DK] (summed by the caller when NV > 1;
+    # stored in their dtype). The decay gradients' terms, before the caller's reverse cumsum:
+    # XK_D = 2: XK [2 NV, T_total, H, DK] holds q*dq (slices 0..NV-1) and -k*dk (NV..2NV-1) of
+    # each V-tile (fp32; their sum is q*dq - k*dk); XK_D = 1: their row sums, [2 NV, T_total, H];
+    # USE_XV: XV [2, T_total, H, DV] holds o*do and -v*dv (o recomputed). Each pass writes its
+    # own slices: nothing written in pass 1 is read back.
+    # Pass 1 (forward in time): S_t, dq_t = S_t do_t, and S_T -> HT.
     # Pass 2 (reverse): D_t = A_{t+1} * D_{t+1} + q_t do_t^T (D_T = dhT + q_T do_T^T),
     #   dk_t = D_t v_t, dv_t = D_t^T k_t; finally dh0 = A_1 * D_1.
     i_v = tl.program_id(1)
     i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, i_v, DK, DV, BK, BV)
     part = i_v.to(tl.int64) * T_total * H * DK
+    part_s = i_v.to(tl.int64) * T_total * H
+    NV = tl.num_programs(1)
+    part2 = (i_v + NV).to(tl.int64) * T_total * H * DK
+    part2_s = (i_v + NV).to(tl.int64) * T_total * H
+    part2_v = tl.cast(T_total, tl.int64) * H * DV
 
     h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
     for t in range(bos, eos):
         base_k = (t * H + i_h) * DK
         base_v = (t * H + i_h) * DV
         h = _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
-        do = tl.load(DO + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
+        do = tl.load(DO + base_v + o_v, mask=m_v, other=0.).to(tl.float32) * scale
         dq = tl.reduce(h * do[None, :], 1, tl.standard._sum_combine)
         tl.store(DQ + part + base_k + o_k, dq, mask=m_k)
-        if STORE_O:
+        if XK_D > 0 or USE_XV:
             q = tl.load(Q + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
-            tl.store(O + base_v + o_v, tl.reduce(h * q[:, None], 0, tl.standard._sum_combine), mask=m_v)
-    store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
+            if XK_D == 2:
+                tl.store(XK + part + base_k + o_k, q * dq, mask=m_k)
+            if XK_D == 1:
+                tl.store(XK + part_s + t * H + i_h, tl.sum(q * dq, 0))
+            if USE_XV:
+                o = tl.reduce(h * q[:, None], 0, tl.standard._sum_combine)
+                tl.store(XV + base_v + o_v, o * do, mask=m_v)
+    if STORE_HT:
+        store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
     dh = load_state(DHT, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_DHT)
     for it in range(bos, eos):
@@ -96,10 +116,18 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, H0, DO, DHT,
         q = tl.load(Q + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
         k = tl.load(K_ + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
         v = tl.load(V_ + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
-        do = tl.load(DO + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
+        do = tl.load(DO + base_v + o_v, mask=m_v, other=0.).to(tl.float32) * scale
         dh += q[:, None] * do[None, :]
-        tl.store(DK_ + part + base_k + o_k, tl.reduce(dh * v[None, :], 1, tl.standard._sum_combine), mask=m_k)
-        tl.store(DV_ + base_v + o_v, tl.reduce(dh * k[:, None], 0, tl.standard._sum_combine), mask=m_v)
+        dk = tl.reduce(dh * v[None, :], 1, tl.standard._sum_combine)
+        dv = tl.reduce(dh * k[:, None], 0, tl.standard._sum_combine)
+        tl.store(DK_ + part + base_k + o_k, dk, mask=m_k)
+        tl.store(DV_ + base_v + o_v, dv, mask=m_v)
+        if XK_D == 2:
+            tl.store(XK + part2 + base_k + o_k, -(k * dk), mask=m_k)
+        if XK_D == 1:
+            tl.store(XK + part2_s + t * H + i_h, -tl.sum(k * dk, 0))
+        if USE_XV:
+            tl.store(XV + part2_v + base_v + o_v, -(v * dv), mask=m_v)
         dh = _decay(dh, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
     if STORE_DH0:
         store_state(DH0, dh, i_n, i_h, H, DK, DV, o_kv, m_kv)
