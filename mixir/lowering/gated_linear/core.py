@@ -70,7 +70,9 @@ def default_config(strategy, K, V, dtype) -> dict:
 def _check(q, k, v, g, gk, gv, strategy):
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-    assert q.dtype in _FLOAT_INPUTS and k.dtype == q.dtype and v.dtype == q.dtype
+    assert q.dtype in _FLOAT_INPUTS and k.dtype == q.dtype
+    # v is in q's dtype, or fp32 when it is a per-token scalar (V = 1: runtime._narrow_pieces)
+    assert v.dtype == q.dtype or (v.dtype == torch.float32 and v.shape[-1] == 1)
     assert q.dim() == 4 and k.shape == q.shape and v.shape[:3] == q.shape[:3]
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -88,6 +90,12 @@ def _state(x, N, H, K, V):
         return None
     assert x.shape == (N, H, K, V)
     return x.to(torch.float32).contiguous()
+
+
+def _grad_dtype(x, grad_dtype):
+    """The dtype of x's gradient: fp32 for an fp32 x (a per-token scalar v beside 16-bit q, k),
+    else ``grad_dtype``."""
+    return torch.float32 if x.dtype == torch.float32 else grad_dtype
 
 
 def _f32(x):
@@ -323,7 +331,7 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
         dk = _output(plan, c.v, do, c.q, (c.Ra, c.Rc, c.Rb), DHS, V, K, True, True, cfg, dot,
                      out_dtype=grad_dtype, scale=scale, xp=xk,
                      os=None if c.vs is None else (c.vs, 1))
-    kv_dtype = torch.float32 if gv is not None else grad_dtype
+    kv_dtype = torch.float32 if gv is not None else _grad_dtype(v, grad_dtype)
     # du = sum_V v dv' and dc = sum_V v do (per V-tile row sums); dv = u dv' + c do
     xs = None if c.vs is None else _xp_buffer(plan, V, False, cfg, q.device)[0]
     xb = None if c.vb is None else _xp_buffer(plan, V, False, cfg, q.device)[0]
@@ -345,7 +353,7 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
     if gv is not None:
         o = c.output(HS, torch.float32, scale)
         dgv = _value_decay_grad(plan, c.v, o, do, dv, hT, dhT, cfg)
-        dv = dv.to(grad_dtype)
+        dv = dv.to(_grad_dtype(v, grad_dtype))
     du = None if xs is None else (xs[0] if xs.shape[0] == 1 else xs.sum(0)).view(c.B, c.T, H)
     dc = None if xb is None else xb.sum((0, 1))
     return _finish(c.B, c.T, H, K, V, dq, dk, dv, dg, dgk, dgv,
@@ -405,7 +413,7 @@ def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, sca
     part_dtype = grad_dtype if NV == 1 else torch.float32
     dq_p = empty(NV, TT, H, K, device=dev, dtype=part_dtype)
     dk_p = empty(NV, TT, H, K, device=dev, dtype=part_dtype)
-    dv = empty(TT, H, V, device=dev, dtype=grad_dtype)
+    dv = empty(TT, H, V, device=dev, dtype=_grad_dtype(v, grad_dtype))
     dh0 = empty(N, H, K, V, device=dev) if h0 is not None else None
     xk_d = 2 if gk is not None else 1 if g is not None else 0
     XK = (empty(2 * NV, TT, H, K, device=dev) if xk_d == 2 else

@@ -118,7 +118,7 @@ def fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, config, scale, grad_dtyp
     dk = c.sweep(c.v, do, c.q, V, K, True, s0=dhT, s0_scale=inv, transposed=True,
                  out_dtype=grad_dtype, scale=scale, xp=(c.k, XP, NK, -1.0) if use_g else None)
     dv = c.sweep(c.k, c.q, do, K, V, True, s0=dhT, s0_scale=inv, sn=dh0, sn_scale=scale,
-                 out_dtype=grad_dtype, scale=scale)
+                 out_dtype=torch.float32 if v.dtype == torch.float32 else grad_dtype, scale=scale)
     B, T = c.B, c.T
     return (dq.view(B, T, H, K), dk.view(B, T, H, K), dv.view(B, T, H, V),
             None if XP is None else XP.view(2 * NK, p.T_total, H, 1), hT, dh0)

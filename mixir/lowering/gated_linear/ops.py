@@ -71,7 +71,7 @@ def _(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale=1.0, 
       v_bias=None):
     def like(t, dtype=torch.float32):
         return q.new_empty((0,), dtype=torch.float32) if t is None else t.new_empty(t.shape, dtype=dtype)
-    return [like(q, q.dtype), like(k, q.dtype), like(v, q.dtype), like(g), like(gk), like(gv),
+    return [like(q, q.dtype), like(k, q.dtype), like(v, torch.float32 if v.dtype == torch.float32 else q.dtype), like(g), like(gk), like(gv),
             like(h0), like(v_scale), like(v_bias)]
 
 

@@ -34,6 +34,16 @@ from ..common.pieces import PiecesKernel
 
 
 
+
+def _narrow_pieces(f: GatedLinearForm) -> tuple:
+    """The pieces among q, k, v that the core reads in a 16-bit input dtype: q, k, and v when it
+    has a feature axis. A v without one (a per-token scalar, e.g. mamba's v = dt·u) stays fp32
+    from the pieces kernel to the core - a few bytes per token, and no rounding of a computed
+    value before the fp32 recurrence (the core takes such a v in fp32 and returns its gradient
+    in fp32)."""
+    return ("q", "k", "v") if f.v_dim else ("q", "k")
+
+
 class CompiledMixer(CompiledBase):
     """A mixer compiled for torch tensors. Call it like the reference, on tensors."""
 
@@ -135,7 +145,8 @@ class CompiledMixer(CompiledBase):
         out_fp32 = Q is not None or not ir.is_const(f.out_scale) or (
             not in_core and not ir.is_const(f.out_bias, 0.0))
         h0 = None if init is None else self._to_canonical_state(f, init.float())
-        o, hT = ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(dtype), g, gk, gv,
+        v_dtype = dtype if "v" in _narrow_pieces(f) else torch.float32
+        o, hT = ops.gla_fwd(q.to(dtype), k.to(dtype), v.to(v_dtype), g, gk, gv,
                             None if h0 is None else h0.contiguous(), cu_seqlens, strategy,
                             encode_config(self._config(strategy, K, V, dtype, shape=(B, T, H),
                                                        device=q.device, form=f)),
@@ -155,8 +166,8 @@ class CompiledMixer(CompiledBase):
 
     def pieces(self, f: GatedLinearForm, env, b, T, dtype=torch.float32):
         """``(p, scale, shaped)`` of the form ``f`` on the ``T`` tokens of ``env``: its pieces (q, k,
-        v in ``dtype`` when it is 16-bit, straight from the pieces kernel - the core reads them in
-        that dtype -, the rest fp32; a piece that is a call tensor is that tensor, a constant a
+        v in ``dtype`` when it is 16-bit and they have a feature axis, straight from the pieces
+        kernel - the core reads them in that dtype -, the rest fp32; a piece that is a call tensor is that tensor, a constant a
         0-dim tensor; a scaled piece v / d is its call tensor, with its scalar as p["v_scale"] /
         p["d_scale"]), the output scale of q's per-call factor (1 without one), and
         ``shaped(name)``: a piece broadcast to ``[B, T, H(, its feature size)]``."""
@@ -164,7 +175,7 @@ class CompiledMixer(CompiledBase):
         K = b.sizes[f.k_dim] if f.k_dim else 1
         V = b.sizes[f.v_dim] if f.v_dim else 1
         pk = self.pieces_kernels[f.state.name]
-        narrow = ("q", "k", "v") if dtype != torch.float32 else ()
+        narrow = _narrow_pieces(f) if dtype != torch.float32 else ()
         p = {} if pk is None else pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H,
                                      b.sizes, narrow=narrow, dtype=dtype)
         scale = 1.0
