@@ -35,6 +35,10 @@ from ..common.pieces import PiecesKernel
 
 
 
+#: the pieces holding the signs of the transition's factors
+_SIGNS = ("g_sign", "gk_sign", "gv_sign")
+
+
 def _narrow_pieces(f: GatedLinearForm) -> tuple:
     """The pieces among q, k, v that the core reads in a 16-bit input dtype: q, k, and v when it
     has a feature axis. A v without one (a per-token scalar, e.g. mamba's v = dt·u) stays fp32
@@ -128,9 +132,12 @@ class CompiledMixer(CompiledBase):
                 check_log_decay(self.mixer.name, f"the log-decay of state {f.state.name!r}"
                                 + (f" (argument {src!r})" if src else ""), t)
         P = Q = None
-        if any(n in p for n in ("g_sign", "gk_sign", "gv_sign")):
-            P, Q = self._sign_products(p, shaped, cu_seqlens, B, T, H, K, V)
-            q, k, v = q * P, k * P, v * Q
+        if any(n in p for n in _SIGNS):
+            P, Q = self._sign_products(p, shaped, cu_seqlens)
+            if P is not None:
+                q, k = q * P, k * P
+            if Q is not None:
+                v = v * Q
         if ir.is_const(f.out_scale):
             scale *= f.out_scale.arg
         # a constant output scale and a per-token bias (mamba's D skip) go into the core's output
@@ -161,13 +168,16 @@ class CompiledMixer(CompiledBase):
             o = o + shaped("d")
         o = o.reshape((B, T, H) + tuple(b.sizes[d] for d in out_dims))
         if P is not None:
-            hT = hT * self._last(P, cu_seqlens, N)[..., :, None] * self._last(Q, cu_seqlens, N)[..., None, :]
+            hT = hT * self._last(P, cu_seqlens, N)[..., :, None]
+        if Q is not None:
+            hT = hT * self._last(Q, cu_seqlens, N)[..., None, :]
         return o, self._from_canonical_state(f, hT)
 
     def pieces(self, f: GatedLinearForm, env, b, T, dtype=torch.float32):
         """``(p, scale, shaped)`` of the form ``f`` on the ``T`` tokens of ``env``: its pieces (q, k,
         v in ``dtype`` when it is 16-bit and they have a feature axis, straight from the pieces
-        kernel - the core reads them in that dtype -, the rest fp32; a piece that is a call tensor is that tensor, a constant a
+        kernel - the core reads them in that dtype -, the sign pieces (±1) in it too, the rest
+        fp32; a piece that is a call tensor is that tensor, a constant a
         0-dim tensor; a scaled piece v / d is its call tensor, with its scalar as p["v_scale"] /
         p["d_scale"]), the output scale of q's per-call factor (1 without one), and
         ``shaped(name)``: a piece broadcast to ``[B, T, H(, its feature size)]``."""
@@ -175,7 +185,8 @@ class CompiledMixer(CompiledBase):
         K = b.sizes[f.k_dim] if f.k_dim else 1
         V = b.sizes[f.v_dim] if f.v_dim else 1
         pk = self.pieces_kernels[f.state.name]
-        narrow = _narrow_pieces(f) if dtype != torch.float32 else ()
+        # the sign pieces (±1) are exact in 16 bits: they are read as such by the sign products
+        narrow = _narrow_pieces(f) + _SIGNS if dtype != torch.float32 else ()
         p = {} if pk is None else pk([env[spec[0]] for spec in pk.input_specs], b.scalars, B, T, H,
                                      b.sizes, narrow=narrow, dtype=dtype)
         scale = 1.0
@@ -232,15 +243,18 @@ class CompiledMixer(CompiledBase):
         cfg.update(self.config)
         return cfg
 
-    def _sign_products(self, p, shaped, cu_seqlens, B, T, H, K, V):
-        """Running products of transition signs, restarted at every sequence start."""
-        ones_k = torch.ones((B, T, H, K), device=p["q"].device)
-        ones_v = torch.ones((B, T, H, V), device=p["q"].device)
-        sk = ones_k * (shaped("gk_sign") if "gk_sign" in p else 1.0)
+    def _sign_products(self, p, shaped, cu_seqlens):
+        """Running products of transition signs, restarted at every sequence start: (P, Q), P on
+        the key side ([B, T, H, K] with gk's signs, [B, T, H, 1] with only g's), Q on the value
+        side ([B, T, H, V]); None where the form has no signs on that side. ±1 values, in the
+        sign pieces' dtype (16-bit for 16-bit inputs: exact)."""
+        sk = shaped("gk_sign") if "gk_sign" in p else None
         if "g_sign" in p:
-            sk = sk * shaped("g_sign")[..., None]
-        sv = ones_v * (shaped("gv_sign") if "gv_sign" in p else 1.0)
-        return _segment_cumprod(sk.detach(), cu_seqlens), _segment_cumprod(sv.detach(), cu_seqlens)
+            gs = shaped("g_sign")[..., None]
+            sk = gs if sk is None else sk * gs
+        sv = shaped("gv_sign") if "gv_sign" in p else None
+        return tuple(None if s is None else _segment_cumprod(s.detach(), cu_seqlens)
+                     for s in (sk, sv))
 
     @staticmethod
     def _last(P, cu_seqlens, N):
