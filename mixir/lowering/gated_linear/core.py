@@ -281,11 +281,11 @@ class _Chunked:
                        (self.Ga, self.Gb, self.Gc), h0, store_final, False, self.K, self.V,
                        self.cfg, self.dot, self.hs_dtype, vs=self.vs)
 
-    def output(self, HS, out_dtype=torch.float32, scale=1.0, bias=None):
+    def output(self, HS, out_dtype=torch.float32, scale=1.0, bias=None, xp=None):
         return _output(self.plan, self.q, self.k, self.v, (self.Ga, self.Gb, self.Gc), HS,
                        self.K, self.V, False, False, self.cfg, self.dot, out_dtype=out_dtype,
                        scale=scale, bias=self.v if self.vb is not None else packed(bias),
-                       zs=self.vs, bs=self.vb)
+                       zs=self.vs, bs=self.vb, xp=xp)
 
 
 def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
@@ -331,12 +331,19 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
         dk = _output(plan, c.v, do, c.q, (c.Ra, c.Rc, c.Rb), DHS, V, K, True, True, cfg, dot,
                      out_dtype=grad_dtype, scale=scale, xp=xk,
                      os=None if c.vs is None else (c.vs, 1))
-    kv_dtype = torch.float32 if gv is not None else _grad_dtype(v, grad_dtype)
     # du = sum_V v dv' and dc = sum_V v do (per V-tile row sums); dv = u dv' + c do
     xs = None if c.vs is None else _xp_buffer(plan, V, False, cfg, q.device)[0]
     xb = None if c.vb is None else _xp_buffer(plan, V, False, cfg, q.device)[0]
+    xdv = None if xs is None else (c.v, xs, 2, False, 1.0)
+    if gv is not None:
+        # the value-side decay gradient's terms o*do - v*dv (fp32, elementwise): o*do from a
+        # recomputation of o (its output is not used: stored in the input dtype), -v*dv added by
+        # the dv launch (scaled pieces - xs, xb - are not formed with value-side decays)
+        XV = empty(plan.T_total, H, V, device=q.device)
+        c.output(HS, q.dtype, scale, xp=(do, XV, 1, False, 1.0))
+        xdv = (c.v, XV, 1, True, -1.0)
     dv = _output(plan, c.k, c.q, do, (c.Ra, c.Rb, c.Rc), DHS, K, V, False, True, cfg, dot,
-                 out_dtype=kv_dtype, scale=scale, xp=None if xs is None else (c.v, xs, 2, False, 1.0),
+                 out_dtype=_grad_dtype(v, grad_dtype), scale=scale, xp=xdv,
                  os=None if c.vs is None else (c.vs, 2), bias=None if xb is None else do, bs=c.vb,
                  xb=None if xb is None else (c.v, xb))
     fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]
@@ -351,9 +358,8 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
             dg = _rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True,
                              out_dtype=g.dtype)
     if gv is not None:
-        o = c.output(HS, torch.float32, scale)
-        dgv = _value_decay_grad(plan, c.v, o, do, dv, hT, dhT, cfg)
-        dv = dv.to(_grad_dtype(v, grad_dtype))
+        dgv = _rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg,
+                          out_dtype=gv.dtype)
     du = None if xs is None else (xs[0] if xs.shape[0] == 1 else xs.sum(0)).view(c.B, c.T, H)
     dc = None if xb is None else xb.sum((0, 1))
     return _finish(c.B, c.T, H, K, V, dq, dk, dv, dg, dgk, dgv,
@@ -444,14 +450,6 @@ def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, sca
 
 # ------------------------------------------------------------------------------------------ shared
 
-def _value_decay_grad(plan, v, o, do, dv, hT, dhT, cfg):
-    """dgv: o*do - v*dv reverse-cumsummed per sequence, plus the final-state term sum_K(S_T * dhT)
-    that every position of the sequence receives (the chunked strategy with value-side decays)."""
-    fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]
-    xv = o * do.float() - v.float() * dv                         # [T, H, V]
-    return _rev_cumsum(plan, xv, None if fin is None else fin.sum(-2), cfg)
-
-
 def _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0):
     dq = dq.view(B, T, H, K)
     dk = dk.view(B, T, H, K)
@@ -488,7 +486,7 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
 def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunked", config=None,
                  scale=1.0, grad_dtype=torch.float32, v_scale=None, v_bias=None):
     """Returns (dq, dk, dv, dg, dgk, dgv, dh0) of ``gla_forward`` with the same ``scale``: dq, dk,
-    dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk in g's / gk's dtype);
+    dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk / dgv in their gates' dtype);
     None for absent g / gk / gv / h0. With ``v_scale`` or ``v_bias``: dv is v's, and the
     gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent)."""
     if (v_scale is not None or v_bias is not None) and (strategy != "chunked" or scale == 0.0):
