@@ -9,6 +9,7 @@ import torch
 import triton
 
 from ..common.call import shift_by_one
+from ..common.chunks import empty
 from ..common.launch import targets_gpu
 
 if TYPE_CHECKING:
@@ -182,7 +183,8 @@ def run_backward(run: _Run, cell, weights, inits, saved, dout, dfinals):
             else dout.contiguous())
     dfin = [torch.zeros((N, H, D), device=dev) if d is None else d.float().contiguous()
             for d in dfinals]
-    din_bufs = {name: torch.zeros((b.B, b.T, H) + tuple(run.D for _ in dims), device=dev)
+    # every token's row is stored by the backward kernels (empty: NaN under MIXIR_POISON)
+    din_bufs = {name: empty(b.B, b.T, H, *(run.D for _ in dims), device=dev)
                 for name, dims, _ in g.grads["din"]}
     kw = run.common(cell)
     arg_of = {name: arg for name, _, arg in g.grads["din"] + g.grads["dpar"]}
@@ -196,7 +198,9 @@ def run_backward(run: _Run, cell, weights, inits, saved, dout, dfinals):
         for name, buf in dpar_bufs.items():
             kw[arg_of[name]] = buf
         saves, asaves = saved[:S], saved[S:]
-        das = [torch.zeros((b.B, b.T, H, D), device=dev) for _ in f.gates]
+        # the gates' pre-activation gradients in one buffer: dR below is one batched GEMM
+        das_all = empty(len(f.gates), b.B, b.T, H, D, device=dev)
+        das = list(das_all.unbind(0))
         dinit = [torch.empty((N, H, D), device=dev) for _ in range(S)]
         kw.update(run.weights(weights))
         for i in range(S):
@@ -215,7 +219,7 @@ def run_backward(run: _Run, cell, weights, inits, saved, dout, dfinals):
         # dR_g[h] = Σ_{b,t} h_{t-1}ᵀ da_g: one batched GEMM over all tokens, outside the loop
         hprev = _previous(saves[f.hidden_index], None if inits is None else inits[f.hidden_index],
                           run.cu_seqlens, N)
-        dW = [torch.einsum("bthe,bthd->hed", hprev, da) for da in das]
+        dW = list(torch.einsum("bthe,gbthd->ghed", hprev, das_all).unbind(0))
         dpar_sum = {name: buf.sum(0) for name, buf in dpar_bufs.items()}
     else:
         hist = saved
