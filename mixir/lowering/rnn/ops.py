@@ -11,8 +11,9 @@ Output layout of ``rnn_fwd`` (a flat list): ``out`` [B, T, H, D] (the call's dty
 states fp32 [N, H, D], then the tensors the backward reads (``run.run_forward``):
 ``fused``: S states + G gate pre-activations fp32 [B, T, H, D] ([1, 1, 1, 1] without a
 backward); ``alternating``: S states fp32 [T, N, H, D] ([0, N, H, D] without a backward).
-``rnn_bwd`` returns fp32 gradients: one per cell input (an empty tensor where the cell input has
-none), one per recurrent weight, one per initial state.
+``rnn_bwd`` returns the gradients: one per cell input (an input's in its dtype, a parameter's
+fp32; an empty tensor where the cell input has none), one per recurrent weight, one per initial
+state (fp32).
 """
 from __future__ import annotations
 
@@ -100,8 +101,8 @@ def rnn_bwd(key: str, strategy: str, cell: list[torch.Tensor], weights: list[tor
             shape: list[int], dtype: torch.dtype, saved: list[torch.Tensor],
             dout: Optional[torch.Tensor], dfinals: list[Optional[torch.Tensor]]
             ) -> list[torch.Tensor]:
-    """The gradients (fp32) of ``rnn_fwd``'s inputs given the cotangents of ``out`` and the
-    final states (``None``: zero)."""
+    """The gradients of ``rnn_fwd``'s inputs (dtypes: the module docstring) given the
+    cotangents of ``out`` and the final states (``None``: zero)."""
     from .run import make_run, run_backward
     c = get_compiled(key)
     device = weights[0].device if weights else cell[0].device
@@ -109,7 +110,7 @@ def rnn_bwd(key: str, strategy: str, cell: list[torch.Tensor], weights: list[tor
     grads = run_backward(run, cell, weights, inits, saved, dout, dfinals)
     ins = [*cell, *weights, *inits, *saved, dout, *dfinals]
     empty = (weights[0] if weights else cell[0]).new_empty((0,), dtype=torch.float32)
-    return [empty.clone() if gr is None else _fresh(gr.float(), ins) for gr in grads]
+    return [empty.clone() if gr is None else _fresh(gr, ins) for gr in grads]
 
 
 def _grad_kinds(c):
@@ -125,8 +126,10 @@ def _grad_kinds(c):
 def _(key, strategy, cell, weights, inits, cu_seqlens, scalars, shape, dtype, saved, dout, dfinals):
     c = get_compiled(key)
     like = weights[0] if weights else cell[0]
-    out = [x.new_empty(x.shape, dtype=torch.float32) if has else like.new_empty((0,), dtype=torch.float32)
-           for x, has in zip(cell, _grad_kinds(c))]
+    kinds = [spec[1] for spec in c.generated.cell_inputs]
+    out = [x.new_empty(x.shape, dtype=x.dtype if kind == "input" else torch.float32) if has
+           else like.new_empty((0,), dtype=torch.float32)
+           for x, has, kind in zip(cell, _grad_kinds(c), kinds)]
     out += [w.new_empty(w.shape, dtype=torch.float32) for w in weights]
     out += [s.new_empty(s.shape, dtype=torch.float32) for s in inits]
     return out

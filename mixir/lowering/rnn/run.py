@@ -172,7 +172,8 @@ def run_forward(run: _Run, cell, weights, inits):
 
 
 def run_backward(run: _Run, cell, weights, inits, saved, dout, dfinals):
-    """Gradients of one call (fp32): one per cell input (``None`` where it has none), one per
+    """Gradients of one call: one per cell input (``None`` where it has none; an input's in its
+    dtype, a parameter's fp32), one per
     recurrent weight, one per initial state (none when ``inits`` is empty). ``saved`` is
     ``run_forward``'s; ``dout`` / ``dfinals`` may be ``None`` (zero cotangents)."""
     c, b, f = run.c, run.b, run.c.plan
@@ -183,8 +184,10 @@ def run_backward(run: _Run, cell, weights, inits, saved, dout, dfinals):
             else dout.contiguous())
     dfin = [torch.zeros((N, H, D), device=dev) if d is None else d.float().contiguous()
             for d in dfinals]
-    # every token's row is stored by the backward kernels (empty: NaN under MIXIR_POISON)
-    din_bufs = {name: empty(b.B, b.T, H, *(run.D for _ in dims), device=dev)
+    # every token's row is stored by the backward kernels (empty: NaN under MIXIR_POISON), in the
+    # cell input's dtype (the kernels round their fp32 values once, in the store)
+    dtype_of = {spec[0]: x.dtype for spec, x in zip(g.cell_inputs, cell)}
+    din_bufs = {name: empty(b.B, b.T, H, *(run.D for _ in dims), device=dev, dtype=dtype_of[name])
                 for name, dims, _ in g.grads["din"]}
     kw = run.common(cell)
     arg_of = {name: arg for name, _, arg in g.grads["din"] + g.grads["dpar"]}
