@@ -201,9 +201,8 @@ def run_backward(run: _Run, cell, weights, inits, saved, dout, dfinals):
         for name, buf in dpar_bufs.items():
             kw[arg_of[name]] = buf
         saves, asaves = saved[:S], saved[S:]
-        # the gates' pre-activation gradients in one buffer: dR below is one batched GEMM
-        das_all = empty(len(f.gates), b.B, b.T, H, D, device=dev)
-        das = list(das_all.unbind(0))
+        # the gates' pre-activation gradients: every token's row is stored by the kernel
+        das = [empty(b.B, b.T, H, D, device=dev) for _ in f.gates]
         dinit = [torch.empty((N, H, D), device=dev) for _ in range(S)]
         kw.update(run.weights(weights))
         for i in range(S):
@@ -222,7 +221,9 @@ def run_backward(run: _Run, cell, weights, inits, saved, dout, dfinals):
         # dR_g[h] = Σ_{b,t} h_{t-1}ᵀ da_g: one batched GEMM over all tokens, outside the loop
         hprev = _previous(saves[f.hidden_index], None if inits is None else inits[f.hidden_index],
                           run.cu_seqlens, N)
-        dW = list(torch.einsum("bthe,gbthd->ghed", hprev, das_all).unbind(0))
+        # (per gate: each operand is a strided view a batched GEMM reads without a copy; one
+        # einsum over the stacked gates would copy them to merge the gate and unit axes)
+        dW = [torch.einsum("bthe,bthd->hed", hprev, da) for da in das]
         dpar_sum = {name: buf.sum(0) for name, buf in dpar_bufs.items()}
     else:
         hist = saved
