@@ -60,6 +60,15 @@ _TABLES: dict = {}      # (offsets, BT, device) -> (cu, N, NT, chunk_tbl, chunk_
 _TABLES_MAX = 64
 
 
+def fp32_state(x, *shape):
+    """A state tensor of ``shape`` (e.g. [N, H, K, V]) as a contiguous fp32 tensor (None stays
+    None)."""
+    if x is None:
+        return None
+    assert tuple(x.shape) == shape, (tuple(x.shape), shape)
+    return x.to(torch.float32).contiguous()
+
+
 def _tables(offsets: tuple, BT, device):
     """The device-side offsets and chunk tables of one packing, built once per (offsets, BT,
     device) and then reused (read-only): no host-side table building and no host-to-device copies
@@ -112,4 +121,4 @@ class ChunkPlan:
             self.NT, self.chunk_tbl, self.chunk_off = NT, chunk_tbl, chunk_off
 
 
-__all__ = ["LOG_FLOOR", "ChunkPlan", "empty", "packed", "poison", "tile"]
+__all__ = ["LOG_FLOOR", "ChunkPlan", "empty", "fp32_state", "packed", "poison", "tile"]

@@ -27,12 +27,12 @@ cumsums, the recurrent one uses them as given.
 import torch
 
 from ...tiles import cdiv, pow2
-from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
+from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, fp32_state, packed, tile
 from ..common.launch import targets_gpu
 from . import fused as _fused
+from . import recurrent as _recurrent
 from . import scaled as _scaled
 from .kernels import chunked as _ck
-from .kernels import recurrent as _rc
 
 STRATEGIES = ("recurrent", "chunked", "fused")
 
@@ -59,9 +59,7 @@ def default_config(strategy, K, V, dtype) -> dict:
                 "bwd_dot_fp32": int(dtype in (torch.float16, torch.bfloat16)),
                 "num_warps": 8 if BK * BV >= 4096 else 4, "num_stages": 2}
     if strategy == "recurrent":
-        BK = tile(K, 1 << 30)                     # the whole K extent is one register tile
-        BV = tile(V, max(16, min(64, 4096 // BK)))
-        return {"BK": BK, "BV": BV, "num_warps": 4 if BK * BV >= 2048 else 2, "num_stages": 1}
+        return _recurrent.default_config(K, V)
     if strategy == "fused":
         return _fused.default_config(K, V, dtype)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
@@ -85,21 +83,10 @@ def _check(q, k, v, g, gk, gv, strategy):
     return B, T, H, K, V
 
 
-def _state(x, N, H, K, V):
-    if x is None:
-        return None
-    assert x.shape == (N, H, K, V)
-    return x.to(torch.float32).contiguous()
-
-
 def _grad_dtype(x, grad_dtype):
     """The dtype of x's gradient: fp32 for an fp32 x (a per-token scalar v beside 16-bit q, k),
     else ``grad_dtype``."""
     return torch.float32 if x.dtype == torch.float32 else grad_dtype
-
-
-def _f32(x):
-    return None if x is None else packed(x).to(torch.float32)
 
 
 def _dot_mode(x, cfg, backward=False):
@@ -291,7 +278,7 @@ class _Chunked:
 def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
                      out_dtype, bias, v_scale=None, v_bias=None):
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, v_scale=v_scale, v_bias=v_bias)
-    h0 = _state(h0, c.plan.N, c.H, c.K, c.V)
+    h0 = fp32_state(h0, c.plan.N, c.H, c.K, c.V)
     HS, hT = c.states(h0, output_final_state)
     o = c.output(HS, out_dtype, scale, bias)
     return o.view(c.B, c.T, c.H, c.V), hT
@@ -310,8 +297,8 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
                  v_bias=v_bias)
     plan, K, V, cfg, dot = c.plan, c.K, c.V, c.cfg, c.dot
     N, H = plan.N, c.H
-    h0 = _state(h0, N, H, K, V)
-    dhT = _state(dhT, N, H, K, V)
+    h0 = fp32_state(h0, N, H, K, V)
+    dhT = fp32_state(dhT, N, H, K, V)
     do = packed(do).to(q.dtype)
     need_hT = dhT is not None and (g is not None or gk is not None or gv is not None)
     HS, hT = c.states(h0, need_hT)
@@ -375,77 +362,28 @@ def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, 
     dg = None
     if XP is not None:
         plan = ChunkPlan(q, cu_seqlens, None)
-        fin = None if hT is None else (hT * _state(dhT, plan.N, H, K, V)).sum((-1, -2))
+        fin = None if hT is None else (hT * fp32_state(dhT, plan.N, H, K, V)).sum((-1, -2))
         dg = _rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype).view(B, T, H)
     return dq, dk, dv, dg, None, None, dh0
 
 
-# ------------------------------------------------------------------------------------- recurrent
-
-def _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
-                       out_dtype, bias):
-    """(o = scale * core + bias in ``out_dtype``, hT fp32 or None): one launch."""
-    B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent")
-    cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
-    plan = ChunkPlan(q, cu_seqlens, None)
-    N = plan.N
-    h0 = _state(h0, N, H, K, V)
-    BK, BV = tile(K, 1 << 30), tile(V, cfg["BV"])   # the whole K extent is one tile
-    o = empty(plan.T_total, H, V, device=q.device, dtype=out_dtype)
-    hT = empty(N, H, K, V, device=q.device) if output_final_state else None
-    if N > 0:
-        _rc.recurrent_gla_fwd[(N * H, cdiv(V, BV))](
-            packed(q), packed(k), packed(v), _f32(g), _f32(gk), _f32(gv), h0, o, hT, packed(bias),
-            plan.cu, H, K, V, float(scale), USE_G=g is not None, USE_GK=gk is not None,
-            USE_GV=gv is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
-            USE_BIAS=bias is not None, BK=BK, BV=BV,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return o.view(B, T, H, V), hT
-
-
 def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
-    """The recurrent backward in one launch (the gradients at scale·do) plus the decay gradients'
-    reverse cumsums: the launch writes their terms q·dq − k·dk and o·do − v·dv (fp32, before dq,
-    dk, dv are rounded to ``grad_dtype``)."""
+    """``recurrent.recurrent_backward`` and the decay gradients' reverse cumsums (fp32) of its
+    terms, with the final-state term sum(hT · dhT)."""
     B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent")
     cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
-    plan = ChunkPlan(q, cu_seqlens, None)
-    N, TT, dev = plan.N, plan.T_total, q.device
-    h0 = _state(h0, N, H, K, V)
-    dhT = _state(dhT, N, H, K, V)
-    BK, BV = tile(K, 1 << 30), tile(V, cfg["BV"])
-    NV = cdiv(V, BV)
-    # one V-tile: dq, dk are whole in the launch and stored in grad_dtype; more: fp32 partials
-    part_dtype = grad_dtype if NV == 1 else torch.float32
-    dq_p = empty(NV, TT, H, K, device=dev, dtype=part_dtype)
-    dk_p = empty(NV, TT, H, K, device=dev, dtype=part_dtype)
-    dv = empty(TT, H, V, device=dev, dtype=_grad_dtype(v, grad_dtype))
-    dh0 = empty(N, H, K, V, device=dev) if h0 is not None else None
-    xk_d = 2 if gk is not None else 1 if g is not None else 0
-    XK = (empty(2 * NV, TT, H, K, device=dev) if xk_d == 2 else
-          empty(2 * NV, TT, H, 1, device=dev) if xk_d == 1 else None)
-    XV = empty(2, TT, H, V, device=dev) if gv is not None else None
-    need_hT = dhT is not None and xk_d + (gv is not None) > 0
-    hT = empty(N, H, K, V, device=dev) if need_hT else None
-    if N > 0:
-        _rc.recurrent_gla_bwd[(N * H, NV)](
-            packed(q), packed(k), packed(v), _f32(g), _f32(gk), _f32(gv), h0, packed(do), dhT,
-            dq_p, dk_p, dv, dh0, XK, XV, hT, plan.cu, TT, H, K, V, float(scale),
-            USE_G=g is not None, USE_GK=gk is not None, USE_GV=gv is not None,
-            USE_H0=h0 is not None, USE_DHT=dhT is not None, STORE_DH0=h0 is not None,
-            STORE_HT=need_hT, XK_D=xk_d, USE_XV=gv is not None, BK=BK, BV=BV,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    dq, dk = (dq_p[0], dk_p[0]) if NV == 1 else (dq_p.sum(0), dk_p.sum(0))
-    fin = hT * dhT if need_hT else None                          # [N, H, K, V]
+    dq, dk, dv, XK, XV, hT, dh0, plan = _recurrent.recurrent_backward(
+        q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, cfg, scale, grad_dtype,
+        _grad_dtype(v, grad_dtype))
+    fin = None if hT is None else hT * fp32_state(dhT, plan.N, H, K, V)      # [N, H, K, V]
     dg = dgk = dgv = None
     if gk is not None:
         dgk = _rev_cumsum(plan, XK, None if fin is None else fin.sum(-1), cfg)
     if g is not None:
-        dg = _rev_cumsum(plan, XK, None if fin is None else fin.sum((-1, -2)), cfg,
-                         sum_d=True)
+        dg = _rev_cumsum(plan, XK, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True)
     if gv is not None:
         dgv = _rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg)
-    return _finish(B, T, H, K, V, dq.to(grad_dtype), dk.to(grad_dtype), dv, dg, dgk, dgv, dh0)
+    return _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0)
 
 
 # ------------------------------------------------------------------------------------------ shared
@@ -472,8 +410,10 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
                                 scale, out_dtype, bias, v_scale, v_bias)
     v, bias = _scaled.materialise(v, bias, v_scale, v_bias)
     if strategy == "recurrent":
-        return _recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
-                                  scale, out_dtype, bias)
+        B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
+        cfg = dict(default_config(strategy, K, V, q.dtype), **(config or {}))
+        return _recurrent.recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg,
+                                            output_final_state, scale, out_dtype, bias)
     if strategy == "fused":
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
         _fused.check_form(K, V, gk, gv)

@@ -17,7 +17,7 @@ import torch
 
 from ...errors import InputError
 from ...tiles import cdiv, pow2
-from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, packed, tile
+from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, fp32_state, packed, tile
 from .kernels import fused as _fk
 
 #: the largest head size the fused sweeps hold in one register tile
@@ -75,20 +75,13 @@ class _Sweeps:
         return O
 
 
-def _state(x, N, H, K, V):
-    if x is None:
-        return None
-    assert x.shape == (N, H, K, V)
-    return x.to(torch.float32).contiguous()
-
-
 def fused_forward(q, k, v, g, h0, cu_seqlens, config, output_final_state, scale, out_dtype, bias,
                   dot):
     """(o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None); ``dot`` = (DOT_F32, PREC)
     of the forward's dots (``core._dot_mode``)."""
     c = _Sweeps(q, k, v, g, cu_seqlens, config, dot)
     N, H, K, V = c.plan.N, c.H, c.K, c.V
-    h0 = _state(h0, N, H, K, V)
+    h0 = fp32_state(h0, N, H, K, V)
     hT = empty(N, H, K, V, device=q.device) if output_final_state else None
     o = c.sweep(c.q, c.k, c.v, K, V, False, s0=h0, sn=hT, out_dtype=out_dtype, scale=scale,
                 bias=packed(bias))
@@ -103,8 +96,8 @@ def fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, config, scale, grad_dtyp
     final-state term sum(hT · dhT) (hT fp32 when dhT is given), is dg (``core``)."""
     c = _Sweeps(q, k, v, g, cu_seqlens, config, dot)
     p, N, H, K, V, cfg = c.plan, c.plan.N, c.H, c.K, c.V, c.cfg
-    h0 = _state(h0, N, H, K, V)
-    dhT = _state(dhT, N, H, K, V)
+    h0 = fp32_state(h0, N, H, K, V)
+    dhT = fp32_state(dhT, N, H, K, V)
     do = packed(do).to(q.dtype)
     use_g = g is not None
     need_hT = use_g and dhT is not None
