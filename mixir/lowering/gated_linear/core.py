@@ -117,8 +117,9 @@ def _dot_mode(x, cfg, backward=False):
 
 # --------------------------------------------------------------------------------------- chunked
 
-def _local_cumsums(plan, x, cfg):
-    """Chunk-local inclusive cumsum G and reverse-exclusive cumsum R = G_last - G of x [T, H, D]."""
+def _local_cumsums(plan, x, cfg, xs=None):
+    """Chunk-local inclusive cumsum G and reverse-exclusive cumsum R = G_last - G of x [T, H, D]
+    (times the per-head scalars ``xs`` [H] when given: g = u·a formed on load)."""
     if x is None:
         return None, None
     D = 1 if x.dim() == 2 else x.shape[-1]
@@ -127,7 +128,8 @@ def _local_cumsums(plan, x, cfg):
     BD = tile(D, 64)
     if plan.NT > 0:
         _ck.chunk_gla_cumsum[(plan.NT, plan.H, cdiv(D, BD))](
-            x, G, R, plan.cu, plan.chunk_tbl, plan.H, D, LOG_FLOOR=LOG_FLOOR, BT=cfg["BT"], BD=BD,
+            x, xs, G, R, plan.cu, plan.chunk_tbl, plan.H, D, USE_XS=xs is not None,
+            LOG_FLOOR=LOG_FLOOR, BT=cfg["BT"], BD=BD,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return G, R
 
@@ -217,22 +219,27 @@ def _dqk(plan, c, do, HS, DHS, scale, grad_dtype, use_xp):
     return dq, dk, XP
 
 
-def _rev_cumsum(plan, x, init, cfg, sum_d=False, out_dtype=torch.float32):
+def _rev_cumsum(plan, x, init, cfg, sum_d=False, out_dtype=torch.float32, scaled=None):
     """Per-sequence reverse cumsum of x plus init [N, H(, D)] (fp32 sums, stored in ``out_dtype``):
     x [T, H(, D)], or [P, T, H, D] slices that are summed first; ``sum_d``: also sum over D
-    (output [T, H])."""
+    (output [T, H]). ``scaled`` = (u [T, H], a [H]) with ``sum_d``: the sum is the gradient of the
+    log-decay g = u·a, and the result is (its u-part [T, H], its a-part [H] fp32)."""
     x = x.contiguous()
     NP = x.shape[0] if x.dim() == 4 else 1
     D = 1 if x.dim() == 2 else x.shape[-1]
     out = empty(*((x.shape[-3], x.shape[-2]) if sum_d else x.shape[-3 if x.dim() == 4 else 0:]),
                 device=x.device, dtype=out_dtype)
+    assert scaled is None or sum_d
+    u, a = scaled if scaled is not None else (None, None)
+    da = None if a is None else empty(plan.N, plan.H, device=x.device)
     BD = pow2(D) if sum_d else tile(D, 64)
     if plan.N > 0:
         _ck.chunk_gla_rev_cumsum[(plan.N * plan.H, 1 if sum_d else cdiv(D, BD))](
-            x, None if init is None else init.to(torch.float32).contiguous(), out, plan.cu,
-            plan.H, D, NP, plan.T_total * plan.H * D, USE_INIT=init is not None, SUM_D=sum_d,
+            x, None if init is None else init.to(torch.float32).contiguous(), out, u, a, da,
+            plan.cu, plan.H, D, NP, plan.T_total * plan.H * D, USE_INIT=init is not None,
+            SUM_D=sum_d, USE_XS=a is not None,
             BT=64, BD=BD, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return out
+    return out if a is None else (out, da.sum(0))
 
 
 def _state_dtype(x, dot):
@@ -247,7 +254,7 @@ def _state_dtype(x, dot):
 
 class _Chunked:
     def __init__(self, q, k, v, g, gk, gv, cu_seqlens, config, backward=False, v_scale=None,
-                 v_bias=None):
+                 v_bias=None, g_scale=None):
         B, T, H, K, V = _check(q, k, v, g, gk, gv, "chunked")
         assert (v_scale is None or v_scale.shape == (B, T, H)) and (v_bias is None or gv is None)
         self.cfg = dict(default_config("chunked", K, V, q.dtype), **(config or {}))
@@ -259,7 +266,11 @@ class _Chunked:
         self.vs = packed(v_scale)       # v' = vs * v, formed on load (fp32 on chip)
         self.vb = None if v_bias is None else v_bias.contiguous()   # o += vb_h * v
         # gates are read in their own dtype (fp32 on chip)
-        self.Ga, self.Ra = _local_cumsums(self.plan, packed(g), self.cfg)
+        # g = u·a with ``g_scale`` a [H]: u is g, the product is formed by the cumsum launch
+        self.gu = packed(g)
+        self.gs = None if g_scale is None else g_scale.contiguous()
+        assert self.gs is None or (g is not None and self.gs.shape == (H,))
+        self.Ga, self.Ra = _local_cumsums(self.plan, self.gu, self.cfg, self.gs)
         self.Gb, self.Rb = _local_cumsums(self.plan, packed(gk), self.cfg)
         self.Gc, self.Rc = _local_cumsums(self.plan, packed(gv), self.cfg)
 
@@ -276,8 +287,9 @@ class _Chunked:
 
 
 def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
-                     out_dtype, bias, v_scale=None, v_bias=None):
-    c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, v_scale=v_scale, v_bias=v_bias)
+                     out_dtype, bias, v_scale=None, v_bias=None, g_scale=None):
+    c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, v_scale=v_scale, v_bias=v_bias,
+                 g_scale=g_scale)
     h0 = fp32_state(h0, c.plan.N, c.H, c.K, c.V)
     HS, hT = c.states(h0, output_final_state)
     o = c.output(HS, out_dtype, scale, bias)
@@ -285,16 +297,18 @@ def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_st
 
 
 def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
-                      v_scale=None, v_bias=None):
+                      v_scale=None, v_bias=None, g_scale=None):
     """The chunked backward. With an output scale s (o = s * core(q, k, v)) the gradients are those
     of the core at s * do: every launch computes them at (do, dhT / s) and scales its result by s.
     The decay gradients q*dq - k*dk come from the dq and dk launches' epilogues (fp32, before the
     gradients are rounded to ``grad_dtype``) and one reverse-cumsum launch. ``v_scale`` u
     (v' = u v): every launch scales v's rows on load, the dk launch (X = v) its output rows, the
     dv launch writes dv = u dv' and du = sum_V v dv' (epilogue); ``v_bias`` c (o += c_h v): the
-    dv launch adds c do and sums v do for dc. Returns (grads, du [B, T, H], dc [H]) (fp32)."""
+    dv launch adds c do and sums v do for dc; ``g_scale`` a (g = u a): the reverse-cumsum launch
+    turns dg into du = a dg and da = sum u dg. Returns (grads, du [B, T, H], dc [H], da [H])
+    (fp32; with g_scale grads' dg is du)."""
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, backward=True, v_scale=v_scale,
-                 v_bias=v_bias)
+                 v_bias=v_bias, g_scale=g_scale)
     plan, K, V, cfg, dot = c.plan, c.K, c.V, c.cfg, c.dot
     N, H = plan.N, c.H
     h0 = fp32_state(h0, N, H, K, V)
@@ -334,7 +348,7 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
                  os=None if c.vs is None else (c.vs, 2), bias=None if xb is None else do, bs=c.vb,
                  xb=None if xb is None else (c.v, xb))
     fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]
-    dg = dgk = dgv = None
+    dg = dgk = dgv = dgs = None
     if use_k:
         if mode == 2:
             XP = XP.view(XP.shape[0], plan.T_total, H, 1)
@@ -343,14 +357,16 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
                               out_dtype=gk.dtype)
         if g is not None:
             dg = _rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True,
-                             out_dtype=g.dtype)
+                             out_dtype=g.dtype,
+                             scaled=None if c.gs is None else (c.gu, c.gs))
+            dg, dgs = dg if c.gs is not None else (dg, None)
     if gv is not None:
         dgv = _rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg,
                           out_dtype=gv.dtype)
     du = None if xs is None else (xs[0] if xs.shape[0] == 1 else xs.sum(0)).view(c.B, c.T, H)
     dc = None if xb is None else xb.sum((0, 1))
     return _finish(c.B, c.T, H, K, V, dq, dk, dv, dg, dgk, dgv,
-                   None if dh0 is None else dh0), du, dc
+                   None if dh0 is None else dh0), du, dc, dgs
 
 
 def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
@@ -400,14 +416,18 @@ def _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0):
 
 def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
                 strategy="chunked", config=None, output_final_state=True, scale=1.0,
-                out_dtype=torch.float32, bias=None, v_scale=None, v_bias=None):
+                out_dtype=torch.float32, bias=None, v_scale=None, v_bias=None, g_scale=None):
     """Returns (o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None), with
     o = scale * core(q, k, v') + bias (an output scale and bias [B, T, H, V] folded into the
     kernels' stores; the gradient of the bias is do). No gv: ``v_scale`` u [B, T, H] (v' = u v)
-    and ``v_bias`` c [H] (bias c_h v): chunked applies them on load / in epilogues."""
-    if strategy == "chunked":
+    and ``v_bias`` c [H] (bias c_h v): chunked applies them on load / in epilogues.
+    ``g_scale`` a [H]: the scalar log-decay is g·a (g a per-token factor, e.g. mamba2's dt·A),
+    formed by the chunked strategy's cumsum launch, in torch for the others."""
+    if g_scale is not None and strategy != "chunked":
+        g = _scaled.decay(g, g_scale)
+    elif strategy == "chunked":
         return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
-                                scale, out_dtype, bias, v_scale, v_bias)
+                                scale, out_dtype, bias, v_scale, v_bias, g_scale)
     v, bias = _scaled.materialise(v, bias, v_scale, v_bias)
     if strategy == "recurrent":
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
@@ -424,11 +444,18 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
 
 
 def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunked", config=None,
-                 scale=1.0, grad_dtype=torch.float32, v_scale=None, v_bias=None):
+                 scale=1.0, grad_dtype=torch.float32, v_scale=None, v_bias=None, g_scale=None):
     """Returns (dq, dk, dv, dg, dgk, dgv, dh0) of ``gla_forward`` with the same ``scale``: dq, dk,
-    dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk / dgv in their gates' dtype);
-    None for absent g / gk / gv / h0. With ``v_scale`` or ``v_bias``: dv is v's, and the
-    gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent)."""
+    dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk / dgv in their gates'
+    dtype); None for absent g / gk / gv / h0. With ``v_scale`` or ``v_bias``: dv is v's, and the
+    gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent). With
+    ``g_scale`` a: dg is g's (the factor's) and the gradient of a (fp32 [H]) comes last."""
+    if g_scale is not None and (strategy != "chunked" or scale == 0.0):
+        grads = gla_backward(q, k, v, _scaled.decay(g, g_scale), gk, gv, h0, cu_seqlens, do, dhT,
+                             strategy=strategy, config=config, scale=scale,
+                             grad_dtype=grad_dtype, v_scale=v_scale, v_bias=v_bias)
+        du, da = _scaled.decay_grads(grads[3], g, g_scale)
+        return (*grads[:3], du, *grads[4:], da)
     if (v_scale is not None or v_bias is not None) and (strategy != "chunked" or scale == 0.0):
         # the core at v' = u v, then the chain rule (the bias's do is not scaled)
         v1, _ = _scaled.materialise(v, None, v_scale, None)
@@ -440,9 +467,10 @@ def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunk
         do = torch.zeros_like(do)
         scale = 1.0
     if strategy == "chunked":
-        grads, du, dc = _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
-                                          scale, grad_dtype, v_scale, v_bias)
-        return grads if v_scale is None and v_bias is None else (*grads, du, dc)
+        grads, du, dc, da = _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
+                                              scale, grad_dtype, v_scale, v_bias, g_scale)
+        grads = grads if v_scale is None and v_bias is None else (*grads, du, dc)
+        return grads if g_scale is None else (*grads, da)
     if strategy == "fused":
         return _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
                                grad_dtype)

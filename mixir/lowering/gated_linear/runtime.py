@@ -26,6 +26,7 @@ from . import core, ops
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
 from ...distributed.passing import split_call
 from .distributed import passing_for
+from . import scaled as _scaled
 from .scaled import scaled_pieces
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
 from ..common.checks import check_log_decay, checks_enabled
@@ -121,13 +122,14 @@ class CompiledMixer(CompiledBase):
         B, T, H = b.B, b.T, b.H
         K = b.sizes[f.k_dim] if f.k_dim else 1
         V = b.sizes[f.v_dim] if f.v_dim else 1
-        p, scale, shaped = self.pieces(f, env, b, T, dtype)
+        p, scale, shaped = self.pieces(f, env, b, T, dtype, core_scales=True)
         q, k, v = shaped("q"), shaped("k"), shaped("v")
         g = shaped("g") if "g" in p else None
         gk = shaped("gk") if "gk" in p else None
         gv = shaped("gv") if "gv" in p else None
         if checks_enabled():     # opt-in (mixir.input_checks)
-            for piece, t in (("g", g), ("gk", gk), ("gv", gv)):
+            g_full = g if "g_scale" not in p else _scaled.decay(g, p["g_scale"])
+            for piece, t in (("g", g_full), ("gk", gk), ("gv", gv)):
                 src = self.direct[f.state.name].get(piece, (None,))[0]
                 check_log_decay(self.mixer.name, f"the log-decay of state {f.state.name!r}"
                                 + (f" (argument {src!r})" if src else ""), t)
@@ -159,7 +161,8 @@ class CompiledMixer(CompiledBase):
                                                        device=q.device, form=f)),
                             float(scale), out_fp32, bias,
                             None if v_scale is None else v_scale.reshape(B, T, H),
-                            None if v_bias is None else v_bias.reshape(H))
+                            None if v_bias is None else v_bias.reshape(H),
+                            None if "g_scale" not in p else p["g_scale"].reshape(H))
         if Q is not None:
             o = o * Q
         if not ir.is_const(f.out_scale):
@@ -173,13 +176,14 @@ class CompiledMixer(CompiledBase):
             hT = hT * self._last(Q, cu_seqlens, N)[..., None, :]
         return o, self._from_canonical_state(f, hT)
 
-    def pieces(self, f: GatedLinearForm, env, b, T, dtype=torch.float32):
+    def pieces(self, f: GatedLinearForm, env, b, T, dtype=torch.float32, core_scales=False):
         """``(p, scale, shaped)`` of the form ``f`` on the ``T`` tokens of ``env``: its pieces (q, k,
         v in ``dtype`` when it is 16-bit and they have a feature axis, straight from the pieces
         kernel - the core reads them in that dtype -, the sign pieces (±1) in it too, the rest
         fp32; a piece that is a call tensor is that tensor, a constant a
         0-dim tensor; a scaled piece v / d is its call tensor, with its scalar as p["v_scale"] /
-        p["d_scale"]), the output scale of q's per-call factor (1 without one), and
+        p["d_scale"]; g = u·a is the product, or with ``core_scales`` (the core forms it) u with
+        p["g_scale"] = a), the output scale of q's per-call factor (1 without one), and
         ``shaped(name)``: a piece broadcast to ``[B, T, H(, its feature size)]``."""
         B, H = b.B, b.H
         K = b.sizes[f.k_dim] if f.k_dim else 1
@@ -199,9 +203,9 @@ class CompiledMixer(CompiledBase):
                 if factor is not None:       # only q has a factor: the core's output scale
                     scale = _value(factor, b.scalars)
         for name, (src, factor) in self.scaled[f.state.name].items():
-            if name == "g":                  # per-token u times per-head a: [B, T, H] in torch
-                p[name] = env[src].float() * env[factor].float()
-            else:                            # the core scales it: "v_scale" / "d_scale"
+            if name == "g" and not core_scales:  # per-token u times per-head a, in torch
+                p[name] = _scaled.decay(env[src], env[factor])
+            else:                            # the core scales it: "v_scale" / "d_scale" / "g_scale"
                 p[name], p[name + "_scale"] = env[src], env[factor]
         full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
 

@@ -8,8 +8,10 @@ core, and its backward turning the core's gradients back into the inputs'):
 * v' = u · x with u a per-token scalar input ``[B, T, H]`` and x a call tensor of the value
   layout: the core takes x and ``v_scale`` = u and multiplies on load (fp32 on chip); its backward
   writes dx = u·dv' and du = Σ_V x·dv' (the dv launch's epilogue).
-* g = u · a with u a per-token scalar input and a a per-head scalar parameter ``[H]``: a
-  ``[B, T, H]`` product in torch (no feature axis: a few bytes per token; autograd gives du, da).
+* g = u · a with u a per-token scalar input and a a per-head scalar parameter ``[H]``: the core
+  takes u and ``g_scale`` = a; the chunked strategy forms the product in its cumsum launch and
+  its reverse-cumsum launch turns dg into du = a·dg and da = Σ u·dg (the recurrent and fused
+  strategies form both in torch: ``decay``, ``decay_grads``).
 * d (the output bias) = c · x with c a per-head scalar parameter and x the call tensor the core
   reads as v (as it is, or scaled as above): the core takes ``v_bias`` = c, its output epilogue
   adds c_h·x and its dv launch adds c·do to dx and sums x·do for dc (no torch ops over [T, V]).
@@ -88,3 +90,13 @@ def chain(grads, v, do, v_scale, v_bias, grad_dtype):
         dv = dv + v_bias.float()[:, None] * do.float()
         dc = (v.float() * do.float()).sum((0, 1, 3))
     return (dq.to(grad_dtype), dk.to(grad_dtype), dv.to(grad_dtype), *rest, du, dc)
+
+
+def decay(u, a):
+    """The scalar log-decay g = u·a (u [B, T, H] per token, a [H] per head), fp32, in torch."""
+    return u.float() * a.float()
+
+
+def decay_grads(dg, u, a):
+    """(du [B, T, H], da [H]) of ``decay`` given dg (fp32)."""
+    return dg.float() * a.float(), (dg.float() * u.float()).sum((0, 1))

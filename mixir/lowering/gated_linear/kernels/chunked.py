@@ -34,13 +34,16 @@ from mixir.lowering.common.packed_tiles import (chunk_bounds, chunk_program, loa
 
 
 @kernel
-def chunk_gla_cumsum(X, G, R, cu_seqlens, chunk_tbl, H, D,
+def chunk_gla_cumsum(X, XS, G, R, cu_seqlens, chunk_tbl, H, D, USE_XS: tl.constexpr,
                      LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    # grid: (num chunks, H, cdiv(D, BD)); X, G, R: [T_total, H, D]
+    # grid: (num chunks, H, cdiv(D, BD)); X, G, R: [T_total, H, D]. USE_XS: the log-decay is
+    # X times the per-head scalar XS[h] (mamba2's g = dt·A, formed here in fp32).
     _, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_h = tl.program_id(1)
     o_d = tl.program_id(2) * BD + tl.arange(0, BD)
     x = load_rows(X, cs, L, i_h, H, D, o_t, o_d)
+    if USE_XS:
+        x = x * tl.load(XS + i_h).to(tl.float32)
     # Floor each step's log-decay: exp(LOG_FLOOR) is already 0 in fp32 terms, and keeping the
     # cumulative sums small (|G| <= BT * |LOG_FLOOR|) keeps their differences accurate. Written as
     # a select, not tl.maximum, so that a NaN log-decay stays NaN (and poisons what follows it, as
@@ -388,13 +391,16 @@ def chunk_gla_dqk(Q, KK, VV, VS, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, ch
 
 
 @kernel
-def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D, NP, s_p,
-                         USE_INIT: tl.constexpr, SUM_D: tl.constexpr, BT: tl.constexpr,
-                         BD: tl.constexpr):
+def chunk_gla_rev_cumsum(X, INIT, OUT, XU, XS, DXS, cu_seqlens, H, D, NP, s_p,
+                         USE_INIT: tl.constexpr, SUM_D: tl.constexpr, USE_XS: tl.constexpr,
+                         BT: tl.constexpr, BD: tl.constexpr):
     # grid: (N * H, cdiv(D, BD)), or (N * H, 1) with SUM_D.
     # OUT_t = INIT[n] + sum_{s >= t, s in sequence n} x_s (fp32) of x = sum_p X[p] over the NP
     # slices [T_total, H, D] of X (s_p elements apart); with SUM_D, x is also summed over D and OUT is [T_total, H]
     # (then the whole D extent is one BD tile).
+    # USE_XS (with SUM_D): that sum is the gradient of a log-decay u * a (u = XU [T_total, H], a =
+    # XS [H], chunk_gla_cumsum's USE_XS): OUT receives its u-part OUT_t * a[h], and DXS[n, h] the
+    # sequence's a-part sum_t OUT_t * u_t.
     i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     nt = (eos - bos + BT - 1) // BT
     o_d = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -404,6 +410,9 @@ def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D, NP, s_p,
         carry = tl.full([1], 0., tl.float32)
         if USE_INIT:
             carry += tl.load(INIT + i_n * H + i_h).to(tl.float32)
+        if USE_XS:
+            xs_h = tl.load(XS + i_h).to(tl.float32)
+            dxs = tl.full([BT], 0., tl.float32)
     else:
         carry = tl.full([BD], 0., tl.float32)
         if USE_INIT:
@@ -418,12 +427,18 @@ def chunk_gla_rev_cumsum(X, INIT, OUT, cu_seqlens, H, D, NP, s_p,
             xs = tl.sum(x, 1)
             tot = tl.sum(xs, 0)
             out = carry + (tot - tl.associative_scan(xs, 0, tl.standard._sum_combine) + xs)
+            if USE_XS:
+                u = tl.load(XU + (cs + o_t) * H + i_h, mask=o_t < L, other=0.).to(tl.float32)
+                dxs += tl.where(o_t < L, out * u, 0.)
+                out = out * xs_h
             tl.store(OUT + (cs + o_t) * H + i_h, out, mask=o_t < L)
         else:
             tot = tl.reduce(x, 0, tl.standard._sum_combine)
             out = carry[None, :] + (tot[None, :] - tl.associative_scan(x, 0, tl.standard._sum_combine) + x)
             store_rows(OUT, out, cs, L, i_h, H, D, o_t, o_d)
         carry += tot
+    if SUM_D and USE_XS:
+        tl.store(DXS + i_n * H + i_h, tl.sum(dxs, 0))
 
 
 KERNELS = (chunk_gla_cumsum, chunk_gla_states, chunk_gla_output, chunk_gla_dqk,
