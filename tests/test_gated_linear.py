@@ -254,3 +254,26 @@ def test_mamba_value_is_not_rounded_before_the_core(monkeypatch):
     def err(o):
         return np.sqrt(((o - ref) ** 2).mean() / (ref ** 2).mean())
     assert err(o16) <= 1.05 * err(o32) and err(o32) < 5e-4, (err(o16), err(o32))
+
+
+def test_vector_states_default_to_the_recurrent_strategy(monkeypatch):
+    """Without a strategy, a state with a head size of 1 (Mamba-1's [N] per channel, HGRN's [D])
+    runs the recurrent kernel at any length (chunked dot tiles would be padding); a matrix state
+    runs chunked above RECURRENT_MAX_T."""
+    from mixir.lowering.common import launch
+    names = []
+    orig = launch.Kernel.__getitem__
+
+    def counting(self, grid):
+        names.append(self.name.rsplit(".", 1)[-1])
+        return orig(self, grid)
+
+    monkeypatch.setattr(launch.Kernel, "__getitem__", counting)
+    for name, K, V, want in [("mamba", 16, 1, "recurrent_gla_fwd"), ("hgrn", 1, 16, "recurrent_gla_fwd"),
+                             ("simple_gla", 16, 16, "chunk_gla_output")]:
+        e = MIXERS[name]
+        arrays, h0 = example_inputs(e.mixer, B=1, T=40, H=2, K=K, V=V, seed=2)
+        names.clear()
+        mx.compile(e.mixer)(*[torch.tensor(a, dtype=torch.float32) for a in arrays])
+        assert want in names and not any(("chunk" if want.startswith("rec") else "recurrent") in n
+                                          for n in names), (name, names)

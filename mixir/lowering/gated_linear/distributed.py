@@ -37,7 +37,7 @@ from ...distributed.passing import (
 from ...dsl import ir
 from ...dsl.signature import bind
 from ...errors import InputError
-from ..common.call import RECURRENT_MAX_T, shift_by_one
+from ..common.call import shift_by_one
 from .analysis import MaxPlusForm, new_input, prev_input
 
 NEG = -1e30     # the max-plus zero (exp(NEG) = 0), finite so that sums and gradients stay finite
@@ -63,7 +63,7 @@ class GatedLinearPassing:
                  else (initial_state,) * (1 if initial_state is not None else S))
         local = tuple(lay.local_initial(x) for x in inits)
         b, N, _, dtype = fn._check(arrays, local if S > 1 else local[0], lay.cu_local, scalars)
-        strategy = strategy or fn.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")
+        strategy = strategy or fn.strategy or fn.default_strategy(b)
         self.params = {s.name for s in m.inputs if s.kind != "input"}
         env = {spec.name: a for spec, a in zip(m.inputs, arrays)}
         finals, anchors = [None] * S, []

@@ -20,7 +20,8 @@ class GatedLinearFamily(Family):
     def describe(self, mixer, plan) -> str:
         from ..common.call import RECURRENT_MAX_T
         return (plan.describe() + "\n"
-                f"default strategy: recurrent for T <= {RECURRENT_MAX_T}, chunked above"
+                f"default strategy: recurrent for T <= {RECURRENT_MAX_T} or a vector state (a "
+                f"head size of 1), chunked above"
                 + ("; fused (the state on chip) on request" if "fused" in plan.strategies else ""))
 
     def tuning_targets(self, mixer, plan, request) -> list:

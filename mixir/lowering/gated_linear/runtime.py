@@ -72,6 +72,16 @@ class CompiledMixer(CompiledBase):
             self.pieces_kernels[name] = PiecesKernel(mixer.name, rest, specs) if rest else None
             specs = specs + [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
 
+    def default_strategy(self, b) -> str:
+        """The strategy of a call that names none: recurrent for short sequences (T <=
+        RECURRENT_MAX_T) and for a vector state - a head size of 1, as Mamba-1's [N] per channel
+        or HGRN's [D], where the chunked strategy's dot tiles would be padding but for one row or
+        column (its fwd+bwd moves about twice the bytes: docs/benchmarks.md); chunked otherwise."""
+        f = self.form
+        K = b.sizes[f.k_dim] if f.k_dim else 1
+        V = b.sizes[f.v_dim] if f.v_dim else 1
+        return "recurrent" if b.T <= RECURRENT_MAX_T or min(K, V) == 1 else "chunked"
+
     def source_files(self):
         """The Triton source files of this mixer's kernels: the generated pieces kernels (one file
         per form, in the content-addressed cache) and the core templates."""
@@ -91,7 +101,7 @@ class CompiledMixer(CompiledBase):
                               cu_seqlens=cu_seqlens, strategy=strategy, scalars=scalars)
         m = self.mixer
         b, N, device, dtype = self._check(arrays, initial_state, cu_seqlens, scalars)
-        strategy = strategy or self.strategy or ("recurrent" if b.T <= RECURRENT_MAX_T else "chunked")
+        strategy = strategy or self.strategy or self.default_strategy(b)
         check_strategy(self.strategies, strategy)
         inits = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,) * (
             1 if initial_state is not None else len(m.states))
