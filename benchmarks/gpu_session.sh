@@ -30,4 +30,7 @@ step bench_rnn 40 python3 benchmarks/bench_rnn.py
 step tune_gla_timed 45 python3 -m mixir.cli tune gla --gpu h100 --time --db "$OUT/db" --plot "$OUT/tune_gla.png"
 # the generated CUDA C (load_inline builds, ~45 s each, in parallel): forward and training
 step gpu_cuda_c_tests 110 python3 -m pytest -q -m gpu -k fused_cuda -n 8 --timeout 100 -p no:cacheprovider
+# Mamba-1's default strategy (a vector state: recurrent at any length) against chunked, at a
+# Mamba-1 shape (channels as heads, N = 16); last, so that a slow step before it costs only this
+step bench_mamba_strategies 25 python3 benchmarks/bench_gated_linear.py --device cuda --mixers mamba --strategies recurrent,chunked --T 1024,4096 --B 4 --H 1024 --K 16 --no-baselines
 cat "$OUT/summary.txt"
