@@ -135,17 +135,17 @@ class _Gen:
             else:
                 lines.append(f"R{g} = tl.load(w{g} + hid * w{g}_sh + o_in[:, None] * w{g}_si + "
                              f"o_out[None, :] * w{g}_so, mask=wmask, other=0.0)")
-            lines += [f"if DOT16 == 1:", f"    {name}{g} = {name}{g}.to(tl.float16)",
-                      f"elif DOT16 == 2:", f"    {name}{g} = {name}{g}.to(tl.bfloat16)",
-                      f"else:", f"    {name}{g} = {name}{g}.to(tl.float32)"]
+            lines += ["if DOT16 == 1:", f"    {name}{g} = {name}{g}.to(tl.float16)",
+                      "elif DOT16 == 2:", f"    {name}{g} = {name}{g}.to(tl.bfloat16)",
+                      "else:", f"    {name}{g} = {name}{g}.to(tl.float32)"]
         return lines
 
     def matmuls(self, hname):
         lines = []
         for g in range(self.G):
-            lines += [f"if DOT16 == 1:", f"    a{g} = tl.dot({hname}.to(tl.float16), R{g})",
-                      f"elif DOT16 == 2:", f"    a{g} = tl.dot({hname}.to(tl.bfloat16), R{g})",
-                      f"else:", f"    a{g} = tl.dot({hname}, R{g}, input_precision=PREC)"]
+            lines += ["if DOT16 == 1:", f"    a{g} = tl.dot({hname}.to(tl.float16), R{g})",
+                      "elif DOT16 == 2:", f"    a{g} = tl.dot({hname}.to(tl.bfloat16), R{g})",
+                      "else:", f"    a{g} = tl.dot({hname}, R{g}, input_precision=PREC)"]
         return lines
 
     def out_store(self, body, expr_val, active):
