@@ -230,7 +230,7 @@ def test_mamba_value_is_not_rounded_before_the_core(monkeypatch):
     """mamba's v = dt·u (a per-token scalar computed by the pieces kernel) reaches the core in fp32,
     so with fp16 inputs the recurrent strategy's output is as close to float64 (of the rounded
     inputs) as the whole computation in fp32 rounded to fp16 - mamba_ssm's selective_scan_ref
-    convention. Rounding v to fp16 first made it 1.4x that error."""
+    convention. Rounding v to fp16 first made it 1.3x that error here."""
     from mixir.lowering.gated_linear import ops
     from mixir.reference.interpreter import run_reference
     seen = []
@@ -242,7 +242,7 @@ def test_mamba_value_is_not_rounded_before_the_core(monkeypatch):
 
     monkeypatch.setattr(ops, "gla_fwd", spy)
     e = MIXERS["mamba_z_softplus"]
-    arrays = e.make_inputs(np.random.default_rng(1), 2, 64, 8, 16, 1)
+    arrays = e.make_inputs(np.random.default_rng(1), 1, 64, 8, 16, 1)
     xs = [torch.tensor(a, dtype=torch.float16) for a in arrays]
     ref = run_reference(e.mixer, [x.double().numpy() for x in xs])
     ref = np.asarray(ref[0] if isinstance(ref, tuple) else ref)
