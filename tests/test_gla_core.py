@@ -549,3 +549,28 @@ def test_scalar_decay_times_a_per_head_scale(strategy):
     for name, x, y in [("dq", grads[0], ref[0]), ("dk", grads[1], ref[1]), ("dv", grads[2], ref[2]),
                        ("du", grads[3], du_ref), ("dh0", grads[6], ref[6]), ("da", grads[7], da_ref)]:
         assert rel_err(x, y) <= TOL[torch.float32], name
+
+
+@pytest.mark.parametrize("strategy", ["recurrent", "chunked"])
+def test_key_decay_factored_per_token_times_a_per_head_row(strategy):
+    """gk_scale a [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H]
+    (Mamba-1's dt·A). The chunked strategy forms it in its cumsum launch, the recurrent one per
+    step; both reverse cumsums return the factor's and a's gradients instead of dgk. Checked
+    against the float64 reference at gk = u·a with the chain rule, over two K-tiles (K = 80)."""
+    inp, do, dhT = make_inputs(1, 45, 2, 80, 16, ("g", "gk"), seed=34)
+    u = torch.rand(1, 45, 2, generator=torch.Generator().manual_seed(4)) + 0.1
+    a = -torch.rand(2, 80, generator=torch.Generator().manual_seed(5)) * 0.5
+    o_ref, hT_ref, ref = reference(dict(inp, gk=u[..., None] * a), do, dhT)
+    cfg = {"BT": 16} if strategy == "chunked" else None
+    o, hT = gla_forward(**dict(inp, gk=u), strategy=strategy, config=cfg, gk_scale=a)
+    assert rel_err(o, o_ref) <= TOL[torch.float32] and rel_err(hT, hT_ref) <= TOL[torch.float32]
+    grads = gla_backward(inp["q"], inp["k"], inp["v"], inp["g"], u, None, inp["h0"], None, do,
+                         dhT, strategy=strategy, config=cfg, gk_scale=a)
+    assert len(grads) == 8 and grads[4].shape == u.shape
+    dgk_ref = ref[4].double()
+    du_ref = (dgk_ref * a.double()).sum(-1)
+    da_ref = (dgk_ref * u.double()[..., None]).sum((0, 1))
+    for name, x, y in [("dq", grads[0], ref[0]), ("dk", grads[1], ref[1]), ("dv", grads[2], ref[2]),
+                       ("dg", grads[3], ref[3]), ("du", grads[4], du_ref), ("dh0", grads[6], ref[6]),
+                       ("da", grads[7], da_ref)]:
+        assert rel_err(x, y) <= TOL[torch.float32], name

@@ -26,12 +26,13 @@ cumsums, the recurrent one uses them as given.
 """
 import torch
 
-from ...tiles import cdiv, pow2
-from ..common.chunks import LOG_FLOOR, ChunkPlan, empty, fp32_state, packed, tile
+from ...tiles import cdiv
+from ..common.chunks import ChunkPlan, empty, fp32_state, packed, tile
 from ..common.launch import targets_gpu
 from . import fused as _fused
 from . import recurrent as _recurrent
 from . import scaled as _scaled
+from .cumsums import local_cumsums, rev_cumsum
 from .kernels import chunked as _ck
 
 STRATEGIES = ("recurrent", "chunked", "fused")
@@ -65,7 +66,7 @@ def default_config(strategy, K, V, dtype) -> dict:
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
-def _check(q, k, v, g, gk, gv, strategy):
+def _check(q, k, v, g, gk, gv, strategy, gk_scale=None):
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
     assert q.dtype in _FLOAT_INPUTS and k.dtype == q.dtype
@@ -76,8 +77,9 @@ def _check(q, k, v, g, gk, gv, strategy):
     V = v.shape[-1]
     if g is not None:
         assert g.shape == (B, T, H)
-    if gk is not None:
-        assert gk.shape == (B, T, H, K)
+    if gk is not None:     # with gk_scale a [H, K]: gk is the per-token factor u [B, T, H]
+        assert gk.shape == ((B, T, H, K) if gk_scale is None else (B, T, H))
+        assert gk_scale is None or gk_scale.shape == (H, K)
     if gv is not None:
         assert gv.shape == (B, T, H, V)
     return B, T, H, K, V
@@ -116,23 +118,6 @@ def _dot_mode(x, cfg, backward=False):
 
 
 # --------------------------------------------------------------------------------------- chunked
-
-def _local_cumsums(plan, x, cfg, xs=None):
-    """Chunk-local inclusive cumsum G and reverse-exclusive cumsum R = G_last - G of x [T, H, D]
-    (times the per-head scalars ``xs`` [H] when given: g = u·a formed on load)."""
-    if x is None:
-        return None, None
-    D = 1 if x.dim() == 2 else x.shape[-1]
-    G = empty(*x.shape, device=x.device)
-    R = empty(*x.shape, device=x.device)
-    BD = tile(D, 64)
-    if plan.NT > 0:
-        _ck.chunk_gla_cumsum[(plan.NT, plan.H, cdiv(D, BD))](
-            x, xs, G, R, plan.cu, plan.chunk_tbl, plan.H, D, USE_XS=xs is not None,
-            LOG_FLOOR=LOG_FLOOR, BT=cfg["BT"], BD=BD,
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return G, R
-
 
 def _states(plan, kx, vx, F, Gl, h_in, store_out, reverse, K, V, cfg, dot, hs_dtype=torch.float32,
             h_scale=1.0, vs=None):
@@ -219,29 +204,6 @@ def _dqk(plan, c, do, HS, DHS, scale, grad_dtype, use_xp):
     return dq, dk, XP
 
 
-def _rev_cumsum(plan, x, init, cfg, sum_d=False, out_dtype=torch.float32, scaled=None):
-    """Per-sequence reverse cumsum of x plus init [N, H(, D)] (fp32 sums, stored in ``out_dtype``):
-    x [T, H(, D)], or [P, T, H, D] slices that are summed first; ``sum_d``: also sum over D
-    (output [T, H]). ``scaled`` = (u [T, H], a [H]) with ``sum_d``: the sum is the gradient of the
-    log-decay g = u·a, and the result is (its u-part [T, H], its a-part [H] fp32)."""
-    x = x.contiguous()
-    NP = x.shape[0] if x.dim() == 4 else 1
-    D = 1 if x.dim() == 2 else x.shape[-1]
-    out = empty(*((x.shape[-3], x.shape[-2]) if sum_d else x.shape[-3 if x.dim() == 4 else 0:]),
-                device=x.device, dtype=out_dtype)
-    assert scaled is None or sum_d
-    u, a = scaled if scaled is not None else (None, None)
-    da = None if a is None else empty(plan.N, plan.H, device=x.device)
-    BD = pow2(D) if sum_d else tile(D, 64)
-    if plan.N > 0:
-        _ck.chunk_gla_rev_cumsum[(plan.N * plan.H, 1 if sum_d else cdiv(D, BD))](
-            x, None if init is None else init.to(torch.float32).contiguous(), out, u, a, da,
-            plan.cu, plan.H, D, NP, plan.T_total * plan.H * D, USE_INIT=init is not None,
-            SUM_D=sum_d, USE_XS=a is not None,
-            BT=64, BD=BD, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return out if a is None else (out, da.sum(0))
-
-
 def _state_dtype(x, dot):
     """The dtype of the stored chunk-boundary states: that of the dot operands that read them.
     With 16-bit operands (16-bit inputs, the forward by default) the states are stored in the input
@@ -254,8 +216,8 @@ def _state_dtype(x, dot):
 
 class _Chunked:
     def __init__(self, q, k, v, g, gk, gv, cu_seqlens, config, backward=False, v_scale=None,
-                 v_bias=None, g_scale=None):
-        B, T, H, K, V = _check(q, k, v, g, gk, gv, "chunked")
+                 v_bias=None, g_scale=None, gk_scale=None):
+        B, T, H, K, V = _check(q, k, v, g, gk, gv, "chunked", gk_scale)
         assert (v_scale is None or v_scale.shape == (B, T, H)) and (v_bias is None or gv is None)
         self.cfg = dict(default_config("chunked", K, V, q.dtype), **(config or {}))
         self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
@@ -270,9 +232,12 @@ class _Chunked:
         self.gu = packed(g)
         self.gs = None if g_scale is None else g_scale.contiguous()
         assert self.gs is None or (g is not None and self.gs.shape == (H,))
-        self.Ga, self.Ra = _local_cumsums(self.plan, self.gu, self.cfg, self.gs)
-        self.Gb, self.Rb = _local_cumsums(self.plan, packed(gk), self.cfg)
-        self.Gc, self.Rc = _local_cumsums(self.plan, packed(gv), self.cfg)
+        self.Ga, self.Ra = local_cumsums(self.plan, self.gu, self.cfg, self.gs)
+        # gk = u·a with ``gk_scale`` a [H, K]: gk is u [B, T, H], the cumsum launch forms it
+        self.gku = packed(gk)
+        self.gks = None if gk_scale is None else gk_scale.contiguous()
+        self.Gb, self.Rb = local_cumsums(self.plan, self.gku, self.cfg, self.gks)
+        self.Gc, self.Rc = local_cumsums(self.plan, packed(gv), self.cfg)
 
     def states(self, h0, store_final):
         return _states(self.plan, self.k, self.v, (self.Ra, self.Rb, self.Rc),
@@ -287,9 +252,9 @@ class _Chunked:
 
 
 def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
-                     out_dtype, bias, v_scale=None, v_bias=None, g_scale=None):
+                     out_dtype, bias, v_scale=None, v_bias=None, g_scale=None, gk_scale=None):
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, v_scale=v_scale, v_bias=v_bias,
-                 g_scale=g_scale)
+                 g_scale=g_scale, gk_scale=gk_scale)
     h0 = fp32_state(h0, c.plan.N, c.H, c.K, c.V)
     HS, hT = c.states(h0, output_final_state)
     o = c.output(HS, out_dtype, scale, bias)
@@ -297,7 +262,7 @@ def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_st
 
 
 def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
-                      v_scale=None, v_bias=None, g_scale=None):
+                      v_scale=None, v_bias=None, g_scale=None, gk_scale=None):
     """The chunked backward. With an output scale s (o = s * core(q, k, v)) the gradients are those
     of the core at s * do: every launch computes them at (do, dhT / s) and scales its result by s.
     The decay gradients q*dq - k*dk come from the dq and dk launches' epilogues (fp32, before the
@@ -305,10 +270,11 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
     (v' = u v): every launch scales v's rows on load, the dk launch (X = v) its output rows, the
     dv launch writes dv = u dv' and du = sum_V v dv' (epilogue); ``v_bias`` c (o += c_h v): the
     dv launch adds c do and sums v do for dc; ``g_scale`` a (g = u a): the reverse-cumsum launch
-    turns dg into du = a dg and da = sum u dg. Returns (grads, du [B, T, H], dc [H], da [H])
-    (fp32; with g_scale grads' dg is du)."""
+    turns dg into du = a dg and da = sum u dg (``gk_scale``: the same for gk = u a, a [H, K]).
+    Returns (grads, du [B, T, H], dc [H], da [H], dak [H, K]) (fp32; with g_scale / gk_scale the
+    grads' dg / dgk are their factors')."""
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, backward=True, v_scale=v_scale,
-                 v_bias=v_bias, g_scale=g_scale)
+                 v_bias=v_bias, g_scale=g_scale, gk_scale=gk_scale)
     plan, K, V, cfg, dot = c.plan, c.K, c.V, c.cfg, c.dot
     N, H = plan.N, c.H
     h0 = fp32_state(h0, N, H, K, V)
@@ -348,25 +314,27 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
                  os=None if c.vs is None else (c.vs, 2), bias=None if xb is None else do, bs=c.vb,
                  xb=None if xb is None else (c.v, xb))
     fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]
-    dg = dgk = dgv = dgs = None
+    dg = dgk = dgv = dgs = dgks = None
     if use_k:
         if mode == 2:
             XP = XP.view(XP.shape[0], plan.T_total, H, 1)
         if gk is not None:
-            dgk = _rev_cumsum(plan, XP, None if fin is None else fin.sum(-1), cfg,
-                              out_dtype=gk.dtype)
+            dgk = rev_cumsum(plan, XP, None if fin is None else fin.sum(-1), cfg,
+                              out_dtype=gk.dtype,
+                              scaled=None if c.gks is None else (c.gku, c.gks))
+            dgk, dgks = dgk if c.gks is not None else (dgk, None)
         if g is not None:
-            dg = _rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True,
+            dg = rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True,
                              out_dtype=g.dtype,
                              scaled=None if c.gs is None else (c.gu, c.gs))
             dg, dgs = dg if c.gs is not None else (dg, None)
     if gv is not None:
-        dgv = _rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg,
+        dgv = rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg,
                           out_dtype=gv.dtype)
     du = None if xs is None else (xs[0] if xs.shape[0] == 1 else xs.sum(0)).view(c.B, c.T, H)
     dc = None if xb is None else xb.sum((0, 1))
     return _finish(c.B, c.T, H, K, V, dq, dk, dv, dg, dgk, dgv,
-                   None if dh0 is None else dh0), du, dc, dgs
+                   None if dh0 is None else dh0), du, dc, dgs, dgks
 
 
 def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
@@ -379,27 +347,31 @@ def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, 
     if XP is not None:
         plan = ChunkPlan(q, cu_seqlens, None)
         fin = None if hT is None else (hT * fp32_state(dhT, plan.N, H, K, V)).sum((-1, -2))
-        dg = _rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype).view(B, T, H)
+        dg = rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype).view(B, T, H)
     return dq, dk, dv, dg, None, None, dh0
 
 
-def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
+def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
+                        gk_scale=None):
     """``recurrent.recurrent_backward`` and the decay gradients' reverse cumsums (fp32) of its
-    terms, with the final-state term sum(hT · dhT)."""
-    B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent")
+    terms, with the final-state term sum(hT · dhT). Returns (grads, dgks): with ``gk_scale`` a
+    (gk = u·a) the grads' dgk is u's and dgks a's [H, K], else None."""
+    B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent", gk_scale)
     cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
     dq, dk, dv, XK, XV, hT, dh0, plan = _recurrent.recurrent_backward(
         q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, cfg, scale, grad_dtype,
-        _grad_dtype(v, grad_dtype))
+        _grad_dtype(v, grad_dtype), gk_scale)
     fin = None if hT is None else hT * fp32_state(dhT, plan.N, H, K, V)      # [N, H, K, V]
-    dg = dgk = dgv = None
+    dg = dgk = dgv = dgks = None
     if gk is not None:
-        dgk = _rev_cumsum(plan, XK, None if fin is None else fin.sum(-1), cfg)
+        dgk = rev_cumsum(plan, XK, None if fin is None else fin.sum(-1), cfg,
+                          scaled=None if gk_scale is None else (packed(gk), gk_scale.contiguous()))
+        dgk, dgks = dgk if gk_scale is not None else (dgk, None)
     if g is not None:
-        dg = _rev_cumsum(plan, XK, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True)
+        dg = rev_cumsum(plan, XK, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True)
     if gv is not None:
-        dgv = _rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg)
-    return _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0)
+        dgv = rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg)
+    return _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0), dgks
 
 
 # ------------------------------------------------------------------------------------------ shared
@@ -409,31 +381,36 @@ def _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0):
     dk = dk.view(B, T, H, K)
     dv = dv.view(B, T, H, V)
     dg = None if dg is None else dg.view(B, T, H)
-    dgk = None if dgk is None else dgk.view(B, T, H, K)
+    dgk = None if dgk is None else dgk.view(B, T, H, *dgk.shape[2:])   # [.., K], or a factor's
     dgv = None if dgv is None else dgv.view(B, T, H, V)
     return dq, dk, dv, dg, dgk, dgv, dh0
 
 
 def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
                 strategy="chunked", config=None, output_final_state=True, scale=1.0,
-                out_dtype=torch.float32, bias=None, v_scale=None, v_bias=None, g_scale=None):
+                out_dtype=torch.float32, bias=None, v_scale=None, v_bias=None, g_scale=None,
+                gk_scale=None):
     """Returns (o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None), with
     o = scale * core(q, k, v') + bias (an output scale and bias [B, T, H, V] folded into the
     kernels' stores; the gradient of the bias is do). No gv: ``v_scale`` u [B, T, H] (v' = u v)
     and ``v_bias`` c [H] (bias c_h v): chunked applies them on load / in epilogues.
     ``g_scale`` a [H]: the scalar log-decay is g·a (g a per-token factor, e.g. mamba2's dt·A),
-    formed by the chunked strategy's cumsum launch, in torch for the others."""
+    formed by the chunked strategy's cumsum launch, in torch for the others. ``gk_scale`` a
+    [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H] (Mamba-1's dt·A),
+    formed by the chunked cumsum launch and by the recurrent kernel per step."""
     if g_scale is not None and strategy != "chunked":
-        g = _scaled.decay(g, g_scale)
-    elif strategy == "chunked":
+        g, g_scale = _scaled.decay(g, g_scale), None
+    if gk_scale is not None and strategy not in ("chunked", "recurrent"):
+        gk, gk_scale = _scaled.key_decay(gk, gk_scale), None
+    if strategy == "chunked":
         return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
-                                scale, out_dtype, bias, v_scale, v_bias, g_scale)
+                                scale, out_dtype, bias, v_scale, v_bias, g_scale, gk_scale)
     v, bias = _scaled.materialise(v, bias, v_scale, v_bias)
     if strategy == "recurrent":
-        B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
+        B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy, gk_scale)
         cfg = dict(default_config(strategy, K, V, q.dtype), **(config or {}))
         return _recurrent.recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg,
-                                            output_final_state, scale, out_dtype, bias)
+                                            output_final_state, scale, out_dtype, bias, gk_scale)
     if strategy == "fused":
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
         _fused.check_form(K, V, gk, gv)
@@ -444,37 +421,64 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
 
 
 def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunked", config=None,
-                 scale=1.0, grad_dtype=torch.float32, v_scale=None, v_bias=None, g_scale=None):
+                 scale=1.0, grad_dtype=torch.float32, v_scale=None, v_bias=None, g_scale=None,
+                 gk_scale=None):
     """Returns (dq, dk, dv, dg, dgk, dgv, dh0) of ``gla_forward`` with the same ``scale``: dq, dk,
     dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk / dgv in their gates'
     dtype); None for absent g / gk / gv / h0. With ``v_scale`` or ``v_bias``: dv is v's, and the
-    gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent). With
-    ``g_scale`` a: dg is g's (the factor's) and the gradient of a (fp32 [H]) comes last."""
+    gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent); with
+    ``g_scale`` / ``gk_scale`` a: dg / dgk are the factors' and the gradient of a follows (fp32
+    [H] / [H, K]), in that order."""
+    grads, ex = _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale,
+                          grad_dtype, v_scale, v_bias, g_scale, gk_scale)
+    out = tuple(grads)
+    if v_scale is not None or v_bias is not None:
+        out += (ex.get("du"), ex.get("dc"))
+    if g_scale is not None:
+        out += (ex["da"],)
+    if gk_scale is not None:
+        out += (ex["dak"],)
+    return out
+
+
+def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale, grad_dtype,
+              v_scale, v_bias, g_scale, gk_scale):
+    """(the 7 gradients as a list, {"du", "dc", "da", "dak": the extra inputs' gradients})."""
+    args = (q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale, grad_dtype)
     if g_scale is not None and (strategy != "chunked" or scale == 0.0):
-        grads = gla_backward(q, k, v, _scaled.decay(g, g_scale), gk, gv, h0, cu_seqlens, do, dhT,
-                             strategy=strategy, config=config, scale=scale,
-                             grad_dtype=grad_dtype, v_scale=v_scale, v_bias=v_bias)
-        du, da = _scaled.decay_grads(grads[3], g, g_scale)
-        return (*grads[:3], du, *grads[4:], da)
+        # the product in torch, then the chain rule
+        grads, ex = _backward(q, k, v, _scaled.decay(g, g_scale), *args[4:], v_scale, v_bias,
+                              None, gk_scale)
+        grads[3], ex["da"] = _scaled.decay_grads(grads[3], g, g_scale)
+        return grads, ex
+    if gk_scale is not None and not (strategy == "recurrent"
+                                     or (strategy == "chunked" and scale != 0.0)):
+        grads, ex = _backward(*args[:4], _scaled.key_decay(gk, gk_scale), *args[5:], v_scale,
+                              v_bias, g_scale, None)
+        grads[4], ex["dak"] = _scaled.key_decay_grads(grads[4], gk, gk_scale)
+        return grads, ex
     if (v_scale is not None or v_bias is not None) and (strategy != "chunked" or scale == 0.0):
         # the core at v' = u v, then the chain rule (the bias's do is not scaled)
         v1, _ = _scaled.materialise(v, None, v_scale, None)
-        grads = gla_backward(q, k, v1, g, gk, gv, h0, cu_seqlens, do, dhT, strategy=strategy,
-                             config=config, scale=scale)
-        return _scaled.chain(grads, v, do, v_scale, v_bias, grad_dtype)
+        grads, ex = _backward(q, k, v1, *args[3:13], torch.float32, None, None, g_scale,
+                              gk_scale)
+        full = _scaled.chain(tuple(grads), v, do, v_scale, v_bias, grad_dtype)
+        ex.update(du=full[7], dc=full[8])
+        return list(full[:7]), ex
     if strategy in ("chunked", "fused") and scale == 0.0:
         # the kernels scale by s and 1/s: a zero scale is the zero output
         do = torch.zeros_like(do)
         scale = 1.0
     if strategy == "chunked":
-        grads, du, dc, da = _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
-                                              scale, grad_dtype, v_scale, v_bias, g_scale)
-        grads = grads if v_scale is None and v_bias is None else (*grads, du, dc)
-        return grads if g_scale is None else (*grads, da)
+        grads, du, dc, da, dak = _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT,
+                                                   config, scale, grad_dtype, v_scale, v_bias,
+                                                   g_scale, gk_scale)
+        return list(grads), dict(du=du, dc=dc, da=da, dak=dak)
     if strategy == "fused":
-        return _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
-                               grad_dtype)
+        return list(_fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
+                                    grad_dtype)), {}
     if strategy == "recurrent":
-        return _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
-                                   grad_dtype)
+        grads, dak = _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
+                                         scale, grad_dtype, gk_scale)
+        return list(grads), dict(dak=dak)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")

@@ -24,13 +24,23 @@ def default_config(K, V) -> dict:
     return {"BK": BK, "BV": BV, "num_warps": 4 if BK * BV >= 2048 else 2, "num_stages": 1}
 
 
+def _gk_mode(gk, gk_scale):
+    """The kernels' USE_GK: 0 no key-side decay, 1 gk per key, 2 gk = u·a (u per token)."""
+    return 0 if gk is None else 1 if gk_scale is None else 2
+
+
+def _contiguous(x):
+    return None if x is None else x.contiguous()
+
+
 def _tiles(K, V, cfg):
     return tile(K, 1 << 30), tile(V, cfg["BV"])
 
 
 def recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg, output_final_state, scale,
-                      out_dtype, bias):
-    """(o = scale · core + bias in ``out_dtype`` [B, T, H, V], hT fp32 [N, H, K, V] or None)."""
+                      out_dtype, bias, gk_scale=None):
+    """(o = scale · core + bias in ``out_dtype`` [B, T, H, V], hT fp32 [N, H, K, V] or None).
+    ``gk_scale`` a [H, K]: the key-side log-decay is gk·a, gk a per-token factor [B, T, H]."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     plan = ChunkPlan(q, cu_seqlens, None)
@@ -42,16 +52,17 @@ def recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg, output_final_stat
     f32 = torch.float32
     if N > 0:
         _rc.recurrent_gla_fwd[(N * H, cdiv(V, BV))](
-            packed(q), packed(k), packed(v), packed(g, f32), packed(gk, f32), packed(gv, f32), h0,
-            o, hT, packed(bias), plan.cu, H, K, V, float(scale), USE_G=g is not None,
-            USE_GK=gk is not None, USE_GV=gv is not None, USE_H0=h0 is not None,
+            packed(q), packed(k), packed(v), packed(g, f32), packed(gk, f32), packed(gv, f32),
+            _contiguous(gk_scale), h0, o, hT, packed(bias), plan.cu, H, K, V, float(scale),
+            USE_G=g is not None, USE_GK=_gk_mode(gk, gk_scale), USE_GV=gv is not None,
+            USE_H0=h0 is not None,
             STORE_HT=output_final_state, USE_BIAS=bias is not None, BK=BK, BV=BV,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o.view(B, T, H, V), hT
 
 
 def recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, cfg, scale, grad_dtype,
-                       dv_dtype):
+                       dv_dtype, gk_scale=None):
     """The gradients at scale·do in one launch: (dq, dk in ``grad_dtype`` and dv in ``dv_dtype``,
     packed [T_total, H, ·]; XK - [2 NV, T_total, H, K] with gk, [2 NV, T_total, H, 1] with only g,
     else None - and XV [2, T_total, H, V] or None, the decay gradients' terms whose slices sum to
@@ -79,9 +90,10 @@ def recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, cfg, scale, 
     f32 = torch.float32
     if N > 0:
         _rc.recurrent_gla_bwd[(N * H, NV)](
-            packed(q), packed(k), packed(v), packed(g, f32), packed(gk, f32), packed(gv, f32), h0,
-            packed(do), dhT, dq_p, dk_p, dv, dh0, XK, XV, hT, plan.cu, TT, H, K, V, float(scale),
-            USE_G=g is not None, USE_GK=gk is not None, USE_GV=gv is not None,
+            packed(q), packed(k), packed(v), packed(g, f32), packed(gk, f32), packed(gv, f32),
+            _contiguous(gk_scale), h0, packed(do), dhT, dq_p, dk_p, dv, dh0, XK, XV, hT, plan.cu,
+            TT, H, K, V, float(scale),
+            USE_G=g is not None, USE_GK=_gk_mode(gk, gk_scale), USE_GV=gv is not None,
             USE_H0=h0 is not None, USE_DHT=dhT is not None, STORE_DH0=h0 is not None,
             STORE_HT=need_hT, XK_D=xk_d, USE_XV=gv is not None, BK=BK, BV=BV,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -27,7 +27,7 @@ from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, pr
 from ...distributed.passing import split_call
 from .distributed import passing_for
 from . import scaled as _scaled
-from .scaled import scaled_pieces
+from .scaled import factored_decays, scaled_pieces
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
 from ..common.checks import check_log_decay, checks_enabled
 from ..common.launch import encode_config
@@ -59,16 +59,20 @@ class CompiledMixer(CompiledBase):
         # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
         # (an auxiliary state's pieces may read the auxiliary states scanned before it)
         specs = [(s.name, s.kind, s.dims) for s in mixer.inputs]
-        self.pieces_kernels, self.direct, self.scaled = {}, {}, {}
+        self.pieces_kernels, self.direct, self.scaled, self.factored = {}, {}, {}, {}
         for _, form in list(self.plan.aux) + [(None, self.form)]:
             name, dims = form.state.name, form.state.dims
             pieces = form.pieces()
             direct = {} if isinstance(form, MaxPlusForm) else direct_pieces(form, specs)
             scaled = {} if isinstance(form, MaxPlusForm) else scaled_pieces(form, specs, direct)
+            factored = {} if isinstance(form, MaxPlusForm) else factored_decays(form, specs, direct)
             # the output map's constants (e = 1, d = 0, ...) are read off the form in ``_run``
             rest = {n: node for n, node in pieces.items() if n not in direct and n not in scaled
-                    and not (n in ("e", "d") and ir.is_const(node))}
+                    and n not in factored and not (n in ("e", "d") and ir.is_const(node))}
+            # a factored log-decay u·a: the pieces kernel computes the per-token factor u
+            rest.update({f"{n}_u": u for n, (u, _) in factored.items()})
             self.direct[name], self.scaled[name] = direct, scaled
+            self.factored[name] = {n: a for n, (_, a) in factored.items()}
             self.pieces_kernels[name] = PiecesKernel(mixer.name, rest, specs) if rest else None
             specs = specs + [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
 
@@ -135,11 +139,15 @@ class CompiledMixer(CompiledBase):
         p, scale, shaped = self.pieces(f, env, b, T, dtype, core_scales=True)
         q, k, v = shaped("q"), shaped("k"), shaped("v")
         g = shaped("g") if "g" in p else None
-        gk = shaped("gk") if "gk" in p else None
+        # a factored gk = u·a reaches the core as u [B, T, H] and gk_scale a [H, K]
+        gk_scale = None if "gk_scale" not in p else p["gk_scale"].reshape(H, K)
+        gk = (None if "gk" not in p else shaped("gk") if gk_scale is None
+              else p["gk"].reshape(B, T, H))
         gv = shaped("gv") if "gv" in p else None
         if checks_enabled():     # opt-in (mixir.input_checks)
             g_full = g if "g_scale" not in p else _scaled.decay(g, p["g_scale"])
-            for piece, t in (("g", g_full), ("gk", gk), ("gv", gv)):
+            gk_full = gk if gk_scale is None else _scaled.key_decay(gk, gk_scale)
+            for piece, t in (("g", g_full), ("gk", gk_full), ("gv", gv)):
                 src = self.direct[f.state.name].get(piece, (None,))[0]
                 check_log_decay(self.mixer.name, f"the log-decay of state {f.state.name!r}"
                                 + (f" (argument {src!r})" if src else ""), t)
@@ -172,7 +180,7 @@ class CompiledMixer(CompiledBase):
                             float(scale), out_fp32, bias,
                             None if v_scale is None else v_scale.reshape(B, T, H),
                             None if v_bias is None else v_bias.reshape(H),
-                            None if "g_scale" not in p else p["g_scale"].reshape(H))
+                            None if "g_scale" not in p else p["g_scale"].reshape(H), gk_scale)
         if Q is not None:
             o = o * Q
         if not ir.is_const(f.out_scale):
@@ -192,8 +200,9 @@ class CompiledMixer(CompiledBase):
         kernel - the core reads them in that dtype -, the sign pieces (±1) in it too, the rest
         fp32; a piece that is a call tensor is that tensor, a constant a
         0-dim tensor; a scaled piece v / d is its call tensor, with its scalar as p["v_scale"] /
-        p["d_scale"]; g = u·a is the product, or with ``core_scales`` (the core forms it) u with
-        p["g_scale"] = a), the output scale of q's per-call factor (1 without one), and
+        p["d_scale"]; g = u·a and gk = u·a (a over the key dim) are the products, or with
+        ``core_scales`` (the core forms them) u with p["g_scale"] / p["gk_scale"] = a), the output
+        scale of q's per-call factor (1 without one), and
         ``shaped(name)``: a piece broadcast to ``[B, T, H(, its feature size)]``."""
         B, H = b.B, b.H
         K = b.sizes[f.k_dim] if f.k_dim else 1
@@ -217,6 +226,12 @@ class CompiledMixer(CompiledBase):
                 p[name] = _scaled.decay(env[src], env[factor])
             else:                            # the core scales it: "v_scale" / "d_scale" / "g_scale"
                 p[name], p[name + "_scale"] = env[src], env[factor]
+        for name, a in self.factored[f.state.name].items():     # gk = u·a
+            u = p.pop(f"{name}_u")
+            if core_scales:                  # the core forms it: u and "gk_scale"
+                p[name], p[name + "_scale"] = u, env[a]
+            else:
+                p[name] = _scaled.key_decay(u.reshape(B, T, H), env[a])
         full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
 
         def shaped(name):

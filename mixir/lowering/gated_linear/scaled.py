@@ -12,6 +12,11 @@ core, and its backward turning the core's gradients back into the inputs'):
   takes u and ``g_scale`` = a; the chunked strategy forms the product in its cumsum launch and
   its reverse-cumsum launch turns dg into du = a·dg and da = Σ u·dg (the recurrent and fused
   strategies form both in torch: ``decay``, ``decay_grads``).
+* gk = u · a with u any per-token scalar expression (the pieces kernel computes it, a few bytes per
+  token) and a a per-head parameter over the key dim ``[H, K]`` (Mamba-1's gk = dt·A): the core
+  takes u and ``gk_scale`` = a; the chunked strategy forms the product in its cumsum launch, the
+  recurrent one per step, and their reverse cumsum of dgk returns du = Σ_K a·dgk and
+  da = Σ_T u·dgk instead of dgk (no [B, T, H, K] fp32 log-decay or its gradient in HBM).
 * d (the output bias) = c · x with c a per-head scalar parameter and x the call tensor the core
   reads as v (as it is, or scaled as above): the core takes ``v_bias`` = c, its output epilogue
   adds c_h·x and its dv launch adds c·do to dx and sums x·do for dc (no torch ops over [T, V]).
@@ -100,3 +105,29 @@ def decay(u, a):
 def decay_grads(dg, u, a):
     """(du [B, T, H], da [H]) of ``decay`` given dg (fp32)."""
     return dg.float() * a.float(), (dg.float() * u.float()).sum((0, 1))
+
+
+def factored_decays(form, specs, direct: dict) -> dict:
+    """``{"gk": (u node, parameter name)}`` when the key-side log-decay is a per-token scalar
+    expression u times a per-head parameter a over the key dim (see the module docstring), else
+    ``{}``. ``specs``: (name, kind, dims) of the call's tensors."""
+    node = form.pieces().get("gk")
+    if node is None or "gk" in direct or node.op != "mul" or not form.k_dim:
+        return {}
+    kinds = {name: (kind, tuple(dims)) for name, kind, dims in specs}
+    a, b = node.src
+    for u, p in ((a, b), (b, a)):
+        if (p.op == "param" and kinds.get(p.arg) == ("param", (form.k_dim,))
+                and tuple(p.dims) == (form.k_dim,) and tuple(u.dims) == ()):
+            return {"gk": (u, p.arg)}
+    return {}
+
+
+def key_decay(u, a):
+    """The key-side log-decay gk = u·a (u [B, T, H] per token, a [H, K] per head), fp32."""
+    return u.float()[..., None] * a.float()
+
+
+def key_decay_grads(dgk, u, a):
+    """(du [B, T, H], da [H, K]) of ``key_decay`` given dgk (fp32)."""
+    return (dgk.float() * a.float()).sum(-1), (dgk.float() * u.float()[..., None]).sum((0, 1))

@@ -36,14 +36,19 @@ from mixir.lowering.common.packed_tiles import (chunk_bounds, chunk_program, loa
 @kernel
 def chunk_gla_cumsum(X, XS, G, R, cu_seqlens, chunk_tbl, H, D, USE_XS: tl.constexpr,
                      LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    # grid: (num chunks, H, cdiv(D, BD)); X, G, R: [T_total, H, D]. USE_XS: the log-decay is
-    # X times the per-head scalar XS[h] (mamba2's g = dt·A, formed here in fp32).
+    # grid: (num chunks, H, cdiv(D, BD)); X, G, R: [T_total, H, D]. The log-decay formed here
+    # in fp32: USE_XS = 1: X times the per-head scalar XS[h] (mamba2's g = dt·A); USE_XS = 2:
+    # X [T_total, H] a per-token scalar u times the head's row XS[h, :D] (Mamba-1's gk = dt·A).
     _, cs, L, o_t = chunk_program(cu_seqlens, chunk_tbl, BT)
     i_h = tl.program_id(1)
     o_d = tl.program_id(2) * BD + tl.arange(0, BD)
-    x = load_rows(X, cs, L, i_h, H, D, o_t, o_d)
-    if USE_XS:
-        x = x * tl.load(XS + i_h).to(tl.float32)
+    if USE_XS == 2:
+        u = tl.load(X + (cs + o_t) * H + i_h, mask=o_t < L, other=0.).to(tl.float32)
+        x = u[:, None] * tl.load(XS + i_h * D + o_d, mask=o_d < D, other=0.).to(tl.float32)[None, :]
+    else:
+        x = load_rows(X, cs, L, i_h, H, D, o_t, o_d)
+        if USE_XS == 1:
+            x = x * tl.load(XS + i_h).to(tl.float32)
     # Floor each step's log-decay: exp(LOG_FLOOR) is already 0 in fp32 terms, and keeping the
     # cumulative sums small (|G| <= BT * |LOG_FLOOR|) keeps their differences accurate. Written as
     # a select, not tl.maximum, so that a NaN log-decay stays NaN (and poisons what follows it, as
@@ -391,16 +396,18 @@ def chunk_gla_dqk(Q, KK, VV, VS, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, ch
 
 
 @kernel
-def chunk_gla_rev_cumsum(X, INIT, OUT, XU, XS, DXS, cu_seqlens, H, D, NP, s_p,
+def chunk_gla_rev_cumsum(X, INIT, OUT, XU, XS, DXS, cu_seqlens, T_total, H, D, NP, s_p,
                          USE_INIT: tl.constexpr, SUM_D: tl.constexpr, USE_XS: tl.constexpr,
                          BT: tl.constexpr, BD: tl.constexpr):
     # grid: (N * H, cdiv(D, BD)), or (N * H, 1) with SUM_D.
     # OUT_t = INIT[n] + sum_{s >= t, s in sequence n} x_s (fp32) of x = sum_p X[p] over the NP
     # slices [T_total, H, D] of X (s_p elements apart); with SUM_D, x is also summed over D and OUT is [T_total, H]
     # (then the whole D extent is one BD tile).
-    # USE_XS (with SUM_D): that sum is the gradient of a log-decay u * a (u = XU [T_total, H], a =
-    # XS [H], chunk_gla_cumsum's USE_XS): OUT receives its u-part OUT_t * a[h], and DXS[n, h] the
-    # sequence's a-part sum_t OUT_t * u_t.
+    # USE_XS: the result is the gradient of a log-decay u * a with u = XU [T_total, H] per token
+    # (chunk_gla_cumsum's USE_XS), split into its parts: 1 (with SUM_D; a = XS [H]): OUT receives
+    # OUT_t * a[h] and DXS[n, h] the sequence's sum_t OUT_t * u_t; 2 (a = XS [H, D]): OUT
+    # [cdiv(D, BD), T_total, H] receives each D-tile's sum_d OUT_t,d * a[h, d] (summed by the
+    # caller) and DXS [N, H, D] the sums over the sequence of OUT_t,d * u_t.
     i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     nt = (eos - bos + BT - 1) // BT
     o_d = tl.program_id(1) * BD + tl.arange(0, BD)
@@ -410,11 +417,13 @@ def chunk_gla_rev_cumsum(X, INIT, OUT, XU, XS, DXS, cu_seqlens, H, D, NP, s_p,
         carry = tl.full([1], 0., tl.float32)
         if USE_INIT:
             carry += tl.load(INIT + i_n * H + i_h).to(tl.float32)
-        if USE_XS:
+        if USE_XS == 1:
             xs_h = tl.load(XS + i_h).to(tl.float32)
             dxs = tl.full([BT], 0., tl.float32)
     else:
         carry = tl.full([BD], 0., tl.float32)
+        if USE_XS == 2:
+            dxs = tl.full([BD], 0., tl.float32)
         if USE_INIT:
             carry += tl.load(INIT + (i_n * H + i_h).to(tl.int64) * D + o_d, mask=m_d, other=0.).to(tl.float32)
     for it in range(0, nt):
@@ -427,7 +436,7 @@ def chunk_gla_rev_cumsum(X, INIT, OUT, XU, XS, DXS, cu_seqlens, H, D, NP, s_p,
             xs = tl.sum(x, 1)
             tot = tl.sum(xs, 0)
             out = carry + (tot - tl.associative_scan(xs, 0, tl.standard._sum_combine) + xs)
-            if USE_XS:
+            if USE_XS == 1:
                 u = tl.load(XU + (cs + o_t) * H + i_h, mask=o_t < L, other=0.).to(tl.float32)
                 dxs += tl.where(o_t < L, out * u, 0.)
                 out = out * xs_h
@@ -435,10 +444,19 @@ def chunk_gla_rev_cumsum(X, INIT, OUT, XU, XS, DXS, cu_seqlens, H, D, NP, s_p,
         else:
             tot = tl.reduce(x, 0, tl.standard._sum_combine)
             out = carry[None, :] + (tot[None, :] - tl.associative_scan(x, 0, tl.standard._sum_combine) + x)
-            store_rows(OUT, out, cs, L, i_h, H, D, o_t, o_d)
+            if USE_XS == 2:
+                u = tl.load(XU + (cs + o_t) * H + i_h, mask=o_t < L, other=0.).to(tl.float32)
+                a = tl.load(XS + i_h * D + o_d, mask=m_d, other=0.).to(tl.float32)
+                p_u = (tl.program_id(1).to(tl.int64) * T_total + cs + o_t) * H + i_h
+                tl.store(OUT + p_u, tl.sum(out * a[None, :], 1), mask=o_t < L)
+                dxs += tl.sum(tl.where((o_t < L)[:, None], out * u[:, None], 0.), 0)
+            else:
+                store_rows(OUT, out, cs, L, i_h, H, D, o_t, o_d)
         carry += tot
-    if SUM_D and USE_XS:
+    if SUM_D and USE_XS == 1:
         tl.store(DXS + i_n * H + i_h, tl.sum(dxs, 0))
+    if USE_XS == 2:
+        tl.store(DXS + (i_n * H + i_h).to(tl.int64) * D + o_d, dxs, mask=m_d)
 
 
 KERNELS = (chunk_gla_cumsum, chunk_gla_states, chunk_gla_output, chunk_gla_dqk,

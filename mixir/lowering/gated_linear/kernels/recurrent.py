@@ -15,44 +15,59 @@ from mixir.lowering.common.packed_tiles import load_state, sequence_head, state_
 
 
 @triton.jit
-def _decay(h, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v,
+def _decay(h, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v,
            USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr):
     """h * exp(g_t + gk_t[:, None] + gv_t[None, :]), one factor at a time (each <= 1 for
-    non-positive log-decays)."""
+    non-positive log-decays). USE_GK = 1: gk_t is GK's row; 2: gk_t = u_t * gk_a with u = GK
+    [T_total, H] a per-token scalar and gk_a the head's [BK] factor (``_gk_factor``)."""
     if USE_G:
         h = h * tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
-    if USE_GK:
+    if USE_GK == 1:
         h = h * tl.exp(tl.load(GK + base_k + o_k, mask=m_k, other=0.).to(tl.float32))[:, None]
+    if USE_GK == 2:
+        h = h * tl.exp(tl.load(GK + t * H + i_h).to(tl.float32) * gk_a)[:, None]
     if USE_GV:
         h = h * tl.exp(tl.load(GV + base_v + o_v, mask=m_v, other=0.).to(tl.float32))[None, :]
     return h
 
 
 @triton.jit
-def _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v,
+def _gk_factor(GKS, i_h, DK, o_k, m_k, USE_GK: tl.constexpr, BK: tl.constexpr):
+    """The head's per-key factor a of a factored log-decay gk_t = u_t * a (GKS [H, DK])."""
+    if USE_GK == 2:
+        gk_a = tl.load(GKS + i_h * DK + o_k, mask=m_k, other=0.).to(tl.float32)
+    else:
+        gk_a = tl.zeros([BK], dtype=tl.float32)
+    return gk_a
+
+
+@triton.jit
+def _step(h, K_, V_, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v,
           USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr):
     """One token: S_t = exp(g_t + gk_t[:, None] + gv_t[None, :]) * S_{t-1} + k_t v_t^T (row t of
     head i_h of the packed tensors starts at base_k / base_v)."""
     k = tl.load(K_ + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
     v = tl.load(V_ + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
-    h = _decay(h, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
+    h = _decay(h, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK,
+               USE_GV)
     return h + k[:, None] * v[None, :]
 
 
 @kernel
-def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, H0, O, HT, BIAS, cu_seqlens, H, DK, DV, scale,
+def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, GKS, H0, O, HT, BIAS, cu_seqlens, H, DK, DV, scale,
                       USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr,
                       USE_H0: tl.constexpr, STORE_HT: tl.constexpr, USE_BIAS: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV)). O [T_total, H, DV] (its dtype) = scale * S_t^T q_t (+ BIAS).
     i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, tl.program_id(1), DK, DV, BK, BV)
+    gk_a = _gk_factor(GKS, i_h, DK, o_k, m_k, USE_GK, BK)
     h = load_state(H0, i_n, i_h, H, DK, DV, o_kv, m_kv, BK, BV, USE_H0)
     for t in range(bos, eos):
         base_k = (t * H + i_h) * DK
         base_v = (t * H + i_h) * DV
         q = tl.load(Q + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
-        h = _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
+        h = _step(h, K_, V_, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
         o = tl.reduce(h * q[:, None], 0, tl.standard._sum_combine) * scale
         if USE_BIAS:
             o += tl.load(BIAS + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
@@ -62,7 +77,7 @@ def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, H0, O, HT, BIAS, cu_seqlens, H, DK, 
 
 
 @kernel
-def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, H0, DO, DHT,
+def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, GKS, H0, DO, DHT,
                       DQ, DK_, DV_, DH0, XK, XV, HT, cu_seqlens, T_total, H, DK, DV, scale,
                       USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr,
                       USE_H0: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
@@ -81,6 +96,7 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, H0, DO, DHT,
     i_v = tl.program_id(1)
     i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, i_v, DK, DV, BK, BV)
+    gk_a = _gk_factor(GKS, i_h, DK, o_k, m_k, USE_GK, BK)
     part = i_v.to(tl.int64) * T_total * H * DK
     part_s = i_v.to(tl.int64) * T_total * H
     NV = tl.num_programs(1)
@@ -92,7 +108,7 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, H0, DO, DHT,
     for t in range(bos, eos):
         base_k = (t * H + i_h) * DK
         base_v = (t * H + i_h) * DV
-        h = _step(h, K_, V_, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
+        h = _step(h, K_, V_, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
         do = tl.load(DO + base_v + o_v, mask=m_v, other=0.).to(tl.float32) * scale
         dq = tl.reduce(h * do[None, :], 1, tl.standard._sum_combine)
         tl.store(DQ + part + base_k + o_k, dq, mask=m_k)
@@ -128,7 +144,7 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, H0, DO, DHT,
             tl.store(XK + part2_s + t * H + i_h, -tl.sum(k * dk, 0))
         if USE_XV:
             tl.store(XV + part2_v + base_v + o_v, -(v * dv), mask=m_v)
-        dh = _decay(dh, G, GK, GV, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
+        dh = _decay(dh, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
     if STORE_DH0:
         store_state(DH0, dh, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
