@@ -13,7 +13,7 @@ terms (q·dq, −k·dk; o·do, −v·dv) into fp32 slices that ``core`` reverse-
 """
 import torch
 
-from ...tiles import cdiv
+from ...tiles import cdiv, pow2
 from ..common.chunks import ChunkPlan, empty, fp32_state, packed, tile
 from .kernels import recurrent as _rc
 
@@ -34,7 +34,10 @@ def _contiguous(x):
 
 
 def _tiles(K, V, cfg):
-    return tile(K, 1 << 30), tile(V, cfg["BV"])
+    """(BK, BV): the whole K extent and the config's V-tile, each no larger than its head size's
+    power of two - the kernels use no tl.dot, so a vector state (K or V = 1: Mamba-1, HGRN) holds
+    a [K, 1] / [1, V] tile, not one padded to 16 (15/16 of its registers and FMAs idle)."""
+    return pow2(K), min(pow2(V), tile(V, cfg["BV"]))
 
 
 def recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg, output_final_state, scale,
