@@ -76,3 +76,19 @@ def fresh_triton_cache(tmp_path_factory):
         os.environ.pop("TRITON_CACHE_DIR", None)
     else:
         os.environ["TRITON_CACHE_DIR"] = old
+
+
+@pytest.fixture
+def launched_kernels(monkeypatch):
+    """The short names of the mixir kernels launched while the test runs, in order (the launches
+    run as usual)."""
+    from mixir.lowering.common import launch
+    names = []
+    orig = launch.Kernel.__getitem__
+
+    def counting(self, grid):
+        names.append(self.name.rsplit(".", 1)[-1])
+        return orig(self, grid)
+
+    monkeypatch.setattr(launch.Kernel, "__getitem__", counting)
+    return names

@@ -178,18 +178,10 @@ def test_direct_pieces_skip_the_pieces_kernel():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_simple_gla_runs_the_core_kernels_only(monkeypatch, dtype):
+def test_simple_gla_runs_the_core_kernels_only(launched_kernels, dtype):
     """simple_gla's chunked fwd+bwd launches the core's kernels and nothing else of mixir's (no
     pieces kernel), and returns the output and gradients in the input dtype."""
-    from mixir.lowering.common import launch
-    names = []
-    orig = launch.Kernel.__getitem__
-
-    def counting(self, grid):
-        names.append(self.name.rsplit(".", 1)[-1])
-        return orig(self, grid)
-
-    monkeypatch.setattr(launch.Kernel, "__getitem__", counting)
+    names = launched_kernels
     m = MIXERS["simple_gla"].mixer
     arrays, _ = example_inputs(m, B=1, T=40, H=2, K=16, V=16, seed=3)
     q, k, v, g = (torch.tensor(a, dtype=dtype if i < 3 else torch.float32).requires_grad_()
@@ -204,19 +196,11 @@ def test_simple_gla_runs_the_core_kernels_only(monkeypatch, dtype):
     assert q.grad.dtype == dtype and g.grad.dtype == torch.float32
 
 
-def test_mamba2_runs_the_core_kernels_only(monkeypatch):
+def test_mamba2_runs_the_core_kernels_only(launched_kernels):
     """mamba2's per-token pieces (v' = dt·x, g = dt·A, the D·x skip) are formed by the chunked
     core (on load / in its epilogues): fwd+bwd launch no pieces kernel, and the gradients match
     the reference."""
-    from mixir.lowering.common import launch
-    names = []
-    orig = launch.Kernel.__getitem__
-
-    def counting(self, grid):
-        names.append(self.name.rsplit(".", 1)[-1])
-        return orig(self, grid)
-
-    monkeypatch.setattr(launch.Kernel, "__getitem__", counting)
+    names = launched_kernels
     m = MIXERS["mamba2"].mixer
     arrays, h0 = example_inputs(m, B=1, T=24, H=2, K=16, V=16, seed=1)
     r = check(m, mx.compile(m, config={"BT": 16}), arrays, dtype=torch.float16, strategy="chunked",
@@ -256,19 +240,11 @@ def test_mamba_value_is_not_rounded_before_the_core(monkeypatch):
     assert err(o16) <= 1.05 * err(o32) and err(o32) < 5e-4, (err(o16), err(o32))
 
 
-def test_vector_states_default_to_the_recurrent_strategy(monkeypatch):
+def test_vector_states_default_to_the_recurrent_strategy(launched_kernels):
     """Without a strategy, a state with a head size of 1 (Mamba-1's [N] per channel, HGRN's [D])
     runs the recurrent kernel at any length (chunked dot tiles would be padding); a matrix state
     runs chunked above RECURRENT_MAX_T."""
-    from mixir.lowering.common import launch
-    names = []
-    orig = launch.Kernel.__getitem__
-
-    def counting(self, grid):
-        names.append(self.name.rsplit(".", 1)[-1])
-        return orig(self, grid)
-
-    monkeypatch.setattr(launch.Kernel, "__getitem__", counting)
+    names = launched_kernels
     for name, K, V, want in [("mamba", 16, 1, "recurrent_gla_fwd"), ("hgrn", 1, 16, "recurrent_gla_fwd"),
                              ("simple_gla", 16, 16, "chunk_gla_output")]:
         e = MIXERS[name]

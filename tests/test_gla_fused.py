@@ -82,17 +82,9 @@ def test_core_equals_the_chunked_strategy(packed):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(a.abs().max())), float((a - b).abs().max())
 
 
-def test_a_training_step_is_five_launches(monkeypatch):
+def test_a_training_step_is_five_launches(launched_kernels):
     """o; dq, dk, dv (one sweep each); the decay gradient's reverse cumsum. No state in HBM."""
-    from mixir.lowering.common import launch
-    names = []
-    orig = launch.Kernel.__getitem__
-
-    def counting(self, grid):
-        names.append(self.name.rsplit(".", 1)[-1])
-        return orig(self, grid)
-
-    monkeypatch.setattr(launch.Kernel, "__getitem__", counting)
+    names = launched_kernels
     m = MIXERS["simple_gla"].mixer
     arrays, _ = example_inputs(m, B=1, T=20, H=1, K=16, V=16, seed=3)
     q, k, v, g = (torch.tensor(a, dtype=torch.float32).requires_grad_() for a in arrays)
