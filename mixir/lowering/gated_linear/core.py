@@ -401,7 +401,7 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
     if g_scale is not None and strategy != "chunked":
         g, g_scale = _scaled.decay(g, g_scale), None
     if gk_scale is not None and strategy not in ("chunked", "recurrent"):
-        gk, gk_scale = _scaled.key_decay(gk, gk_scale), None
+        gk, gk_scale = _scaled.decay(gk, gk_scale), None
     if strategy == "chunked":
         return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
                                 scale, out_dtype, bias, v_scale, v_bias, g_scale, gk_scale)
@@ -453,9 +453,9 @@ def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, sca
         return grads, ex
     if gk_scale is not None and not (strategy == "recurrent"
                                      or (strategy == "chunked" and scale != 0.0)):
-        grads, ex = _backward(*args[:4], _scaled.key_decay(gk, gk_scale), *args[5:], v_scale,
+        grads, ex = _backward(*args[:4], _scaled.decay(gk, gk_scale), *args[5:], v_scale,
                               v_bias, g_scale, None)
-        grads[4], ex["dak"] = _scaled.key_decay_grads(grads[4], gk, gk_scale)
+        grads[4], ex["dak"] = _scaled.decay_grads(grads[4], gk, gk_scale)
         return grads, ex
     if (v_scale is not None or v_bias is not None) and (strategy != "chunked" or scale == 0.0):
         # the core at v' = u v, then the chain rule (the bias's do is not scaled)

@@ -12,8 +12,9 @@ kernel: the core reads the caller's tensors in their own dtype, a q factor becom
 output scale, and without signs or an output map the core writes the output in the call's dtype.
 So a declaration like simple_gla / gla runs as the core's launches alone, with no fp32 copies.
 Pieces that are a call tensor times one scalar (``scaled.scaled_pieces``: mamba2's v' = dt·x,
-g = dt·A, D·x) are formed by the core too (v_scale, bias_scale) or, for g, by one small torch
-product.
+D·x) are formed by the core too (v_scale, v_bias), and so are log-decays that are a per-token
+factor times a per-head parameter (``scaled.factored_decays``: mamba2's and Mamba-1's dt·A;
+g_scale, gk_scale).
 """
 from __future__ import annotations
 
@@ -69,10 +70,10 @@ class CompiledMixer(CompiledBase):
             # the output map's constants (e = 1, d = 0, ...) are read off the form in ``_run``
             rest = {n: node for n, node in pieces.items() if n not in direct and n not in scaled
                     and n not in factored and not (n in ("e", "d") and ir.is_const(node))}
-            # a factored log-decay u·a: the pieces kernel computes the per-token factor u
-            rest.update({f"{n}_u": u for n, (u, _) in factored.items()})
+            # a factored log-decay u·a: u is a call tensor, or the pieces kernel computes it
+            rest.update({f"{n}_u": u for n, (u, src, _) in factored.items() if src is None})
             self.direct[name], self.scaled[name] = direct, scaled
-            self.factored[name] = {n: a for n, (_, a) in factored.items()}
+            self.factored[name] = {n: (src, a) for n, (_, src, a) in factored.items()}
             self.pieces_kernels[name] = PiecesKernel(mixer.name, rest, specs) if rest else None
             specs = specs + [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
 
@@ -146,7 +147,7 @@ class CompiledMixer(CompiledBase):
         gv = shaped("gv") if "gv" in p else None
         if checks_enabled():     # opt-in (mixir.input_checks)
             g_full = g if "g_scale" not in p else _scaled.decay(g, p["g_scale"])
-            gk_full = gk if gk_scale is None else _scaled.key_decay(gk, gk_scale)
+            gk_full = gk if gk_scale is None else _scaled.decay(gk, gk_scale)
             for piece, t in (("g", g_full), ("gk", gk_full), ("gv", gv)):
                 src = self.direct[f.state.name].get(piece, (None,))[0]
                 check_log_decay(self.mixer.name, f"the log-decay of state {f.state.name!r}"
@@ -222,16 +223,13 @@ class CompiledMixer(CompiledBase):
                 if factor is not None:       # only q has a factor: the core's output scale
                     scale = _value(factor, b.scalars)
         for name, (src, factor) in self.scaled[f.state.name].items():
-            if name == "g" and not core_scales:  # per-token u times per-head a, in torch
-                p[name] = _scaled.decay(env[src], env[factor])
-            else:                            # the core scales it: "v_scale" / "d_scale" / "g_scale"
-                p[name], p[name + "_scale"] = env[src], env[factor]
-        for name, a in self.factored[f.state.name].items():     # gk = u·a
-            u = p.pop(f"{name}_u")
-            if core_scales:                  # the core forms it: u and "gk_scale"
+            p[name], p[name + "_scale"] = env[src], env[factor]     # "v_scale" / "d_scale"
+        for name, (src, a) in self.factored[f.state.name].items():  # g / gk = u·a
+            u = env[src] if src is not None else p.pop(f"{name}_u")
+            if core_scales:                  # the core forms it: u and "g_scale" / "gk_scale"
                 p[name], p[name + "_scale"] = u, env[a]
             else:
-                p[name] = _scaled.key_decay(u.reshape(B, T, H), env[a])
+                p[name] = _scaled.decay(u.reshape(B, T, H), env[a])
         full = {"q": K, "k": K, "v": V, "gk": K, "gk_sign": K, "gv": V, "gv_sign": V, "e": V, "d": V}
 
         def shaped(name):

@@ -8,15 +8,13 @@ core, and its backward turning the core's gradients back into the inputs'):
 * v' = u · x with u a per-token scalar input ``[B, T, H]`` and x a call tensor of the value
   layout: the core takes x and ``v_scale`` = u and multiplies on load (fp32 on chip); its backward
   writes dx = u·dv' and du = Σ_V x·dv' (the dv launch's epilogue).
-* g = u · a with u a per-token scalar input and a a per-head scalar parameter ``[H]``: the core
-  takes u and ``g_scale`` = a; the chunked strategy forms the product in its cumsum launch and
-  its reverse-cumsum launch turns dg into du = a·dg and da = Σ u·dg (the recurrent and fused
-  strategies form both in torch: ``decay``, ``decay_grads``).
-* gk = u · a with u any per-token scalar expression (the pieces kernel computes it, a few bytes per
-  token) and a a per-head parameter over the key dim ``[H, K]`` (Mamba-1's gk = dt·A): the core
-  takes u and ``gk_scale`` = a; the chunked strategy forms the product in its cumsum launch, the
-  recurrent one per step, and their reverse cumsum of dgk returns du = Σ_K a·dgk and
-  da = Σ_T u·dgk instead of dgk (no [B, T, H, K] fp32 log-decay or its gradient in HBM).
+* g = u · a and gk = u · a, a log-decay that is a per-token scalar u (a call tensor, or any
+  expression the pieces kernel computes: a few bytes per token) times a per-head parameter a,
+  ``[H]`` for g, ``[H, K]`` for gk (mamba2's and Mamba-1's dt·A): the core takes u and
+  ``g_scale`` / ``gk_scale`` = a; the chunked strategy forms the product in its cumsum launch
+  (the recurrent one: gk per step) and its reverse cumsum returns du = Σ a·dg and da = Σ_T u·dg
+  instead of dg (no [B, T, H(, K)] fp32 log-decay or its gradient in HBM); strategies that do
+  not form it take the product from ``decay`` and chain with ``decay_grads``.
 * d (the output bias) = c · x with c a per-head scalar parameter and x the call tensor the core
   reads as v (as it is, or scaled as above): the core takes ``v_bias`` = c, its output epilogue
   adds c_h·x and its dv launch adds c·do to dx and sums x·do for dc (no torch ops over [T, V]).
@@ -34,8 +32,8 @@ _SIGNS = ("g_sign", "gk_sign", "gv_sign")
 
 def scaled_pieces(form, specs, direct: dict) -> dict:
     """``{piece: (tensor name, scalar name)}`` for the pieces the core forms from a call tensor
-    and a scalar (see the module docstring): "v" (tensor x, per-token u), "g" (per-token u,
-    per-head a), "d" (tensor x, per-head c). ``specs``: (name, kind, dims) of the call's tensors;
+    and a scalar (see the module docstring): "v" (tensor x, per-token u), "d" (tensor x,
+    per-head c); log-decays are ``factored_decays``'. ``specs``: (name, kind, dims) of the call's tensors;
     ``direct``: ``runtime.direct_pieces`` of the form (those are not repeated here)."""
     kinds = {name: (kind, tuple(dims)) for name, kind, dims in specs}
     pieces = form.pieces()
@@ -46,10 +44,6 @@ def scaled_pieces(form, specs, direct: dict) -> dict:
         pair = _pair(pieces["v"], kinds, (("input", vdims), ("input", ())))
         if pair:
             out["v"] = pair
-    if "g" in pieces and "g" not in direct:
-        pair = _pair(pieces["g"], kinds, (("input", ()), ("param", ())))
-        if pair:
-            out["g"] = pair
     if plain and vdims and "d" in pieces and ir.is_const(form.out_scale) \
             and not ir.is_const(form.out_bias, 0.0):
         pair = _pair(pieces["d"], kinds, (("input", vdims), ("param", ())))
@@ -97,37 +91,36 @@ def chain(grads, v, do, v_scale, v_bias, grad_dtype):
     return (dq.to(grad_dtype), dk.to(grad_dtype), dv.to(grad_dtype), *rest, du, dc)
 
 
+def factored_decays(form, specs, direct: dict) -> dict:
+    """``{piece: (u node, u's call tensor or None, parameter name)}`` for the log-decays g, gk that
+    are a per-token scalar u times a per-head parameter a over the piece's feature dims (see the
+    module docstring); u's call tensor is its name when u is one (else the pieces kernel computes
+    u). ``specs``: (name, kind, dims) of the call's tensors."""
+    kinds = {name: (kind, tuple(dims)) for name, kind, dims in specs}
+    out = {}
+    for piece, dims in (("g", ()), ("gk", (form.k_dim,) if form.k_dim else None)):
+        node = form.pieces().get(piece)
+        if node is None or dims is None or piece in direct or node.op != "mul":
+            continue
+        a, b = node.src
+        for u, p in ((a, b), (b, a)):
+            if (p.op == "param" and kinds.get(p.arg) == ("param", dims)
+                    and tuple(p.dims) == dims and tuple(u.dims) == ()):
+                src = u.arg if u.op == "input" and kinds.get(u.arg) == ("input", ()) else None
+                out[piece] = (u, src, p.arg)
+                break
+    return out
+
+
 def decay(u, a):
-    """The scalar log-decay g = u·a (u [B, T, H] per token, a [H] per head), fp32, in torch."""
-    return u.float() * a.float()
+    """The log-decay u·a in fp32: u [B, T, H] per token, a [H] (g) or [H, K] (gk) per head."""
+    u = u.float()
+    return u * a.float() if a.dim() == 1 else u[..., None] * a.float()
 
 
 def decay_grads(dg, u, a):
-    """(du [B, T, H], da [H]) of ``decay`` given dg (fp32)."""
-    return dg.float() * a.float(), (dg.float() * u.float()).sum((0, 1))
-
-
-def factored_decays(form, specs, direct: dict) -> dict:
-    """``{"gk": (u node, parameter name)}`` when the key-side log-decay is a per-token scalar
-    expression u times a per-head parameter a over the key dim (see the module docstring), else
-    ``{}``. ``specs``: (name, kind, dims) of the call's tensors."""
-    node = form.pieces().get("gk")
-    if node is None or "gk" in direct or node.op != "mul" or not form.k_dim:
-        return {}
-    kinds = {name: (kind, tuple(dims)) for name, kind, dims in specs}
-    a, b = node.src
-    for u, p in ((a, b), (b, a)):
-        if (p.op == "param" and kinds.get(p.arg) == ("param", (form.k_dim,))
-                and tuple(p.dims) == (form.k_dim,) and tuple(u.dims) == ()):
-            return {"gk": (u, p.arg)}
-    return {}
-
-
-def key_decay(u, a):
-    """The key-side log-decay gk = u·a (u [B, T, H] per token, a [H, K] per head), fp32."""
-    return u.float()[..., None] * a.float()
-
-
-def key_decay_grads(dgk, u, a):
-    """(du [B, T, H], da [H, K]) of ``key_decay`` given dgk (fp32)."""
-    return (dgk.float() * a.float()).sum(-1), (dgk.float() * u.float()[..., None]).sum((0, 1))
+    """(du [B, T, H], da like a) of ``decay`` given dg (fp32)."""
+    dg, u, a = dg.float(), u.float(), a.float()
+    if a.dim() == 1:
+        return dg * a, (dg * u).sum((0, 1))
+    return (dg * a).sum(-1), (dg * u[..., None]).sum((0, 1))
