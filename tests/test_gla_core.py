@@ -9,7 +9,7 @@ import torch
 import triton.language as tl
 
 from mixir.lowering.common import chunks
-from mixir.lowering.gated_linear import core as gla_core
+from mixir.lowering.gated_linear import precision as gla_precision
 from mixir.lowering.gated_linear.core import default_config, gla_backward, gla_forward
 
 from gla_cases import GRAD_NAMES, TOL, check_case, make_inputs, naive_gla, reference, rel_err
@@ -190,9 +190,9 @@ def test_half_precision(strategy, dtype):
 
 def test_fp16_dot_operands_in_backward():
     # bwd_dot_fp32 = 0: the backward's tl.dot operands are rounded to fp16 too (fla-like); the
-    # interpreter runs fp16 dots faithfully (bf16 ones it cannot, see gla_core._dot_mode)
+    # interpreter runs fp16 dots faithfully (bf16 ones it cannot, see gla_precision.dot_mode)
     inp, do, dhT = make_inputs(1, 70, 1, 16, 32, ("g", "gk", "gv"), dtype=torch.float16, seed=13)
-    assert gla_core._dot_mode(inp["q"], {"bwd_dot_fp32": 0}, backward=True) == (False, "ieee")
+    assert gla_precision.dot_mode(inp["q"], {"bwd_dot_fp32": 0}, backward=True) == (False, "ieee")
     check_case(inp, do.half(), dhT, "chunked", config={"bwd_dot_fp32": 0})
 
 
@@ -368,9 +368,9 @@ def test_outputs_in_the_input_dtype(strategy):
 
 def test_chunk_states_take_the_dtype_of_the_dots_that_read_them():
     q = torch.zeros(1, 4, 1, 16, dtype=torch.float16)
-    assert gla_core._state_dtype(q, (False, "ieee")) == torch.float16
-    assert gla_core._state_dtype(q, (True, "ieee")) == torch.float32
-    assert gla_core._state_dtype(q.float(), (True, "ieee")) == torch.float32
+    assert gla_precision.state_dtype(q, (False, "ieee")) == torch.float16
+    assert gla_precision.state_dtype(q, (True, "ieee")) == torch.float32
+    assert gla_precision.state_dtype(q.float(), (True, "ieee")) == torch.float32
 
 
 def test_chunk_tables_are_cached_per_packing():
@@ -481,3 +481,37 @@ def test_key_decay_factored_per_token_times_a_per_head_row(strategy):
                        ("dg", grads[3], ref[3]), ("du", grads[4], du_ref), ("dh0", grads[6], ref[6]),
                        ("da", grads[7], da_ref)]:
         assert rel_err(x, y) <= TOL[torch.float32], name
+
+
+@pytest.mark.parametrize("decays, v_scaled", [(("g",), False), ((), True)])
+def test_per_token_output_scale(decays, v_scaled):
+    """o_scale e [B, T, H] (o = e * core: mLSTM's normaliser), chunked: the output store scales
+    the rows, the backward scales do's rows on load (adjoint states, dv) and dq's / the score
+    tile's in the dq/dk launch, whose epilogue sums q·dq0 per K-tile into de. Two K-tiles (K = 80)
+    and two sequences with an initial and a final-state adjoint; with v_scale beside it. Checked
+    against the float64 reference of e * core."""
+    inp, do, dhT = make_inputs(2, 40, 2, 80, 16, decays, seed=41)
+    gen = torch.Generator().manual_seed(6)
+    e = torch.rand(2, 40, 2, generator=gen) * 2 + 0.1
+    u = torch.rand(2, 40, 2, generator=gen) + 0.5 if v_scaled else None
+    leaves = {n: x.detach().double().requires_grad_() for n, x in dict(inp, e=e, u=u).items()
+              if x is not None}
+    core_in = {n: leaves.get(n) for n in ("q", "k", "g", "gk", "gv", "h0")}
+    v_ref = leaves["v"] * leaves["u"][..., None] if v_scaled else leaves["v"]
+    o_core, hT_ref = naive_gla(**core_in, v=v_ref)
+    o_ref = leaves["e"][..., None] * o_core * 0.5
+    ((o_ref * do.double()).sum() + (hT_ref * dhT.double()).sum()).backward()
+    cfg = {"BT": 16}
+    o, hT = gla_forward(**inp, strategy="chunked", config=cfg, scale=0.5, v_scale=u, o_scale=e)
+    assert rel_err(o, o_ref) <= TOL[torch.float32] and rel_err(hT, hT_ref) <= TOL[torch.float32]
+    grads = gla_backward(inp["q"], inp["k"], inp["v"], inp["g"], None, None, inp["h0"], None, do,
+                         dhT, strategy="chunked", config=cfg, scale=0.5, v_scale=u, o_scale=e)
+    assert len(grads) == (10 if v_scaled else 8)
+    named = {"dq": (grads[0], "q"), "dk": (grads[1], "k"), "dv": (grads[2], "v"),
+             "dh0": (grads[6], "h0"), "de": (grads[-1], "e")}
+    if decays:
+        named["dg"] = (grads[3], "g")
+    if v_scaled:
+        named["du"] = (grads[7], "u")
+    for name, (x, leaf) in named.items():
+        assert x.shape == leaves[leaf].shape and rel_err(x, leaves[leaf].grad) <= TOL[torch.float32], name

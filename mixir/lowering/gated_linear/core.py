@@ -28,11 +28,11 @@ import torch
 
 from ...tiles import cdiv
 from ..common.chunks import ChunkPlan, empty, fp32_state, packed, tile
-from ..common.launch import targets_gpu
 from . import fused as _fused
 from . import recurrent as _recurrent
 from . import scaled as _scaled
-from .cumsums import local_cumsums, rev_cumsum
+from .cumsums import local_cumsums, rev_cumsum, slices_sum
+from .precision import dot_mode, grad_dtype_of, state_dtype
 from .kernels import chunked as _ck
 
 STRATEGIES = ("recurrent", "chunked", "fused")
@@ -47,7 +47,7 @@ def default_config(strategy, K, V, dtype) -> dict:
     BKS x BVS the tile of the sequential state passes (default BK x BV: they run one program per
     (K-tile, V-tile), so a small BKS rereads v once per K-tile) - scalar decays' fused dq/dk
     kernel takes K-tiles of BKS too, and its contraction over V in BK-tiles,
-    optional "dot_fp32" / "bwd_dot_fp32" (see ``_dot_mode``), "BKD" (16) and "BV_DIAG" (32).
+    optional "dot_fp32" / "bwd_dot_fp32" (see ``precision.dot_mode``), "BKD" (16) and "BV_DIAG" (32).
     "bwd_dot_fp32" defaults to 1 for 16-bit inputs: the decay gradients come from sums of terms
     that cancel (q*dq - k*dk), and 16-bit dot operands in the backward make that cancellation noise
     large next to gradients of nearly closed gates. Set it to 0 for fla-like speed.
@@ -83,38 +83,6 @@ def _check(q, k, v, g, gk, gv, strategy, gk_scale=None):
     if gv is not None:
         assert gv.shape == (B, T, H, V)
     return B, T, H, K, V
-
-
-def _grad_dtype(x, grad_dtype):
-    """The dtype of x's gradient: fp32 for an fp32 x (a per-token scalar v beside 16-bit q, k),
-    else ``grad_dtype``."""
-    return torch.float32 if x.dtype == torch.float32 else grad_dtype
-
-
-def _dot_mode(x, cfg, backward=False):
-    """(DOT_F32, PREC) of the chunked kernels' tl.dot's for inputs like x.
-
-    fp32 inputs: fp32 operands, "ieee". 16-bit inputs: operands rounded to the input dtype
-    (tensor cores, fla-like), unless the config asks for fp32 operands with "dot_fp32" (everywhere,
-    "tf32x3" on NVIDIA GPUs: about fp32 accuracy) or "bwd_dot_fp32" (backward only, "tf32": one
-    tensor-core pass with a 10-bit operand mantissa). Off CUDA, bf16 always takes fp32 operands:
-    Triton's interpreter mishandles bf16 dots (fp16 dots are fine there, so CPU tests of fp16
-    exercise the 16-bit path, whose 10-bit mantissa is tf32's).
-    """
-    if x.dtype == torch.float32:
-        return True, "ieee"
-    want = bool(cfg.get("dot_fp32", 0)) or (backward and bool(cfg.get("bwd_dot_fp32", 0)))
-    if x.device.type != "cuda" and not targets_gpu(x.device):
-        return want or x.dtype == torch.bfloat16, "ieee"
-    if want:   # on a GPU, and recording on CPU for the AOT build (the kernel a GPU runs)
-        # "dot_fp32" asks for fp32 accuracy (tf32x3); the backward's "bwd_dot_fp32" for operands
-        # finer than bf16: tf32 (10-bit mantissa, one tensor-core pass) - the inputs' own 16-bit
-        # values are exact in it, the computed operands (decayed q/k, scores, states) keep the
-        # 10 bits that fp16 operands keep on CPU, where the error bounds are tested
-        if cfg.get("dot_fp32", 0):
-            return True, "ieee" if torch.version.hip else "tf32x3"
-        return True, "ieee" if torch.version.hip else "tf32"
-    return False, "tf32"
 
 
 # --------------------------------------------------------------------------------------- chunked
@@ -185,45 +153,42 @@ def _xp_buffer(plan, D, elementwise, cfg, device):
 
 
 def _dqk(plan, c, do, HS, DHS, scale, grad_dtype, use_xp):
-    """dq, dk of scalar decays (``chunk_gla_dqk``: whole chunks) and, with ``use_xp``, the
-    decay-gradient row sums q*dq - k*dk per K-tile [cdiv(K, BKS), T, H] (fp32). It walks the state
-    tiles as the state passes do: K-tiles of BKS (default BK); the contraction over V runs in
-    BK-tiles (the output kernel's contraction tile)."""
+    """dq, dk of scalar decays (``chunk_gla_dqk``: whole chunks), with ``use_xp`` the
+    decay-gradient row sums q*dq - k*dk per K-tile [cdiv(K, BKS), T, H] (fp32), and with an output
+    scale e (``c.os``: do's rows are e·do) the gradient of e, the per-K-tile row sums of q·dq at
+    do as given (XQ, like XP; else None). It walks the state tiles as the state passes do: K-tiles
+    of BKS (default BK); the contraction over V runs in BK-tiles (the output kernel's contraction
+    tile)."""
     cfg, H, K, V = c.cfg, plan.H, c.K, c.V
     BK, BV = tile(K, cfg.get("BKS", cfg["BK"])), tile(V, cfg["BK"])
     dq = empty(plan.T_total, H, K, device=do.device, dtype=grad_dtype)
     dk = empty(plan.T_total, H, K, device=do.device, dtype=grad_dtype)
     XP = empty(cdiv(K, BK), plan.T_total, H, device=do.device) if use_xp else None
+    XQ = empty(cdiv(K, BK), plan.T_total, H, device=do.device) if c.os is not None else None
     if plan.NT > 0:
         _ck.chunk_gla_dqk[(plan.NT, cdiv(K, BK), H)](
-            c.q, c.k, c.v, c.vs, do, c.Ga, c.Ra, HS, DHS, dq, dk, XP, plan.cu, plan.chunk_tbl,
-            H, K, V, plan.T_total, float(scale), USE_VS=c.vs is not None,
-            USE_A=c.Ga is not None, USE_XP=use_xp,
+            c.q, c.k, c.v, c.vs, do, c.os, c.Ga, c.Ra, HS, DHS, dq, dk, XP, XQ, plan.cu,
+            plan.chunk_tbl, H, K, V, plan.T_total, float(scale), USE_VS=c.vs is not None,
+            USE_DS=c.os is not None, USE_A=c.Ga is not None, USE_XP=use_xp,
             BT=cfg["BT"], BK=BK, BV=BV, PREC=c.dot[1], DOT_F32=c.dot[0],
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    return dq, dk, XP
-
-
-def _state_dtype(x, dot):
-    """The dtype of the stored chunk-boundary states: that of the dot operands that read them.
-    With 16-bit operands (16-bit inputs, the forward by default) the states are stored in the input
-    dtype, as fla does - the dot rounds them to it anyway, so this costs no accuracy and halves
-    their traffic; with fp32 operands (fp32 inputs, "dot_fp32", the backward's "bwd_dot_fp32")
-    they stay fp32: rounding them would lose what those dots keep (mLSTM's bf16 gate gradients
-    exceed their bound with 16-bit states read by fp32 dots)."""
-    return torch.float32 if dot[0] else x.dtype
+    return dq, dk, XP, XQ
 
 
 class _Chunked:
     def __init__(self, q, k, v, g, gk, gv, cu_seqlens, config, backward=False, v_scale=None,
-                 v_bias=None, g_scale=None, gk_scale=None):
+                 v_bias=None, g_scale=None, gk_scale=None, o_scale=None):
         B, T, H, K, V = _check(q, k, v, g, gk, gv, "chunked", gk_scale)
         assert (v_scale is None or v_scale.shape == (B, T, H)) and (v_bias is None or gv is None)
+        # a per-token output scale e [B, T, H]: scalar decays, no bias (``gla_forward``)
+        assert o_scale is None or (o_scale.shape == (B, T, H) and gk is None and gv is None
+                                   and v_bias is None)
+        self.os = packed(o_scale)       # o = e * core: the output rows, do's rows in the backward
         self.cfg = dict(default_config("chunked", K, V, q.dtype), **(config or {}))
         self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
         self.plan = ChunkPlan(q, cu_seqlens, self.cfg["BT"])
-        self.dot = _dot_mode(q, self.cfg, backward)
-        self.hs_dtype = _state_dtype(q, self.dot)
+        self.dot = dot_mode(q, self.cfg, backward)
+        self.hs_dtype = state_dtype(q, self.dot)
         self.q, self.k, self.v = packed(q), packed(k), packed(v)
         self.vs = packed(v_scale)       # v' = vs * v, formed on load (fp32 on chip)
         self.vb = None if v_bias is None else v_bias.contiguous()   # o += vb_h * v
@@ -248,13 +213,15 @@ class _Chunked:
         return _output(self.plan, self.q, self.k, self.v, (self.Ga, self.Gb, self.Gc), HS,
                        self.K, self.V, False, False, self.cfg, self.dot, out_dtype=out_dtype,
                        scale=scale, bias=self.v if self.vb is not None else packed(bias),
-                       zs=self.vs, bs=self.vb, xp=xp)
+                       zs=self.vs, bs=self.vb, xp=xp,
+                       os=None if self.os is None else (self.os, 1))
 
 
 def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state, scale,
-                     out_dtype, bias, v_scale=None, v_bias=None, g_scale=None, gk_scale=None):
+                     out_dtype, bias, v_scale=None, v_bias=None, g_scale=None, gk_scale=None,
+                     o_scale=None):
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, v_scale=v_scale, v_bias=v_bias,
-                 g_scale=g_scale, gk_scale=gk_scale)
+                 g_scale=g_scale, gk_scale=gk_scale, o_scale=o_scale)
     h0 = fp32_state(h0, c.plan.N, c.H, c.K, c.V)
     HS, hT = c.states(h0, output_final_state)
     o = c.output(HS, out_dtype, scale, bias)
@@ -262,7 +229,7 @@ def _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_st
 
 
 def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
-                      v_scale=None, v_bias=None, g_scale=None, gk_scale=None):
+                      v_scale=None, v_bias=None, g_scale=None, gk_scale=None, o_scale=None):
     """The chunked backward. With an output scale s (o = s * core(q, k, v)) the gradients are those
     of the core at s * do: every launch computes them at (do, dhT / s) and scales its result by s.
     The decay gradients q*dq - k*dk come from the dq and dk launches' epilogues (fp32, before the
@@ -271,10 +238,13 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
     dv launch writes dv = u dv' and du = sum_V v dv' (epilogue); ``v_bias`` c (o += c_h v): the
     dv launch adds c do and sums v do for dc; ``g_scale`` a (g = u a): the reverse-cumsum launch
     turns dg into du = a dg and da = sum u dg (``gk_scale``: the same for gk = u a, a [H, K]).
-    Returns (grads, du [B, T, H], dc [H], da [H], dak [H, K]) (fp32; with g_scale / gk_scale the
-    grads' dg / dgk are their factors')."""
+    ``o_scale`` e (o = e * core, scalar decays): the gradients are the core's at e·do - the
+    adjoint state pass and the dv launch scale do's rows on load, the dq/dk launch its rows of dq
+    and of the score tile - and de = core · do comes from the dq/dk launch's epilogue.
+    Returns (grads, du [B, T, H], dc [H], da [H], dak [H, K], de [B, T, H]) (fp32; with g_scale /
+    gk_scale the grads' dg / dgk are their factors')."""
     c = _Chunked(q, k, v, g, gk, gv, cu_seqlens, config, backward=True, v_scale=v_scale,
-                 v_bias=v_bias, g_scale=g_scale, gk_scale=gk_scale)
+                 v_bias=v_bias, g_scale=g_scale, gk_scale=gk_scale, o_scale=o_scale)
     plan, K, V, cfg, dot = c.plan, c.K, c.V, c.cfg, c.dot
     N, H = plan.N, c.H
     h0 = fp32_state(h0, N, H, K, V)
@@ -283,10 +253,11 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
     need_hT = dhT is not None and (g is not None or gk is not None or gv is not None)
     HS, hT = c.states(h0, need_hT)
     DHS, dh0 = _states(plan, c.q, do, (c.Ga, c.Gb, c.Gc), (c.Ga, c.Gb, c.Gc), dhT,
-                       h0 is not None, True, K, V, cfg, dot, c.hs_dtype, scale)
+                       h0 is not None, True, K, V, cfg, dot, c.hs_dtype, scale, vs=c.os)
     use_k = g is not None or gk is not None
+    XQ = None
     if gk is None and gv is None:      # scalar decays: dq and dk in one launch
-        dq, dk, XP = _dqk(plan, c, do, HS, DHS, scale, grad_dtype, use_k)
+        dq, dk, XP, XQ = _dqk(plan, c, do, HS, DHS, scale, grad_dtype, use_k)
         mode = 2
     else:
         xq = xk = None
@@ -310,31 +281,30 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
         c.output(HS, q.dtype, scale, xp=(do, XV, 1, False, 1.0))
         xdv = (c.v, XV, 1, True, -1.0)
     dv = _output(plan, c.k, c.q, do, (c.Ra, c.Rb, c.Rc), DHS, K, V, False, True, cfg, dot,
-                 out_dtype=_grad_dtype(v, grad_dtype), scale=scale, xp=xdv,
+                 out_dtype=grad_dtype_of(v, grad_dtype), scale=scale, xp=xdv,
                  os=None if c.vs is None else (c.vs, 2), bias=None if xb is None else do, bs=c.vb,
-                 xb=None if xb is None else (c.v, xb))
+                 xb=None if xb is None else (c.v, xb), zs=c.os)
     fin = None if (dhT is None or hT is None) else hT * dhT      # [N, H, K, V]
     dg = dgk = dgv = dgs = dgks = None
     if use_k:
         if mode == 2:
             XP = XP.view(XP.shape[0], plan.T_total, H, 1)
         if gk is not None:
-            dgk = rev_cumsum(plan, XP, None if fin is None else fin.sum(-1), cfg,
-                              out_dtype=gk.dtype,
-                              scaled=None if c.gks is None else (c.gku, c.gks))
-            dgk, dgks = dgk if c.gks is not None else (dgk, None)
+            dgk, dgks = rev_cumsum(plan, XP, None if fin is None else fin.sum(-1), cfg,
+                                   out_dtype=gk.dtype,
+                                   scaled=None if c.gks is None else (c.gku, c.gks))
         if g is not None:
-            dg = rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True,
-                             out_dtype=g.dtype,
-                             scaled=None if c.gs is None else (c.gu, c.gs))
-            dg, dgs = dg if c.gs is not None else (dg, None)
+            dg, dgs = rev_cumsum(plan, XP, None if fin is None else fin.sum((-1, -2)), cfg,
+                                 sum_d=True, out_dtype=g.dtype,
+                                 scaled=None if c.gs is None else (c.gu, c.gs))
     if gv is not None:
-        dgv = rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg,
-                          out_dtype=gv.dtype)
-    du = None if xs is None else (xs[0] if xs.shape[0] == 1 else xs.sum(0)).view(c.B, c.T, H)
+        dgv, _ = rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg,
+                            out_dtype=gv.dtype)
+    du = None if xs is None else slices_sum(xs).view(c.B, c.T, H)
     dc = None if xb is None else xb.sum((0, 1))
+    de = None if XQ is None else slices_sum(XQ).view(c.B, c.T, H)
     return _finish(c.B, c.T, H, K, V, dq, dk, dv, dg, dgk, dgv,
-                   None if dh0 is None else dh0), du, dc, dgs, dgks
+                   None if dh0 is None else dh0), du, dc, dgs, dgks, de
 
 
 def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
@@ -342,12 +312,12 @@ def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, 
     _fused.check_form(K, V, gk, gv)
     cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
     dq, dk, dv, XP, hT, dh0 = _fused.fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, cfg,
-                                                    scale, grad_dtype, _dot_mode(q, cfg, True))
+                                                    scale, grad_dtype, dot_mode(q, cfg, True))
     dg = None
     if XP is not None:
         plan = ChunkPlan(q, cu_seqlens, None)
         fin = None if hT is None else (hT * fp32_state(dhT, plan.N, H, K, V)).sum((-1, -2))
-        dg = rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype).view(B, T, H)
+        dg = rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype)[0].view(B, T, H)
     return dq, dk, dv, dg, None, None, dh0
 
 
@@ -360,17 +330,17 @@ def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, sca
     cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
     dq, dk, dv, XK, XV, hT, dh0, plan = _recurrent.recurrent_backward(
         q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, cfg, scale, grad_dtype,
-        _grad_dtype(v, grad_dtype), gk_scale)
+        grad_dtype_of(v, grad_dtype), gk_scale)
     fin = None if hT is None else hT * fp32_state(dhT, plan.N, H, K, V)      # [N, H, K, V]
     dg = dgk = dgv = dgks = None
     if gk is not None:
-        dgk = rev_cumsum(plan, XK, None if fin is None else fin.sum(-1), cfg,
-                          scaled=None if gk_scale is None else (packed(gk), gk_scale.contiguous()))
-        dgk, dgks = dgk if gk_scale is not None else (dgk, None)
+        dgk, dgks = rev_cumsum(plan, XK, None if fin is None else fin.sum(-1), cfg,
+                               scaled=None if gk_scale is None else (packed(gk),
+                                                                     gk_scale.contiguous()))
     if g is not None:
-        dg = rev_cumsum(plan, XK, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True)
+        dg, _ = rev_cumsum(plan, XK, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True)
     if gv is not None:
-        dgv = rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg)
+        dgv, _ = rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg)
     return _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0), dgks
 
 
@@ -389,7 +359,7 @@ def _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0):
 def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
                 strategy="chunked", config=None, output_final_state=True, scale=1.0,
                 out_dtype=torch.float32, bias=None, v_scale=None, v_bias=None, g_scale=None,
-                gk_scale=None):
+                gk_scale=None, o_scale=None):
     """Returns (o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None), with
     o = scale * core(q, k, v') + bias (an output scale and bias [B, T, H, V] folded into the
     kernels' stores; the gradient of the bias is do). No gv: ``v_scale`` u [B, T, H] (v' = u v)
@@ -397,14 +367,18 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
     ``g_scale`` a [H]: the scalar log-decay is g·a (g a per-token factor, e.g. mamba2's dt·A),
     formed by the chunked strategy's cumsum launch, in torch for the others. ``gk_scale`` a
     [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H] (Mamba-1's dt·A),
-    formed by the chunked cumsum launch and by the recurrent kernel per step."""
+    formed by the chunked cumsum launch and by the recurrent kernel per step. ``o_scale`` e
+    [B, T, H] (chunked, scalar decays, no bias): o = e * scale * core, scaled in the output store
+    (mLSTM's normaliser)."""
+    assert o_scale is None or (strategy == "chunked" and bias is None)
     if g_scale is not None and strategy != "chunked":
         g, g_scale = _scaled.decay(g, g_scale), None
     if gk_scale is not None and strategy not in ("chunked", "recurrent"):
         gk, gk_scale = _scaled.decay(gk, gk_scale), None
     if strategy == "chunked":
         return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
-                                scale, out_dtype, bias, v_scale, v_bias, g_scale, gk_scale)
+                                scale, out_dtype, bias, v_scale, v_bias, g_scale, gk_scale,
+                                o_scale)
     v, bias = _scaled.materialise(v, bias, v_scale, v_bias)
     if strategy == "recurrent":
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy, gk_scale)
@@ -416,21 +390,22 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
         _fused.check_form(K, V, gk, gv)
         cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
         return _fused.fused_forward(q, k, v, g, h0, cu_seqlens, cfg, output_final_state, scale,
-                                    out_dtype, bias, _dot_mode(q, cfg))
+                                    out_dtype, bias, dot_mode(q, cfg))
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
 def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunked", config=None,
                  scale=1.0, grad_dtype=torch.float32, v_scale=None, v_bias=None, g_scale=None,
-                 gk_scale=None):
+                 gk_scale=None, o_scale=None):
     """Returns (dq, dk, dv, dg, dgk, dgv, dh0) of ``gla_forward`` with the same ``scale``: dq, dk,
     dv in ``grad_dtype``, the rest fp32 (the chunked strategy's dg / dgk / dgv in their gates'
     dtype); None for absent g / gk / gv / h0. With ``v_scale`` or ``v_bias``: dv is v's, and the
     gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent); with
     ``g_scale`` / ``gk_scale`` a: dg / dgk are the factors' and the gradient of a follows (fp32
-    [H] / [H, K]), in that order."""
+    [H] / [H, K]), in that order; with ``o_scale`` e, the gradient of e last (fp32 [B, T, H])."""
+    assert o_scale is None or strategy == "chunked"
     grads, ex = _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale,
-                          grad_dtype, v_scale, v_bias, g_scale, gk_scale)
+                          grad_dtype, v_scale, v_bias, g_scale, gk_scale, o_scale)
     out = tuple(grads)
     if v_scale is not None or v_bias is not None:
         out += (ex.get("du"), ex.get("dc"))
@@ -438,30 +413,33 @@ def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunk
         out += (ex["da"],)
     if gk_scale is not None:
         out += (ex["dak"],)
+    if o_scale is not None:
+        out += (ex["de"],)
     return out
 
 
 def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale, grad_dtype,
-              v_scale, v_bias, g_scale, gk_scale):
-    """(the 7 gradients as a list, {"du", "dc", "da", "dak": the extra inputs' gradients})."""
+              v_scale, v_bias, g_scale, gk_scale, o_scale=None):
+    """(the 7 gradients as a list, {"du", "dc", "da", "dak", "de": the extra inputs'
+    gradients})."""
     args = (q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale, grad_dtype)
     if g_scale is not None and (strategy != "chunked" or scale == 0.0):
         # the product in torch, then the chain rule
         grads, ex = _backward(q, k, v, _scaled.decay(g, g_scale), *args[4:], v_scale, v_bias,
-                              None, gk_scale)
+                              None, gk_scale, o_scale)
         grads[3], ex["da"] = _scaled.decay_grads(grads[3], g, g_scale)
         return grads, ex
     if gk_scale is not None and not (strategy == "recurrent"
                                      or (strategy == "chunked" and scale != 0.0)):
         grads, ex = _backward(*args[:4], _scaled.decay(gk, gk_scale), *args[5:], v_scale,
-                              v_bias, g_scale, None)
+                              v_bias, g_scale, None, o_scale)
         grads[4], ex["dak"] = _scaled.decay_grads(grads[4], gk, gk_scale)
         return grads, ex
     if (v_scale is not None or v_bias is not None) and (strategy != "chunked" or scale == 0.0):
         # the core at v' = u v, then the chain rule (the bias's do is not scaled)
         v1, _ = _scaled.materialise(v, None, v_scale, None)
         grads, ex = _backward(q, k, v1, *args[3:13], torch.float32, None, None, g_scale,
-                              gk_scale)
+                              gk_scale, o_scale)
         full = _scaled.chain(tuple(grads), v, do, v_scale, v_bias, grad_dtype)
         ex.update(du=full[7], dc=full[8])
         return list(full[:7]), ex
@@ -470,10 +448,10 @@ def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, sca
         do = torch.zeros_like(do)
         scale = 1.0
     if strategy == "chunked":
-        grads, du, dc, da, dak = _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT,
-                                                   config, scale, grad_dtype, v_scale, v_bias,
-                                                   g_scale, gk_scale)
-        return list(grads), dict(du=du, dc=dc, da=da, dak=dak)
+        grads, du, dc, da, dak, de = _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do,
+                                                       dhT, config, scale, grad_dtype, v_scale,
+                                                       v_bias, g_scale, gk_scale, o_scale)
+        return list(grads), dict(du=du, dc=dc, da=da, dak=dak, de=de)
     if strategy == "fused":
         return list(_fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
                                     grad_dtype)), {}

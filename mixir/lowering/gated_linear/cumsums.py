@@ -34,9 +34,10 @@ def local_cumsums(plan, x, cfg, xs=None):
 def rev_cumsum(plan, x, init, cfg, sum_d=False, out_dtype=torch.float32, scaled=None):
     """Per-sequence reverse cumsum of x plus init [N, H(, D)] (fp32 sums, stored in ``out_dtype``):
     x [T, H(, D)], or [P, T, H, D] slices that are summed first; ``sum_d``: also sum over D
-    (output [T, H]). ``scaled`` = (u [T, H], a): the sum is the gradient of the log-decay u·a,
-    and the result is (its u-part [T, H], its a-part fp32) - a [H] with ``sum_d`` (g = u·a), or
-    a [H, D] without (gk = u·a: the [T, H, D] sums are not stored)."""
+    (output [T, H]). Returns (the sums, None); with ``scaled`` = (u [T, H], a) the sum is the
+    gradient of the log-decay u·a, and the result is (its u-part [T, H], its a-part fp32) - a [H]
+    with ``sum_d`` (g = u·a), or a [H, D] without (gk = u·a: the [T, H, D] sums are not
+    stored)."""
     x = x.contiguous()
     NP = x.shape[0] if x.dim() == 4 else 1
     D = 1 if x.dim() == 2 else x.shape[-1]
@@ -57,5 +58,10 @@ def rev_cumsum(plan, x, init, cfg, sum_d=False, out_dtype=torch.float32, scaled=
             USE_INIT=init is not None, SUM_D=sum_d, USE_XS=mode,
             BT=64, BD=BD, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if mode == 2:
-        out = (out[0] if out.shape[0] == 1 else out.sum(0)).to(out_dtype)
-    return out if a is None else (out, da.sum(0))
+        out = slices_sum(out).to(out_dtype)
+    return out, None if a is None else da.sum(0)
+
+
+def slices_sum(x):
+    """The sum over the leading axis of per-tile partials [P, ...] (no copy when P = 1)."""
+    return x[0] if x.shape[0] == 1 else x.sum(0)

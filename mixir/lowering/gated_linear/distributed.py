@@ -63,7 +63,7 @@ class GatedLinearPassing:
                  else (initial_state,) * (1 if initial_state is not None else S))
         local = tuple(lay.local_initial(x) for x in inits)
         b, N, _, dtype = fn._check(arrays, local if S > 1 else local[0], lay.cu_local, scalars)
-        strategy = strategy or fn.strategy or fn.default_strategy(b)
+        named = strategy or fn.strategy
         self.params = {s.name for s in m.inputs if s.kind != "input"}
         env = {spec.name: a for spec, a in zip(m.inputs, arrays)}
         finals, anchors = [None] * S, []
@@ -74,7 +74,8 @@ class GatedLinearPassing:
             else:
                 dims = m.output.dims if i == plan.main_index else spec.dims
                 o_i, finals[i], S_in, anchor = self._linear(
-                    fn, form, dims, env, b, N, lay, inits[i], local[i], strategy,
+                    fn, form, dims, env, b, N, lay, inits[i], local[i],
+                    named or fn.default_strategy(b, form),
                     dtype if i == plan.main_index else torch.float32)
             anchors.append(anchor)
             if i != plan.main_index:       # later states read its values before / after each token

@@ -78,7 +78,7 @@ class _Sweeps:
 def fused_forward(q, k, v, g, h0, cu_seqlens, config, output_final_state, scale, out_dtype, bias,
                   dot):
     """(o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None); ``dot`` = (DOT_F32, PREC)
-    of the forward's dots (``core._dot_mode``)."""
+    of the forward's dots (``precision.dot_mode``)."""
     c = _Sweeps(q, k, v, g, cu_seqlens, config, dot)
     N, H, K, V = c.plan.N, c.H, c.K, c.V
     h0 = fp32_state(h0, N, H, K, V)

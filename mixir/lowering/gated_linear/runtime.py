@@ -77,12 +77,14 @@ class CompiledMixer(CompiledBase):
             self.pieces_kernels[name] = PiecesKernel(mixer.name, rest, specs) if rest else None
             specs = specs + [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
 
-    def default_strategy(self, b) -> str:
-        """The strategy of a call that names none: recurrent for short sequences (T <=
-        RECURRENT_MAX_T) and for a vector state - a head size of 1, as Mamba-1's [N] per channel
-        or HGRN's [D], where the chunked strategy's dot tiles would be padding but for one row or
-        column (its fwd+bwd moves about twice the bytes: docs/benchmarks.md); chunked otherwise."""
-        f = self.form
+    def default_strategy(self, b, form=None) -> str:
+        """The strategy of a call that names none, for ``form`` (default: the main state's):
+        recurrent for short sequences (T <= RECURRENT_MAX_T) and for a vector state - a head size
+        of 1, as Mamba-1's [N] per channel, HGRN's [D] or mLSTM's normaliser n [K], where the
+        chunked strategy's dot tiles would be padding but for one row or column (its fwd+bwd moves
+        about twice the bytes: docs/benchmarks.md); chunked otherwise. Each state of a call picks
+        its own."""
+        f = form or self.form
         K = b.sizes[f.k_dim] if f.k_dim else 1
         V = b.sizes[f.v_dim] if f.v_dim else 1
         return "recurrent" if b.T <= RECURRENT_MAX_T or min(K, V) == 1 else "chunked"
@@ -106,8 +108,9 @@ class CompiledMixer(CompiledBase):
                               cu_seqlens=cu_seqlens, strategy=strategy, scalars=scalars)
         m = self.mixer
         b, N, device, dtype = self._check(arrays, initial_state, cu_seqlens, scalars)
-        strategy = strategy or self.strategy or self.default_strategy(b)
-        check_strategy(self.strategies, strategy)
+        named = strategy or self.strategy
+        if named:
+            check_strategy(self.strategies, named)
         inits = initial_state if isinstance(initial_state, (tuple, list)) else (initial_state,) * (
             1 if initial_state is not None else len(m.states))
         if initial_state is not None and len(m.states) > 1 and not isinstance(initial_state, (tuple, list)):
@@ -119,12 +122,13 @@ class CompiledMixer(CompiledBase):
                 o_i, finals[i] = self._run_maxplus(form, env, b, N, inits[i], cu_seqlens)
             else:
                 o_i, finals[i] = self._run(form, m.states[i].dims, env, b, N, inits[i], cu_seqlens,
-                                           strategy, torch.float32)
+                                           named or self.default_strategy(b, form), torch.float32)
             spec = m.states[i]
             env[prev_input(spec.name)] = shift_by_one(o_i, inits[i], cu_seqlens, N)
             env[new_input(spec.name)] = o_i
         i = self.plan.main_index
-        o, finals[i] = self._run(self.form, m.output.dims, env, b, N, inits[i], cu_seqlens, strategy, dtype)
+        o, finals[i] = self._run(self.form, m.output.dims, env, b, N, inits[i], cu_seqlens,
+                                 named or self.default_strategy(b), dtype)
         o = o.to(dtype)
         if not output_final_state:
             return o
@@ -170,7 +174,15 @@ class CompiledMixer(CompiledBase):
         if v_bias is None and Q is None and ir.is_const(f.out_scale) \
                 and not ir.is_const(f.out_bias, 0.0):
             bias, in_core = shaped("d"), True
-        out_fp32 = Q is not None or not ir.is_const(f.out_scale) or (
+        # a per-token output scale e [B, T, H] (mLSTM's normaliser) goes into the chunked core's
+        # output store (scalar decays, no signs, no bias; elsewhere it multiplies the fp32 output)
+        o_scale = None
+        if (strategy == "chunked" and not ir.is_const(f.out_scale) and p["e"].dim() == 3
+                and P is None and Q is None and gk is None and gv is None
+                and ir.is_const(f.out_bias, 0.0)):
+            o_scale = p["e"].float().reshape(B, T, H)
+        scaled_out = not ir.is_const(f.out_scale) and o_scale is None
+        out_fp32 = Q is not None or scaled_out or (
             not in_core and not ir.is_const(f.out_bias, 0.0))
         h0 = None if init is None else self._to_canonical_state(f, init.float())
         v_dtype = dtype if "v" in _narrow_pieces(f) else torch.float32
@@ -181,10 +193,11 @@ class CompiledMixer(CompiledBase):
                             float(scale), out_fp32, bias,
                             None if v_scale is None else v_scale.reshape(B, T, H),
                             None if v_bias is None else v_bias.reshape(H),
-                            None if "g_scale" not in p else p["g_scale"].reshape(H), gk_scale)
+                            None if "g_scale" not in p else p["g_scale"].reshape(H), gk_scale,
+                            o_scale)
         if Q is not None:
             o = o * Q
-        if not ir.is_const(f.out_scale):
+        if scaled_out:
             o = shaped("e") * o
         if not in_core and not ir.is_const(f.out_bias, 0.0):
             o = o + shaped("d")

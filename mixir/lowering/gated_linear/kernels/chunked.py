@@ -323,9 +323,10 @@ def chunk_gla_output(X, Y, Z, FA, FB, FC, HS, O, W, XP, BIAS, ZS, OS, BS, XB, cu
 
 
 @kernel
-def chunk_gla_dqk(Q, KK, VV, VS, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, chunk_tbl,
+def chunk_gla_dqk(Q, KK, VV, VS, DO, DS, GA, RA, HS, DHS, DQ, DK, XP, XQ, cu_seqlens, chunk_tbl,
                   H, DK_, DV_, T_total, scale,
-                  USE_VS: tl.constexpr, USE_A: tl.constexpr, USE_XP: tl.constexpr,
+                  USE_VS: tl.constexpr, USE_DS: tl.constexpr, USE_A: tl.constexpr,
+                  USE_XP: tl.constexpr,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
                   DOT_F32: tl.constexpr):
     # grid: (num chunks, cdiv(DK_, BK), H). The backward's dq and dk of one whole chunk and one
@@ -337,6 +338,10 @@ def chunk_gla_dqk(Q, KK, VV, VS, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, ch
     # extent is walked in BV-tiles, each adding to the score tile and to both inter-chunk terms.
     # USE_XP: the decay-gradient terms sum_k (q dq - k dk) of this K-tile into XP[i_k, t, h].
     # USE_VS: v's rows times a per-token scalar VS [T_total, H] (fp32 on chip: v' = s v).
+    # USE_DS: do's rows times a per-token scalar DS [T_total, H] (a per-token output scale e:
+    # o = e * core): dq_i is linear in do_i alone, so the loop runs on do as given and its rows
+    # are scaled at the end (dq_i = e_i dq0_i; P's rows for dk), and XQ[i_k, t, h] receives
+    # sum_k q dq0 of this K-tile - the output scale's gradient (core output . do).
     i_c = tl.program_id(0)
     i_k = tl.program_id(1)
     i_h = tl.program_id(2)
@@ -386,6 +391,12 @@ def chunk_gla_dqk(Q, KK, VV, VS, DO, GA, RA, HS, DHS, DQ, DK, XP, cu_seqlens, ch
     q = tl.load(Q + (rows[:, None] * H + i_h) * DK_ + o_k[None, :], mask=m_tk, other=0.)
     k = tl.load(KK + (rows[:, None] * H + i_h) * DK_ + o_k[None, :], mask=m_tk, other=0.)
     dq = (dq + scores_dot(P, k, dt, PREC)) * scale
+    if USE_DS:
+        ds = tl.load(DS + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
+        tl.store(XQ + (i_k.to(tl.int64) * T_total + rows) * H + i_h,
+                 tl.sum(q.to(tl.float32) * dq, 1), mask=m_t)
+        dq = dq * ds[:, None]
+        P = P * ds[:, None]
     dk = (dk + scores_dot(tl.trans(P), q, dt, PREC)) * scale
     p_tk = (rows[:, None] * H + i_h) * DK_ + o_k[None, :]
     tl.store(DQ + p_tk, dq, mask=m_tk)
