@@ -123,7 +123,9 @@ def test_verify_attention_mask(capsys):
 @pytest.mark.aot
 @pytest.mark.interp
 def test_compile_reports_resources(user_file, capsys):
-    assert main(["compile", f"{user_file}:decayed", "--arch", "sm_90", "--dtype", "float32"]) == 0
+    # in this process (the worker pool has its own tests: test_aot_workers.py)
+    assert main(["compile", f"{user_file}:decayed", "--arch", "sm_90", "--dtype", "float32",
+                 "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "sm_90" in out and "regs" in out and "recurrent_gla_fwd" in out
     rows = [line for line in out.splitlines()[2:]]

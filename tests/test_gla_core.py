@@ -126,11 +126,7 @@ def test_extreme_decays(strategy):
         x[pick > 0.97] = -1e4
     inp["gk"][0, 10:30, 0] = 0.0          # a long stretch of gate 1 on head 0
     inp["g"][0, 50, 1] = -1e4             # a full reset of head 1
-    o, hT = gla_forward(**inp, strategy=strategy)
-    assert torch.isfinite(o).all() and torch.isfinite(hT).all()
-    grads = gla_backward(*(inp[n] for n in ("q", "k", "v", "g", "gk", "gv", "h0")), None, do, dhT,
-                         strategy=strategy)
-    assert all(torch.isfinite(x).all() for x in grads)
+    # every output and gradient within 2e-4 of float64 (a NaN or inf fails: "not <=")
     check_case(inp, do, dhT, strategy, tol=2e-4)
 
 
