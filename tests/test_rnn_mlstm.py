@@ -56,6 +56,37 @@ def test_mlstm_matches_reference(strategy, dtype):
     assert_close(check(mlstm_mixer, fn, arrays, dtype=dtype, strategy=strategy, initial_state=h0))
 
 
+def test_mlstm_forward_has_no_token_sized_torch_ops():
+    """Chunked: the output scale e is applied in the core's store (no fp32 output, no torch
+    mul / cast over [T, V]) and n's values before each token are never formed (nothing reads
+    them): the torch ops between the kernels touch per-token scalars (m's scan) and states only.
+    The main state's launch takes e; n, a vector state, runs its own default (recurrent)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    B, T, H, K = 1, 40, 2, 16
+    arrays, _ = _inputs(B=B, T=T, H=H, K=K, V=K, seed=4)
+    xs = [torch.as_tensor(a, dtype=torch.bfloat16) for a in arrays]
+    fn = mx.compile(mlstm_mixer)
+    assert "n__prev" not in fn.reads and {"n__new", "m__new", "m__prev"} <= fn.reads
+    ops = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            outs = out if isinstance(out, (tuple, list)) else [out]
+            # views (reshapes, broadcasts) move no data
+            ops.append((str(func), [o.numel() for o in outs if isinstance(o, torch.Tensor)
+                                    and not func.is_view], args))
+            return out
+
+    with Record():
+        o = fn(*xs, strategy="chunked")
+    assert o.dtype == torch.bfloat16
+    big = [(name, n) for name, n, _ in ops if not name.startswith("mixir.") and max(n, default=0) > B * T * H]
+    assert not big, big
+    cores = [args for name, _, args in ops if name.startswith("mixir.gla_fwd")]
+    assert len(cores) == 2 and cores[-1][-1] is not None       # the main launch takes o_scale
+
+
 def test_mlstm_single_token_zero_state():
     arrays, _ = _inputs(B=3, T=1, H=1, K=16, V=16, seed=2)
     assert_close(check(mlstm_mixer, mx.compile(mlstm_mixer), arrays, dtype=torch.float32,

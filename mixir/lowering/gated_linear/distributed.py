@@ -79,9 +79,11 @@ class GatedLinearPassing:
                     dtype if i == plan.main_index else torch.float32)
             anchors.append(anchor)
             if i != plan.main_index:       # later states read its values before / after each token
-                start = torch.where(lay.role_is(CONTINUES, S_in), S_in,
-                                    S_in * 0 if local[i] is None else local[i].float())
-                env[prev_input(spec.name)] = shift_by_one(o_i, start, lay.cu_local, N)
+                prev, start = prev_input(spec.name), None
+                if prev in fn.reads:           # formed only when a later form reads it
+                    start = torch.where(lay.role_is(CONTINUES, S_in), S_in,
+                                        S_in * 0 if local[i] is None else local[i].float())
+                env[prev] = None if start is None else shift_by_one(o_i, start, lay.cu_local, N)
                 env[new_input(spec.name)] = o_i
         o = o_i.to(dtype)
         for anchor in anchors:
@@ -111,7 +113,7 @@ class GatedLinearPassing:
         return o, fn._from_canonical_state(form, S_fin), fn._from_canonical_state(form, S_in), anchor
 
     def _segment_env(self, env, L):
-        return {k: (v if k in self.params else v[:, :L]) for k, v in env.items()}
+        return {k: (v if k in self.params or v is None else v[:, :L]) for k, v in env.items()}
 
     def _pieces(self, fn, form, env, b, L):
         """The form's pieces on the first ``L`` tokens, the output scale (q's per-call factor

@@ -60,6 +60,11 @@ class CompiledMixer(CompiledBase):
         # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
         # (an auxiliary state's pieces may read the auxiliary states scanned before it)
         specs = [(s.name, s.kind, s.dims) for s in mixer.inputs]
+        # the per-token inputs some form reads (an auxiliary state's values before each token are
+        # formed only when read: mLSTM's output reads n's new values, never its previous ones)
+        self.reads = {leaf.arg for _, form in list(self.plan.aux) + [(None, self.form)]
+                      for node in form.pieces().values() for leaf in ir.leaves(node)
+                      if leaf.op == "input"}
         self.pieces_kernels, self.direct, self.scaled, self.factored = {}, {}, {}, {}
         for _, form in list(self.plan.aux) + [(None, self.form)]:
             name, dims = form.state.name, form.state.dims
@@ -124,7 +129,8 @@ class CompiledMixer(CompiledBase):
                 o_i, finals[i] = self._run(form, m.states[i].dims, env, b, N, inits[i], cu_seqlens,
                                            named or self.default_strategy(b, form), torch.float32)
             spec = m.states[i]
-            env[prev_input(spec.name)] = shift_by_one(o_i, inits[i], cu_seqlens, N)
+            prev = prev_input(spec.name)
+            env[prev] = shift_by_one(o_i, inits[i], cu_seqlens, N) if prev in self.reads else None
             env[new_input(spec.name)] = o_i
         i = self.plan.main_index
         o, finals[i] = self._run(self.form, m.output.dims, env, b, N, inits[i], cu_seqlens,
