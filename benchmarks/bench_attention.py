@@ -32,7 +32,6 @@ tiny and the numbers measure the interpreter, not kernel speed.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
 import os
@@ -47,7 +46,8 @@ sys.path.insert(0, os.path.dirname(_HERE))      # the repository root: mixir wit
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import plots
+import plots  # noqa: E402
+import tables  # noqa: E402
 import mixir.attention as mxa  # noqa: E402
 from mixir.reference.attention import evaluate_mask  # noqa: E402
 from mixir.lowering.attention.tiles import choose  # noqa: E402
@@ -352,12 +352,7 @@ def main(argv=None):
     if args.csv:
         keys = ["mask", "family", "T", "density", "visited", "mixir_fwd", "mixir_fb", "dense_fwd",
                 "dense_fb", "flex_fwd", "flex_fb", "sdpa_fwd", "sdpa_fb", "err"]
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.DictWriter(fh, keys)
-            w.writeheader()
-            for r in rows:
-                w.writerow({k_: r.get(k_) for k_ in keys})
-        print(f"\n# wrote {args.csv}")
+        tables.write_csv([{k_: r.get(k_) for k_ in keys} for r in rows], args.csv)
     plot(rows, args)
     return rows
 

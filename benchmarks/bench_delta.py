@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import math
 import os
 import platform
 import statistics
@@ -32,7 +31,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import plots
+import plots  # noqa: E402
+import tables  # noqa: E402
 import torch  # noqa: E402
 
 from mixir import library  # noqa: E402
@@ -143,15 +143,6 @@ def max_rel(a, b):
     return max(errs) if errs else float("nan")
 
 
-def slope(Ts, ys):
-    pts = [(math.log(t), math.log(y)) for t, y in zip(Ts, ys) if y and y > 0]
-    if len(pts) < 2:
-        return float("nan")
-    mx, my = (sum(p[i] for p in pts) / len(pts) for i in (0, 1))
-    den = sum((x - mx) ** 2 for x, _ in pts)
-    return sum((x - mx) * (y - my) for x, y in pts) / den if den else float("nan")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -205,7 +196,7 @@ def main(argv=None):
             print("| " + " | ".join(str(c) for c in row) + " |", flush=True)
     print("\nslope of log(fwd+bwd time) vs log(T) (1 = linear):")
     for (op, who), ys in series.items():
-        print(f"  {op:22s} {who:6s} {slope(Ts, ys):.2f}")
+        print(f"  {op:22s} {who:6s} {tables.loglog_slope(zip(Ts, ys)):.2f}")
     plots.save(png, panels, f"mixir Householder family on {a.device}, B={B} H={H} K=V={K} {a.dtype}")
     return 0
 

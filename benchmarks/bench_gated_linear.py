@@ -33,7 +33,6 @@ tiny and the numbers measure the interpreter, not kernel speed.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import math
 import os
@@ -50,7 +49,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import baselines  # noqa: E402
-import plots
+import plots  # noqa: E402
+import tables  # noqa: E402
 from cpu_memory import torch_cpu_peak_bytes  # noqa: E402
 import mixir  # noqa: E402
 from mixir.library import MIXERS  # noqa: E402
@@ -403,18 +403,7 @@ def table(rows, args):
                     + [_ms(r.get("torch_fwd_ms")), _ms(r.get("torch_fwdbwd_ms")),
                        _ms(r.get("fla_fwd_ms")), _ms(r.get("fla_fwdbwd_ms")),
                        _err(r, "torch", tol), _err(r, "fla", tol)])
-    return _markdown(head, body, right=set(range(2, len(head))))
-
-
-def _markdown(head, body, right=()):
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)] if body else [len(h) for h in head]
-
-    def line(cells):
-        return "| " + " | ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
-                                 for i, (c, w) in enumerate(zip(cells, widths))) + " |"
-    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2))
-                         for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(head), sep] + [line(b) for b in body])
+    return tables.markdown(head, body, right=set(range(2, len(head))))
 
 
 def series(rows):
@@ -444,13 +433,12 @@ def slope_table(rows):
         pts = sorted(pts)
         if len(pts) < 2:
             continue
-        x = np.log([t for t, _ in pts])
-        y = np.log([v for _, v in pts])
-        slope = float(np.polyfit(x, y, 1)[0])
+        slope = tables.loglog_slope(pts)
         body.append([label, metric, f"{pts[0][0]}–{pts[-1][0]}", f"{slope:.2f}"])
     if not body:
         return "(fewer than two T values: no slope)"
-    return _markdown(["series", "metric", "T range", "slope d log(time) / d log(T)"], body, right={3})
+    return tables.markdown(["series", "metric", "T range", "slope d log(time) / d log(T)"], body,
+                           right={3})
 
 
 def plot(rows, path, args):
@@ -468,18 +456,6 @@ def plot(rows, path, args):
     where = "GPU " + torch.cuda.get_device_name() if args.device == "cuda" else "CPU, Triton interpreter"
     plots.save(path, [fwd, fb, mem], f"mixir gated-linear ({where}; B={args.B} H={args.H} K={args.K} "
                                      f"V={args.V} {DTYPE_NAMES[args.dtype]})")
-
-
-def write_csv(rows, path):
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    print(f"# csv written to {path}")
 
 
 def main(argv=None):
@@ -506,7 +482,7 @@ def main(argv=None):
     print(slope_table(rows))
     plot(rows, args.plot, args)
     if args.csv:
-        write_csv(rows, args.csv)
+        tables.write_csv(rows, args.csv)
     return 0
 
 

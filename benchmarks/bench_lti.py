@@ -28,7 +28,6 @@ interpreter, not kernel speed.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -39,7 +38,8 @@ import numpy as np   # noqa: E402
 import torch         # noqa: E402
 
 from cpu_memory import torch_cpu_peak_bytes                          # noqa: E402,F401 - re-exported
-import plots
+import plots  # noqa: E402
+import tables  # noqa: E402
 from mixir.library import lti                                         # noqa: E402
 from mixir.lowering.lti.analysis import analyse                        # noqa: E402
 from mixir.lowering.lti.runtime import CompiledLTIMixer  # noqa: E402
@@ -172,10 +172,9 @@ def table(rows, args):
         lines.append(f"| {T} | {name} | {f(ms, 2)} | {f(mb, 2)} | {e} |")
     lines += ["", "| what | slope of log(ms) vs log(T) |", "|---|---:|"]
     for name in dict.fromkeys(r[1] for r in rows):
-        pts = [(math.log(T), math.log(ms)) for T, n, ms, _, _ in rows if n == name and ms]
+        pts = [(T, ms) for T, n, ms, _, _ in rows if n == name and ms]
         if len(pts) >= 2:
-            x, y = np.array(pts).T
-            lines.append(f"| {name} | {np.polyfit(x, y, 1)[0]:.2f} |")
+            lines.append(f"| {name} | {tables.loglog_slope(pts):.2f} |")
     return "\n".join(lines)
 
 
