@@ -479,13 +479,17 @@ def test_key_decay_factored_per_token_times_a_per_head_row(strategy):
         assert rel_err(x, y) <= TOL[torch.float32], name
 
 
-@pytest.mark.parametrize("decays, v_scaled", [(("g",), False), ((), True)])
-def test_per_token_output_scale(decays, v_scaled):
-    """o_scale e [B, T, H] (o = e * core: mLSTM's normaliser), chunked: the output store scales
-    the rows, the backward scales do's rows on load (adjoint states, dv) and dq's / the score
-    tile's in the dq/dk launch, whose epilogue sums q·dq0 per K-tile into de. Two K-tiles (K = 80)
-    and two sequences with an initial and a final-state adjoint; with v_scale beside it. Checked
-    against the float64 reference of e * core."""
+@pytest.mark.parametrize("strategy, decays, v_scaled", [
+    ("chunked", ("g",), False), ("chunked", (), True), ("recurrent", ("g", "gk"), False),
+    ("recurrent", ("gv",), True)])
+def test_per_token_output_scale(strategy, decays, v_scaled):
+    """o_scale e [B, T, H] (o = e * core: mLSTM's normaliser). Chunked (scalar decays): the output
+    store scales the rows, the backward scales do's rows on load (adjoint states, dv) and dq's /
+    the score tile's in the dq/dk launch, whose epilogue sums q·dq0 per K-tile into de (two K-tiles:
+    K = 80). Recurrent (any decays): the store scales o, the backward's forward pass forms q·dq0
+    and scales dq, its reverse pass scales do on load. Two sequences with an initial and a
+    final-state adjoint; with v_scale beside it. Checked against the float64 reference of
+    e * core."""
     inp, do, dhT = make_inputs(2, 40, 2, 80, 16, decays, seed=41)
     gen = torch.Generator().manual_seed(6)
     e = torch.rand(2, 40, 2, generator=gen) * 2 + 0.1
@@ -497,16 +501,18 @@ def test_per_token_output_scale(decays, v_scaled):
     o_core, hT_ref = naive_gla(**core_in, v=v_ref)
     o_ref = leaves["e"][..., None] * o_core * 0.5
     ((o_ref * do.double()).sum() + (hT_ref * dhT.double()).sum()).backward()
-    cfg = {"BT": 16}
-    o, hT = gla_forward(**inp, strategy="chunked", config=cfg, scale=0.5, v_scale=u, o_scale=e)
+    cfg = {"BT": 16} if strategy == "chunked" else None
+    o, hT = gla_forward(**inp, strategy=strategy, config=cfg, scale=0.5, v_scale=u, o_scale=e)
     assert rel_err(o, o_ref) <= TOL[torch.float32] and rel_err(hT, hT_ref) <= TOL[torch.float32]
-    grads = gla_backward(inp["q"], inp["k"], inp["v"], inp["g"], None, None, inp["h0"], None, do,
-                         dhT, strategy="chunked", config=cfg, scale=0.5, v_scale=u, o_scale=e)
+    grads = gla_backward(inp["q"], inp["k"], inp["v"], inp["g"], inp["gk"], inp["gv"], inp["h0"],
+                         None, do, dhT, strategy=strategy, config=cfg, scale=0.5, v_scale=u,
+                         o_scale=e)
     assert len(grads) == (10 if v_scaled else 8)
     named = {"dq": (grads[0], "q"), "dk": (grads[1], "k"), "dv": (grads[2], "v"),
              "dh0": (grads[6], "h0"), "de": (grads[-1], "e")}
-    if decays:
-        named["dg"] = (grads[3], "g")
+    for i, gate in ((3, "g"), (4, "gk"), (5, "gv")):
+        if gate in decays:
+            named["d" + gate] = (grads[i], gate)
     if v_scaled:
         named["du"] = (grads[7], "u")
     for name, (x, leaf) in named.items():

@@ -322,15 +322,16 @@ def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, 
 
 
 def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
-                        gk_scale=None):
+                        gk_scale=None, o_scale=None):
     """``recurrent.recurrent_backward`` and the decay gradients' reverse cumsums (fp32) of its
-    terms, with the final-state term sum(hT · dhT). Returns (grads, dgks): with ``gk_scale`` a
-    (gk = u·a) the grads' dgk is u's and dgks a's [H, K], else None."""
+    terms, with the final-state term sum(hT · dhT). Returns (grads, dgks, de): with ``gk_scale`` a
+    (gk = u·a) the grads' dgk is u's and dgks a's [H, K], else None; with ``o_scale`` e's gradient
+    [B, T, H], else None."""
     B, T, H, K, V = _check(q, k, v, g, gk, gv, "recurrent", gk_scale)
     cfg = dict(default_config("recurrent", K, V, q.dtype), **(config or {}))
-    dq, dk, dv, XK, XV, hT, dh0, plan = _recurrent.recurrent_backward(
+    dq, dk, dv, XK, XV, hT, dh0, plan, de = _recurrent.recurrent_backward(
         q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, cfg, scale, grad_dtype,
-        grad_dtype_of(v, grad_dtype), gk_scale)
+        grad_dtype_of(v, grad_dtype), gk_scale, o_scale)
     fin = None if hT is None else hT * fp32_state(dhT, plan.N, H, K, V)      # [N, H, K, V]
     dg = dgk = dgv = dgks = None
     if gk is not None:
@@ -341,7 +342,8 @@ def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, sca
         dg, _ = rev_cumsum(plan, XK, None if fin is None else fin.sum((-1, -2)), cfg, sum_d=True)
     if gv is not None:
         dgv, _ = rev_cumsum(plan, XV, None if fin is None else fin.sum(-2), cfg)
-    return _finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0), dgks
+    return (_finish(B, T, H, K, V, dq, dk, dv, dg, dgk, dgv, dh0), dgks,
+            None if de is None else de.view(B, T, H))
 
 
 # ------------------------------------------------------------------------------------------ shared
@@ -368,9 +370,9 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
     formed by the chunked strategy's cumsum launch, in torch for the others. ``gk_scale`` a
     [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H] (Mamba-1's dt·A),
     formed by the chunked cumsum launch and by the recurrent kernel per step. ``o_scale`` e
-    [B, T, H] (chunked, scalar decays, no bias): o = e * scale * core, scaled in the output store
-    (mLSTM's normaliser)."""
-    assert o_scale is None or (strategy == "chunked" and bias is None)
+    [B, T, H] (chunked with scalar decays, or recurrent; no bias): o = e * scale * core, scaled in
+    the output store (mLSTM's normaliser)."""
+    assert o_scale is None or (strategy in ("chunked", "recurrent") and bias is None)
     if g_scale is not None and strategy != "chunked":
         g, g_scale = _scaled.decay(g, g_scale), None
     if gk_scale is not None and strategy not in ("chunked", "recurrent"):
@@ -384,7 +386,8 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy, gk_scale)
         cfg = dict(default_config(strategy, K, V, q.dtype), **(config or {}))
         return _recurrent.recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg,
-                                            output_final_state, scale, out_dtype, bias, gk_scale)
+                                            output_final_state, scale, out_dtype, bias, gk_scale,
+                                            o_scale)
     if strategy == "fused":
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
         _fused.check_form(K, V, gk, gv)
@@ -403,7 +406,7 @@ def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunk
     gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent); with
     ``g_scale`` / ``gk_scale`` a: dg / dgk are the factors' and the gradient of a follows (fp32
     [H] / [H, K]), in that order; with ``o_scale`` e, the gradient of e last (fp32 [B, T, H])."""
-    assert o_scale is None or strategy == "chunked"
+    assert o_scale is None or strategy in ("chunked", "recurrent")
     grads, ex = _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale,
                           grad_dtype, v_scale, v_bias, g_scale, gk_scale, o_scale)
     out = tuple(grads)
@@ -456,7 +459,7 @@ def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, sca
         return list(_fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
                                     grad_dtype)), {}
     if strategy == "recurrent":
-        grads, dak = _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
-                                         scale, grad_dtype, gk_scale)
-        return list(grads), dict(dak=dak)
+        grads, dak, de = _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
+                                             scale, grad_dtype, gk_scale, o_scale)
+        return list(grads), dict(dak=dak, de=de)
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")

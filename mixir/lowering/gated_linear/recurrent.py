@@ -15,6 +15,7 @@ import torch
 
 from ...tiles import cdiv, pow2
 from ..common.chunks import ChunkPlan, empty, fp32_state, packed, tile
+from .cumsums import slices_sum
 from .kernels import recurrent as _rc
 
 
@@ -41,9 +42,10 @@ def _tiles(K, V, cfg):
 
 
 def recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg, output_final_state, scale,
-                      out_dtype, bias, gk_scale=None):
-    """(o = scale · core + bias in ``out_dtype`` [B, T, H, V], hT fp32 [N, H, K, V] or None).
-    ``gk_scale`` a [H, K]: the key-side log-decay is gk·a, gk a per-token factor [B, T, H]."""
+                      out_dtype, bias, gk_scale=None, o_scale=None):
+    """(o = o_scale · scale · core + bias in ``out_dtype`` [B, T, H, V], hT fp32 [N, H, K, V] or
+    None). ``gk_scale`` a [H, K]: the key-side log-decay is gk·a, gk a per-token factor [B, T, H];
+    ``o_scale`` e [B, T, H]: a per-token output scale."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     plan = ChunkPlan(q, cu_seqlens, None)
@@ -56,20 +58,21 @@ def recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg, output_final_stat
     if N > 0:
         _rc.recurrent_gla_fwd[(N * H, cdiv(V, BV))](
             packed(q), packed(k), packed(v), packed(g, f32), packed(gk, f32), packed(gv, f32),
-            _contiguous(gk_scale), h0, o, hT, packed(bias), plan.cu, H, K, V, float(scale),
-            USE_G=g is not None, USE_GK=_gk_mode(gk, gk_scale), USE_GV=gv is not None,
-            USE_H0=h0 is not None,
-            STORE_HT=output_final_state, USE_BIAS=bias is not None, BK=BK, BV=BV,
+            _contiguous(gk_scale), h0, o, hT, packed(bias), packed(o_scale, f32), plan.cu, H, K,
+            V, float(scale), USE_G=g is not None, USE_GK=_gk_mode(gk, gk_scale),
+            USE_GV=gv is not None, USE_H0=h0 is not None, STORE_HT=output_final_state,
+            USE_BIAS=bias is not None, USE_OS=o_scale is not None, BK=BK, BV=BV,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     return o.view(B, T, H, V), hT
 
 
 def recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, cfg, scale, grad_dtype,
-                       dv_dtype, gk_scale=None):
-    """The gradients at scale·do in one launch: (dq, dk in ``grad_dtype`` and dv in ``dv_dtype``,
-    packed [T_total, H, ·]; XK - [2 NV, T_total, H, K] with gk, [2 NV, T_total, H, 1] with only g,
-    else None - and XV [2, T_total, H, V] or None, the decay gradients' terms whose slices sum to
-    q·dq − k·dk and o·do − v·dv; hT fp32 when dhT and a decay are given, else None; dh0; plan)."""
+                       dv_dtype, gk_scale=None, o_scale=None):
+    """The gradients at scale·do (times ``o_scale`` e) in one launch: (dq, dk in ``grad_dtype``
+    and dv in ``dv_dtype``, packed [T_total, H, ·]; XK - [2 NV, T_total, H, K] with gk,
+    [2 NV, T_total, H, 1] with only g, else None - and XV [2, T_total, H, V] or None, the decay
+    gradients' terms whose slices sum to q·dq − k·dk and o·do − v·dv; hT fp32 when dhT and a
+    decay are given, else None; dh0; plan; e's gradient fp32 [T_total, H] or None)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     plan = ChunkPlan(q, cu_seqlens, None)
@@ -88,17 +91,20 @@ def recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, cfg, scale, 
     XK = (empty(2 * NV, TT, H, K, device=dev) if xk_d == 2 else
           empty(2 * NV, TT, H, 1, device=dev) if xk_d == 1 else None)
     XV = empty(2, TT, H, V, device=dev) if gv is not None else None
+    XE = empty(NV, TT, H, device=dev) if o_scale is not None else None
     need_hT = dhT is not None and xk_d + (gv is not None) > 0
     hT = empty(N, H, K, V, device=dev) if need_hT else None
     f32 = torch.float32
     if N > 0:
         _rc.recurrent_gla_bwd[(N * H, NV)](
             packed(q), packed(k), packed(v), packed(g, f32), packed(gk, f32), packed(gv, f32),
-            _contiguous(gk_scale), h0, packed(do), dhT, dq_p, dk_p, dv, dh0, XK, XV, hT, plan.cu,
-            TT, H, K, V, float(scale),
+            _contiguous(gk_scale), h0, packed(do), dhT, packed(o_scale, f32), dq_p, dk_p, dv,
+            dh0, XK, XV, XE, hT, plan.cu, TT, H, K, V, float(scale),
             USE_G=g is not None, USE_GK=_gk_mode(gk, gk_scale), USE_GV=gv is not None,
             USE_H0=h0 is not None, USE_DHT=dhT is not None, STORE_DH0=h0 is not None,
-            STORE_HT=need_hT, XK_D=xk_d, USE_XV=gv is not None, BK=BK, BV=BV,
+            STORE_HT=need_hT, XK_D=xk_d, USE_XV=gv is not None, USE_OS=o_scale is not None,
+            BK=BK, BV=BV,
             num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     dq, dk = (dq_p[0], dk_p[0]) if NV == 1 else (dq_p.sum(0), dk_p.sum(0))
-    return dq.to(grad_dtype), dk.to(grad_dtype), dv, XK, XV, hT, dh0, plan
+    de = None if XE is None else slices_sum(XE)
+    return dq.to(grad_dtype), dk.to(grad_dtype), dv, XK, XV, hT, dh0, plan, de

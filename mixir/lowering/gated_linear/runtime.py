@@ -180,12 +180,14 @@ class CompiledMixer(CompiledBase):
         if v_bias is None and Q is None and ir.is_const(f.out_scale) \
                 and not ir.is_const(f.out_bias, 0.0):
             bias, in_core = shaped("d"), True
-        # a per-token output scale e [B, T, H] (mLSTM's normaliser) goes into the chunked core's
-        # output store (scalar decays, no signs, no bias; elsewhere it multiplies the fp32 output)
+        # a per-token output scale e [B, T, H] (mLSTM's normaliser) goes into the core's output
+        # store (recurrent; chunked with scalar decays; no signs, no bias; elsewhere it multiplies
+        # the fp32 output)
         o_scale = None
-        if (strategy == "chunked" and not ir.is_const(f.out_scale) and p["e"].dim() == 3
-                and P is None and Q is None and gk is None and gv is None
-                and ir.is_const(f.out_bias, 0.0)):
+        if (not ir.is_const(f.out_scale) and p["e"].dim() == 3 and P is None and Q is None
+                and ir.is_const(f.out_bias, 0.0)
+                and (strategy == "recurrent" or (strategy == "chunked" and gk is None
+                                                 and gv is None))):
             o_scale = p["e"].float().reshape(B, T, H)
         scaled_out = not ir.is_const(f.out_scale) and o_scale is None
         out_fp32 = Q is not None or scaled_out or (

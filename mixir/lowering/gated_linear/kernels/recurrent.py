@@ -54,11 +54,12 @@ def _step(h, K_, V_, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, 
 
 
 @kernel
-def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, GKS, H0, O, HT, BIAS, cu_seqlens, H, DK, DV, scale,
+def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, GKS, H0, O, HT, BIAS, OS, cu_seqlens, H, DK, DV, scale,
                       USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr,
                       USE_H0: tl.constexpr, STORE_HT: tl.constexpr, USE_BIAS: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr):
-    # grid: (N * H, cdiv(DV, BV)). O [T_total, H, DV] (its dtype) = scale * S_t^T q_t (+ BIAS).
+                      USE_OS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    # grid: (N * H, cdiv(DV, BV)). O [T_total, H, DV] (its dtype) = scale * S_t^T q_t (+ BIAS);
+    # USE_OS: times the per-token scalar OS [T_total, H] (before BIAS).
     i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
     o_k, o_v, m_k, m_v, m_kv, o_kv = state_offsets(0, tl.program_id(1), DK, DV, BK, BV)
     gk_a = _gk_factor(GKS, i_h, DK, o_k, m_k, USE_GK, BK)
@@ -69,6 +70,8 @@ def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, GKS, H0, O, HT, BIAS, cu_seqlens, H,
         q = tl.load(Q + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
         h = _step(h, K_, V_, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
         o = tl.reduce(h * q[:, None], 0, tl.standard._sum_combine) * scale
+        if USE_OS:
+            o = o * tl.load(OS + t * H + i_h).to(tl.float32)
         if USE_BIAS:
             o += tl.load(BIAS + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
         tl.store(O + base_v + o_v, o, mask=m_v)
@@ -77,12 +80,12 @@ def recurrent_gla_fwd(Q, K_, V_, G, GK, GV, GKS, H0, O, HT, BIAS, cu_seqlens, H,
 
 
 @kernel
-def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, GKS, H0, DO, DHT,
-                      DQ, DK_, DV_, DH0, XK, XV, HT, cu_seqlens, T_total, H, DK, DV, scale,
+def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, GKS, H0, DO, DHT, OS,
+                      DQ, DK_, DV_, DH0, XK, XV, XE, HT, cu_seqlens, T_total, H, DK, DV, scale,
                       USE_G: tl.constexpr, USE_GK: tl.constexpr, USE_GV: tl.constexpr,
                       USE_H0: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                       STORE_HT: tl.constexpr, XK_D: tl.constexpr, USE_XV: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr):
+                      USE_OS: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     # grid: (N * H, cdiv(DV, BV)); the gradients of O = scale * S_t^T q_t at DO (dhT unscaled).
     # DQ, DK_ are per-V-tile partial sums [NV, T_total, H, DK] (summed by the caller when NV > 1;
     # stored in their dtype). The decay gradients' terms, before the caller's reverse cumsum:
@@ -90,6 +93,9 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, GKS, H0, DO, DHT,
     # each V-tile (fp32; their sum is q*dq - k*dk); XK_D = 1: their row sums, [2 NV, T_total, H];
     # USE_XV: XV [2, T_total, H, DV] holds o*do and -v*dv (o recomputed). Each pass writes its
     # own slices: nothing written in pass 1 is read back.
+    # USE_OS (O times a per-token scalar e = OS [T_total, H]): the gradients are those at e * do;
+    # dq_t depends on do_t alone, so pass 1 forms dq0 at do, stores this V-tile's q . dq0 (e's
+    # gradient) into XE [NV, T_total, H] and scales dq0 by e; pass 2 scales do by e on load.
     # Pass 1 (forward in time): S_t, dq_t = S_t do_t, and S_T -> HT.
     # Pass 2 (reverse): D_t = A_{t+1} * D_{t+1} + q_t do_t^T (D_T = dhT + q_T do_T^T),
     #   dk_t = D_t v_t, dv_t = D_t^T k_t; finally dh0 = A_1 * D_1.
@@ -111,16 +117,21 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, GKS, H0, DO, DHT,
         h = _step(h, K_, V_, G, GK, GV, gk_a, t, i_h, H, base_k, base_v, o_k, o_v, m_k, m_v, USE_G, USE_GK, USE_GV)
         do = tl.load(DO + base_v + o_v, mask=m_v, other=0.).to(tl.float32) * scale
         dq = tl.reduce(h * do[None, :], 1, tl.standard._sum_combine)
-        tl.store(DQ + part + base_k + o_k, dq, mask=m_k)
-        if XK_D > 0 or USE_XV:
+        if XK_D > 0 or USE_XV or USE_OS:
             q = tl.load(Q + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
-            if XK_D == 2:
-                tl.store(XK + part + base_k + o_k, q * dq, mask=m_k)
-            if XK_D == 1:
-                tl.store(XK + part_s + t * H + i_h, tl.sum(q * dq, 0))
-            if USE_XV:
-                o = tl.reduce(h * q[:, None], 0, tl.standard._sum_combine)
-                tl.store(XV + base_v + o_v, o * do, mask=m_v)
+        if USE_OS:
+            e = tl.load(OS + t * H + i_h).to(tl.float32)
+            tl.store(XE + part_s + t * H + i_h, tl.sum(q * dq, 0))
+            dq = dq * e
+            do = do * e
+        tl.store(DQ + part + base_k + o_k, dq, mask=m_k)
+        if XK_D == 2:
+            tl.store(XK + part + base_k + o_k, q * dq, mask=m_k)
+        if XK_D == 1:
+            tl.store(XK + part_s + t * H + i_h, tl.sum(q * dq, 0))
+        if USE_XV:
+            o = tl.reduce(h * q[:, None], 0, tl.standard._sum_combine)
+            tl.store(XV + base_v + o_v, o * do, mask=m_v)
     if STORE_HT:
         store_state(HT, h, i_n, i_h, H, DK, DV, o_kv, m_kv)
 
@@ -133,6 +144,8 @@ def recurrent_gla_bwd(Q, K_, V_, G, GK, GV, GKS, H0, DO, DHT,
         k = tl.load(K_ + base_k + o_k, mask=m_k, other=0.).to(tl.float32)
         v = tl.load(V_ + base_v + o_v, mask=m_v, other=0.).to(tl.float32)
         do = tl.load(DO + base_v + o_v, mask=m_v, other=0.).to(tl.float32) * scale
+        if USE_OS:
+            do = do * tl.load(OS + t * H + i_h).to(tl.float32)
         dh += q[:, None] * do[None, :]
         dk = tl.reduce(dh * v[None, :], 1, tl.standard._sum_combine)
         dv = tl.reduce(dh * k[:, None], 0, tl.standard._sum_combine)
