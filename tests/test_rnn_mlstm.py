@@ -3,7 +3,7 @@ the normaliser n a gated-linear vector scan that depends on m, the matrix memory
 and the output reads C, n and m (``C q / max(|nᵀq|, exp(-m))``).
 
 Differential tests against the float64 reference (which runs the declaration token by token, its
-gradient through ``max`` is autograd's subgradient, as is ours through ``cummax``): both
+gradient through ``max`` is autograd's subgradient, as is the scan kernel's backward): both
 strategies, fp32/bf16, initial states, cu_seqlens, gradients; plus the max-plus scan itself and
 the analysis' refusals. Kernels run in Triton's interpreter on CPU tensors; shapes are tiny."""
 import numpy as np
@@ -17,7 +17,7 @@ from mixir.errors import UnsupportedMixerError
 from mixir.library.rnn import RNN_MIXERS, mlstm, mlstm_mixer
 from mixir.lowering.gated_linear.analysis import GatedLinearForm, MaxPlusForm, analyse
 from mixir.lowering.family import classify
-from mixir.lowering.gated_linear.runtime import maxplus_scan
+from mixir.lowering.gated_linear.maxplus import maxplus_scan
 from mixir.testing.checker import assert_close, check, check_cu_seqlens
 
 ENTRY = RNN_MIXERS["mlstm"]
@@ -160,11 +160,14 @@ def _loop(a, b, m0, lens):
     return out, torch.stack(finals)
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_maxplus_scan_equals_the_loop_with_its_subgradient(packed):
+@pytest.mark.parametrize("packed, long", [(False, False), (True, False), (True, True)])
+def test_maxplus_scan_equals_the_loop_with_its_subgradient(packed, long):
+    """The scan kernel (blocks of 64 tokens) against the token loop: values, finals and the
+    gradients of a, b and m0; ``long``: sequences over several blocks, one ending on a block's
+    last token, an empty one between them."""
     g = torch.Generator().manual_seed(5)
-    lens = [3, 0, 6, 1] if packed else None
-    B, T, H = (1, 10, 2) if packed else (3, 7, 2)
+    lens = ([64, 0, 130, 7] if long else [3, 0, 6, 1]) if packed else None
+    B, T, H = (1, sum(lens), 2) if packed else (3, 7, 2)
     N = len(lens) if packed else B
     a = torch.nn.functional.logsigmoid(torch.randn(B, T, H, generator=g, dtype=torch.float64))
     b = 2.0 * torch.randn(B, T, H, generator=g, dtype=torch.float64)
@@ -182,6 +185,23 @@ def test_maxplus_scan_equals_the_loop_with_its_subgradient(packed):
     g2 = torch.autograd.grad((m_ref * w).sum() + (fin_ref * wf).sum(), ys)
     for x, y in zip(g1, g2):
         torch.testing.assert_close(x, y)
+
+
+def test_maxplus_ops_pass_opcheck():
+    """The scan's custom ops (one Triton launch forward, one backward) have consistent schemas,
+    fake functions and autograd registration (torch.library.opcheck), packed with an empty
+    sequence and a vector stabiliser (D = 3)."""
+    from mixir.lowering.gated_linear import maxplus as mp
+    g = torch.Generator().manual_seed(7)
+    a = torch.nn.functional.logsigmoid(torch.randn(1, 9, 2, 3, generator=g)).requires_grad_()
+    b = torch.randn(1, 9, 2, 3, generator=g).requires_grad_()
+    m0 = torch.randn(3, 2, 3, generator=g).requires_grad_()
+    cu = torch.tensor([0, 4, 4, 9], dtype=torch.int32)
+    torch.library.opcheck(mp.maxplus_fwd, (a, b, m0, cu))
+    m, fin, c = mp.maxplus_fwd(a, b, m0, cu)
+    torch.testing.assert_close(fin[1], m0[1].detach())               # the empty sequence
+    torch.library.opcheck(mp.maxplus_bwd, (c, torch.randn_like(m), torch.randn_like(fin), m0.detach(),
+                                           cu))
 
 
 # ---- refusals -----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from ...errors import InputError
 from ...reference.evaluate import NumpyBackend, evaluate
 from . import core, ops
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
+from .maxplus import maxplus_scan
 from ...distributed.passing import split_call
 from .distributed import passing_for
 from . import scaled as _scaled
@@ -98,9 +99,12 @@ class CompiledMixer(CompiledBase):
         """The Triton source files of this mixer's kernels: the generated pieces kernels (one file
         per form, in the content-addressed cache) and the core templates."""
         from ..common import packed_tiles
-        from .kernels import chunked as gla_chunked, recurrent as gla_recurrent
+        from .kernels import chunked as gla_chunked, fused as gla_fused, maxplus as gla_maxplus
+        from .kernels import recurrent as gla_recurrent
+        templates = [gla_recurrent, gla_chunked, gla_fused] + (
+            [gla_maxplus] if any(isinstance(f, MaxPlusForm) for _, f in self.plan.aux) else [])
         return ([pk.source_path for pk in self.pieces_kernels.values() if pk is not None]
-                + [gla_recurrent.__file__, gla_chunked.__file__, packed_tiles.__file__])
+                + [m.__file__ for m in templates] + [packed_tiles.__file__])
     def _check(self, arrays, initial_state, cu_seqlens, scalars):
         return check_call(self.mixer, arrays, initial_state, cu_seqlens, scalars)
 
@@ -262,8 +266,8 @@ class CompiledMixer(CompiledBase):
 
     def _run_maxplus(self, f: MaxPlusForm, env, b, N, init, cu_seqlens):
         """A stabiliser state (``MaxPlusForm``): pieces a, b → ``maxplus_scan``. Returns (m fp32
-        ``[B, T, H, *dims]``, final state ``[N, H, *dims]``). Differentiable by autograd
-        (the subgradient of max: the adjoint goes to the branch that attains it)."""
+        ``[B, T, H, *dims]``, final state ``[N, H, *dims]``). Differentiable (the subgradient
+        of max: the adjoint goes to the branch that attains it)."""
         B, T, H = b.B, b.T, b.H
         dims = f.state.dims
         pk = self.pieces_kernels[f.state.name]
@@ -386,43 +390,6 @@ def _align(t, node_dims, dims):
     for d in dims:
         shape.append(next(it) if d in node_dims else 1)
     return t.reshape(shape)
-
-
-def maxplus_scan(a, b, m0, cu_seqlens=None):
-    """The max-plus recurrence ``m_t = max(m_{t-1} + a_t, b_t)`` of every sequence, from ``m0``.
-
-    Closed form (no sequential loop): ``m_t = F_t + max(m_0, max_{s≤t}(b_s - F_s))`` with
-    ``F_t = Σ_{r≤t} a_r`` - a cumulative sum and a cumulative max along T. ``a, b``:
-    ``[B, T, H, ...]`` fp32; ``m0``: ``[N, H, ...]``. With ``cu_seqlens`` (B = 1, sequences packed
-    along T) each sequence is gathered into a padded row ``[N, L_max, H, ...]`` so that the sums
-    restart at its start (no cancellation against earlier sequences). Returns (m like ``a``,
-    final ``[N, H, ...]``: the last ``m`` of each sequence, ``m0`` for an empty one).
-
-    Rounding: ``F`` grows like ``t``, so ``m`` carries an absolute error of about ``eps·|F_t|``;
-    a stabiliser's error cancels in mLSTM's output (``C`` and ``n`` are scaled by ``exp(-m)``
-    consistently, the read-out's ratio does not depend on it)."""
-    def scan(a, b, m0):                      # a, b [R, L, ...], m0 [R, ...]
-        F = torch.cumsum(a, dim=1)
-        best = torch.cummax(b - F, dim=1).values if a.shape[1] else b
-        return F + torch.maximum(best, m0[:, None])
-
-    if cu_seqlens is None:
-        m = scan(a, b, m0)
-        return m, (m[:, -1] if m.shape[1] else m0)
-    cu = cu_seqlens.long()
-    starts, lens = cu[:-1], cu[1:] - cu[:-1]
-    N, T = lens.shape[0], a.shape[1]
-    L = int(lens.max()) if N else 0
-    if L == 0 or T == 0:
-        return a * 0.0 + b * 0.0, m0
-    j = torch.arange(L, device=a.device)
-    idx = (starts[:, None] + torch.minimum(j[None, :], (lens[:, None] - 1).clamp(min=0))).clamp(max=T - 1)
-    mp = scan(a[0][idx], b[0][idx], m0)                           # [N, L, H, ...]
-    seg = torch.bucketize(torch.arange(T, device=a.device), cu[1:], right=True).clamp(max=N - 1)
-    m = mp[seg, torch.arange(T, device=a.device) - starts[seg]][None]
-    last = mp[torch.arange(N, device=a.device), (lens - 1).clamp(min=0)]
-    empty = (lens == 0).reshape((N,) + (1,) * (m0.dim() - 1))
-    return m, torch.where(empty, m0, last)
 
 
 def _segment_cumprod(s, cu_seqlens):

@@ -310,7 +310,7 @@ def spaces_for(form) -> dict:
 
 #: the template modules whose launches an AOT check compiles
 TEMPLATE_MODULES = ("gated_linear.kernels.chunked", "gated_linear.kernels.fused",
-                    "gated_linear.kernels.recurrent")
+                    "gated_linear.kernels.recurrent", "gated_linear.kernels.maxplus")
 
 
 def core_shape(B_: int, T_: int, H_: int, K_: int, V_: int, dtype) -> Shape:
