@@ -161,10 +161,12 @@ def _loop(a, b, m0, lens):
 
 
 @pytest.mark.parametrize("packed, long", [(False, False), (True, False), (True, True)])
-def test_maxplus_scan_equals_the_loop_with_its_subgradient(packed, long):
+def test_maxplus_scan_equals_the_loop_with_its_subgradient(packed, long, monkeypatch):
     """The scan kernel (blocks of 64 tokens) against the token loop: values, finals and the
     gradients of a, b and m0; ``long``: sequences over several blocks, one ending on a block's
-    last token, an empty one between them."""
+    last token, an empty one between them. Float buffers NaN-poisoned (an unwritten element
+    fails), the int8 branch flags left as allocated."""
+    monkeypatch.setenv("MIXIR_POISON", "1")
     g = torch.Generator().manual_seed(5)
     lens = ([64, 0, 130, 7] if long else [3, 0, 6, 1]) if packed else None
     B, T, H = (1, sum(lens), 2) if packed else (3, 7, 2)

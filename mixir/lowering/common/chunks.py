@@ -40,9 +40,10 @@ def poison() -> bool:
 
 
 def empty(*shape, device, dtype=torch.float32):
-    """``torch.empty`` (fp32 by default), NaN-filled under ``MIXIR_POISON``."""
+    """``torch.empty`` (fp32 by default), NaN-filled under ``MIXIR_POISON`` (floating dtypes;
+    integer buffers, e.g. flags, are left as allocated)."""
     t = torch.empty(*shape, device=device, dtype=dtype)
-    if poison():
+    if poison() and t.is_floating_point():
         t.fill_(float("nan"))
     return t
 
