@@ -191,8 +191,8 @@ def test_maxplus_scan_equals_the_loop_with_its_subgradient(packed, long, monkeyp
 
 def test_maxplus_ops_pass_opcheck():
     """The scan's custom ops (one Triton launch forward, one backward) have consistent schemas,
-    fake functions and autograd registration (torch.library.opcheck), packed with an empty
-    sequence and a vector stabiliser (D = 3)."""
+    fake functions, autograd registration and AOT-autograd tracing (torch.library.opcheck's
+    default checks), packed with an empty sequence and a vector stabiliser (D = 3)."""
     from mixir.lowering.gated_linear import maxplus as mp
     g = torch.Generator().manual_seed(7)
     a = torch.nn.functional.logsigmoid(torch.randn(1, 9, 2, 3, generator=g)).requires_grad_()
