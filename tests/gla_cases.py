@@ -1,6 +1,6 @@
 """The float64 reference of the canonical gated-linear core and the differential-case helpers of
-its tests (tests/test_gla_core.py): a token-by-token recurrence, seeded inputs, and one check of
-every output and gradient of ``gla_forward`` / ``gla_backward`` against it."""
+its tests (tests/test_gla_core.py, tests/test_gla_core_inputs.py): a token-by-token recurrence,
+seeded inputs, and one check of every output and gradient of ``gla_forward`` / ``gla_backward`` against it."""
 import torch
 
 from mixir.lowering.gated_linear.core import gla_backward, gla_forward
