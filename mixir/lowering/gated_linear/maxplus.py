@@ -4,11 +4,13 @@
 sequence from ``m0`` in one launch of ``kernels/maxplus.maxplus_fwd`` (per sequence, head and
 state element, blocks of tokens in order, an associative scan of the max-plus maps within each:
 T / BT dependent steps), and its gradient in one launch of ``maxplus_bwd``: the subgradient that
-follows the branch that attained each maximum (the carried one on ties). ``mixir::maxplus_fwd`` / ``maxplus_bwd`` are
-custom ops with fake functions, so the scan traces into ``torch.compile`` graphs as one op.
+follows the branch that attained each maximum (the carried one on ties). ``mixir::maxplus_fwd`` /
+``maxplus_bwd`` are custom ops with fake functions, so the scan traces into ``torch.compile``
+graphs as one op.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -37,7 +39,7 @@ def maxplus_fwd(a: torch.Tensor, b: torch.Tensor, m0: torch.Tensor,
     grid, BT, BD = _grid(plan, H, D)
     if plan.N > 0 and H > 0 and D > 0:
         _mk.maxplus_fwd[grid](a.contiguous(), b.contiguous(), m0.contiguous(), m, c, fin, plan.cu,
-                              H, D, USE_M0=True, BT=BT, BD=BD, num_warps=2, num_stages=1)
+                              H, D, BT=BT, BD=BD, num_warps=2, num_stages=1)
     return m.view(B, T, H, D), fin, c.view(B, T, H, D)
 
 
@@ -100,9 +102,7 @@ def maxplus_scan(a, b, m0, cu_seqlens=None):
     the adjoint goes to the branch that attained each maximum (the carried one on ties)."""
     B, T, H = a.shape[:3]
     dims = tuple(a.shape[3:])
-    D = 1
-    for x in dims:
-        D *= int(x)
+    D = math.prod(dims)
     m, fin, _ = torch.ops.mixir.maxplus_fwd(a.reshape(B, T, H, D), b.reshape(B, T, H, D),
                                             m0.reshape(m0.shape[0], H, D), cu_seqlens)
     return m.view(B, T, H, *dims), fin.view(fin.shape[0], H, *dims)

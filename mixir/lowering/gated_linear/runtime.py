@@ -61,13 +61,13 @@ class CompiledMixer(CompiledBase):
         # one generated Triton kernel pair (forward, backward) per form evaluates its pieces
         # (an auxiliary state's pieces may read the auxiliary states scanned before it)
         specs = [(s.name, s.kind, s.dims) for s in mixer.inputs]
+        forms = [form for _, form in self.plan.aux] + [self.form]
         # the per-token inputs some form reads (an auxiliary state's values before each token are
         # formed only when read: mLSTM's output reads n's new values, never its previous ones)
-        self.reads = {leaf.arg for _, form in list(self.plan.aux) + [(None, self.form)]
-                      for node in form.pieces().values() for leaf in ir.leaves(node)
-                      if leaf.op == "input"}
+        self.reads = {leaf.arg for form in forms for node in form.pieces().values()
+                      for leaf in ir.leaves(node) if leaf.op == "input"}
         self.pieces_kernels, self.direct, self.scaled, self.factored = {}, {}, {}, {}
-        for _, form in list(self.plan.aux) + [(None, self.form)]:
+        for form in forms:
             name, dims = form.state.name, form.state.dims
             pieces = form.pieces()
             direct = {} if isinstance(form, MaxPlusForm) else direct_pieces(form, specs)

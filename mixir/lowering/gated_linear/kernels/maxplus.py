@@ -23,6 +23,15 @@ from mixir.lowering.common.packed_tiles import sequence_head
 
 
 @triton.jit
+def _program(cu_seqlens, H, D, BD: tl.constexpr):
+    """(bos, eos, i_h, o_d, m_d, p_s): the program's sequence rows, head, state elements (and
+    their mask), and their offsets in the [N, H, D] initial / final tensors."""
+    i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
+    o_d = tl.program_id(1) * BD + tl.arange(0, BD)
+    return bos, eos, i_h, o_d, o_d < D, (i_n * H + i_h) * D + o_d
+
+
+@triton.jit
 def _maxplus_compose(a1, b1, a2, b2):
     return a1 + a2, tl.maximum(b1 + a2, b2)
 
@@ -34,19 +43,12 @@ def _linear_compose(u1, v1, u2, v2):
 
 
 @kernel
-def maxplus_fwd(A, B_, M0, M, C, FIN, cu_seqlens, H, D,
-                USE_M0: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+def maxplus_fwd(A, B_, M0, M, C, FIN, cu_seqlens, H, D, BT: tl.constexpr, BD: tl.constexpr):
     # grid: (N * H, cdiv(D, BD)). A, B_, M [T_total, H, D] (M in A's dtype); C int8 like M;
     # M0, FIN [N, H, D].
-    i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
-    o_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_d = o_d < D
+    bos, eos, i_h, o_d, m_d, p_s = _program(cu_seqlens, H, D, BD)
     o_t = tl.arange(0, BT)
-    p_s = (i_n * H + i_h) * D + o_d
-    if USE_M0:
-        m_in = tl.load(M0 + p_s, mask=m_d, other=0.).to(A.dtype.element_ty)
-    else:
-        m_in = tl.zeros([BD], dtype=A.dtype.element_ty)
+    m_in = tl.load(M0 + p_s, mask=m_d, other=0.).to(A.dtype.element_ty)
     for cs in range(bos, eos, BT):
         L = tl.minimum(eos - cs, BT)
         m_t = o_t < L
@@ -73,11 +75,8 @@ def maxplus_bwd(C, DM, DFIN, DA, DB, DM0, cu_seqlens, H, D,
                 BD: tl.constexpr):
     # grid: (N * H, cdiv(D, BD)). C, DM, DA, DB [T_total, H, D]; DFIN, DM0 [N, H, D] (the sums in
     # DA's dtype). Blocks from the sequence's end; row j of a block is token ce - 1 - j.
-    i_n, i_h, bos, eos = sequence_head(cu_seqlens, tl.program_id(0), H)
-    o_d = tl.program_id(1) * BD + tl.arange(0, BD)
-    m_d = o_d < D
+    bos, eos, i_h, o_d, m_d, p_s = _program(cu_seqlens, H, D, BD)
     o_j = tl.arange(0, BT)
-    p_s = (i_n * H + i_h) * D + o_d
     # h: C times g of the token after the block (what flows into its last token)
     if USE_DFIN:
         h = tl.load(DFIN + p_s, mask=m_d, other=0.).to(DA.dtype.element_ty)
