@@ -31,13 +31,15 @@ How (details in benchmarks/README.md, "static_roofline.py"):
   from the Triton wheel): registers, spills, static HGMMA (wgmma) and HMMA (mma.sync) counts.
   Results are cached in ``--cache-dir``; ``--no-build`` skips them.
 * Roofline: per launch max(bytes / HBM, Σ FLOPs_p / peak_p) + ``--overhead-us`` (default 2 µs),
-  summed. Lower bound: inputs read and output written once (fwd), plus ``do`` read and every
-  input gradient written once (fwd+bwd), at the input dtype, / HBM bandwidth.
+  summed. Lower bound (issue 13's): inputs read and output written once (fwd), plus the inputs
+  and ``do`` read again and every input gradient written once (fwd+bwd), at the input dtype, /
+  HBM bandwidth.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -99,25 +101,36 @@ def _mixir_launch_meta():
 @contextlib.contextmanager
 def _gpu_config(fn, gpu_name, shape, used: list, tuned: bool):
     """The compiled mixer's ``_config`` as on a CUDA device of ``gpu_name`` at the target
-    ``shape`` (B, T, H): tuning database, else cost model, else default."""
+    ``shape`` (B, T, H): tuning database, else cost model, else default; and, for a family whose
+    default strategy depends on the GPU and the shape (``default_strategy(b, form, device, N)``),
+    the strategy a call at the target shape picks there."""
     from mixir.autotune import hardware, select
     orig, saved = getattr(fn, "_config", None), select.current_gpu
     if orig is None:
         yield
         return
+    strategy_of = getattr(fn, "default_strategy", None)
 
     def config(strategy, K, V, dtype, *rest, **kw):
         cfg = orig(strategy, K, V, dtype, shape, torch.device("cuda")) if tuned else \
             orig(strategy, K, V, dtype, *rest, **kw)
         used.append({"strategy": strategy, **dict(cfg)})
         return cfg
+
+    def default_strategy(b, form=None, device=None, N=None):
+        # the reduced run counts B = H = 1; the target has B sequences of H heads
+        return strategy_of(dataclasses.replace(b, B=shape[0], H=shape[2], N=shape[0]), form,
+                           torch.device("cuda"), shape[0])
     fn._config = config
+    if strategy_of is not None and "device" in inspect.signature(strategy_of).parameters:
+        fn.default_strategy = default_strategy
     select.current_gpu = lambda device: hardware.get(gpu_name)
     try:
         yield
     finally:
         select.current_gpu = saved
         del fn._config
+        fn.__dict__.pop("default_strategy", None)
 
 
 def count_mixir(name, Br, Hr, T, K, V, dtype, target, gpu, tuned, records: dict, strategy=None):

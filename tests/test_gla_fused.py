@@ -106,3 +106,32 @@ def test_per_channel_decays_are_refused():
     big = torch.zeros(1, 4, 1, 512)
     with pytest.raises(InputError, match="one register tile"):
         core.gla_forward(big, big, q, None, None, None, strategy="fused")
+
+
+def _default(name, B, H, K, device, monkeypatch, T=32):
+    """The strategy a call names none picks, on a CUDA ``device`` taken for an H100 (132 SMs)."""
+    from mixir.autotune import hardware, select
+    monkeypatch.setattr(select, "current_gpu", lambda device: hardware.get("H100-SXM"))
+    entry = MIXERS[name]
+    fn = mx.compile(entry.mixer)
+    arrays = [torch.zeros(a.shape) for a in
+              (torch.as_tensor(x) for x in entry.make_inputs(np.random.default_rng(0), B, T, H, K, K))]
+    b, N, _, _ = fn._check(arrays, None, None, {})
+    return fn.default_strategy(b, None, torch.device(device), N)
+
+
+def test_the_default_on_a_gpu_is_fused_where_it_fills_half_the_gpu(monkeypatch):
+    # B·H·V-tiles programs for at least half of 132 SMs: 8·16·2 = 256 and 8·16·1 = 128 are,
+    # 2·16·2 = 64 and 4·16·1 = 64 are not
+    assert _default("simple_gla", 8, 16, 128, "cuda", monkeypatch) == "fused"
+    assert _default("retention", 8, 16, 64, "cuda", monkeypatch) == "fused"
+    assert _default("simple_gla", 2, 16, 128, "cuda", monkeypatch) == "chunked"
+    assert _default("retention", 4, 16, 64, "cuda", monkeypatch) == "chunked"
+    # head sizes past the checked spill-free builds; per-key decays; a factored decay (dt·A) that
+    # the fused strategy would form in torch; tensors off the GPU
+    assert _default("simple_gla", 8, 16, 256, "cuda", monkeypatch) == "chunked"
+    assert _default("gla", 8, 16, 64, "cuda", monkeypatch) == "chunked"
+    assert _default("mamba2", 8, 16, 64, "cuda", monkeypatch) == "chunked"
+    assert _default("simple_gla", 8, 16, 128, "cpu", monkeypatch) == "chunked"
+    # short sequences stay recurrent
+    assert _default("simple_gla", 8, 16, 64, "cuda", monkeypatch, T=8) == "recurrent"

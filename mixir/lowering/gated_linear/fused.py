@@ -5,7 +5,8 @@
 ``kernels/fused.fused_gla_sweep`` four times per training step (o; dq, dk, dv) plus one reverse
 cumsum for the decay gradient. Each launch is one program per (sequence, head, tile of the output
 head dimension) walking the sequence's chunks in order, so its parallelism is N·H·tiles: it suits
-large batches × heads (docs/gla_math.md, "Fused strategy"); the chunked strategy is the default.
+large batches × heads (docs/gla_math.md, "Fused strategy"). A call that names no strategy runs it
+on a GPU where ``suits`` (the runtime's ``default_strategy``), else the chunked strategy.
 
 Config: ``BT`` chunk length; ``BV`` the V-tile of the o / dv sweeps (their state tile is
 [K, BV]); ``BK`` the K-tile of the dq / dk sweeps (state tile [V, BK]); ``num_warps``,
@@ -24,12 +25,32 @@ from .kernels import fused as _fk
 MAX_HEAD = 256
 
 
+#: the largest head size the runtime's default rule gives the fused strategy: its sm_90 builds
+#: are checked spill-free up to K = V = 128 (docs/gla_math.md, section 5)
+DEFAULT_MAX_HEAD = 128
+
+
 def default_config(K, V, dtype) -> dict:
-    # the contracted head dimension is one register tile: small chunks and output tiles (at
-    # K = V = 128 the only spill-free sm_90 builds, docs/autotune.md)
-    return {"BT": 16, "BK": tile(K, 32), "BV": tile(V, 32),
+    # the contracted head dimension is one register tile: 16-token chunks, output tiles of 64 at
+    # 8 warps (spill-free on sm_90 up to K = V = 128; docs/gla_math.md, section 5)
+    return {"BT": 16, "BK": tile(K, 64), "BV": tile(V, 64),
             "bwd_dot_fp32": int(dtype in (torch.float16, torch.bfloat16)),
             "num_warps": 8, "num_stages": 2}
+
+
+def suits(N, H, K, V, sms) -> bool:
+    """Whether a call of ``N`` sequences, ``H`` heads and head sizes K, V suits the fused strategy
+    on a GPU of ``sms`` multiprocessors: head sizes up to ``DEFAULT_MAX_HEAD``, and programs
+    (N·H·tiles of the output head dimension at the default tiles) for at least half the SMs. Its
+    training step moves about half the chunked strategy's bytes (K = V = 128: 3.52 against 7.05 GB
+    in the static model), but each program walks its sequence's chunks in order, one program per
+    SM: with fewer programs than that, the idle SMs' share of the bandwidth outweighs the saving
+    and the chunked strategy, which spreads a sequence's chunks over the GPU, is the better bet.
+    (A model, not a measurement: the GPU timing is pending, docs/benchmarks.md.)"""
+    if max(K, V) > DEFAULT_MAX_HEAD:
+        return False
+    cfg = default_config(K, V, torch.bfloat16)
+    return 2 * N * H * min(cdiv(V, cfg["BV"]), cdiv(K, cfg["BK"])) >= sms
 
 
 def check_form(K, V, gk, gv):

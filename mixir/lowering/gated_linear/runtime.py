@@ -24,6 +24,7 @@ from ...dsl import ir
 from ...errors import InputError
 from ...reference.evaluate import NumpyBackend, evaluate
 from . import core, ops
+from . import fused as _fused
 from .analysis import GatedLinearForm, MaxPlusForm, Plan, analyse, new_input, prev_input
 from .maxplus import maxplus_scan
 from ...distributed.passing import split_call
@@ -32,7 +33,7 @@ from . import scaled as _scaled
 from .scaled import factored_decays, scaled_pieces
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
 from ..common.checks import check_log_decay, checks_enabled
-from ..common.launch import encode_config
+from ..common.launch import encode_config, targets_gpu
 from ..common.pieces import PiecesKernel
 
 
@@ -83,17 +84,41 @@ class CompiledMixer(CompiledBase):
             self.pieces_kernels[name] = PiecesKernel(mixer.name, rest, specs) if rest else None
             specs = specs + [(prev_input(name), "input", dims), (new_input(name), "input", dims)]
 
-    def default_strategy(self, b, form=None) -> str:
+    def default_strategy(self, b, form=None, device=None, N=None) -> str:
         """The strategy of a call that names none, for ``form`` (default: the main state's):
         recurrent for short sequences (T <= RECURRENT_MAX_T) and for a vector state - a head size
         of 1, as Mamba-1's [N] per channel, HGRN's [D] or mLSTM's normaliser n [K], where the
         chunked strategy's dot tiles would be padding but for one row or column (its fwd+bwd moves
-        about twice the bytes: docs/benchmarks.md); chunked otherwise. Each state of a call picks
-        its own."""
+        about twice the bytes: docs/benchmarks.md); on a GPU (``device``, with ``N`` sequences)
+        fused where ``_fused_suits``; chunked otherwise. Each state of a call picks its own."""
         f = form or self.form
         K = b.sizes[f.k_dim] if f.k_dim else 1
         V = b.sizes[f.v_dim] if f.v_dim else 1
-        return "recurrent" if b.T <= RECURRENT_MAX_T or min(K, V) == 1 else "chunked"
+        if b.T <= RECURRENT_MAX_T or min(K, V) == 1:
+            return "recurrent"
+        if device is not None and self._fused_suits(f, b, N if N is not None else b.B, K, V, device):
+            return "fused"
+        return "chunked"
+
+    def _fused_suits(self, f, b, N, K, V, device) -> bool:
+        """Whether the fused strategy runs this form's call on ``device`` as lean as the chunked
+        one and fills the GPU: the form offers it (scalar decays) with nothing it would form in
+        torch around the core (a factored or signed decay, scaled values, a per-token output
+        scale), and ``fused.suits`` the shape on the device's SM count."""
+        name = f.state.name
+        lean = ("fused" in f.strategies and not self.factored.get(name) and not self.scaled.get(name)
+                and ir.is_const(f.out_scale) and (f.g is None or f.g.sign is None))
+        if not lean or not targets_gpu(device):
+            return False
+        from ...autotune.select import current_gpu
+        gpu = current_gpu(device)
+        if gpu is not None:
+            sms = gpu.sms
+        elif device.type == "cuda":
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+        else:
+            return False
+        return _fused.suits(N, b.H, K, V, sms)
 
     def source_files(self):
         """The Triton source files of this mixer's kernels: the generated pieces kernels (one file
@@ -131,14 +156,15 @@ class CompiledMixer(CompiledBase):
                 o_i, finals[i] = self._run_maxplus(form, env, b, N, inits[i], cu_seqlens)
             else:
                 o_i, finals[i] = self._run(form, m.states[i].dims, env, b, N, inits[i], cu_seqlens,
-                                           named or self.default_strategy(b, form), torch.float32)
+                                           named or self.default_strategy(b, form, device, N),
+                                           torch.float32)
             spec = m.states[i]
             prev = prev_input(spec.name)
             env[prev] = shift_by_one(o_i, inits[i], cu_seqlens, N) if prev in self.reads else None
             env[new_input(spec.name)] = o_i
         i = self.plan.main_index
         o, finals[i] = self._run(self.form, m.output.dims, env, b, N, inits[i], cu_seqlens,
-                                 named or self.default_strategy(b), dtype)
+                                 named or self.default_strategy(b, None, device, N), dtype)
         o = o.to(dtype)
         if not output_final_state:
             return o

@@ -223,11 +223,13 @@ _fused_sweep = KernelModel(
                           + 8 * K * V + 2 * BT * (K + V)) / 2,
     fp32_flops=B * T * H * (4 * BT + K + V),
     serial_steps=NT, count=4,
-    # fitted by hand to 27 sm_90 builds (2026-12-07; simple_gla K = V = 128, bf16, forward and
-    # backward, BT 16-64, BK = BV 16-64, 4-16 warps): the tiles of the whole contracted dimension
-    # and the state tile's layout conversions cost ~3.5 registers per live element; only 16-token
-    # chunks with 32-wide tiles at 8 warps compiled without spills (docs/autotune.md)
-    regs_fit=96 + sp.ceiling(7 * _SWEEP_LIVE / (2 * 32 * W)))
+    # fitted to 54 sm_90 builds (2026-12-07, Triton 3.9; simple_gla bf16, all four sweeps,
+    # K = V = 64 and 128, BT 16-64, BK = BV 16-128, 4-16 warps): it separates the 12 spill-free
+    # configs from the spilling ones without error. The [BT, BT] score tiles (scores, mask,
+    # pairwise decays and their layout copies) weigh most; at K = V = 128 only 16-token chunks at
+    # 8 warps with tiles up to 64 build without spills (docs/gla_math.md, section 5)
+    regs_fit=80 + sp.ceiling(sp.Rational(11, 5) * (sp.Max(PK * BV, PV * BK) + 3 * BT * sp.Max(PK, PV)
+                                                   + 12 * BT * BT) / (32 * W)))
 
 
 def _fused_extra(shape, gpu):

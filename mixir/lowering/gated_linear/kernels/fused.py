@@ -49,6 +49,15 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, cu_seqlens,
         dt = tl.float32
     else:
         dt = X.dtype.element_ty
+    # at: the score tile X Y^T's operand dtype. It multiplies the inputs' own values: with 16-bit
+    # X and Y their products are exact in a 16-bit dot (fp32 accumulation), and fp32 operands
+    # would only cost registers (the dq sweep spills with them at K = V = 128). Not for bf16 in
+    # Triton's interpreter ("ieee" off CUDA): it mishandles bf16 dots.
+    if DOT_F32 and X.dtype.element_ty == Y.dtype.element_ty and (
+            PREC != "ieee" or X.dtype.element_ty == tl.float16):
+        at = X.dtype.element_ty
+    else:
+        at = dt
     S = tl.full([BX, BZ], 0., tl.float32)
     if USE_S0:
         S += tl.load(S0 + s_base + o_a[:, None] * s_a + o_b[None, :] * s_b,
@@ -65,8 +74,8 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, cu_seqlens,
         rows = cs + o_t
         p_x = (rows[:, None] * H + i_h) * DX + o_a[None, :]
         m_tx = m_t[:, None] & m_a[None, :]
-        x = tl.load(X + p_x, mask=m_tx, other=0.).to(dt)
-        y = tl.load(Y + p_x, mask=m_tx, other=0.)
+        x = tl.load(X + p_x, mask=m_tx, other=0.)
+        y = tl.load(Y + p_x, mask=m_tx, other=0.).to(at)
         p_z = (rows[:, None] * H + i_h) * DZ + o_b[None, :]
         m_tz = m_t[:, None] & m_b[None, :]
         z = tl.load(Z + p_z, mask=m_tz, other=0.).to(dt)
@@ -74,26 +83,27 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, cu_seqlens,
             pair = (o_t[:, None] <= o_t[None, :]) & m_t[:, None] & m_t[None, :]
         else:
             pair = (o_t[:, None] >= o_t[None, :]) & m_t[:, None] & m_t[None, :]
-        A = tl.dot(x, tl.trans(y.to(dt)), input_precision=PREC)
-        acc = tl.dot(x, S.to(dt), input_precision=PREC)
+        A = tl.dot(x.to(at), tl.trans(y), input_precision=PREC)
+        acc = tl.dot(x.to(dt), S.to(dt), input_precision=PREC)
         if USE_G:
             # a select, not tl.maximum: a NaN log-decay stays NaN (as in the chunked kernels)
             gl = tl.load(G + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
             gl = tl.where(gl < LOG_FLOOR, LOG_FLOOR, gl)
             gc = tl.associative_scan(gl, 0, tl.standard._sum_combine)
             g_last = tl.sum(tl.where(o_t == L - 1, gc, 0.), 0)
+            # zd: each row's decay into the next chunk's state (applied to Z's rows, the smaller
+            # tile, after the score dot has used them undecayed)
             if REVERSE:
                 acc = acc * tl.exp(g_last - gc)[:, None]
                 A = A * tl.exp(tl.where(pair, gc[None, :] - gc[:, None], 0.))
-                y = y.to(tl.float32) * tl.exp(gc)[:, None]
+                zd = tl.exp(gc)
             else:
                 acc = acc * tl.exp(gc)[:, None]
                 A = A * tl.exp(tl.where(pair, gc[:, None] - gc[None, :], 0.))
-                y = y.to(tl.float32) * tl.exp(g_last - gc)[:, None]
+                zd = tl.exp(g_last - gc)
             S = S * tl.exp(g_last)
         A = tl.where(pair, A, 0.)
         acc = (acc + scores_dot(A, z, dt, PREC)) * scale
-        S += tl.dot(tl.trans(y.to(dt)), z, input_precision=PREC)
         if USE_BIAS:
             acc += tl.load(BIAS + p_z, mask=m_tz, other=0.).to(tl.float32)
         tl.store(O + p_z, acc, mask=m_tz)
@@ -101,6 +111,11 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, cu_seqlens,
             p = tl.load(W + p_z, mask=m_tz, other=0.).to(tl.float32) * acc
             p_r = ((xp_off + i_z).to(tl.int64) * T_total + rows) * H + i_h
             tl.store(XP + p_r, tl.sum(p, 1) * xp_sign, mask=m_t)
+        # the state update last: the chunk's output and row sums are stored before it, so their
+        # tiles are not live beside the update's operands (registers: docs/gla_math.md, section 5)
+        if USE_G:
+            z = (z.to(tl.float32) * zd[:, None]).to(dt)
+        S += tl.dot(tl.trans(y.to(dt)), z, input_precision=PREC)
     if STORE_SN:
         # the state tile's addresses are formed here, not kept live through the loop
         o_a2 = tl.arange(0, BX)
