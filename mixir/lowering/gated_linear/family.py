@@ -22,7 +22,8 @@ class GatedLinearFamily(Family):
         return (plan.describe() + "\n"
                 f"default strategy: recurrent for T <= {RECURRENT_MAX_T} or a vector state (a "
                 f"head size of 1), chunked above"
-                + ("; fused (the state on chip) on request" if "fused" in plan.strategies else ""))
+                + ("; fused (the state on chip) on a GPU where its programs fill half the SMs "
+                   "(fused.suits), or on request" if "fused" in plan.strategies else ""))
 
     def tuning_targets(self, mixer, plan, request) -> list:
         from .space import targets

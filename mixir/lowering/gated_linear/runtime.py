@@ -31,7 +31,8 @@ from ...distributed.passing import split_call
 from .distributed import passing_for
 from . import scaled as _scaled
 from .scaled import factored_decays, scaled_pieces
-from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, shift_by_one
+from ..common.call import (RECURRENT_MAX_T, CompiledBase, assume_constant, check_call,
+                           check_strategy, shift_by_one)
 from ..common.checks import check_log_decay, checks_enabled
 from ..common.launch import encode_config, targets_gpu
 from ..common.pieces import PiecesKernel
@@ -50,6 +51,21 @@ def _narrow_pieces(f: GatedLinearForm) -> tuple:
     value before the fp32 recurrence (the core takes such a v in fp32 and returns its gradient
     in fp32)."""
     return ("q", "k", "v") if f.v_dim else ("q", "k")
+
+
+@assume_constant
+def _sm_count(device_type: str, index: int) -> int:
+    """The SM count of the GPU a call runs on: its row of the hardware table, else CUDA's device
+    properties; 0 when none is identified (a CPU device while launches are recorded). A constant
+    of a ``torch.compile`` graph (``assume_constant``: Dynamo runs it eagerly at trace time)."""
+    from ...autotune.select import current_gpu
+    device = torch.device(device_type) if index < 0 else torch.device(device_type, index)
+    gpu = current_gpu(device)
+    if gpu is not None:
+        return gpu.sms
+    if device_type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 0
 
 
 class CompiledMixer(CompiledBase):
@@ -110,15 +126,8 @@ class CompiledMixer(CompiledBase):
                 and ir.is_const(f.out_scale) and (f.g is None or f.g.sign is None))
         if not lean or not targets_gpu(device):
             return False
-        from ...autotune.select import current_gpu
-        gpu = current_gpu(device)
-        if gpu is not None:
-            sms = gpu.sms
-        elif device.type == "cuda":
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-        else:
-            return False
-        return _fused.suits(N, b.H, K, V, sms)
+        sms = _sm_count(device.type, -1 if device.index is None else device.index)
+        return sms > 0 and _fused.suits(N, b.H, K, V, sms)
 
     def source_files(self):
         """The Triton source files of this mixer's kernels: the generated pieces kernels (one file

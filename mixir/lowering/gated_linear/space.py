@@ -379,8 +379,10 @@ def probe_config(strategy: str, fK: int, fV: int) -> dict:
     return {"BK": PK, "BV": min(32, PV), "num_warps": 4, "num_stages": 1}
 
 
-#: strategies tuned only when a request names them (``mixir tune --strategy fused``): the runtime
-#: runs them only on request too, so the database and ``mixir tune --all`` leave them out
+#: strategies tuned only when a request names them (``mixir tune --strategy fused``), so the
+#: shipped database and ``mixir tune --all`` leave them out. The runtime's default picks fused on
+#: a GPU where ``fused.suits``; without an entry its config is the cost model's best, else the
+#: template default (both the spill-free 16-token chunks, 64-wide tiles, 8 warps at K = V = 128)
 OPT_IN = ("fused",)
 
 
