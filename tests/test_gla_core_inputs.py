@@ -39,11 +39,13 @@ def test_output_bias_is_added_in_the_epilogue(strategy):
 
 
 @pytest.mark.parametrize("strategy,decays", [
-    pytest.param("chunked", ("g", "gk"), marks=pytest.mark.slow), ("recurrent", ("g",))])
+    pytest.param("chunked", ("g", "gk"), marks=pytest.mark.slow), ("recurrent", ("g",)),
+    ("fused", ("g",))])
 def test_scaled_values_and_value_bias(strategy, decays):
     """v_scale u (v' = u v, formed on load) and v_bias c (o += c_h v) through the custom op match
     the core on v' = u v with the bias c v formed in torch: the output, the final state and every
-    gradient (u's and c's included). With gk the dq / dk output launches read v (as Y / X)."""
+    gradient (u's and c's included). With gk the dq / dk output launches read v (as Y / X); the
+    fused sweeps meet v as Z (o), Y (dq), X (dk) and as the output (dv)."""
     from mixir.lowering.gated_linear import ops  # noqa: F401  (registers mixir::gla_fwd)
     inp, do, dhT = make_inputs(1, 20, 1, 16, 16, decays, seed=25)
     from mixir.lowering.common.launch import encode_config

@@ -36,6 +36,8 @@ from .precision import dot_mode, grad_dtype_of, state_dtype
 from .kernels import chunked as _ck
 
 STRATEGIES = ("recurrent", "chunked", "fused")
+#: the strategies whose kernels form the scaled pieces (g = u·a, v' = u v, the value bias c v)
+_SCALED_IN_KERNEL = ("chunked", "fused")
 
 _FLOAT_INPUTS = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -307,18 +309,24 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
                    None if dh0 is None else dh0), du, dc, dgs, dgks, de
 
 
-def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype):
+def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
+                    g_scale=None, v_scale=None, v_bias=None):
+    """(the 7 gradients, du, dc, da): the fused sweeps and the decay gradient's reverse cumsum
+    (with ``g_scale`` a its u-part as dg and da [H]); du, dc of ``v_scale`` / ``v_bias``."""
     B, T, H, K, V = _check(q, k, v, g, gk, gv, "fused")
     _fused.check_form(K, V, gk, gv)
     cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
-    dq, dk, dv, XP, hT, dh0 = _fused.fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, cfg,
-                                                    scale, grad_dtype, dot_mode(q, cfg, True))
-    dg = None
+    dq, dk, dv, XP, hT, dh0, du, dc = _fused.fused_backward(
+        q, k, v, g, h0, cu_seqlens, do, dhT, cfg, scale, grad_dtype, dot_mode(q, cfg, True),
+        g_scale, v_scale, v_bias)
+    dg = da = None
     if XP is not None:
         plan = ChunkPlan(q, cu_seqlens, None)
         fin = None if hT is None else (hT * fp32_state(dhT, plan.N, H, K, V)).sum((-1, -2))
-        dg = rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype)[0].view(B, T, H)
-    return dq, dk, dv, dg, None, None, dh0
+        dg, da = rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype,
+                            scaled=None if g_scale is None else (packed(g), g_scale.contiguous()))
+        dg = dg.view(B, T, H)
+    return (dq, dk, dv, dg, None, None, dh0), du, dc, da
 
 
 def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
@@ -365,15 +373,15 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
     """Returns (o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None), with
     o = scale * core(q, k, v') + bias (an output scale and bias [B, T, H, V] folded into the
     kernels' stores; the gradient of the bias is do). No gv: ``v_scale`` u [B, T, H] (v' = u v)
-    and ``v_bias`` c [H] (bias c_h v): chunked applies them on load / in epilogues.
+    and ``v_bias`` c [H] (bias c_h v): chunked and fused apply them on load / in epilogues.
     ``g_scale`` a [H]: the scalar log-decay is g·a (g a per-token factor, e.g. mamba2's dt·A),
-    formed by the chunked strategy's cumsum launch, in torch for the others. ``gk_scale`` a
-    [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H] (Mamba-1's dt·A),
+    formed by the chunked strategy's cumsum launch and the fused sweeps, in torch for the others.
+    ``gk_scale`` a [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H] (Mamba-1's dt·A),
     formed by the chunked cumsum launch and by the recurrent kernel per step. ``o_scale`` e
     [B, T, H] (chunked with scalar decays, or recurrent; no bias): o = e * scale * core, scaled in
     the output store (mLSTM's normaliser)."""
     assert o_scale is None or (strategy in ("chunked", "recurrent") and bias is None)
-    if g_scale is not None and strategy != "chunked":
+    if g_scale is not None and strategy not in _SCALED_IN_KERNEL:
         g, g_scale = _scaled.decay(g, g_scale), None
     if gk_scale is not None and strategy not in ("chunked", "recurrent"):
         gk, gk_scale = _scaled.decay(gk, gk_scale), None
@@ -381,6 +389,12 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
         return _chunked_forward(q, k, v, g, gk, gv, h0, cu_seqlens, config, output_final_state,
                                 scale, out_dtype, bias, v_scale, v_bias, g_scale, gk_scale,
                                 o_scale)
+    if strategy == "fused":
+        B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
+        _fused.check_form(K, V, gk, gv)
+        cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
+        return _fused.fused_forward(q, k, v, g, h0, cu_seqlens, cfg, output_final_state, scale,
+                                    out_dtype, bias, dot_mode(q, cfg), g_scale, v_scale, v_bias)
     v, bias = _scaled.materialise(v, bias, v_scale, v_bias)
     if strategy == "recurrent":
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy, gk_scale)
@@ -388,12 +402,6 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
         return _recurrent.recurrent_forward(q, k, v, g, gk, gv, h0, cu_seqlens, cfg,
                                             output_final_state, scale, out_dtype, bias, gk_scale,
                                             o_scale)
-    if strategy == "fused":
-        B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy)
-        _fused.check_form(K, V, gk, gv)
-        cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
-        return _fused.fused_forward(q, k, v, g, h0, cu_seqlens, cfg, output_final_state, scale,
-                                    out_dtype, bias, dot_mode(q, cfg))
     raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
@@ -426,7 +434,7 @@ def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, sca
     """(the 7 gradients as a list, {"du", "dc", "da", "dak", "de": the extra inputs'
     gradients})."""
     args = (q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale, grad_dtype)
-    if g_scale is not None and (strategy != "chunked" or scale == 0.0):
+    if g_scale is not None and (strategy not in _SCALED_IN_KERNEL or scale == 0.0):
         # the product in torch, then the chain rule
         grads, ex = _backward(q, k, v, _scaled.decay(g, g_scale), *args[4:], v_scale, v_bias,
                               None, gk_scale, o_scale)
@@ -438,7 +446,8 @@ def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, sca
                               v_bias, g_scale, None, o_scale)
         grads[4], ex["dak"] = _scaled.decay_grads(grads[4], gk, gk_scale)
         return grads, ex
-    if (v_scale is not None or v_bias is not None) and (strategy != "chunked" or scale == 0.0):
+    if (v_scale is not None or v_bias is not None) and (strategy not in _SCALED_IN_KERNEL
+                                                        or scale == 0.0):
         # the core at v' = u v, then the chain rule (the bias's do is not scaled)
         v1, _ = _scaled.materialise(v, None, v_scale, None)
         grads, ex = _backward(q, k, v1, *args[3:13], torch.float32, None, None, g_scale,
@@ -456,8 +465,9 @@ def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, sca
                                                        v_bias, g_scale, gk_scale, o_scale)
         return list(grads), dict(du=du, dc=dc, da=da, dak=dak, de=de)
     if strategy == "fused":
-        return list(_fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale,
-                                    grad_dtype)), {}
+        grads, du, dc, da = _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
+                                            scale, grad_dtype, g_scale, v_scale, v_bias)
+        return list(grads), dict(du=du, dc=dc, da=da)
     if strategy == "recurrent":
         grads, dak, de = _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
                                              scale, grad_dtype, gk_scale, o_scale)

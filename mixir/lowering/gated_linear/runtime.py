@@ -119,15 +119,16 @@ class CompiledMixer(CompiledBase):
     def _fused_suits(self, f, b, N, K, V, device) -> bool:
         """Whether the fused strategy runs this form's call on ``device`` as lean as the chunked
         one and fills the GPU: the form offers it (scalar decays) with nothing it would form in
-        torch around the core (a factored or signed decay, scaled values, a per-token output
-        scale), and ``fused.suits`` the shape on the device's SM count."""
-        name = f.state.name
-        lean = ("fused" in f.strategies and not self.factored.get(name) and not self.scaled.get(name)
-                and ir.is_const(f.out_scale) and (f.g is None or f.g.sign is None))
+        torch around the core (a signed decay's sign products, a per-token output scale; its
+        sweeps form a factored decay, scaled values and the value bias themselves), and
+        ``fused.suits`` the shape on the device's SM count."""
+        lean = ("fused" in f.strategies and ir.is_const(f.out_scale)
+                and (f.g is None or f.g.sign is None))
         if not lean or not targets_gpu(device):
             return False
         sms = _sm_count(device.type, -1 if device.index is None else device.index)
-        return sms > 0 and _fused.suits(N, b.H, K, V, sms)
+        scaled_values = bool(self.scaled.get(f.state.name))
+        return sms > 0 and _fused.suits(N, b.H, K, V, sms, scaled_values)
 
     def source_files(self):
         """The Triton source files of this mixer's kernels: the generated pieces kernels (one file

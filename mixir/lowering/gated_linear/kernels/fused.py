@@ -19,6 +19,14 @@ strategy's) and R = G_L - G. The four launches of a training step:
   dv = reverse (k, q, do), S = dh [K, V-tile];          dk = reverse (v, do, q), S = dh^T [V, K-tile].
 The contracted dimension (X's, Y's) is one register tile; the other (Z's, the output's) is tiled
 over the grid, so no partial sums are needed.
+
+Scaled pieces (mamba2's): a factored log-decay g = u·a (USE_GS: G holds u, GS a [H]); scaled
+values v' = s v with s [T_total, H] (RS, RS_MODE: where v sits in the sweep - 1 Z (o) or Y (dq):
+the score tile's columns and the rows entering the state carry s, 2 X (dk): the output rows,
+3 the output (dv: the row sums sum_b W dv' with W = v go to XP as ds, then dv = s dv')); the
+value bias c_h v (USE_CB, CB [H]: o adds c Z's rows (v), dv adds c do (Z)); STORE_XB: the dk
+sweep's first program per head stores the diagonal of its score tile, v·do per token, to XB [T_total,
+H] (dc's row sums).
 """
 import triton.language as tl
 
@@ -27,10 +35,12 @@ from mixir.lowering.common.packed_tiles import scores_dot, sequence_head
 
 
 @kernel
-def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, cu_seqlens,
+def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, GS, RS, CB, XB, cu_seqlens,
                     H, DX, DZ, T_total, s_a, s_b, s0_scale, sn_scale, scale, xp_sign, xp_off,
                     USE_G: tl.constexpr, USE_S0: tl.constexpr, STORE_SN: tl.constexpr,
                     REVERSE: tl.constexpr, USE_XP: tl.constexpr, USE_BIAS: tl.constexpr,
+                    USE_GS: tl.constexpr, RS_MODE: tl.constexpr, USE_CB: tl.constexpr,
+                    STORE_XB: tl.constexpr,
                     LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BX: tl.constexpr,
                     BZ: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     # grid: (cdiv(DZ, BZ), N * H). X, Y [T_total, H, DX]; Z, O, W [T_total, H, DZ]; G [T_total, H].
@@ -79,15 +89,23 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, cu_seqlens,
         p_z = (rows[:, None] * H + i_h) * DZ + o_b[None, :]
         m_tz = m_t[:, None] & m_b[None, :]
         z = tl.load(Z + p_z, mask=m_tz, other=0.).to(dt)
+        if RS_MODE > 0:
+            rs = tl.load(RS + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
         if REVERSE:
             pair = (o_t[:, None] <= o_t[None, :]) & m_t[:, None] & m_t[None, :]
         else:
             pair = (o_t[:, None] >= o_t[None, :]) & m_t[:, None] & m_t[None, :]
         A = tl.dot(x.to(at), tl.trans(y), input_precision=PREC)
+        if STORE_XB:           # the dk sweep (X = v, Y = do): dc's row sums v·do, A's diagonal
+            if i_z == 0:
+                tl.store(XB + rows * H + i_h,
+                         tl.sum(tl.where(o_t[:, None] == o_t[None, :], A, 0.), 1), mask=m_t)
         acc = tl.dot(x.to(dt), S.to(dt), input_precision=PREC)
         if USE_G:
             # a select, not tl.maximum: a NaN log-decay stays NaN (as in the chunked kernels)
             gl = tl.load(G + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
+            if USE_GS:
+                gl = gl * tl.load(GS + i_h).to(tl.float32)
             gl = tl.where(gl < LOG_FLOOR, LOG_FLOOR, gl)
             gc = tl.associative_scan(gl, 0, tl.standard._sum_combine)
             g_last = tl.sum(tl.where(o_t == L - 1, gc, 0.), 0)
@@ -103,17 +121,33 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, cu_seqlens,
                 zd = tl.exp(g_last - gc)
             S = S * tl.exp(g_last)
         A = tl.where(pair, A, 0.)
+        if RS_MODE == 1:       # Y's or Z's rows (the score tile's columns) are v's
+            A = A * rs[None, :]
         acc = (acc + scores_dot(A, z, dt, PREC)) * scale
+        if RS_MODE == 2:       # X's rows are v's: so are the output's
+            acc = acc * rs[:, None]
+        if RS_MODE == 3:       # the output is dv' (W is v): ds = sum_b v dv', then dv = s dv'
+            wt = tl.load(W + p_z, mask=m_tz, other=0.).to(tl.float32)
+            p_r = ((xp_off + i_z).to(tl.int64) * T_total + rows) * H + i_h
+            tl.store(XP + p_r, tl.sum(wt * acc, 1) * xp_sign, mask=m_t)
+            acc = acc * rs[:, None]
         if USE_BIAS:
             acc += tl.load(BIAS + p_z, mask=m_tz, other=0.).to(tl.float32)
+        if USE_CB:             # Z's raw rows: v (o) or do (dv)
+            acc += z.to(tl.float32) * tl.load(CB + i_h).to(tl.float32)
         tl.store(O + p_z, acc, mask=m_tz)
-        if USE_XP:
+        if USE_XP and RS_MODE != 3:
             p = tl.load(W + p_z, mask=m_tz, other=0.).to(tl.float32) * acc
             p_r = ((xp_off + i_z).to(tl.int64) * T_total + rows) * H + i_h
             tl.store(XP + p_r, tl.sum(p, 1) * xp_sign, mask=m_t)
         # the state update last: the chunk's output and row sums are stored before it, so their
         # tiles are not live beside the update's operands (registers: docs/gla_math.md, section 5)
-        if USE_G:
+        if RS_MODE == 1:
+            if USE_G:
+                zd = zd * rs
+            else:
+                zd = rs
+        if USE_G or RS_MODE == 1:
             z = (z.to(tl.float32) * zd[:, None]).to(dt)
         S += tl.dot(tl.trans(y.to(dt)), z, input_precision=PREC)
     if STORE_SN:
