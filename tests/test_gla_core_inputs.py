@@ -123,16 +123,19 @@ def test_key_decay_factored_per_token_times_a_per_head_row(strategy):
 
 
 @pytest.mark.parametrize("strategy, decays, v_scaled", [
-    ("chunked", ("g",), False), ("chunked", (), True), ("recurrent", ("g", "gk", "gv"), True)])
+    ("chunked", ("g",), False), ("chunked", (), True), ("recurrent", ("g", "gk", "gv"), True),
+    ("fused", ("g",), True)])
 def test_per_token_output_scale(strategy, decays, v_scaled):
     """o_scale e [B, T, H] (o = e * core: mLSTM's normaliser). Chunked (scalar decays): the output
     store scales the rows, the backward scales do's rows on load (adjoint states, dv) and dq's /
     the score tile's in the dq/dk launch, whose epilogue sums q·dq0 per K-tile into de (two K-tiles:
     K = 80). Recurrent (any decays): the store scales o, the backward's forward pass forms q·dq0
-    and scales dq, its reverse pass scales do on load. Two sequences with an initial and a
-    final-state adjoint; with v_scale beside it. Checked against the float64 reference of
-    e * core."""
-    T, K = (40, 80) if strategy == "chunked" else (17, 24)     # the token loop is slow to interpret
+    and scales dq, its reverse pass scales do on load. Fused (scalar decays): the o and dq sweeps
+    scale their output rows (the dq sweep sums q·dq0 into de per K-tile first), the dk and dv
+    sweeps carry e on the score columns and the rows entering the state. Two sequences with an
+    initial and a final-state adjoint; with v_scale beside it. Checked against the float64
+    reference of e * core."""
+    T, K = (17, 24) if strategy == "recurrent" else (40, 80)   # the token loop is slow to interpret
     inp, do, dhT = make_inputs(2, T, 2, K, 16, decays, seed=41)
     gen = torch.Generator().manual_seed(6)
     e = torch.rand(2, T, 2, generator=gen) * 2 + 0.1

@@ -131,11 +131,11 @@ def test_the_default_on_a_gpu_is_fused_where_it_fills_half_the_gpu(monkeypatch):
     # scaled values the builds are spill-free up to V = 64
     assert _default("mamba2", 8, 16, 64, "cuda", monkeypatch) == "fused"
     assert _default("mamba2", 8, 16, 128, "cuda", monkeypatch) == "chunked"
-    # head sizes past the checked spill-free builds; per-key decays; a per-token output scale
-    # (mLSTM's normaliser, which the fused sweeps do not take); tensors off the GPU
+    # mLSTM's matrix state with its per-token output scale (the normaliser) too
+    assert _default("mlstm", 8, 16, 64, "cuda", monkeypatch) == "fused"
+    # head sizes past the checked spill-free builds; per-key decays; tensors off the GPU
     assert _default("simple_gla", 8, 16, 256, "cuda", monkeypatch) == "chunked"
     assert _default("gla", 8, 16, 64, "cuda", monkeypatch) == "chunked"
-    assert _default("mlstm", 8, 16, 64, "cuda", monkeypatch) == "chunked"
     assert _default("simple_gla", 8, 16, 128, "cpu", monkeypatch) == "chunked"
     # short sequences stay recurrent
     assert _default("simple_gla", 8, 16, 64, "cuda", monkeypatch, T=8) == "recurrent"

@@ -310,15 +310,16 @@ def _chunked_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale
 
 
 def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
-                    g_scale=None, v_scale=None, v_bias=None):
-    """(the 7 gradients, du, dc, da): the fused sweeps and the decay gradient's reverse cumsum
-    (with ``g_scale`` a its u-part as dg and da [H]); du, dc of ``v_scale`` / ``v_bias``."""
+                    g_scale=None, v_scale=None, v_bias=None, o_scale=None):
+    """(the 7 gradients, du, dc, da, de): the fused sweeps and the decay gradient's reverse cumsum
+    (with ``g_scale`` a its u-part as dg and da [H]); du, dc of ``v_scale`` / ``v_bias``, de of
+    ``o_scale``."""
     B, T, H, K, V = _check(q, k, v, g, gk, gv, "fused")
     _fused.check_form(K, V, gk, gv)
     cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
-    dq, dk, dv, XP, hT, dh0, du, dc = _fused.fused_backward(
+    dq, dk, dv, XP, hT, dh0, du, dc, de = _fused.fused_backward(
         q, k, v, g, h0, cu_seqlens, do, dhT, cfg, scale, grad_dtype, dot_mode(q, cfg, True),
-        g_scale, v_scale, v_bias)
+        g_scale, v_scale, v_bias, o_scale)
     dg = da = None
     if XP is not None:
         plan = ChunkPlan(q, cu_seqlens, None)
@@ -326,7 +327,7 @@ def _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, 
         dg, da = rev_cumsum(plan, XP, fin, cfg, sum_d=True, out_dtype=g.dtype,
                             scaled=None if g_scale is None else (packed(g), g_scale.contiguous()))
         dg = dg.view(B, T, H)
-    return (dq, dk, dv, dg, None, None, dh0), du, dc, da
+    return (dq, dk, dv, dg, None, None, dh0), du, dc, da, de
 
 
 def _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config, scale, grad_dtype,
@@ -378,9 +379,9 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
     formed by the chunked strategy's cumsum launch and the fused sweeps, in torch for the others.
     ``gk_scale`` a [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H] (Mamba-1's dt·A),
     formed by the chunked cumsum launch and by the recurrent kernel per step. ``o_scale`` e
-    [B, T, H] (chunked with scalar decays, or recurrent; no bias): o = e * scale * core, scaled in
-    the output store (mLSTM's normaliser)."""
-    assert o_scale is None or (strategy in ("chunked", "recurrent") and bias is None)
+    [B, T, H] (scalar decays, or recurrent; no bias): o = e * scale * core, scaled in the output
+    store (mLSTM's normaliser)."""
+    assert o_scale is None or bias is None
     if g_scale is not None and strategy not in _SCALED_IN_KERNEL:
         g, g_scale = _scaled.decay(g, g_scale), None
     if gk_scale is not None and strategy not in ("chunked", "recurrent"):
@@ -394,7 +395,8 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
         _fused.check_form(K, V, gk, gv)
         cfg = dict(default_config("fused", K, V, q.dtype), **(config or {}))
         return _fused.fused_forward(q, k, v, g, h0, cu_seqlens, cfg, output_final_state, scale,
-                                    out_dtype, bias, dot_mode(q, cfg), g_scale, v_scale, v_bias)
+                                    out_dtype, bias, dot_mode(q, cfg), g_scale, v_scale, v_bias,
+                                    o_scale)
     v, bias = _scaled.materialise(v, bias, v_scale, v_bias)
     if strategy == "recurrent":
         B, T, H, K, V = _check(q, k, v, g, gk, gv, strategy, gk_scale)
@@ -414,7 +416,6 @@ def gla_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, *, strategy="chunk
     gradients of u (fp32 [B, T, H]) and c (fp32 [H]) follow (None where absent); with
     ``g_scale`` / ``gk_scale`` a: dg / dgk are the factors' and the gradient of a follows (fp32
     [H] / [H, K]), in that order; with ``o_scale`` e, the gradient of e last (fp32 [B, T, H])."""
-    assert o_scale is None or strategy in ("chunked", "recurrent")
     grads, ex = _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, scale,
                           grad_dtype, v_scale, v_bias, g_scale, gk_scale, o_scale)
     out = tuple(grads)
@@ -465,9 +466,10 @@ def _backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, strategy, config, sca
                                                        v_bias, g_scale, gk_scale, o_scale)
         return list(grads), dict(du=du, dc=dc, da=da, dak=dak, de=de)
     if strategy == "fused":
-        grads, du, dc, da = _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
-                                            scale, grad_dtype, g_scale, v_scale, v_bias)
-        return list(grads), dict(du=du, dc=dc, da=da)
+        grads, du, dc, da, de = _fused_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT,
+                                                config, scale, grad_dtype, g_scale, v_scale,
+                                                v_bias, o_scale)
+        return list(grads), dict(du=du, dc=dc, da=da, de=de)
     if strategy == "recurrent":
         grads, dak, de = _recurrent_backward(q, k, v, g, gk, gv, h0, cu_seqlens, do, dhT, config,
                                              scale, grad_dtype, gk_scale, o_scale)

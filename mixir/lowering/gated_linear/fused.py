@@ -72,7 +72,7 @@ class _Sweeps:
     pieces (``g_scale`` a: g = u·a; ``v_scale`` s: v' = s v; ``v_bias`` c: o += c_h v)."""
 
     def __init__(self, q, k, v, g, cu_seqlens, config, dot, g_scale=None, v_scale=None,
-                 v_bias=None):
+                 v_bias=None, o_scale=None):
         B, T, H, K = q.shape
         V = v.shape[-1]
         self.B, self.T, self.H, self.K, self.V = B, T, H, K, V
@@ -82,29 +82,32 @@ class _Sweeps:
         self.gs = None if g_scale is None else g_scale.contiguous()
         self.rs = packed(v_scale)
         self.cb = None if v_bias is None else v_bias.contiguous()
+        self.os = packed(o_scale)
         self.dot = dot
 
     def sweep(self, X, Y, Z, DX, DZ, reverse, *, s0=None, s0_scale=1.0, sn=None, sn_scale=1.0,
               transposed=False, out_dtype=torch.float32, scale=1.0, bias=None, xp=None,
-              rs_mode=0, cb=False, xb=None):
+              rs_mode=0, cb=False, xb=None, os_mode=0, xe=None):
         """One ``fused_gla_sweep`` launch: the output [T, H, DZ] (``xp`` = (W, XP, offset, sign):
-        also the row sums into XP slices offset + tile; ``rs_mode``: where v' = s v sits
-        (kernels/fused.py); ``cb``: the value bias; ``xb``: the dk sweep's v·do per token, for the
-        bias's gradient)."""
+        also the row sums into XP slices offset + tile; ``rs_mode`` / ``os_mode``: where v' = s v
+        / the output scale e sits (kernels/fused.py); ``cb``: the value bias; ``xb``: the dk
+        sweep's v·do per token, for the bias's gradient; ``xe``: the dq sweep's q·dq0, e's)."""
         p, cfg = self.plan, self.cfg
         O = empty(p.T_total, p.H, DZ, device=X.device, dtype=out_dtype)
         BZ = tile(DZ, cfg["BK"] if transposed else cfg["BV"])
         s_a, s_b = (1, DX) if transposed else (DZ, 1)
         W, XP, off, sign = xp if xp is not None else (None, None, 0, 1.0)
+        if xe is not None and W is None:
+            W = self.q
         if p.N > 0:
             _fk.fused_gla_sweep[(cdiv(DZ, BZ), p.N * p.H)](
                 X, Y, Z, self.g, s0, sn, O, W, XP, bias, self.gs, self.rs if rs_mode else None,
-                self.cb if cb else None, xb, p.cu, p.H, DX, DZ, p.T_total, s_a, s_b,
+                self.cb if cb else None, xb, self.os if os_mode else None, xe, p.cu, p.H, DX, DZ, p.T_total, s_a, s_b,
                 float(s0_scale), float(sn_scale), float(scale), float(sign), int(off),
                 USE_G=self.g is not None, USE_S0=s0 is not None, STORE_SN=sn is not None,
                 REVERSE=reverse, USE_XP=xp is not None, USE_BIAS=bias is not None,
                 USE_GS=self.gs is not None, RS_MODE=rs_mode, USE_CB=cb,
-                STORE_XB=xb is not None,
+                STORE_XB=xb is not None, OS_MODE=os_mode, STORE_XE=xe is not None,
                 LOG_FLOOR=LOG_FLOOR, BT=cfg["BT"], BX=pow2(max(DX, 16)), BZ=BZ,
                 PREC=self.dot[1], DOT_F32=self.dot[0],
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -117,28 +120,30 @@ class _Sweeps:
 
 
 def fused_forward(q, k, v, g, h0, cu_seqlens, config, output_final_state, scale, out_dtype, bias,
-                  dot, g_scale=None, v_scale=None, v_bias=None):
+                  dot, g_scale=None, v_scale=None, v_bias=None, o_scale=None):
     """(o [B, T, H, V] in ``out_dtype``, hT fp32 [N, H, K, V] or None); ``dot`` = (DOT_F32, PREC)
     of the forward's dots (``precision.dot_mode``); the scaled pieces as ``core.gla_forward``'s."""
-    c = _Sweeps(q, k, v, g, cu_seqlens, config, dot, g_scale, v_scale, v_bias)
+    c = _Sweeps(q, k, v, g, cu_seqlens, config, dot, g_scale, v_scale, v_bias, o_scale)
     N, H, K, V = c.plan.N, c.H, c.K, c.V
     h0 = fp32_state(h0, N, H, K, V)
     hT = empty(N, H, K, V, device=q.device) if output_final_state else None
     o = c.sweep(c.q, c.k, c.v, K, V, False, s0=h0, sn=hT, out_dtype=out_dtype, scale=scale,
-                bias=packed(bias), rs_mode=1 if c.rs is not None else 0, cb=c.cb is not None)
+                bias=packed(bias), rs_mode=1 if c.rs is not None else 0, cb=c.cb is not None,
+                os_mode=2 if c.os is not None else 0)
     return o.view(c.B, c.T, H, V), hT
 
 
 def fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, config, scale, grad_dtype, dot,
-                   g_scale=None, v_scale=None, v_bias=None):
-    """(dq, dk, dv, XP, hT, dh0, du, dc) of ``fused_forward`` with the same ``scale`` (the
+                   g_scale=None, v_scale=None, v_bias=None, o_scale=None):
+    """(dq, dk, dv, XP, hT, dh0, du, dc, de) of ``fused_forward`` with the same ``scale`` (the
     gradients of the core at scale·do: every launch computes them at (do, dhT / scale) and scales
     its result; a zero scale is the caller's, ``core.gla_backward``). With g: XP [slices, T, H, 1]
     holds the decay-gradient row sums q·dq and −k·dk whose sum, reverse-cumsummed per sequence
     with the final-state term sum(hT · dhT) (hT fp32 when dhT is given), is dg (``core``). With
     ``v_scale`` s: dv is v's (s dv') and du = sum_V v dv' [B, T, H]; with ``v_bias`` c: dv adds
-    c do and dc = sum v do [H] (fp32; None where absent)."""
-    c = _Sweeps(q, k, v, g, cu_seqlens, config, dot, g_scale, v_scale, v_bias)
+    c do and dc = sum v do [H]; with ``o_scale`` e (o = e·core, no bias): the gradients are the
+    core's at e·do and de = q·dq0 [B, T, H] (fp32; None where absent)."""
+    c = _Sweeps(q, k, v, g, cu_seqlens, config, dot, g_scale, v_scale, v_bias, o_scale)
     p, N, H, K, V = c.plan, c.plan.N, c.H, c.K, c.V
     h0 = fp32_state(h0, N, H, K, V)
     dhT = fp32_state(dhT, N, H, K, V)
@@ -150,21 +155,23 @@ def fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, config, scale, grad_dtyp
     hT = empty(N, H, K, V, device=q.device) if need_hT else None
     dh0 = empty(N, H, K, V, device=q.device) if h0 is not None else None
     inv = 1.0 / scale
-    scaled_v = c.rs is not None
+    scaled_v, scaled_o = c.rs is not None, c.os is not None
+    XE = c.slices(K, True) if scaled_o else None
     dq = c.sweep(do, c.v, c.k, V, K, False, s0=h0, sn=hT, transposed=True, out_dtype=grad_dtype,
                  scale=scale, xp=(c.q, XP, 0, 1.0) if use_g else None,
-                 rs_mode=1 if scaled_v else 0)
+                 rs_mode=1 if scaled_v else 0, os_mode=2 if scaled_o else 0, xe=XE)
     XB = empty(p.T_total, H, device=q.device) if c.cb is not None else None
     dk = c.sweep(c.v, do, c.q, V, K, True, s0=dhT, s0_scale=inv, transposed=True,
                  out_dtype=grad_dtype, scale=scale, xp=(c.k, XP, NK, -1.0) if use_g else None,
-                 rs_mode=2 if scaled_v else 0, xb=XB)
+                 rs_mode=2 if scaled_v else 0, xb=XB, os_mode=1 if scaled_o else 0)
     XS = c.slices(V, False) if scaled_v else None
     dv = c.sweep(c.k, c.q, do, K, V, True, s0=dhT, s0_scale=inv, sn=dh0, sn_scale=scale,
                  out_dtype=torch.float32 if v.dtype == torch.float32 else grad_dtype, scale=scale,
                  xp=(c.v, XS, 0, 1.0) if scaled_v else None, rs_mode=3 if scaled_v else 0,
-                 cb=c.cb is not None)
+                 cb=c.cb is not None, os_mode=1 if scaled_o else 0)
     B, T = c.B, c.T
     du = None if XS is None else slices_sum(XS).view(B, T, H)
     dc = None if XB is None else XB.sum(0)
+    de = None if XE is None else slices_sum(XE).view(B, T, H)
     return (dq.view(B, T, H, K), dk.view(B, T, H, K), dv.view(B, T, H, V),
-            None if XP is None else XP.view(2 * NK, p.T_total, H, 1), hT, dh0, du, dc)
+            None if XP is None else XP.view(2 * NK, p.T_total, H, 1), hT, dh0, du, dc, de)

@@ -119,11 +119,13 @@ class CompiledMixer(CompiledBase):
     def _fused_suits(self, f, b, N, K, V, device) -> bool:
         """Whether the fused strategy runs this form's call on ``device`` as lean as the chunked
         one and fills the GPU: the form offers it (scalar decays) with nothing it would form in
-        torch around the core (a signed decay's sign products, a per-token output scale; its
-        sweeps form a factored decay, scaled values and the value bias themselves), and
-        ``fused.suits`` the shape on the device's SM count."""
-        lean = ("fused" in f.strategies and ir.is_const(f.out_scale)
-                and (f.g is None or f.g.sign is None))
+        torch around the core (a signed decay's sign products; an output scale with a feature
+        axis, or beside an output bias - its sweeps form a factored decay, scaled values, the
+        value bias and a per-token output scale themselves), and ``fused.suits`` the shape on
+        the device's SM count."""
+        lean = ("fused" in f.strategies and (f.g is None or f.g.sign is None)
+                and (ir.is_const(f.out_scale)
+                     or (not f.out_scale.dims and ir.is_const(f.out_bias, 0.0))))
         if not lean or not targets_gpu(device):
             return False
         sms = _sm_count(device.type, -1 if device.index is None else device.index)
@@ -226,7 +228,7 @@ class CompiledMixer(CompiledBase):
         o_scale = None
         if (not ir.is_const(f.out_scale) and p["e"].dim() == 3 and P is None and Q is None
                 and ir.is_const(f.out_bias, 0.0)
-                and (strategy == "recurrent" or (strategy == "chunked" and gk is None
+                and (strategy == "recurrent" or (strategy in ("chunked", "fused") and gk is None
                                                  and gv is None))):
             o_scale = p["e"].float().reshape(B, T, H)
         scaled_out = not ir.is_const(f.out_scale) and o_scale is None

@@ -26,7 +26,11 @@ the score tile's columns and the rows entering the state carry s, 2 X (dk): the 
 3 the output (dv: the row sums sum_b W dv' with W = v go to XP as ds, then dv = s dv')); the
 value bias c_h v (USE_CB, CB [H]: o adds c Z's rows (v), dv adds c do (Z)); STORE_XB: the dk
 sweep's first program per head stores the diagonal of its score tile, v·do per token, to XB [T_total,
-H] (dc's row sums).
+H] (dc's row sums). A per-token output scale o = e·core (mLSTM's normaliser; OS [T_total, H],
+OS_MODE): the backward is the core's at e·do - 1 where do is Y (dk) or Z (dv): the score columns
+and the rows entering the state carry e; 2 where the output's rows do (o; dq, whose X is do:
+with STORE_XE the row sums de = q·dq0, W = q, go to XE [K-tiles, T_total, H] and the decay
+gradient's q·dq = e·de to XP).
 """
 import triton.language as tl
 
@@ -35,12 +39,12 @@ from mixir.lowering.common.packed_tiles import scores_dot, sequence_head
 
 
 @kernel
-def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, GS, RS, CB, XB, cu_seqlens,
+def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, GS, RS, CB, XB, OS, XE, cu_seqlens,
                     H, DX, DZ, T_total, s_a, s_b, s0_scale, sn_scale, scale, xp_sign, xp_off,
                     USE_G: tl.constexpr, USE_S0: tl.constexpr, STORE_SN: tl.constexpr,
                     REVERSE: tl.constexpr, USE_XP: tl.constexpr, USE_BIAS: tl.constexpr,
                     USE_GS: tl.constexpr, RS_MODE: tl.constexpr, USE_CB: tl.constexpr,
-                    STORE_XB: tl.constexpr,
+                    STORE_XB: tl.constexpr, OS_MODE: tl.constexpr, STORE_XE: tl.constexpr,
                     LOG_FLOOR: tl.constexpr, BT: tl.constexpr, BX: tl.constexpr,
                     BZ: tl.constexpr, PREC: tl.constexpr, DOT_F32: tl.constexpr):
     # grid: (cdiv(DZ, BZ), N * H). X, Y [T_total, H, DX]; Z, O, W [T_total, H, DZ]; G [T_total, H].
@@ -91,6 +95,8 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, GS, RS, CB, XB, cu_seqle
         z = tl.load(Z + p_z, mask=m_tz, other=0.).to(dt)
         if RS_MODE > 0:
             rs = tl.load(RS + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
+        if OS_MODE > 0:
+            es = tl.load(OS + rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
         if REVERSE:
             pair = (o_t[:, None] <= o_t[None, :]) & m_t[:, None] & m_t[None, :]
         else:
@@ -123,9 +129,19 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, GS, RS, CB, XB, cu_seqle
         A = tl.where(pair, A, 0.)
         if RS_MODE == 1:       # Y's or Z's rows (the score tile's columns) are v's
             A = A * rs[None, :]
+        if OS_MODE == 1:       # ... or do's (dk, dv)
+            A = A * es[None, :]
         acc = (acc + scores_dot(A, z, dt, PREC)) * scale
         if RS_MODE == 2:       # X's rows are v's: so are the output's
             acc = acc * rs[:, None]
+        if OS_MODE == 2:       # the output's rows carry e: o = e core (o), dq = e dq0 (X = do)
+            if STORE_XE:       # de = q·dq0 (W is q), and q·dq = e de for the decay gradient
+                wq = tl.sum(tl.load(W + p_z, mask=m_tz, other=0.).to(tl.float32) * acc, 1)
+                tl.store(XE + (i_z.to(tl.int64) * T_total + rows) * H + i_h, wq, mask=m_t)
+                if USE_XP:
+                    p_r = ((xp_off + i_z).to(tl.int64) * T_total + rows) * H + i_h
+                    tl.store(XP + p_r, wq * es * xp_sign, mask=m_t)
+            acc = acc * es[:, None]
         if RS_MODE == 3:       # the output is dv' (W is v): ds = sum_b v dv', then dv = s dv'
             wt = tl.load(W + p_z, mask=m_tz, other=0.).to(tl.float32)
             p_r = ((xp_off + i_z).to(tl.int64) * T_total + rows) * H + i_h
@@ -136,7 +152,7 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, GS, RS, CB, XB, cu_seqle
         if USE_CB:             # Z's raw rows: v (o) or do (dv)
             acc += z.to(tl.float32) * tl.load(CB + i_h).to(tl.float32)
         tl.store(O + p_z, acc, mask=m_tz)
-        if USE_XP and RS_MODE != 3:
+        if USE_XP and RS_MODE != 3 and not STORE_XE:
             p = tl.load(W + p_z, mask=m_tz, other=0.).to(tl.float32) * acc
             p_r = ((xp_off + i_z).to(tl.int64) * T_total + rows) * H + i_h
             tl.store(XP + p_r, tl.sum(p, 1) * xp_sign, mask=m_t)
@@ -147,7 +163,12 @@ def fused_gla_sweep(X, Y, Z, G, S0, SN, O, W, XP, BIAS, GS, RS, CB, XB, cu_seqle
                 zd = zd * rs
             else:
                 zd = rs
-        if USE_G or RS_MODE == 1:
+        if OS_MODE == 1:
+            if USE_G or RS_MODE == 1:
+                zd = zd * es
+            else:
+                zd = es
+        if USE_G or RS_MODE == 1 or OS_MODE == 1:
             z = (z.to(tl.float32) * zd[:, None]).to(dt)
         S += tl.dot(tl.trans(y.to(dt)), z, input_precision=PREC)
     if STORE_SN:
