@@ -1,7 +1,8 @@
 """The compiled LTI mixer: the system from the parameters, then convolution or recurrence.
 
 A call goes: bind and validate the arguments (``InputError`` before any kernel) → evaluate the
-plan's parameter-only IR trees per head (torch, differentiable) into the complex system
+plan's parameter-only IR trees per head (a generated Triton kernel pair in fp32, the torch
+program for float64; differentiable) into the complex system
 
     Λ [H, N], B̄ [H, N], U, V [H, r, N], c [H, N], D' [H]      (half basis, see lti_analysis)
 
@@ -34,6 +35,7 @@ from . import kernels, ops
 from ..common.call import RECURRENT_MAX_T, CompiledBase, check_call, check_strategy, is_compiling
 from .analysis import LTIPlan
 from .params import flatten_param_trees, run_param_program
+from ..common.pieces import PiecesKernel
 from .system import System, final_state_blocked, fft_conv, kernel_powers
 from ...distributed.passing import split_call
 from .distributed import passing_for
@@ -51,6 +53,11 @@ class CompiledLTIMixer(CompiledBase):
         for r in p.readout:
             self._roots += [r.coef, r.weight]
         self._program = flatten_param_trees(self._roots)
+        # the same trees as one generated Triton kernel pair (forward, backward) over the heads:
+        # two launches per training step instead of a torch op per node and its autograd node
+        self._params_kernel = PiecesKernel(f"{mixer.name}_lti_params",
+                                           {f"p{i}": r for i, r in enumerate(self._roots)},
+                                           mixer.inputs)
         self._lam_args = sorted({n.arg for n in ir.toposort(p.lam_re) + ir.toposort(p.lam_im)
                                  if n.op in ("param", "scalar")})
 
@@ -63,9 +70,7 @@ class CompiledLTIMixer(CompiledBase):
     # ---- the system of one call -------------------------------------------------------------
     def system(self, params: dict, H: int, sizes: dict, scalars: dict, rdtype, device) -> System:
         p = self.plan
-        env = {("param", name): a for name, a in params.items()}
-        env.update({("scalar", name): v for name, v in scalars.items()})
-        vals = run_param_program(self._program, env, H, sizes, rdtype, device)
+        vals = self._param_values(params, H, sizes, scalars, rdtype, device)
         N = sizes[p.dim]
 
         def vec(x, node=None):     # a per-head scalar [H] → [H, N]
@@ -97,6 +102,21 @@ class CompiledLTIMixer(CompiledBase):
         if not is_compiling():     # a value check would break the graph; eager calls check it
             self._check_stable(lam, p.dim)
         return System(lam, beta, U, V, c, feed)
+
+    def _param_values(self, params: dict, H: int, sizes: dict, scalars: dict, rdtype, device):
+        """The parameter trees' values ``[H, *dims]``: in fp32 by the generated kernel
+        (``self._params_kernel``, one launch forward and one backward), in float64 (float64
+        inputs) by the torch program, which the kernels do not compute in."""
+        if rdtype == torch.float32:
+            arrays = [params.get(s.name) for s in self.mixer.inputs]
+            like = next(a for a in arrays if a is not None)
+            arrays = [like if a is None else a for a in arrays]     # the kernel reads params only
+            out = self._params_kernel(arrays, scalars, 1, 1, H, sizes)
+            return [out[f"p{i}"].reshape((H,) + tuple(sizes[d] for d in r.dims))
+                    for i, r in enumerate(self._roots)]
+        env = {("param", name): a for name, a in params.items()}
+        env.update({("scalar", name): v for name, v in scalars.items()})
+        return run_param_program(self._program, env, H, sizes, rdtype, device)
 
     def _check_stable(self, lam, dim):
         m = self.mixer
