@@ -200,15 +200,17 @@ def test_tune_all_shares_aot_results_between_identical_kernels(monkeypatch, tmp_
     monkeypatch.setattr(GatedLinearFamily, "kernel_signature",
                         lambda self, m, plan, req: "g" if m.name != "gla" else "x")
     mixers = [MIXERS[n].mixer for n in ("gla", "retention", "simple_gla")]
-    out = tune_all(mixers, request(gpu="h100"), [{"B": 8, "T": 4096, "H": 16}], top_k=1,
-                   directory=str(tmp_path))
+    # one strategy (the recurrent one: its space is enumerated in a blink; the chunked spaces'
+    # CP-SAT enumeration took 9 s here and tests nothing about the sharing)
+    out = tune_all(mixers, request(gpu="h100", strategies=["recurrent"]),
+                   [{"B": 8, "T": 4096, "H": 16}], top_k=1, directory=str(tmp_path))
     assert [t.mixer for t in out] == ["gla", "retention", "simple_gla"]
-    assert len(log) == 4                               # gla and retention, 2 strategies each
+    assert len(log) == 2                               # gla and retention compile, once each
     ents = db.load(str(tmp_path / "H100-SXM.json"))
-    assert len(ents) == 6
+    assert len(ents) == 3
     shared = [e for k, e in ents.items() if k.startswith(MIXERS["simple_gla"].mixer.fingerprint)]
-    assert len(shared) == 2 and all(e["provenance"]["shared_with"] == "retention" for e in shared)
-    assert report.accuracy(out)["n"] == 4             # the copies are not counted twice
+    assert len(shared) == 1 and all(e["provenance"]["shared_with"] == "retention" for e in shared)
+    assert report.accuracy(out)["n"] == 2             # the copy is not counted twice
 
 
 @pytest.mark.interp
