@@ -52,7 +52,13 @@ def _run(module, h0, xs, grads):
 
 
 def _check(name, strategy, *, grads=True, with_state=True, backend="aot_eager"):
-    """Compile once (fullgraph), compare with eager; returns the number of Dynamo frames."""
+    """Compile once (fullgraph), compare with eager; returns the number of Dynamo frames.
+
+    aot_eager runs eager's operators: every result equals eager's to fp32 rounding. inductor
+    generates its own fp32 code for the torch operators around the kernels (reassociated sums), so
+    a result can differ from eager's by as much as either differs from the exact value - S4's
+    log_dt gradient is a sum with cancellation, 4e-5 from float64 in eager already. There each
+    result must be as close to the float64 eager run as eager's is (within 1.5× + 1e-6)."""
     module = Wrapped(name, strategy, with_state)
     h0, xs = _inputs(name)
     if not with_state:
@@ -62,8 +68,14 @@ def _check(name, strategy, *, grads=True, with_state=True, backend="aot_eager"):
     compiled = torch.compile(module, fullgraph=True, backend=counter)
     eager, comp = _run(module, h0, xs, grads), _run(compiled, h0, xs, grads)
     names = ["out", "h0_re", "h0_im"] + [s.name for s in MIXERS[name].mixer.inputs]
-    for what, a, b in zip(names, eager, comp):
-        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {what}: {m}")
+    if backend == "inductor":
+        exact = _run(module, tuple(x.double() for x in h0), [x.double() for x in xs], grads)
+        for what, a, b, r in zip(names, eager, comp, exact):
+            err = lambda x: float((x.double() - r).norm() / r.norm().clamp_min(1e-30))  # noqa: E731
+            assert err(b) <= 1.5 * err(a) + 1e-6, f"{name} {what}: {err(b):.3g} vs eager {err(a):.3g}"
+    else:
+        for what, a, b in zip(names, eager, comp):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {what}: {m}")
     torch._dynamo.reset()
     return counter.frame_count
 
