@@ -240,8 +240,9 @@ def test_every_lti_kernel_builds_for_sm80_and_sm90(fresh_triton_cache):
                 with torch.no_grad():       # decoding: the Triton recurrence
                     fn(*[torch.tensor(a, dtype=dtype) for a in arrays], strategy="recurrent")
     names = {r.kernel.name.rsplit(".", 1)[-1] for r in recs.values()}
+    # and the parameter trees' generated pair ("fwd", "bwd": fp32 calls)
     assert names == {"lti_vandermonde_fwd", "lti_vandermonde_red", "lti_cauchy_fwd", "lti_cauchy_bwd",
-                     "lti_recurrent_fwd"}
+                     "lti_recurrent_fwd", "fwd", "bwd"}
     results = aot.build_all(list(recs.values()), ["sm_80", "sm_90"], workers=0)
     assert len(results) == 2 * len(recs)
     for r in results:

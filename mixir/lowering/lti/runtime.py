@@ -41,6 +41,20 @@ from ...distributed.passing import split_call
 from .distributed import passing_for
 
 
+def _complex_sum(terms) -> list:
+    """[re, im] trees of sum_j weight(w_j / 2, part_j) over (part, w) terms, where weight(x, "re")
+    is x and weight(x, "im") is -i x (the half-basis read-out and low-rank weights,
+    lti_analysis)."""
+    re, im = ir.const(0.0), ir.const(0.0)
+    for part, w in terms:
+        half = ir.binary("mul", w, ir.const(0.5))
+        if part == "re":
+            re = ir.binary("add", re, half)
+        else:
+            im = ir.binary("sub", im, half)
+    return [re, im]
+
+
 _PARAM_KERNELS: dict = {}
 
 
@@ -60,11 +74,12 @@ class CompiledLTIMixer(CompiledBase):
     def __init__(self, mixer, plan: LTIPlan, strategy: str | None = None, config: dict | None = None):
         super().__init__(mixer, plan, strategy, config)
         p = plan
+        # the real and imaginary parts of Λ, B̄, D', of each low-rank term's U_k and V_k and of c:
+        # the sums and half weights of V_k and c are formed in the trees (one kernel, no torch op)
         self._roots = [p.lam_re, p.lam_im, p.beta_re, p.beta_im, p.feed]
         for t in p.lowrank:
-            self._roots += [t.u_re, t.u_im] + [w for _, w in t.parts]
-        for r in p.readout:
-            self._roots += [r.coef, r.weight]
+            self._roots += [t.u_re, t.u_im, *_complex_sum((part, w) for part, w in t.parts)]
+        self._roots += _complex_sum((r.part, ir.binary("mul", r.coef, r.weight)) for r in p.readout)
         self._program = flatten_param_trees(self._roots)
         # the same trees as one generated Triton kernel pair (forward, backward) over the heads:
         # two launches per training step instead of a torch op per node and its autograd node
@@ -84,29 +99,14 @@ class CompiledLTIMixer(CompiledBase):
         vals = self._param_values(params, H, sizes, scalars, rdtype, device)
         N = sizes[p.dim]
 
-        def vec(x, node=None):     # a per-head scalar [H] → [H, N]
+        def vec(x):     # a per-head scalar [H] → [H, N]
             return x if x.dim() == 2 else x[:, None].expand(H, N)
 
-        lam = torch.complex(vec(vals[0], p.lam_re), vec(vals[1], p.lam_im))
-        beta = torch.complex(vec(vals[2], p.beta_re), vec(vals[3], p.beta_im))
-        feed = vals[4]
-        i = 5
-        Us, Vs = [], []
-        half = torch.tensor(0.5, dtype=rdtype, device=device)
-        for t in p.lowrank:
-            u_re, u_im = vals[i:i + 2]
-            i += 2
-            Us.append(torch.complex(vec(u_re, t.u_re), vec(u_im, t.u_im)))
-            v = 0
-            for part, _ in t.parts:
-                v = v + self._weight(vec(vals[i]) * half, part)
-                i += 1
-            Vs.append(v)
-        c = torch.zeros((H, N), dtype=lam.dtype, device=device)
-        for r in p.readout:
-            coef, w = vals[i:i + 2]
-            i += 2
-            c = c + coef[:, None] * self._weight(vec(w, r.weight) * half, r.part)
+        cplx = lambda i: torch.complex(vec(vals[i]), vec(vals[i + 1]))     # noqa: E731
+        lam, beta, feed = cplx(0), cplx(2), vals[4]
+        Us = [cplx(5 + 4 * k) for k in range(len(p.lowrank))]
+        Vs = [cplx(7 + 4 * k) for k in range(len(p.lowrank))]
+        c = cplx(5 + 4 * len(p.lowrank))
         shape = (H, 0, N)
         U = torch.stack(Us, 1) if Us else torch.zeros(shape, dtype=lam.dtype, device=device)
         V = torch.stack(Vs, 1) if Vs else torch.zeros(shape, dtype=lam.dtype, device=device)
@@ -140,11 +140,6 @@ class CompiledLTIMixer(CompiledBase):
                     f"{m.name}: unstable transition: |λ| = {float(mag[h, n]):.6g} ≥ 1 (head {h}, "
                     f"{dim} = {n}); λ depends on {', '.join(self._lam_args)} — for a continuous-time "
                     f"A its real part must be < 0 and the step Δ > 0")
-
-    @staticmethod
-    def _weight(w, part):
-        zero = torch.zeros_like(w)
-        return torch.complex(w, zero) if part == "re" else torch.complex(zero, -w)
 
     # ---- the call ---------------------------------------------------------------------------
     def _check(self, arrays, initial_state, cu_seqlens, scalars):
