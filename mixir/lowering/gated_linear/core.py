@@ -377,8 +377,8 @@ def gla_forward(q, k, v, g=None, gk=None, gv=None, h0=None, cu_seqlens=None, *,
     and ``v_bias`` c [H] (bias c_h v): chunked and fused apply them on load / in epilogues.
     ``g_scale`` a [H]: the scalar log-decay is g·a (g a per-token factor, e.g. mamba2's dt·A),
     formed by the chunked strategy's cumsum launch and the fused sweeps, in torch for the others.
-    ``gk_scale`` a [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H] (Mamba-1's dt·A),
-    formed by the chunked cumsum launch and by the recurrent kernel per step. ``o_scale`` e
+    ``gk_scale`` a [H, K]: the key-side log-decay is gk·a with gk a per-token factor [B, T, H]
+    (Mamba-1's dt·A), formed by the chunked cumsum launch and by the recurrent kernel per step. ``o_scale`` e
     [B, T, H] (scalar decays, or recurrent; no bias): o = e * scale * core, scaled in the output
     store (mLSTM's normaliser)."""
     assert o_scale is None or bias is None

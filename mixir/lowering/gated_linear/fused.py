@@ -102,7 +102,8 @@ class _Sweeps:
         if p.N > 0:
             _fk.fused_gla_sweep[(cdiv(DZ, BZ), p.N * p.H)](
                 X, Y, Z, self.g, s0, sn, O, W, XP, bias, self.gs, self.rs if rs_mode else None,
-                self.cb if cb else None, xb, self.os if os_mode else None, xe, p.cu, p.H, DX, DZ, p.T_total, s_a, s_b,
+                self.cb if cb else None, xb, self.os if os_mode else None, xe, p.cu, p.H, DX, DZ,
+                p.T_total, s_a, s_b,
                 float(s0_scale), float(sn_scale), float(scale), float(sign), int(off),
                 USE_G=self.g is not None, USE_S0=s0 is not None, STORE_SN=sn is not None,
                 REVERSE=reverse, USE_XP=xp is not None, USE_BIAS=bias is not None,
@@ -113,10 +114,13 @@ class _Sweeps:
                 num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
         return O
 
+    def tiles(self, D, transposed):
+        """The number of output tiles of a sweep whose output head dimension is D."""
+        return cdiv(D, tile(D, self.cfg["BK"] if transposed else self.cfg["BV"]))
+
     def slices(self, D, transposed):
         """An fp32 buffer of per-tile row sums [tiles of D, T, H]."""
-        n = cdiv(D, tile(D, self.cfg["BK"] if transposed else self.cfg["BV"]))
-        return empty(n, self.plan.T_total, self.H, device=self.q.device)
+        return empty(self.tiles(D, transposed), self.plan.T_total, self.H, device=self.q.device)
 
 
 def fused_forward(q, k, v, g, h0, cu_seqlens, config, output_final_state, scale, out_dtype, bias,
@@ -150,7 +154,7 @@ def fused_backward(q, k, v, g, h0, cu_seqlens, do, dhT, config, scale, grad_dtyp
     do = packed(do).to(q.dtype)
     use_g = g is not None
     need_hT = use_g and dhT is not None
-    NK = c.slices(K, True).shape[0]
+    NK = c.tiles(K, True)
     XP = empty(2 * NK, p.T_total, H, device=q.device) if use_g else None
     hT = empty(N, H, K, V, device=q.device) if need_hT else None
     dh0 = empty(N, H, K, V, device=q.device) if h0 is not None else None

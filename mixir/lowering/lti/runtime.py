@@ -60,8 +60,9 @@ _PARAM_KERNELS: dict = {}
 
 def _params_kernel(mixer, roots) -> PiecesKernel:
     """The generated kernel pair of a declaration's parameter trees, built once per process (the
-    generation costs 0.25 s for s4's 23 trees; the declaration's fingerprint is its content)."""
-    key = (mixer.fingerprint, roots)
+    generation costs 0.25 s for s4's 23 trees; the declaration's fingerprint is its content, and
+    its trees follow from it)."""
+    key = mixer.fingerprint
     if key not in _PARAM_KERNELS:
         _PARAM_KERNELS[key] = PiecesKernel(f"{mixer.name}_lti_params",
                                            {f"p{i}": r for i, r in enumerate(roots)}, mixer.inputs)
@@ -78,7 +79,7 @@ class CompiledLTIMixer(CompiledBase):
         # the sums and half weights of V_k and c are formed in the trees (one kernel, no torch op)
         self._roots = [p.lam_re, p.lam_im, p.beta_re, p.beta_im, p.feed]
         for t in p.lowrank:
-            self._roots += [t.u_re, t.u_im, *_complex_sum((part, w) for part, w in t.parts)]
+            self._roots += [t.u_re, t.u_im, *_complex_sum(t.parts)]
         self._roots += _complex_sum((r.part, ir.binary("mul", r.coef, r.weight)) for r in p.readout)
         self._program = flatten_param_trees(self._roots)
         # the same trees as one generated Triton kernel pair (forward, backward) over the heads:
